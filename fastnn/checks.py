@@ -1,0 +1,34 @@
+"""Input checks shared by layers, losses and optimizers: clear errors naming expected and actual."""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_array(x: object, what: str, *, dtype: np.dtype | None = None,
+                shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+    """Return ``x`` if it is a NumPy array of ``dtype`` (float32/float64 when None) whose shape
+    matches ``shape`` (None = any size on that axis); raise TypeError/ValueError otherwise."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy.ndarray, got {type(x).__name__}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{what}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+    if dtype is None and x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{what}: expected dtype float32 or float64, got {x.dtype}")
+    if shape is not None and (x.ndim != len(shape) or any(e is not None and e != a for e, a in zip(shape, x.shape))):
+        want = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
+        raise ValueError(f"{what}: expected shape {want}, got {x.shape}")
+    return x
+
+
+def check_flat(x: object, what: str) -> np.ndarray:
+    """A flat buffer an optimizer may update in place: 1-D, C-contiguous, writeable, float."""
+    x = check_array(x, what)
+    if x.ndim != 1:
+        raise ValueError(f"{what}: expected a 1-D flat buffer, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{what}: expected a contiguous array, got strides {x.strides}")
+    if not x.flags.writeable:
+        raise ValueError(f"{what}: expected a writeable array, got a read-only one")
+    return x

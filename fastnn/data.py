@@ -1,0 +1,295 @@
+"""Data sets and minibatches.
+
+``batches`` draws one epoch of minibatches without replacement, the lecture's
+``choose({1..N}, K)``, from a permutation seeded by ``(seed, epoch)``, so any
+epoch can be replayed and resumed mid-way; the batch size may be a schedule
+that grows with the samples seen. ``read_idx``/``write_idx``/``load_mnist``
+handle the IDX files MNIST ships in; ``load_digits`` gives scikit-learn's
+bundled 8x8 digits with nothing to download.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "BatchSizeSchedule", "batches", "train_test_split", "load_digits",
+    "read_idx", "write_idx", "load_mnist",
+]
+
+
+@runtime_checkable
+class BatchSizeSchedule(Protocol):
+    """What ``batches`` needs from a batch-size schedule (e.g. ``fastnn.schedules.BatchSize``)."""
+
+    @property
+    def batch_size(self) -> int:
+        """The size of the next batch."""
+
+    def advance(self, n_samples: int) -> None:
+        """Count ``n_samples`` more samples as seen."""
+
+
+def _check_int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _n_samples(x: object, y: object) -> int:
+    """The common length of ``x`` and ``y`` (y may be None); both must be arrays of rank >= 1."""
+    for what, a in (("x", x), ("y", y)):
+        if a is not None and len(getattr(a, "shape", ())) == 0:
+            raise TypeError(f"{what}: expected an array with a leading sample axis, got {type(a).__name__}"
+                            f" of shape {getattr(a, 'shape', None)}")
+    n = x.shape[0]
+    if y is not None and y.shape[0] != n:
+        raise ValueError(f"x and y: expected the same number of samples, got {n} and {y.shape[0]}")
+    if n == 0:
+        raise ValueError(f"empty data set: x has shape {x.shape}")
+    return n
+
+
+def batches(
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    batch_size: int | BatchSizeSchedule = 32,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_last: bool = False,
+    start_sample: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """One epoch of minibatches ``(x[idx], y[idx])``, drawn without replacement.
+
+    x: array (N, ...), any dtype; y: array (N, ...) or None. Every batch is a
+    pair: with ``y=None`` it is ``(xb, None)``, so ``for xb, yb in batches(...)``
+    works either way. Batches are copies (fancy indexing) in ``x``'s array type.
+
+    The order is ``np.random.default_rng([seed, epoch]).permutation(N)`` (or
+    ``range(N)`` when ``shuffle`` is False): it depends on (seed, epoch) only,
+    so each epoch is reproducible and epochs differ. ``start_sample`` (0..N)
+    skips that many samples of the epoch's order, so a checkpoint taken after
+    ``s`` samples resumes with exactly the rest of the epoch.
+
+    ``batch_size`` is an int >= 1 or a schedule (see ``BatchSizeSchedule``):
+    its ``batch_size`` is read before each batch and ``advance(n)`` is called
+    as each batch of n samples is handed out, before the caller sees it, so
+    inside the loop body the schedule has counted every sample yielded so far
+    (the count a checkpoint stores next to ``start_sample``). Skipped samples
+    are not counted: restore the schedule's own state from the checkpoint.
+    The last batch holds the remainder; ``drop_last`` drops it when it is
+    short (and does not count it).
+
+    Arguments are checked here, before the first batch; a schedule's size is
+    checked as it is read.
+    """
+    n = _n_samples(x, y)
+    seed = _check_int(seed, "seed", 0)
+    epoch = _check_int(epoch, "epoch", 0)
+    start_sample = _check_int(start_sample, "start_sample", 0)
+    if start_sample > n:
+        raise ValueError(f"start_sample: expected 0..{n} (the number of samples), got {start_sample}")
+    if isinstance(batch_size, BatchSizeSchedule):
+        schedule, fixed = batch_size, None
+    else:
+        schedule, fixed = None, _check_int(batch_size, "batch_size", 1)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    return _iterate(x, y, order[start_sample:], fixed, schedule, drop_last)
+
+
+def _iterate(x: np.ndarray, y: np.ndarray | None, order: np.ndarray, fixed: int | None,
+             schedule: BatchSizeSchedule | None, drop_last: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    start = 0
+    while start < len(order):
+        size = fixed if schedule is None else _check_int(schedule.batch_size, "schedule.batch_size", 1)
+        idx = order[start:start + size]
+        if drop_last and len(idx) < size:
+            return
+        start += len(idx)
+        if schedule is not None:
+            schedule.advance(len(idx))
+        yield x[idx], (None if y is None else y[idx])
+
+
+def train_test_split(
+    x: np.ndarray,
+    y: np.ndarray,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    stratify: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split ``(x, y)`` into ``(x_train, x_test, y_train, y_test)``, disjoint and complete.
+
+    x: (N, ...), y: (N, ...) (class labels, 1-D, when ``stratify``). The test
+    set holds ``ceil(test_fraction * N)`` samples, at least one and at most
+    N - 1. With ``stratify`` each class contributes in proportion to its
+    count (largest remainders get the leftover places), so class frequencies
+    agree between the parts to within one sample per class. Which samples go
+    where depends on ``seed`` only; both parts keep the original order.
+    """
+    n = _n_samples(x, y)
+    seed = _check_int(seed, "seed", 0)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
+    n_test = int(np.ceil(test_fraction * n))
+    if n_test >= n:
+        raise ValueError(f"test_fraction={test_fraction} of {n} samples leaves no training samples")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        if y.ndim != 1:
+            raise ValueError(f"y: stratify=True expects 1-D class labels, got shape {y.shape}")
+        _, label, counts = np.unique(y, return_inverse=True, return_counts=True)
+        ideal = n_test * counts / n
+        per_class = np.floor(ideal).astype(np.int64)
+        leftover = n_test - per_class.sum()
+        per_class[np.argsort(per_class - ideal, kind="stable")[:leftover]] += 1
+        test = np.concatenate([rng.permutation(np.flatnonzero(label == k))[:t] for k, t in enumerate(per_class)])
+    else:
+        test = rng.permutation(n)[:n_test]
+    is_test = np.zeros(n, dtype=bool)
+    is_test[test] = True
+    return x[~is_test], x[is_test], y[~is_test], y[is_test]
+
+
+def _check_float_dtype(dtype: np.dtype | type) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+    return dtype
+
+
+def load_digits(dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits (1797 samples of 8x8, no download).
+
+    Returns x (1797, 64) of ``dtype``, pixel intensities scaled from 0..16 to
+    [0, 1], rows in row-major pixel order; y (1797,) int64 labels 0..9.
+    """
+    dtype = _check_float_dtype(dtype)
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as e:
+        raise ImportError("load_digits needs scikit-learn: pip install fastnn[data]") from e
+    digits = sklearn_digits()
+    return (digits.data / 16.0).astype(dtype), digits.target.astype(np.int64)
+
+
+# IDX type code -> big-endian dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
+_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_CODES = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or not, detected from its first bytes).
+
+    Returns an array of the file's shape and type in native byte order:
+    uint8, int8, int16, int32, float32 or float64 (type codes 0x08, 0x09,
+    0x0B, 0x0C, 0x0D, 0x0E). A malformed file raises ValueError naming it
+    and what is wrong; FileNotFoundError when it does not exist.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path}: corrupt gzip data ({e})") from e
+    if len(raw) < 4:
+        raise ValueError(f"{path}: truncated IDX header, expected at least 4 bytes, got {len(raw)}")
+    if raw[:2] != b"\x00\x00":
+        raise ValueError(f"{path}: bad IDX magic, expected the first two bytes to be 0x00 0x00, got {raw[:2]!r}")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise ValueError(f"{path}: unknown IDX type code 0x{code:02X}, expected one of {known}")
+    if ndim == 0:
+        raise ValueError(f"{path}: IDX header declares 0 dimensions, expected at least 1")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header, {ndim} dimensions need {header} bytes, got {len(raw)}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = dtype.itemsize * int(np.prod(shape))
+    got = len(raw) - header
+    if got < expected:
+        raise ValueError(f"{path}: truncated IDX data, header says {shape} of {dtype.name} = {expected} bytes,"
+                         f" got {got}")
+    if got > expected:
+        raise ValueError(f"{path}: {got - expected} trailing bytes after the {expected} bytes of IDX data"
+                         f" for {shape} of {dtype.name}")
+    data = np.frombuffer(raw, dtype=dtype, offset=header)
+    return data.astype(dtype.newbyteorder("=")).reshape(shape)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` (1 to 255 dimensions, each < 2**32; dtype uint8, int8,
+    int16, int32, float32 or float64) as an IDX file, gzip-compressed when
+    ``path`` ends in ``.gz``. Checks everything before creating the file.
+    """
+    array = np.asarray(array)
+    code = _IDX_CODES.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise TypeError(f"write_idx: expected dtype uint8, int8, int16, int32, float32 or float64,"
+                        f" got {array.dtype}")
+    if not 1 <= array.ndim <= 255:
+        raise ValueError(f"write_idx: expected 1 to 255 dimensions, got shape {array.shape}")
+    if max(array.shape) >= 2**32:
+        raise ValueError(f"write_idx: every dimension must be < 2**32, got shape {array.shape}")
+    payload = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+               + array.astype(_IDX_DTYPES[code], order="C").tobytes())
+    if os.fspath(path).endswith(".gz"):
+        payload = gzip.compress(payload)
+    with open(path, "wb") as f:
+        f.write(payload)
+
+
+def _find(directory: str | os.PathLike, name: str) -> str:
+    tried = [os.path.join(directory, name + suffix) for suffix in ("", ".gz")]
+    for candidate in tried:
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"no MNIST file found, tried: {', '.join(tried)}")
+
+
+def load_mnist(
+    directory: str | os.PathLike,
+    split: str = "train",
+    dtype: np.dtype | type = np.float32,
+    flatten: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load MNIST (or any data set in its layout, e.g. Fashion-MNIST) from ``directory``.
+
+    Reads ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` for
+    ``split="train"`` and ``t10k-...`` for ``split="test"``, each optionally
+    with ``.gz``. Returns x of ``dtype`` with pixels scaled from 0..255 to
+    [0, 1], shape (N, H*W) when ``flatten`` else NHWC (N, H, W, 1); and
+    y (N,) int64 labels.
+    """
+    prefixes = {"train": "train", "test": "t10k"}
+    if split not in prefixes:
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    dtype = _check_float_dtype(dtype)
+    images_path = _find(directory, f"{prefixes[split]}-images-idx3-ubyte")
+    labels_path = _find(directory, f"{prefixes[split]}-labels-idx1-ubyte")
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{images_path}: expected uint8 images of shape (N, H, W),"
+                         f" got {images.dtype} of shape {images.shape}")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise ValueError(f"{labels_path}: expected uint8 labels of shape (N,),"
+                         f" got {labels.dtype} of shape {labels.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    x = images.reshape(len(images), -1) if flatten else images[..., np.newaxis]
+    x = x.astype(dtype)
+    x /= 255
+    return x, labels.astype(np.int64)

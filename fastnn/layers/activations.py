@@ -1,0 +1,53 @@
+"""Elementwise activation layers, computed by the fused activation kernels."""
+from __future__ import annotations
+
+import numpy as np
+
+from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, bias_act_forward_cpu
+
+from ..checks import check_array
+from ..module import Module
+
+_NO_BIAS = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
+
+
+class _Activation(Module):
+    kind = "linear"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._y = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_array(x, f"{type(self).__name__} input")
+        y = np.array(x, order="C", copy=True)
+        bias_act_forward_cpu(y.reshape(len(y), -1), _NO_BIAS[y.dtype.char], ACTIVATIONS[self.kind])
+        self._y = y
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._y is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        check_array(dy, f"{type(self).__name__} output gradient", dtype=self._y.dtype, shape=self._y.shape)
+        dx = np.empty_like(self._y)
+        flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+        act_backward_cpu(flat(np.ascontiguousarray(dy)), flat(self._y), ACTIVATIONS[self.kind], flat(dx))
+        return dx
+
+
+class ReLU(_Activation):
+    """max(x, 0), elementwise."""
+
+    kind = "relu"
+
+
+class Tanh(_Activation):
+    """tanh(x), elementwise."""
+
+    kind = "tanh"
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), elementwise."""
+
+    kind = "sigmoid"

@@ -1,0 +1,74 @@
+"""Dense (fully connected) layer: y = act(x @ W + b), W of shape (in, out)."""
+from __future__ import annotations
+
+import numpy as np
+
+from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, bias_act_forward_cpu
+
+from .. import random
+from ..checks import check_array
+from ..module import Module
+
+
+class Dense(Module):
+    """``y = activation(x @ weight + bias)``; x: (N, in_features), y: (N, out_features).
+
+    ``weight`` is (in_features, out_features) as in Keras (``y = x @ W + b``); ``bias`` is
+    (out_features,). ``activation`` in {None, "relu", "tanh", "sigmoid"} is fused into the
+    bias add (forward) and the gradient (backward). Weights start He-uniform for ReLU and
+    Glorot-uniform otherwise, drawn from ``fastnn.random``; biases start at zero.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None, *,
+                 bias: bool = True, dtype: np.dtype | type = np.float32):
+        super().__init__()
+        if int(in_features) < 1 or int(out_features) < 1:
+            raise ValueError(f"Dense: expected positive sizes, got in={in_features}, out={out_features}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Dense: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
+                             f"got {activation!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation, self._act = activation, ACTIVATIONS[activation]
+        self.dtype = np.dtype(dtype)
+        fan = 6.0 / in_features if activation == "relu" else 6.0 / (in_features + out_features)
+        w = random.generator().uniform(-np.sqrt(fan), np.sqrt(fan), (in_features, out_features))
+        values = {"weight": w.astype(self.dtype)}
+        if bias:
+            values["bias"] = np.zeros(out_features, self.dtype)
+        self._create_params(values)
+        self._x = self._y = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_array(x, "Dense input", dtype=self.dtype, shape=(None, self.in_features))
+        y = x @ self.params["weight"]
+        bias = self.params.get("bias", _EMPTY[self.dtype.char])
+        bias_act_forward_cpu(y, bias, self._act)
+        self._x, self._y = x, y
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._y is None:
+            raise RuntimeError("Dense.backward called before forward")
+        check_array(dy, "Dense output gradient", dtype=self.dtype, shape=self._y.shape)
+        if self._act:
+            dz = np.empty_like(self._y)
+            act_backward_cpu(np.ascontiguousarray(dy), self._y, self._act, dz)
+        else:
+            dz = dy
+        self.grads["weight"] += self._x.T @ dz
+        if "bias" in self.grads:
+            self.grads["bias"] += dz.sum(axis=0)
+        return dz @ self.params["weight"].T
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.out_features,)
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        return self.in_features * self.out_features
+
+    def __repr__(self) -> str:
+        act = f", activation={self.activation!r}" if self.activation else ""
+        return f"Dense({self.in_features}, {self.out_features}{act}, dtype={self.dtype})"
+
+
+_EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}

@@ -1,0 +1,37 @@
+"""Inverted dropout with its own seeded generator (saved in checkpoints)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import random
+from ..checks import check_array
+from ..module import Module
+
+
+class Dropout(Module):
+    """In training, zero each element with probability ``p`` and scale the rest by 1/(1-p);
+    in eval mode, the identity. ``seed`` fixes the mask sequence; without it the layer's
+    generator is spawned from ``fastnn.random``."""
+
+    def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: expected 0 <= p < 1, got {p}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(seed) if seed is not None else random.generator().spawn(1)[0]
+        self._mask: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_array(x, "Dropout input")
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy if self._mask is None else dy * self._mask
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"

@@ -1,0 +1,90 @@
+"""Sequential: layers applied in order, sharing one flat parameter buffer."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..module import Module
+
+
+class Sequential(Module):
+    """``Sequential(layer0, layer1, ...)``: forward in order, backward in reverse.
+
+    On construction every parameter of every layer moves into one flat buffer
+    (``model.flat.data``, gradients in ``model.flat.grad``), named "<index>.<param>".
+    """
+
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("Sequential: expected at least one layer, got none")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} must be a fastnn Module, got {type(layer).__name__}")
+        self.layers = list(layers)
+        self._adopt_children()
+
+    def children(self) -> list[tuple[str, Module]]:
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return input_shape
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        total = 0
+        for layer in self.layers:
+            total += layer.macs(input_shape)
+            input_shape = layer.output_shape(input_shape)
+        return total
+
+    def summary(self, input_shape: tuple[int, ...] | None = None, print_fn=print) -> list[dict]:
+        """Print and return one row per layer: name, type, per-sample output shape, parameter
+        count and multiply-adds per sample, then a "total" row. ``input_shape`` is per sample
+        (no batch axis); when None it is taken from a first layer with ``in_features``."""
+        if input_shape is None:
+            first = self.layers[0]
+            if not hasattr(first, "in_features"):
+                raise ValueError("summary: the first layer does not fix the input shape; pass input_shape")
+            input_shape = (first.in_features,)
+        rows, shape = [], tuple(input_shape)
+        for name, layer in self.children():
+            macs = layer.macs(shape)
+            shape = layer.output_shape(shape)
+            rows.append({"name": name, "type": type(layer).__name__, "output_shape": shape,
+                         "params": layer.num_params, "macs": macs})
+        rows.append({"name": "total", "type": "", "output_shape": shape,
+                     "params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows)})
+        if print_fn is not None:
+            print_fn(_format_rows(rows))
+        return rows
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({n}): {m!r}" for n, m in self.children())
+        return f"Sequential({inner}\n)"
+
+
+def _format_rows(rows: list[dict]) -> str:
+    head = ("layer", "type", "output shape", "params", "mult-adds")
+    body = [(r["name"], r["type"], str((None, *r["output_shape"])), f"{r['params']:,}", f"{r['macs']:,}")
+            for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    rule = "-" * len(line(head))
+    return "\n".join([line(head), rule, *map(line, body[:-1]), rule, line(body[-1])])

@@ -1,0 +1,133 @@
+"""Module: the base of every layer and model, owning or sharing a flat parameter buffer.
+
+A leaf layer declares its parameters once (``_create_params``) and keeps them in a
+buffer of its own; a container (``Sequential``) gathers every leaf below it into one
+``FlatBuffer`` and rebinds each leaf's ``params``/``grads`` dicts to views into it, so
+the model's optimizer step, allreduce and checkpoint each touch a single array.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .flat import FlatBuffer
+
+
+class Module:
+    """Base class: ``forward(x) -> y``, ``backward(dy) -> dx`` (accumulating parameter
+    gradients into ``grads``), ``output_shape``/``macs`` per sample for ``summary``."""
+
+    dtype: np.dtype | None = None
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.training = True
+        self._flat: FlatBuffer | None = None
+        self._parent: Module | None = None
+
+    # -- structure -------------------------------------------------------------------
+    def children(self) -> list[tuple[str, "Module"]]:
+        """Named direct sub-modules (empty for a leaf layer)."""
+        return []
+
+    def modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """Every module of the tree, depth first, with its qualified name."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self) -> list[tuple[str, np.ndarray]]:
+        """``(qualified name, view)`` for every parameter, in buffer order ("0.weight", ...)."""
+        return [(f"{mp}.{n}" if mp else n, v) for mp, m in self.modules() for n, v in m.params.items()]
+
+    @property
+    def flat(self) -> FlatBuffer:
+        """The model's flat buffer: ``flat.data`` holds every parameter, ``flat.grad`` the gradients."""
+        if self._parent is not None:
+            raise AttributeError(
+                f"{type(self).__name__} is part of a larger model; use the model's .flat")
+        if self._flat is None:
+            raise AttributeError(f"{type(self).__name__} has no parameters")
+        return self._flat
+
+    @property
+    def num_params(self) -> int:
+        return sum(v.size for _, v in self.named_parameters())
+
+    def _create_params(self, values: dict[str, np.ndarray]) -> None:
+        """Leaf layers: allocate a buffer of their own holding ``values``."""
+        self._flat = FlatBuffer({k: v.shape for k, v in values.items()}, self.dtype)
+        for k, v in values.items():
+            self._flat.view(k)[...] = v
+        self._bind(self._flat, "")
+
+    def _bind(self, flat: FlatBuffer, prefix: str) -> None:
+        self.params = {n: flat.view(prefix + n) for n in self.params or self._flat.slots}
+        self.grads = {n: flat.grad_view(prefix + n) for n in self.params}
+
+    def _adopt_children(self) -> None:
+        """Containers: gather every parameter below into one buffer and rebind the leaves."""
+        leaves = [(mp, m) for mp, m in self.modules() if m is not self and m.params]
+        dtypes = {m.dtype for _, m in leaves}
+        if len(dtypes) > 1:
+            raise TypeError(f"all layers of a model must share one dtype, got {sorted(map(str, dtypes))}")
+        for name, child in self.children():
+            if child._parent is not None and child._parent is not self:
+                raise ValueError(f"layer {name} ({type(child).__name__}) already belongs to another model")
+            child._parent = self
+        self.dtype = dtypes.pop() if dtypes else self.dtype
+        if not leaves:
+            return
+        shapes = {f"{mp}.{n}": v.shape for mp, m in leaves for n, v in m.params.items()}
+        flat = FlatBuffer(shapes, self.dtype)
+        for mp, m in leaves:
+            for n, v in m.params.items():
+                flat.view(f"{mp}.{n}")[...] = v
+            m._bind(flat, f"{mp}.")
+        for _, m in list(self.modules())[1:]:
+            m._flat = None
+        self._flat = flat
+
+    # -- running ---------------------------------------------------------------------
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> "Module":
+        for _, m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for _, g in self.named_gradients():
+            g[...] = 0
+
+    def named_gradients(self) -> list[tuple[str, np.ndarray]]:
+        return [(f"{mp}.{n}" if mp else n, v) for mp, m in self.modules() for n, v in m.grads.items()]
+
+    # -- description -----------------------------------------------------------------
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape for a per-sample input shape (no batch axis)."""
+        return tuple(input_shape)
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """Multiply-adds per sample of the forward pass."""
+        return 0
+
+    def rngs(self) -> list[tuple[str, np.random.Generator]]:
+        """Random generators of the tree (dropout), by module name, for checkpoints."""
+        return [(mp, m.rng) for mp, m in self.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+

@@ -1,0 +1,52 @@
+"""Adam, AdamW and AMSGrad (Kingma & Ba Algorithm 1; torch.optim semantics), one fused kernel call."""
+from __future__ import annotations
+
+from fastnn.kernels.optim.adam import adam_hparams, adam_step_cpu
+
+from .base import Optimizer
+
+
+class Adam(Optimizer):
+    """Adam with bias correction: ``p <- p - lr * m_hat / (sqrt(v_hat) + eps)``.
+
+    ``weight_decay`` is L2 (added to the gradient), as torch.optim.Adam; ``amsgrad`` keeps
+    the running maximum of v (torch's form: the maximum is bias-corrected) and applies to
+    all groups. Bias corrections are computed in float64 on the host from an int step.
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    global_options = ("amsgrad",)
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False, **options) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize), **options)
+
+    def _state_to_allocate(self) -> tuple[str, ...]:
+        return self.state_names + (("max_exp_avg_sq",) if self.defaults["amsgrad"] else ())
+
+    def _check_hparams(self, group: dict, where: str) -> None:
+        super()._check_hparams(group, where)
+        betas = tuple(group["betas"])
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"{where}: expected betas in [0, 1), got {group['betas']}")
+        if not group["eps"] >= 0:
+            raise ValueError(f"{where}: expected eps >= 0, got {group['eps']}")
+
+    def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
+        hp = adam_hparams(self.param_groups, step, self.decoupled, grad_scale, self.params.dtype)
+        vmax = self.state.get("max_exp_avg_sq", self.params[:0])
+        adam_step_cpu(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], vmax,
+                      self._starts, self._stops, self._groups, hp, self.defaults["amsgrad"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter; torch.optim.AdamW):
+    ``p <- p * (1 - lr*weight_decay)`` before the Adam update. Default weight_decay 1e-2."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, maximize: bool = False, **options) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize, **options)

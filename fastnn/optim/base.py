@@ -1,0 +1,197 @@
+"""Optimizer: parameter groups over a flat buffer, gradient checks and clipping, state dicts.
+
+Subclasses name their per-parameter state buffers (``state_names``), validate their
+hyperparameters (``_check_hparams``) and run their fused kernel (``_update``); this base
+turns a model or a ``(params, grads)`` pair plus optional parameter groups into the
+chunk table that kernel walks, so one call updates every group.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastnn.kernels.chunks import make_chunks
+from fastnn.kernels.reduce import sumsq_nonfinite_cpu
+
+from ..checks import check_flat
+from ..flat import aligned_zeros
+from ..module import Module
+
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
+
+
+class Optimizer:
+    """Base of the fused optimizers.
+
+    ``params``: a model (its flat buffer is used), or a ``(params, grads)`` pair of 1-D
+    contiguous float arrays of equal length. ``param_groups``: optional list of dicts,
+    each with ``"params"`` (views into the model's parameters, or their names such as
+    ``"0.bias"``) and hyperparameters overriding the defaults for those elements; every
+    other element stays in group 0 with the defaults. ``max_grad_norm``: clip the global
+    L2 norm of the gradient to this value (inside the kernel; the gradient buffer is left
+    as it was). ``nonfinite``: what a NaN/Inf gradient does: "raise" (FloatingPointError,
+    nothing changed), "skip" (the step is skipped and counted in ``skipped_steps``) or
+    "ignore" (no check; NaN propagates into the parameters, as in torch).
+    """
+
+    state_names: tuple[str, ...] = ()
+    global_options: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict, *, param_groups: list[dict] | None = None,
+                 max_grad_norm: float | None = None, nonfinite: str = "raise") -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite: expected one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm: expected a positive number or None, got {max_grad_norm}")
+        self.params, self.grads, self._slots = _resolve(params)
+        self.defaults = dict(defaults)
+        self._check_hparams(self.defaults, "defaults")
+        self.max_grad_norm, self.nonfinite = max_grad_norm, nonfinite
+        self.param_groups, segments = self._build_groups(param_groups or [])
+        self._starts, self._stops, self._groups = make_chunks(segments)
+        self.state = {name: aligned_zeros(self.params.size, self.params.dtype) for name in self._state_to_allocate()}
+        self.step_count = 0
+        self.skipped_steps = 0
+        self.last_step_skipped = False
+        self.last_grad_norm: float | None = None
+
+    # -- groups ----------------------------------------------------------------------
+    def _build_groups(self, overrides: list[dict]) -> tuple[list[dict], list[tuple[int, int, int]]]:
+        owner = np.zeros(len(self._slots), dtype=np.int64)
+        groups = [dict(self.defaults)]
+        for k, spec in enumerate(overrides, start=1):
+            if not isinstance(spec, dict) or "params" not in spec:
+                raise TypeError(f"param_groups[{k - 1}]: expected a dict with a 'params' list, got {spec!r}")
+            unknown = set(spec) - set(self.defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"param_groups[{k - 1}]: unknown options {sorted(unknown)}; "
+                                 f"expected some of {sorted(self.defaults)}")
+            fixed = [o for o in self.global_options if o in spec and spec[o] != self.defaults[o]]
+            if fixed:
+                raise ValueError(f"param_groups[{k - 1}]: {fixed} must be the same for all groups")
+            group = {**self.defaults, **{o: v for o, v in spec.items() if o != "params"}}
+            self._check_hparams(group, f"param_groups[{k - 1}]")
+            for p in spec["params"]:
+                i = self._slot_index(p)
+                if owner[i]:
+                    raise ValueError(f"parameter {self._slots[i][0]!r} is in two parameter groups")
+                owner[i] = k
+            groups.append(group)
+        for k, group in enumerate(groups):
+            group["params"] = [s[0] for s, o in zip(self._slots, owner) if o == k]
+        segments = [(start, stop, int(o)) for (_, start, stop, _), o in zip(self._slots, owner)]
+        return groups, segments
+
+    def _slot_index(self, p) -> int:
+        if isinstance(p, str):
+            for i, s in enumerate(self._slots):
+                if s[0] == p:
+                    return i
+            raise KeyError(f"no parameter named {p!r}; expected one of {[s[0] for s in self._slots]}")
+        if not isinstance(p, np.ndarray) or not np.shares_memory(p, self.params):
+            raise ValueError("param_groups: each entry of 'params' must be a parameter name or a view "
+                             f"into the optimized parameters, got {type(p).__name__}")
+        start = (p.__array_interface__["data"][0] - self.params.ctypes.data) // self.params.itemsize
+        for i, (_, s_start, _, size) in enumerate(self._slots):
+            if s_start == start and size == p.size:
+                return i
+        raise ValueError(f"param_groups: the array of shape {p.shape} at element {start} is not one "
+                         "of the model's parameters")
+
+    def _state_to_allocate(self) -> tuple[str, ...]:
+        return self.state_names
+
+    def _check_hparams(self, group: dict, where: str) -> None:
+        if not group["lr"] >= 0:
+            raise ValueError(f"{where}: expected lr >= 0, got {group['lr']}")
+        if not group["weight_decay"] >= 0:
+            raise ValueError(f"{where}: expected weight_decay >= 0, got {group['weight_decay']}")
+
+    # -- stepping --------------------------------------------------------------------
+    def step(self) -> bool:
+        """Apply one update to every parameter; returns False when the step was skipped."""
+        scale = 1.0
+        if self.max_grad_norm is not None or self.nonfinite != "ignore":
+            sumsq = np.empty(len(self._starts), np.float64)
+            bad = np.empty(len(self._starts), np.int64)
+            sumsq_nonfinite_cpu(self.grads, self._starts, self._stops, sumsq, bad)
+            if bad.any():
+                self.last_step_skipped = True
+                if self.nonfinite == "skip":
+                    self.skipped_steps += 1
+                    return False
+                raise FloatingPointError(self._nonfinite_message(int(bad.sum()), int(np.argmax(bad > 0))))
+            self.last_grad_norm = math.sqrt(float(sumsq.sum()))
+            if self.max_grad_norm is not None:
+                scale = min(1.0, self.max_grad_norm / (self.last_grad_norm + 1e-6))
+        self._update(scale, first_step=self.step_count == 0, step=self.step_count + 1)
+        self.step_count += 1
+        self.last_step_skipped = False
+        return True
+
+    def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
+        raise NotImplementedError
+
+    def _nonfinite_message(self, count: int, chunk: int) -> str:
+        at = self._starts[chunk]
+        name = next((s[0] for s in self._slots if s[1] <= at < s[2]), "?")
+        return (f"gradient has {count} non-finite value(s) (NaN or Inf), first in {name!r}; expected all "
+                "finite. Parameters and optimizer state are unchanged; pass nonfinite='skip' to skip "
+                "such steps instead")
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (one pass over the flat gradient buffer)."""
+        self.grads.fill(0)
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Step counters, hyperparameters per group (with parameter names) and copies of the
+        flat state buffers."""
+        return {"type": type(self).__name__, "step": self.step_count, "skipped_steps": self.skipped_steps,
+                "param_groups": [dict(g, params=list(g["params"])) for g in self.param_groups],
+                "state": {k: v.copy() for k, v in self.state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned; checked whole before anything is changed."""
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"optimizer state: expected a {type(self).__name__} state, got {state.get('type')!r}")
+        groups = state["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"optimizer state: expected {len(self.param_groups)} parameter groups, "
+                             f"got {len(groups)}")
+        for k, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
+            if list(theirs["params"]) != mine["params"]:
+                raise ValueError(f"optimizer state: group {k} holds {list(theirs['params'])[:4]}..., "
+                                 f"expected {mine['params'][:4]}...")
+        if set(state["state"]) != set(self.state):
+            raise ValueError(f"optimizer state: expected buffers {sorted(self.state)}, got {sorted(state['state'])}")
+        for k, v in state["state"].items():
+            if v.shape != self.params.shape or v.dtype != self.params.dtype:
+                raise ValueError(f"optimizer state {k!r}: expected {self.params.dtype}{self.params.shape}, "
+                                 f"got {v.dtype}{v.shape}")
+        for mine, theirs in zip(self.param_groups, groups):
+            mine.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in theirs.items() if k != "params"})
+        for k, v in state["state"].items():
+            self.state[k][...] = v
+        self.step_count, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        return f"{type(self).__name__}({self.params.size:,} params, {len(self.param_groups)} groups, {hp})"
+
+
+def _resolve(params) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
+    """(flat params, flat grads, slots) where a slot is (name, start, stop incl. padding, size)."""
+    if isinstance(params, Module):
+        flat = params.flat
+        slots = [(s.name, s.start, s.stop_padded, s.size) for s in flat.slots.values()]
+        return flat.data, flat.grad, slots
+    if isinstance(params, (tuple, list)) and len(params) == 2:
+        p, g = check_flat(params[0], "params"), check_flat(params[1], "grads")
+        if g.shape != p.shape or g.dtype != p.dtype:
+            raise ValueError(f"grads: expected {p.dtype}{p.shape} like params, got {g.dtype}{g.shape}")
+        if np.shares_memory(p, g):
+            raise ValueError("params and grads: expected two separate buffers, got overlapping memory")
+        return p, g, [("params", 0, p.size, p.size)]
+    raise TypeError(f"expected a fastnn model or a (params, grads) pair of flat arrays, got {type(params).__name__}")

@@ -1,0 +1,1 @@
+"""Fused optimizer updates over flat buffers: one pass over memory, one call per step."""

@@ -1,0 +1,277 @@
+"""Fused optimizers against the NumPy references and torch.optim, step by step."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.flat import FlatBuffer
+from reference import adam_ref, sgd_ref
+
+SIZES = [1, 7, 1023, 1_000_003]
+ADAM_CASES = [
+    dict(lr=1e-2),
+    dict(lr=1e-2, weight_decay=0.1),
+    dict(lr=1e-2, weight_decay=0.1, amsgrad=True),
+    dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, maximize=True),
+    dict(lr=1e-2, weight_decay=0.1, decoupled=True),
+]
+SGD_CASES = [
+    dict(lr=0.05),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-2),
+    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
+    dict(lr=0.05, momentum=0.5, maximize=True),
+]
+
+
+def _grad_seq(n: int, steps: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n) for _ in range(steps)]
+
+
+def _run(make_opt, p0, grads, dtype):
+    p, g = p0.astype(dtype), np.zeros(p0.size, dtype)
+    opt = make_opt((p, g))
+    for gr in grads:
+        g[:] = gr
+        assert opt.step()
+    return p
+
+
+def _adam(kw):
+    kw = dict(kw)
+    cls = fnn.optim.AdamW if kw.pop("decoupled", False) else fnn.optim.Adam
+    kw.setdefault("weight_decay", 0.0)
+    return lambda pair: cls(pair, **kw)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("case", range(len(ADAM_CASES)))
+def test_adam_matches_reference_float64(n, case):
+    kw = ADAM_CASES[case]
+    steps = 100 if n < 10**6 else 12
+    p0 = np.random.default_rng(1).standard_normal(n)
+    grads = _grad_seq(n, steps)
+    got = _run(_adam(kw), p0, grads, np.float64)
+    np.testing.assert_allclose(got, adam_ref(p0, grads, **kw), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("case", range(len(SGD_CASES)))
+def test_sgd_matches_reference_float64(n, case):
+    kw = SGD_CASES[case]
+    steps = 100 if n < 10**6 else 12
+    p0 = np.random.default_rng(1).standard_normal(n)
+    grads = _grad_seq(n, steps)
+    got = _run(lambda pair: fnn.optim.SGD(pair, **kw), p0, grads, np.float64)
+    np.testing.assert_allclose(got, sgd_ref(p0, grads, **kw), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", range(len(ADAM_CASES)))
+def test_adam_float32_close_to_reference(case):
+    p0 = np.random.default_rng(2).standard_normal(1023)
+    grads = _grad_seq(1023, 150, seed=3)
+    got = _run(_adam(ADAM_CASES[case]), p0, grads, np.float32)
+    np.testing.assert_allclose(got, adam_ref(p0, [g.astype(np.float32) for g in grads], **ADAM_CASES[case]),
+                               rtol=1e-4, atol=1e-5)
+
+
+def _torch_pair(make_fnn, make_torch, sizes, steps, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    fb = FlatBuffer({f"t{i}": (s,) for i, s in enumerate(sizes)}, dtype)
+    fb.data[:] = 0
+    tensors = []
+    for i, s in enumerate(sizes):
+        fb.view(f"t{i}")[...] = rng.standard_normal(s)
+        tensors.append(torch.tensor(fb.view(f"t{i}").copy(), requires_grad=True))
+    opt, topt = make_fnn((fb.data, fb.grad)), make_torch(tensors)
+    for _ in range(steps):
+        for i, s in enumerate(sizes):
+            gi = rng.standard_normal(s).astype(dtype)
+            fb.grad_view(f"t{i}")[...] = gi
+            tensors[i].grad = torch.tensor(gi)
+        opt.step()
+        topt.step()
+    return [(fb.view(f"t{i}"), t.detach().numpy()) for i, t in enumerate(tensors)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kw", [
+    ("Adam", dict(lr=1e-2, weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1)),
+    ("Adam", dict(lr=1e-2, betas=(0.5, 0.9), maximize=True)),
+    ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.5)),
+])
+def test_matches_torch_fused(name, kw, dtype):
+    """Same inputs, same hyperparameters: the same trajectory as torch.optim (fused=True),
+    over tensors of awkward sizes including zero-size ones, 120 steps."""
+    torch = pytest.importorskip("torch")
+    torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
+    try:
+        pairs = _torch_pair(lambda pair: getattr(fnn.optim, name)(pair, **kw),
+                            lambda ts: getattr(torch.optim, name)(ts, fused=True, **kw),
+                            [1, 0, 7, 1023, 0, 33], 120, dtype)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for ours, theirs in pairs:
+        np.testing.assert_allclose(ours, theirs, **tol)
+
+
+def test_param_groups_exclude_biases_from_weight_decay():
+    model = fnn.Sequential(fnn.Dense(5, 4, dtype=np.float64), fnn.Dense(4, 3, dtype=np.float64))
+    biases = [v for n, v in model.named_parameters() if n.endswith("bias")]
+    opt = fnn.optim.AdamW(model, lr=0.1, weight_decay=0.5, param_groups=[{"params": biases, "weight_decay": 0.0}])
+    assert opt.param_groups[1]["params"] == ["0.bias", "1.bias"]
+    before = {n: v.copy() for n, v in model.named_parameters()}
+    opt.step()  # zero gradients: only decoupled weight decay moves parameters
+    for n, v in model.named_parameters():
+        if n.endswith("bias"):
+            np.testing.assert_array_equal(v, before[n])
+        else:
+            np.testing.assert_allclose(v, before[n] * (1 - 0.1 * 0.5), rtol=1e-12)
+
+
+def test_param_groups_by_name_and_per_group_lr():
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    opt = fnn.optim.SGD(model, lr=1.0, param_groups=[{"params": ["0.bias"], "lr": 0.5}])
+    model.flat.grad[:] = 1.0
+    w, b = model[0].params["weight"].copy(), model[0].params["bias"].copy()
+    opt.step()
+    np.testing.assert_allclose(model[0].params["weight"], w - 1.0)
+    np.testing.assert_allclose(model[0].params["bias"], b - 0.5)
+
+
+def test_padding_between_tensors_stays_zero():
+    model = fnn.Sequential(fnn.Dense(3, 5), fnn.Dense(5, 3))
+    opt = fnn.optim.Adam(model, lr=0.1, weight_decay=0.1)
+    real = np.zeros(model.flat.data.size, bool)
+    for s in model.flat.slots.values():
+        real[s.start:s.start + s.size] = True
+    for _ in range(3):
+        model.flat.grad[real] = 1.0
+        opt.step()
+    assert not model.flat.data[~real].any()
+
+
+def test_clipping_by_global_norm():
+    n = 1000
+    p0 = np.random.default_rng(0).standard_normal(n)
+    grads = [10 * g for g in _grad_seq(n, 20)]
+    got = _run(lambda pair: fnn.optim.SGD(pair, lr=0.01, momentum=0.9, max_grad_norm=1.0), p0, grads, np.float64)
+    scaled = [g * min(1.0, 1.0 / (np.linalg.norm(g) + 1e-6)) for g in grads]
+    np.testing.assert_allclose(got, sgd_ref(p0, scaled, lr=0.01, momentum=0.9), rtol=1e-10)
+
+
+def test_last_grad_norm_is_deterministic_and_right():
+    g = np.random.default_rng(0).standard_normal(100_003).astype(np.float32)
+    opt = fnn.optim.SGD((np.zeros_like(g), g), lr=0.0)
+    opt.step()
+    assert opt.last_grad_norm == pytest.approx(np.linalg.norm(g.astype(np.float64)), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_gradient_raises_and_changes_nothing(bad):
+    p, g = np.ones(50), np.ones(50)
+    opt = fnn.optim.Adam((p, g), lr=0.1)
+    opt.step()
+    before = (p.copy(), {k: v.copy() for k, v in opt.state.items()}, opt.step_count)
+    g[17] = bad
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt.step()
+    np.testing.assert_array_equal(p, before[0])
+    for k, v in opt.state.items():
+        np.testing.assert_array_equal(v, before[1][k])
+    assert opt.step_count == before[2]
+
+
+def test_nonfinite_skip_counts_and_skips_everything():
+    p, g = np.ones(10), np.full(10, np.nan)
+    opt = fnn.optim.Adam((p, g), lr=0.1, nonfinite="skip")
+    assert opt.step() is False
+    assert (opt.skipped_steps, opt.step_count, opt.last_step_skipped) == (1, 0, True)
+    np.testing.assert_array_equal(p, 1.0)
+    g[:] = 1.0
+    assert opt.step() and not opt.last_step_skipped
+    np.testing.assert_allclose(p, adam_ref(np.ones(10), [np.ones(10)], lr=0.1))
+
+
+def test_lr_zero_is_a_no_op():
+    p, g = np.ones(10), np.ones(10)
+    opt = fnn.optim.Adam((p, g), lr=0.0)
+    opt.step()
+    np.testing.assert_array_equal(p, 1.0)
+
+
+def test_results_do_not_depend_on_thread_count():
+    numba = pytest.importorskip("numba")
+    n = 300_001
+    out = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        out.append(_run(lambda pair: fnn.optim.Adam(pair, lr=0.01, max_grad_norm=5.0), np.ones(n),
+                        _grad_seq(n, 5), np.float32))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_state_dict_round_trip_continues_identically():
+    n = 257
+    grads = _grad_seq(n, 20)
+    a = (np.ones(n), np.zeros(n))
+    opt = fnn.optim.Adam(a, lr=0.01, amsgrad=True)
+    for g in grads[:10]:
+        a[1][:] = g
+        opt.step()
+    state = opt.state_dict()
+    b = (a[0].copy(), np.zeros(n))
+    opt2 = fnn.optim.Adam(b, lr=0.5, amsgrad=True)
+    opt2.load_state_dict(state)
+    assert opt2.param_groups[0]["lr"] == 0.01 and opt2.step_count == 10
+    for g in grads[10:]:
+        a[1][:] = g
+        b[1][:] = g
+        opt.step()
+        opt2.step()
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_load_state_dict_rejects_mismatch_and_changes_nothing():
+    opt = fnn.optim.Adam((np.ones(5), np.ones(5)), lr=0.1)
+    opt.step()
+    other = fnn.optim.Adam((np.ones(6), np.ones(6)), lr=0.2)
+    snapshot = opt.state_dict()
+    with pytest.raises(ValueError, match="expected float64\\(5,\\)"):
+        opt.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="expected a Adam state"):
+        opt.load_state_dict(fnn.optim.SGD((np.ones(5), np.ones(5))).state_dict())
+    assert opt.param_groups[0]["lr"] == 0.1
+    np.testing.assert_array_equal(opt.state["exp_avg"], snapshot["state"]["exp_avg"])
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(4))), "expected float64\\(3,\\)"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3, np.float32))), "expected float64"),
+    (lambda: fnn.optim.SGD((np.ones((3, 2)), np.ones((3, 2)))), "1-D"),
+    (lambda: fnn.optim.SGD((np.ones(6)[::2], np.ones(3))), "contiguous"),
+    (lambda: fnn.optim.SGD((np.ones(3, np.int64), np.ones(3, np.int64))), "float32 or float64"),
+    (lambda: fnn.optim.SGD(np.ones(3)), "model or a \\(params, grads\\) pair"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=-1), "lr >= 0"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), nesterov=True), "nesterov"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas=(1.0, 0.9)), "betas"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), nonfinite="maybe"), "nonfinite"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), max_grad_norm=0), "max_grad_norm"),
+])
+def test_bad_input_is_a_clear_error(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_read_only_params_rejected():
+    p = np.ones(3)
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        fnn.optim.SGD((p, np.ones(3)))
