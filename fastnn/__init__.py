@@ -4,7 +4,7 @@
     model = fnn.Sequential(fnn.Dense(64, 128, activation="relu"), fnn.Dense(128, 10))
     opt = fnn.optim.Adam(model, lr=1e-3)
 """
-from . import data, losses, optim, random
+from . import data, losses, optim, random, schedules
 from .layers import Dense, Dropout, Flatten, ReLU, Sequential, Sigmoid, Tanh
 from .module import Module
 from .random import manual_seed

@@ -17,7 +17,7 @@ def check_array(x: object, what: str, *, dtype: np.dtype | None = None,
     if dtype is None and x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what}: expected dtype float32 or float64, got {x.dtype}")
     if shape is not None and (x.ndim != len(shape) or any(e is not None and e != a for e, a in zip(shape, x.shape))):
-        want = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
+        want = str(tuple("N" if e is None else e for e in shape)).replace("'", "")
         raise ValueError(f"{what}: expected shape {want}, got {x.shape}")
     return x
 

@@ -1,0 +1,125 @@
+"""Checkpoints: parameters, optimizer state, schedule state, step and RNG state in one .npz file.
+
+Written atomically (a temporary file in the same folder, fsync, then ``os.replace``), so a
+crash mid-write leaves the previous checkpoint intact. Loading checks the whole file
+against the model, optimizer and schedule first, and restores their previous state if
+anything fails, so nothing is ever half-loaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import random
+from .module import Module
+
+FORMAT = "fastnn-checkpoint-1"
+
+
+def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, *, step: int = 0,
+         extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (and optionally ``optimizer``, ``schedule``, a step count and a JSON-able
+    ``extra`` dict such as the data position) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    opt_state = optimizer.state_dict() if optimizer is not None else None
+    meta = {
+        "format": FORMAT,
+        "model": _signature(model),
+        "step": int(step),
+        "optimizer": {k: v for k, v in opt_state.items() if k != "state"} if opt_state else None,
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "rng": {name: g.bit_generator.state for name, g in model.rngs()},
+        "global_rng": random.generator().bit_generator.state,
+        "extra": extra or {},
+    }
+    arrays = {"params": model.flat.data}
+    if opt_state:
+        arrays.update({f"state.{k}": v for k, v in opt_state["state"].items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None) -> dict[str, Any]:
+    """Restore what ``save`` wrote into ``model`` (and ``optimizer``, ``schedule``); returns
+    ``{"step": int, "extra": dict}``. Raises ValueError naming the first mismatch (a checkpoint
+    of a different model, optimizer or dtype) and leaves everything as it was."""
+    path = Path(path)
+    try:
+        with np.load(path) as f:
+            meta = json.loads(f["meta"].tobytes())
+            arrays = {k: f[k] for k in f.files if k != "meta"}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable fastnn checkpoint ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: expected format {FORMAT!r}, got {meta.get('format')!r}")
+    _check_model(path, meta["model"], _signature(model))
+    if optimizer is not None and meta["optimizer"] is None:
+        raise ValueError(f"{path}: holds no optimizer state, but an optimizer was given")
+    if schedule is not None and meta["schedule"] is None:
+        raise ValueError(f"{path}: holds no schedule state, but a schedule was given")
+    rngs = dict(model.rngs())
+    if set(rngs) != set(meta["rng"]):
+        raise ValueError(f"{path}: random generators {sorted(meta['rng'])}, model has {sorted(rngs)}")
+
+    before = (model.flat.data.copy(), optimizer.state_dict() if optimizer else None,
+              schedule.state_dict() if schedule else None, {n: g.bit_generator.state for n, g in rngs.items()})
+    try:
+        if optimizer is not None:
+            state = {k: v for k, v in arrays.items() if k.startswith("state.")}
+            optimizer.load_state_dict({**meta["optimizer"], "state": {k[6:]: v for k, v in state.items()}})
+        if schedule is not None:
+            schedule.load_state_dict(meta["schedule"])
+        for name, g in rngs.items():
+            g.bit_generator.state = meta["rng"][name]
+        model.flat.data[...] = arrays["params"]
+    except Exception:
+        model.flat.data[...] = before[0]
+        if optimizer is not None:
+            optimizer.load_state_dict(before[1])
+        if schedule is not None:
+            schedule.load_state_dict(before[2])
+        for name, g in rngs.items():
+            g.bit_generator.state = before[3][name]
+        raise
+    random.generator().bit_generator.state = meta["global_rng"]
+    return {"step": meta["step"], "extra": meta["extra"]}
+
+
+def _signature(model: Module) -> dict:
+    flat = model.flat
+    return {"dtype": str(flat.dtype), "size": int(flat.data.size),
+            "params": [[name, list(slot.shape)] for name, slot in flat.slots.items()]}
+
+
+def _check_model(path: Path, saved: dict, current: dict) -> None:
+    if saved["dtype"] != current["dtype"]:
+        raise ValueError(f"{path}: checkpoint is {saved['dtype']}, model is {current['dtype']}")
+    for (sn, ss), (cn, cs) in zip(saved["params"], current["params"]):
+        if sn != cn or ss != cs:
+            raise ValueError(f"{path}: checkpoint of a different model: it has {sn} {tuple(ss)}, "
+                             f"the model has {cn} {tuple(cs)}")
+    if len(saved["params"]) != len(current["params"]) or saved["size"] != current["size"]:
+        raise ValueError(f"{path}: checkpoint of a different model: {len(saved['params'])} parameters, "
+                         f"the model has {len(current['params'])}")

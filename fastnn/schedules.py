@@ -1,0 +1,523 @@
+"""Learning-rate schedules (torch.optim.lr_scheduler semantics) and a batch-size schedule.
+
+An LR schedule wraps an optimizer: constructing it sets every group's ``lr`` to
+``lr_at(0, base)``, and each ``step()``, called after ``opt.step()``, advances the step
+counter ``t`` and sets ``lr = lr_at(t, base)``, where ``base`` is the group's
+``"initial_lr"`` (set from its ``lr`` when absent, as torch does). Every schedule is affine
+in the base lr, ``lr_at(t, base) = factor(t) * base + offset(t)``; the offset is zero except
+for Cosine's absolute floor ``eta_min``. A step the optimizer skipped (non-finite
+gradients, ``opt.last_step_skipped``) does not advance the schedule, so a skip delays the
+schedule instead of silently dropping one of its values (huggingface/accelerate#4243).
+
+``BatchSize`` grows the batch with the number of samples seen (Smith et al. 2018, "Don't
+decay the learning rate, increase the batch size") and can rescale the lr to match.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Schedule", "Constant", "InverseTime", "Exponential", "Step", "Cosine", "Warmup",
+           "Sequential", "Chain", "BatchSize"]
+
+
+# -- argument checks -------------------------------------------------------------------------
+
+def _int_at_least(value: object, name: str, minimum: int, why: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}{why}, got {value}")
+    return int(value)
+
+
+def _real(value: object, name: str, ok: Callable[[float], bool], expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number {expected}, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name}: expected a number {expected}, got {value}")
+    return float(value)
+
+
+def _milestones(values: Sequence[int], name: str, why: str = "") -> list[int]:
+    values = [_int_at_least(m, f"{name}[{i}]", 1, why) for i, m in enumerate(values)]
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{name}: expected strictly increasing ints, got {values}")
+    return values
+
+
+# -- asymptotics, for the Robbins-Monro conditions ---------------------------------------------
+
+@dataclass(frozen=True)
+class _Tail:
+    """gamma_t = Theta(rate**t * t**-power) as t -> inf, up to a bounded factor of positive
+    mean (a periodic one such as Cosine's, or Step's staircase)."""
+
+    rate: float = 1.0
+    power: float = 0.0
+
+    def __mul__(self, other: _Tail) -> _Tail:
+        return _Tail(self.rate * other.rate, self.power + other.power)
+
+    def __add__(self, other: _Tail) -> _Tail:
+        return max(self, other, key=lambda a: (a.rate, -a.power))  # the slower decay dominates
+
+    @property
+    def robbins_monro(self) -> bool:
+        """gamma_t -> 0 and sum gamma_t = inf: exactly the polynomial decays t**-p, 0 < p <= 1."""
+        return self.rate == 1.0 and 0.0 < self.power <= 1.0
+
+
+def _fmt(value: Any) -> str:
+    """One-line rendering of a schedule spec (nested dicts with a "type" key)."""
+    if isinstance(value, dict):
+        args = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k != "type")
+        return f"{value['type']}({args})"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return repr(value)
+
+
+# -- learning-rate schedules -------------------------------------------------------------------
+
+class Schedule:
+    """Base of the LR schedules; ``t`` counts optimizer steps taken (torch's ``last_epoch``).
+
+    Subclasses set their hyperparameters, then call ``Schedule.__init__(self, opt)``, and
+    define ``_affine(t) -> (factor, offset)``, ``_tails()`` and ``_config()``.
+    """
+
+    def __init__(self, opt: Any) -> None:
+        self.opt = opt
+        self.t = 0
+        self._owner: Schedule | None = None
+        self._apply()
+
+    # the schedule as a pure function of the step ------------------------------------------
+    def _affine(self, t: int) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        """Asymptotics of factor(t) and of offset(t) (None: identically zero)."""
+        raise NotImplementedError
+
+    def _config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def factor(self, t: int) -> float:
+        """The multiplier of the base lr at step ``t`` (steps, not samples)."""
+        return self._affine(_int_at_least(t, "t", 0))[0]
+
+    def offset(self, t: int) -> float:
+        """The absolute part of the lr at step ``t``: 0 except for Cosine's ``eta_min`` floor."""
+        return self._affine(_int_at_least(t, "t", 0))[1]
+
+    def lr_at(self, t: int, base_lr: float) -> float:
+        """The lr at step ``t`` of a group whose base lr is ``base_lr``."""
+        f, o = self._affine(_int_at_least(t, "t", 0))
+        return f * base_lr + o
+
+    @property
+    def robbins_monro(self) -> bool:
+        """True iff lr_t -> 0 and sum_t lr_t = inf (for a positive base lr): the lecture's
+        conditions (i) and (ii) under which SGD converges."""
+        f, o = self._tails()
+        return (f if o is None else f + o).robbins_monro
+
+    # stepping -----------------------------------------------------------------------------
+    @property
+    def last_epoch(self) -> int:
+        """torch's name for ``t``."""
+        return self.t
+
+    @property
+    def base_lrs(self) -> list[float]:
+        """Every group's ``initial_lr``, the base the schedule scales."""
+        return [g["initial_lr"] for g in self.opt.param_groups]
+
+    def step(self) -> bool:
+        """Advance one step and set every group's lr; call after ``opt.step()``.
+
+        Returns False, changing nothing, when the optimizer skipped its last step.
+        """
+        if self._owner is not None:
+            raise RuntimeError(f"{self!r} is part of {self._owner!r}; step that schedule instead")
+        if getattr(self.opt, "last_step_skipped", False):
+            return False
+        self.t += 1
+        self._apply()
+        return True
+
+    def _apply(self) -> None:
+        f, o = self._affine(self.t)
+        for g in self.opt.param_groups:
+            g["lr"] = f * g.setdefault("initial_lr", g["lr"]) + o
+
+    def get_last_lr(self) -> list[float]:
+        """The lr of every parameter group now."""
+        return [g["lr"] for g in self.opt.param_groups]
+
+    # checkpoints --------------------------------------------------------------------------
+    def _spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, **self._config()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: the schedule's spec, ``t`` and the base lr of every group."""
+        return {"schedule": self._spec(), "t": self.t, "base_lrs": [float(b) for b in self.base_lrs]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``t`` and the base lrs, and set every group's lr to match.
+
+        The schedule must be built as the saved one was (same type and hyperparameters).
+        """
+        if state["schedule"] != self._spec():
+            raise ValueError(f"schedule state: saved by {_fmt(state['schedule'])}, "
+                             f"expected one of {_fmt(self._spec())}")
+        groups = self.opt.param_groups
+        if len(state["base_lrs"]) != len(groups):
+            raise ValueError(f"schedule state: expected base lrs for {len(groups)} parameter groups, "
+                             f"got {len(state['base_lrs'])}")
+        self.t = _int_at_least(state["t"], "schedule state t", 0)
+        for g, base in zip(groups, state["base_lrs"]):
+            g["initial_lr"] = base
+        self._apply()
+
+    def __repr__(self) -> str:
+        return _fmt({**self._spec(), "t": self.t})
+
+
+class Constant(Schedule):
+    """lr_t = base. torch: ``LambdaLR(opt, lambda t: 1.0)``."""
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        return 1.0, 0.0
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        return _Tail(), None
+
+    def _config(self) -> dict[str, Any]:
+        return {}
+
+
+class InverseTime(Schedule):
+    """lr_t = base / (1 + decay_rate * t / decay_steps) ** power, t in steps.
+
+    ``staircase`` uses ``t // decay_steps``. With power 1 this is Keras ``InverseTimeDecay``,
+    the lecture's 1/t decay; torch: ``LambdaLR(opt, lambda t: (1 + r * t / s) ** -p)``.
+    Satisfies Robbins-Monro for 0 < power <= 1 (and sum lr_t**2 < inf for power > 1/2).
+    """
+
+    def __init__(self, opt: Any, decay_steps: int, decay_rate: float = 1.0, staircase: bool = False,
+                 power: float = 1.0) -> None:
+        self.decay_steps = _int_at_least(decay_steps, "decay_steps", 1)
+        self.decay_rate = _real(decay_rate, "decay_rate", lambda v: v > 0, "> 0")
+        self.staircase = bool(staircase)
+        self.power = _real(power, "power", lambda v: v > 0, "> 0")
+        super().__init__(opt)
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        x = t // self.decay_steps if self.staircase else t / self.decay_steps
+        return (1.0 + self.decay_rate * x) ** -self.power, 0.0
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        return _Tail(power=self.power), None
+
+    def _config(self) -> dict[str, Any]:
+        return {"decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
+                "staircase": self.staircase, "power": self.power}
+
+
+class Exponential(Schedule):
+    """lr_t = base * gamma**t, t in steps. torch: ``ExponentialLR(opt, gamma)``."""
+
+    def __init__(self, opt: Any, gamma: float) -> None:
+        self.gamma = _real(gamma, "gamma", lambda v: v > 0, "> 0")
+        super().__init__(opt)
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        return self.gamma ** t, 0.0
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        return _Tail(rate=self.gamma), None
+
+    def _config(self) -> dict[str, Any]:
+        return {"gamma": self.gamma}
+
+
+class Step(Schedule):
+    """lr_t = base * gamma**(t // step_size), t in steps. torch: ``StepLR(opt, step_size, gamma)``."""
+
+    def __init__(self, opt: Any, step_size: int, gamma: float = 0.1) -> None:
+        self.step_size = _int_at_least(step_size, "step_size", 1)
+        self.gamma = _real(gamma, "gamma", lambda v: v > 0, "> 0")
+        super().__init__(opt)
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        return self.gamma ** (t // self.step_size), 0.0
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        return _Tail(rate=self.gamma ** (1.0 / self.step_size)), None
+
+    def _config(self) -> dict[str, Any]:
+        return {"step_size": self.step_size, "gamma": self.gamma}
+
+
+class Cosine(Schedule):
+    """lr_t = eta_min + (base - eta_min) * (1 + cos(pi * t / T_max)) / 2, t in steps.
+
+    torch: ``CosineAnnealingLR(opt, T_max, eta_min)``. ``eta_min`` is an absolute lr, the
+    same for every group (so ``factor(t)`` is the cosine term and ``offset(t)`` is
+    ``eta_min * (1 - factor(t))``). As in torch, past ``T_max`` the lr rises again: the
+    schedule has period ``2 * T_max``.
+    """
+
+    def __init__(self, opt: Any, T_max: int, eta_min: float = 0.0) -> None:
+        self.T_max = _int_at_least(T_max, "T_max", 1)
+        self.eta_min = _real(eta_min, "eta_min", lambda v: v >= 0, ">= 0")
+        super().__init__(opt)
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        c = 0.5 * (1.0 + math.cos(math.pi * t / self.T_max))
+        return c, self.eta_min * (1.0 - c)
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        return _Tail(), (_Tail() if self.eta_min > 0 else None)
+
+    def _config(self) -> dict[str, Any]:
+        return {"T_max": self.T_max, "eta_min": self.eta_min}
+
+
+class Warmup(Schedule):
+    """lr_t = base * (start_factor + (1 - start_factor) * min(t, warmup_steps) / warmup_steps).
+
+    Linear warm-up over ``warmup_steps`` steps, then constant. torch:
+    ``LinearLR(opt, start_factor, end_factor=1.0, total_iters=warmup_steps)``.
+    """
+
+    def __init__(self, opt: Any, warmup_steps: int, start_factor: float = 1.0 / 3.0) -> None:
+        self.warmup_steps = _int_at_least(warmup_steps, "warmup_steps", 1)
+        self.start_factor = _real(start_factor, "start_factor", lambda v: 0 < v <= 1, "in (0, 1]")
+        super().__init__(opt)
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        s = self.start_factor
+        return s + (1.0 - s) * min(t, self.warmup_steps) / self.warmup_steps, 0.0
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        return _Tail(), None
+
+    def _config(self) -> dict[str, Any]:
+        return {"warmup_steps": self.warmup_steps, "start_factor": self.start_factor}
+
+
+def _adopt(owner: Schedule, parts: Sequence[Schedule], opt: Any) -> list[Schedule]:
+    """Check ``parts`` may become components of ``owner`` (same optimizer, not yet owned)."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError(f"{type(owner).__name__}: expected at least one schedule, got none")
+    for i, p in enumerate(parts):
+        if not isinstance(p, Schedule):
+            raise TypeError(f"{type(owner).__name__}: schedules[{i}]: expected a Schedule, "
+                            f"got {type(p).__name__}")
+        if p.opt is not opt:
+            raise ValueError(f"{type(owner).__name__}: schedules[{i}] ({p!r}) wraps another optimizer; "
+                             "expected all schedules to wrap the same one")
+        if p._owner is not None:
+            raise ValueError(f"{type(owner).__name__}: schedules[{i}] ({p!r}) is already part of "
+                             f"{p._owner!r}")
+    for p in parts:
+        p._owner = owner
+    return parts
+
+
+class Sequential(Schedule):
+    """Run ``schedules[k]`` from step ``milestones[k-1]`` on, restarted there (torch ``SequentialLR``).
+
+    lr_t = schedules[k].lr_at(t - milestones[k-1], base) for milestones[k-1] <= t < milestones[k]
+    (milestone 0 before the first). Milestones are steps, >= 1 and increasing; torch accepts
+    a milestone of 0 and then starts at the wrong lr (pytorch#185872). The schedules become
+    components: step the Sequential only.
+    """
+
+    def __init__(self, opt: Any, schedules: Sequence[Schedule], milestones: Sequence[int]) -> None:
+        schedules, milestones = list(schedules), list(milestones)
+        if len(milestones) != len(schedules) - 1:
+            raise ValueError(f"Sequential: expected len(schedules) - 1 = {len(schedules) - 1} milestones, "
+                             f"got {len(milestones)}")
+        self.milestones = _milestones(milestones, "milestones",
+                                      " (a step; at 0 the schedule before it would never run)")
+        self.schedules = _adopt(self, schedules, opt)
+        super().__init__(opt)
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        k = bisect_right(self.milestones, t)
+        return self.schedules[k]._affine(t - (self.milestones[k - 1] if k else 0))
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        return self.schedules[-1]._tails()
+
+    def _config(self) -> dict[str, Any]:
+        return {"schedules": [s._spec() for s in self.schedules], "milestones": self.milestones}
+
+
+class Chain(Schedule):
+    """Compose schedules: lr_t = s_n.lr_at(t, ... s_1.lr_at(t, base)) (torch ``ChainedScheduler``).
+
+    For schedules without an offset this is the product of their factors, as in torch.
+    With a Cosine ``eta_min`` the composition is still exact and order-dependent, while
+    torch's ChainedScheduler then applies each scheduler's recursive update to the running
+    lr and differs. The schedules become components: step the Chain only.
+    """
+
+    def __init__(self, schedules: Sequence[Schedule]) -> None:
+        schedules = list(schedules)
+        opt = schedules[0].opt if schedules and isinstance(schedules[0], Schedule) else None
+        self.schedules = _adopt(self, schedules, opt)
+        super().__init__(opt)
+
+    def _affine(self, t: int) -> tuple[float, float]:
+        f, o = 1.0, 0.0
+        for s in self.schedules:
+            fs, os_ = s._affine(t)
+            f, o = f * fs, o * fs + os_
+        return f, o
+
+    def _tails(self) -> tuple[_Tail, _Tail | None]:
+        f, o = _Tail(), None
+        for s in self.schedules:
+            fs, os_ = s._tails()
+            o = o * fs if o is not None else None
+            if os_ is not None:
+                o = os_ if o is None else o + os_
+            f = f * fs
+        return f, o
+
+    def _config(self) -> dict[str, Any]:
+        return {"schedules": [s._spec() for s in self.schedules]}
+
+
+# -- batch-size schedule -----------------------------------------------------------------------
+
+_LR_SCALINGS = ("linear", "sqrt")
+
+
+class BatchSize:
+    """A batch size that grows by ``factor`` as samples are seen, up to ``max_batch``.
+
+    Growth comes every ``every_samples`` samples, or at each of ``milestones`` (sample
+    counts; give exactly one of the two): with k growths so far, the batch size is
+    ``min(round(start * factor**k), max_batch)``. Everything counts samples, not steps, so
+    the schedule survives a change of batch size, of rank count, and checkpoints.
+    Growing the batch by ``factor`` cuts SGD's noise scale ``lr * N / B`` as decaying the lr
+    by ``factor`` would (Smith et al. 2018), with fewer parameter updates.
+
+    The data loader reads ``batch_size`` before drawing each batch and calls ``advance(n)``
+    as it hands out a batch of n samples, before the step on it (``fastnn.data.batches``
+    does both). With ``scale_lr="linear"`` (or ``"sqrt"``) and ``opt``, each group's
+    ``lr`` and ``initial_lr`` are multiplied by B_new / B_old (or its square root) in the
+    ``advance`` that hands out the first batch of a new size, so that step already uses the
+    scaled lr. Since LR schedules read ``initial_lr``, the two compose: lr_t = schedule(t) *
+    scale(B_t / start) (Cosine's ``eta_min`` floor is not scaled).
+    """
+
+    def __init__(self, start: int, *, factor: float = 2, every_samples: int | None = None,
+                 milestones: Sequence[int] | None = None, max_batch: int | None = None,
+                 scale_lr: str | None = None, opt: Any = None) -> None:
+        self.start = _int_at_least(start, "start", 1)
+        self.factor = _real(factor, "factor", lambda v: v >= 1, ">= 1")
+        if (every_samples is None) == (milestones is None):
+            raise ValueError("BatchSize: expected exactly one of every_samples and milestones, got "
+                             f"every_samples={every_samples!r}, milestones={milestones!r}")
+        self.every_samples = None if every_samples is None else _int_at_least(every_samples, "every_samples", 1)
+        self.milestones = None if milestones is None else _milestones(milestones, "milestones")
+        self.max_batch = None if max_batch is None else _int_at_least(max_batch, "max_batch", self.start)
+        if scale_lr not in (None, *_LR_SCALINGS):
+            raise ValueError(f"scale_lr: expected None, 'linear' or 'sqrt', got {scale_lr!r}")
+        if (scale_lr is None) != (opt is None):
+            raise ValueError("BatchSize: scale_lr and opt go together; got "
+                             f"scale_lr={scale_lr!r} and opt={'None' if opt is None else type(opt).__name__}")
+        self.scale_lr, self.opt = scale_lr, opt
+        self._max_growths = self._growths_to_cap()
+        self._samples = 0
+        self._lr_batch = self.start  # the batch size the optimizer's lr is scaled for
+
+    def _growths_to_cap(self) -> int | None:
+        """The number of growths after which the size stays at max_batch (None: no cap)."""
+        if self.max_batch is None:
+            return None
+        if self.factor == 1:
+            return 0
+        k = max(0, math.ceil(math.log(self.max_batch / self.start) / math.log(self.factor)) - 1)
+        while self.start * self.factor ** k < self.max_batch:
+            k += 1
+        return k
+
+    def batch_size_at(self, samples: int) -> int:
+        """The batch size once ``samples`` samples have been seen."""
+        samples = _int_at_least(samples, "samples", 0)
+        if self.every_samples is not None:
+            k = samples // self.every_samples
+        else:
+            k = bisect_right(self.milestones, samples)
+        if self._max_growths is None:
+            return round(self.start * self.factor ** k)
+        return min(round(self.start * self.factor ** min(k, self._max_growths)), self.max_batch)
+
+    @property
+    def batch_size(self) -> int:
+        """The size of the next batch."""
+        return self.batch_size_at(self._samples)
+
+    @property
+    def samples_seen(self) -> int:
+        return self._samples
+
+    @property
+    def lr_scale(self) -> float:
+        """The factor the lr has been scaled by so far (1.0 without ``scale_lr``)."""
+        r = self._lr_batch / self.start
+        return math.sqrt(r) if self.scale_lr == "sqrt" else r
+
+    def advance(self, n_samples: int) -> None:
+        """Count a batch of ``n_samples`` samples as handed out (the last may be short)."""
+        n_samples = _int_at_least(n_samples, "n_samples", 0)
+        if self.opt is not None:
+            self._rescale_lr(self.batch_size)
+        self._samples += n_samples
+
+    def _rescale_lr(self, batch: int) -> None:
+        if batch == self._lr_batch:
+            return
+        r = batch / self._lr_batch
+        s = math.sqrt(r) if self.scale_lr == "sqrt" else r
+        for g in self.opt.param_groups:
+            g["initial_lr"] = g.setdefault("initial_lr", g["lr"]) * s
+            g["lr"] *= s
+        self._lr_batch = batch
+
+    def _spec(self) -> dict[str, Any]:
+        return {"type": "BatchSize", "start": self.start, "factor": self.factor,
+                "every_samples": self.every_samples, "milestones": self.milestones,
+                "max_batch": self.max_batch, "scale_lr": self.scale_lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: the spec, the samples seen and the batch size the lr is scaled for."""
+        return {"schedule": self._spec(), "samples_seen": self._samples, "lr_batch": self._lr_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counts. The lr itself is left alone: the optimizer's (or its LR
+        schedule's) checkpoint holds the scaled lr."""
+        if state["schedule"] != self._spec():
+            raise ValueError(f"BatchSize state: saved by {_fmt(state['schedule'])}, "
+                             f"expected one of {_fmt(self._spec())}")
+        self._samples = _int_at_least(state["samples_seen"], "BatchSize state samples_seen", 0)
+        self._lr_batch = _int_at_least(state["lr_batch"], "BatchSize state lr_batch", 1)
+
+    def __repr__(self) -> str:
+        return _fmt({**self._spec(), "batch_size": self.batch_size, "samples_seen": self._samples})

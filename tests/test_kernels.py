@@ -1,0 +1,70 @@
+"""Kernels against plain NumPy: chunking, reductions, fused bias + activation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, bias_act_forward_cpu
+from fastnn.kernels.chunks import make_chunks
+from fastnn.kernels.reduce import sumsq_nonfinite_cpu
+
+ACT_REF = {"relu": lambda x: np.maximum(x, 0), "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+           None: lambda x: x}
+DACT_REF = {"relu": lambda y: (y > 0).astype(y.dtype), "tanh": lambda y: 1 - y * y,
+            "sigmoid": lambda y: y * (1 - y), None: lambda y: np.ones_like(y)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 200), max_size=12), chunk=st.sampled_from([16, 32, 64]),
+       groups=st.lists(st.integers(0, 2), min_size=12, max_size=12))
+def test_chunks_cover_each_element_once_in_its_group(sizes, chunk, groups):
+    segments, start = [], 0
+    for s, gid in zip(sizes, groups):
+        segments.append((start, start + s, gid))
+        start += s
+    starts, stops, gids = make_chunks(segments, chunk)
+    owner = np.full(start, -1)
+    for a, b, gid in zip(starts, stops, gids):
+        assert 0 < b - a <= chunk
+        assert (owner[a:b] == -1).all()
+        owner[a:b] = gid
+    want = np.concatenate([np.full(s, gid) for s, gid in zip(sizes, groups)] + [np.empty(0, int)])
+    np.testing.assert_array_equal(owner, want)
+
+
+def test_chunk_size_must_be_a_cache_line_multiple():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        make_chunks([(0, 10, 0)], chunk=10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 100_003])
+def test_sumsq_nonfinite(dtype, n):
+    g = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    starts, stops, _ = make_chunks([(0, n, 0)], 1024)
+    sumsq, bad = np.empty(len(starts)), np.empty(len(starts), np.int64)
+    sumsq_nonfinite_cpu(g, starts, stops, sumsq, bad)
+    assert sumsq.sum() == pytest.approx(np.sum(g.astype(np.float64) ** 2), rel=1e-12)
+    assert bad.sum() == 0
+    if n > 10:
+        g[[3, 9]] = [np.nan, -np.inf]
+        sumsq_nonfinite_cpu(g, starts, stops, sumsq, bad)
+        assert bad.sum() == 2 and not np.isfinite(sumsq.sum())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", [None, "relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (5, 33), (64, 7)])
+def test_bias_activation_forward_and_backward(dtype, act, shape):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    y = x.copy()
+    bias_act_forward_cpu(y, b, ACTIVATIONS[act])
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(y, ACT_REF[act](x + b), rtol=tol, atol=tol)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx = np.empty_like(dy)
+    act_backward_cpu(dy, y, ACTIVATIONS[act], dx)
+    np.testing.assert_allclose(dx, dy * DACT_REF[act](y), rtol=tol, atol=tol)

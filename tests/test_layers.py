@@ -1,0 +1,153 @@
+"""Layers: forward against NumPy, backward against central finite differences (float64)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from reference import numerical_grad
+
+
+def _check_grads(model, x, atol=1e-6):
+    """d(sum(y * w))/d(x and every parameter) by backward equals finite differences."""
+    w = np.random.default_rng(9).standard_normal(model(x).shape)
+    loss = lambda: float(np.sum(model(x) * w))  # noqa: E731
+    model.zero_grad()
+    model(x)
+    dx = model.backward(w.copy())
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), atol=atol, rtol=1e-5)
+    for name, p in model.named_parameters():
+        analytic = dict(model.named_gradients())[name].copy()
+        np.testing.assert_allclose(analytic, numerical_grad(loss, p), atol=atol, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 4), (7, 2, 9)])
+def test_dense_gradients(activation, shape):
+    n, i, o = shape
+    fnn.manual_seed(0)
+    layer = fnn.Dense(i, o, activation=activation, dtype=np.float64)
+    layer.params["bias"][...] = np.random.default_rng(1).standard_normal(o)
+    x = np.random.default_rng(2).standard_normal((n, i))
+    _check_grads(layer, x)
+
+
+def test_dense_forward_matches_numpy():
+    fnn.manual_seed(0)
+    layer = fnn.Dense(6, 4, activation="relu")
+    layer.params["bias"][...] = 0.3
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    want = np.maximum(x @ layer.params["weight"] + layer.params["bias"], 0)
+    np.testing.assert_allclose(layer(x), want, rtol=1e-6)
+    x_nc = np.asfortranarray(x)
+    np.testing.assert_allclose(layer(x_nc), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls,fn", [(fnn.ReLU, lambda x: np.maximum(x, 0)), (fnn.Tanh, np.tanh),
+                                    (fnn.Sigmoid, lambda x: 1 / (1 + np.exp(-x)))])
+def test_activation_layers(cls, fn):
+    x = np.random.default_rng(0).standard_normal((4, 3, 2))
+    x[np.abs(x) < 1e-3] = 0.5  # keep finite differences away from ReLU's kink
+    layer = cls()
+    np.testing.assert_allclose(layer(x), fn(x), rtol=1e-12)
+    _check_grads(layer, x)
+
+
+def test_model_gradients_end_to_end():
+    fnn.manual_seed(3)
+    model = fnn.Sequential(fnn.Flatten(), fnn.Dense(6, 5, activation="tanh", dtype=np.float64), fnn.ReLU(),
+                           fnn.Dense(5, 4, activation="sigmoid", dtype=np.float64), fnn.Dense(4, 3, dtype=np.float64))
+    x = np.random.default_rng(4).standard_normal((3, 2, 3))
+    _check_grads(model, x)
+
+
+def test_softmax_cross_entropy_gradient_and_stability():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 4, 6)
+    loss, grad = fnn.losses.softmax_cross_entropy(logits, labels)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert loss == pytest.approx(-np.mean(np.log(p[np.arange(6), labels])), rel=1e-12)
+    num = numerical_grad(lambda: fnn.losses.softmax_cross_entropy(logits, labels)[0], logits)
+    np.testing.assert_allclose(grad, num, atol=1e-8)
+    big, _ = fnn.losses.softmax_cross_entropy(np.array([[1000.0, 0.0]]), np.array([1]))
+    assert big == pytest.approx(1000.0)
+
+
+def test_mean_squared_error_gradient():
+    rng = np.random.default_rng(0)
+    pred, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    loss, grad = fnn.losses.mean_squared_error(pred, target)
+    assert loss == pytest.approx(np.mean((pred - target) ** 2))
+    np.testing.assert_allclose(grad, numerical_grad(lambda: fnn.losses.mean_squared_error(pred, target)[0], pred),
+                               atol=1e-8)
+
+
+def test_dropout_is_seeded_scaled_and_identity_in_eval():
+    x = np.ones((200, 50), np.float32)
+    a, b = fnn.Dropout(0.3, seed=7), fnn.Dropout(0.3, seed=7)
+    ya, yb = a(x), b(x)
+    np.testing.assert_array_equal(ya, yb)
+    assert set(np.unique(ya)) <= {0.0, np.float32(1 / 0.7)}
+    assert abs((ya == 0).mean() - 0.3) < 0.02
+    np.testing.assert_array_equal(a.backward(x), ya)
+    a.eval()
+    np.testing.assert_array_equal(a(x), x)
+
+
+def test_flat_buffer_views_and_sequential_ownership():
+    fnn.manual_seed(0)
+    d0, d1 = fnn.Dense(4, 3), fnn.Dense(3, 2)
+    w0 = d0.params["weight"].copy()
+    model = fnn.Sequential(d0, d1)
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    np.testing.assert_array_equal(d0.params["weight"], w0)
+    for _, v in model.named_parameters():
+        assert np.shares_memory(v, model.flat.data) and v.ctypes.data % 64 == 0
+    for _, g in model.named_gradients():
+        assert np.shares_memory(g, model.flat.grad)
+    assert model.num_params == 4 * 3 + 3 + 3 * 2 + 2
+    with pytest.raises(ValueError, match="already belongs"):
+        fnn.Sequential(d0)
+    with pytest.raises(AttributeError, match="part of a larger model"):
+        d0.flat
+
+
+def test_backward_accumulates_until_zero_grad():
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    x = np.ones((2, 3))
+    model(x)
+    model.backward(np.ones((2, 2)))
+    once = model.flat.grad.copy()
+    model(x)
+    model.backward(np.ones((2, 2)))
+    np.testing.assert_allclose(model.flat.grad, 2 * once)
+    model.zero_grad()
+    assert not model.flat.grad.any()
+
+
+def test_summary_rows():
+    model = fnn.Sequential(fnn.Dense(64, 128, activation="relu"), fnn.Dropout(0.1), fnn.Dense(128, 10))
+    lines = []
+    rows = model.summary(print_fn=lines.append)
+    assert [(r["name"], r["output_shape"], r["params"], r["macs"]) for r in rows] == [
+        ("0", (128,), 64 * 128 + 128, 64 * 128), ("1", (128,), 0, 0), ("2", (10,), 1290, 1280),
+        ("total", (10,), 8320 + 1290, 8192 + 1280)]
+    assert "9,610" in lines[0]
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda m: m(np.ones((2, 5), np.float32)), ValueError, r"expected shape \(N, 4\), got \(2, 5\)"),
+    (lambda m: m(np.ones((2, 4), np.float64)), TypeError, "expected dtype float32, got float64"),
+    (lambda m: m([[1.0] * 4]), TypeError, "numpy.ndarray"),
+    (lambda m: fnn.losses.softmax_cross_entropy(np.ones((2, 3)), np.array([0, 3])), ValueError, r"\[0, 3\), got 3"),
+    (lambda m: fnn.losses.softmax_cross_entropy(np.ones((2, 3)), np.array([0.0, 1.0])), TypeError, "integer"),
+    (lambda m: fnn.losses.softmax_cross_entropy(np.ones((2, 3)), np.array([0])), ValueError, r"expected shape \(2,\)"),
+    (lambda m: fnn.Dense(3, 2, activation="gelu"), ValueError, "activation"),
+    (lambda m: fnn.Sequential(fnn.Dense(2, 2), fnn.Dense(2, 2, dtype=np.float64)), TypeError, "one dtype"),
+    (lambda m: fnn.Dense(2, 2).backward(np.ones((1, 2), np.float32)), RuntimeError, "before forward"),
+])
+def test_bad_input_is_a_clear_error(call, exc, match):
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    with pytest.raises(exc, match=match):
+        call(model)

@@ -1,0 +1,340 @@
+"""LR and batch-size schedules: step by step against torch.optim.lr_scheduler, Robbins-Monro
+flags, skipped optimizer steps, checkpoints, and the batch-size schedule driven by samples."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fastnn import schedules as S
+
+STEPS = 250
+LRS = (0.1, 0.01)  # two parameter groups with different lr
+
+
+def fnn_sgd(lrs=LRS, **options):
+    """A real fastnn SGD over a small flat buffer; with two lrs, group 1 holds the parameters."""
+    import fastnn.optim
+
+    p, g = np.zeros(4), np.zeros(4)
+    groups = [{"params": ["params"], "lr": lr} for lr in lrs[1:]]
+    return fastnn.optim.SGD((p, g), lr=lrs[0], param_groups=groups, **options)
+
+
+def torch_sgd(torch, lrs=LRS):
+    params = [torch.zeros(1, requires_grad=True) for _ in lrs]
+    return torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)], lr=lrs[0])
+
+
+# (name, ours(opt), theirs(torch, opt)); sub-schedules are built on the same optimizer.
+CASES = [
+    ("constant", lambda o: S.Constant(o),
+     lambda T, o: T.LambdaLR(o, lambda t: 1.0)),
+    ("inverse_time", lambda o: S.InverseTime(o, 10, decay_rate=0.5),
+     lambda T, o: T.LambdaLR(o, lambda t: 1 / (1 + 0.5 * t / 10))),
+    ("inverse_time_staircase", lambda o: S.InverseTime(o, 7, staircase=True),
+     lambda T, o: T.LambdaLR(o, lambda t: 1 / (1 + t // 7))),
+    ("inverse_sqrt", lambda o: S.InverseTime(o, 4, decay_rate=2.0, power=0.5),
+     lambda T, o: T.LambdaLR(o, lambda t: (1 + 2.0 * t / 4) ** -0.5)),
+    ("exponential", lambda o: S.Exponential(o, 0.97),
+     lambda T, o: T.ExponentialLR(o, 0.97)),
+    ("step", lambda o: S.Step(o, 30, gamma=0.5),
+     lambda T, o: T.StepLR(o, 30, gamma=0.5)),
+    ("cosine", lambda o: S.Cosine(o, 300),
+     lambda T, o: T.CosineAnnealingLR(o, 300)),
+    ("cosine_periodic_eta_min", lambda o: S.Cosine(o, 50, eta_min=1e-3),
+     lambda T, o: T.CosineAnnealingLR(o, 50, eta_min=1e-3)),
+    ("warmup", lambda o: S.Warmup(o, 20, start_factor=0.25),
+     lambda T, o: T.LinearLR(o, start_factor=0.25, total_iters=20)),
+    ("warmup_cosine", lambda o: S.Sequential(o, [S.Warmup(o, 10), S.Cosine(o, 190, eta_min=1e-4)], [10]),
+     lambda T, o: T.SequentialLR(o, [T.LinearLR(o, 1 / 3, total_iters=10),
+                                     T.CosineAnnealingLR(o, 190, eta_min=1e-4)], [10])),
+    ("sequential_three", lambda o: S.Sequential(o, [S.Warmup(o, 5, 0.1), S.Constant(o), S.Exponential(o, 0.98)],
+                                                [5, 60]),
+     lambda T, o: T.SequentialLR(o, [T.LinearLR(o, 0.1, total_iters=5), T.LambdaLR(o, lambda t: 1.0),
+                                     T.ExponentialLR(o, 0.98)], [5, 60])),
+    ("chain_warmup_exponential", lambda o: S.Chain([S.Warmup(o, 10, 0.1), S.Exponential(o, 0.99)]),
+     lambda T, o: T.ChainedScheduler([T.LinearLR(o, 0.1, total_iters=10), T.ExponentialLR(o, 0.99)])),
+    ("chain_step_cosine", lambda o: S.Chain([S.Step(o, 40, 0.5), S.Cosine(o, 300)]),
+     lambda T, o: T.ChainedScheduler([T.StepLR(o, 40, 0.5), T.CosineAnnealingLR(o, 300)])),
+]
+
+
+@pytest.mark.parametrize("ours, theirs", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_matches_torch_step_by_step(ours, theirs):
+    torch = pytest.importorskip("torch")
+    opt, topt = fnn_sgd(), torch_sgd(torch)
+    sched, tsched = ours(opt), theirs(torch.optim.lr_scheduler, topt)
+    for t in range(STEPS + 1):
+        want = [g["lr"] for g in topt.param_groups]
+        assert tsched.get_last_lr() == want
+        assert sched.get_last_lr() == pytest.approx(want, rel=1e-10, abs=1e-16), f"step {t}"
+        assert [g["lr"] for g in opt.param_groups] == sched.get_last_lr()
+        assert sched.t == sched.last_epoch == t
+        assert opt.step() and sched.step()
+        topt.step()
+        tsched.step()
+
+
+def test_pure_functions_agree_with_stepping():
+    opt = fnn_sgd()
+    sched = S.Chain([S.Warmup(opt, 3), S.Cosine(opt, 8, eta_min=0.002)])
+    for t in range(20):
+        assert sched.get_last_lr() == [sched.lr_at(t, b) for b in LRS]
+        assert sched.lr_at(t, 0.1) == pytest.approx(sched.factor(t) * 0.1 + sched.offset(t))
+        sched.step()
+    assert S.Exponential(fnn_sgd(), 0.5).factor(3) == 0.125
+    with pytest.raises(ValueError, match="t: expected an int >= 0, got -1"):
+        sched.factor(-1)
+
+
+def test_cosine_eta_min_is_absolute_per_group():
+    opt = fnn_sgd()
+    sched = S.Cosine(opt, 10, eta_min=0.005)
+    for _ in range(10):
+        sched.step()
+    assert sched.get_last_lr() == pytest.approx([0.005, 0.005], abs=1e-18)  # both groups reach eta_min
+
+
+def test_end_to_end_parameters_match_torch():
+    """fastnn SGD with momentum under Warmup+Cosine takes the same steps as torch."""
+    torch = pytest.importorskip("torch")
+    import fastnn.optim
+
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(9), np.zeros(9)
+    opt = fastnn.optim.SGD((p, g), lr=0.05, momentum=0.9)
+    sched = S.Sequential(opt, [S.Warmup(opt, 5), S.Cosine(opt, 40)], [5])
+    tp = torch.tensor(p.copy(), requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=0.05, momentum=0.9)
+    L = torch.optim.lr_scheduler
+    tsched = L.SequentialLR(topt, [L.LinearLR(topt, 1 / 3, total_iters=5), L.CosineAnnealingLR(topt, 40)], [5])
+    for _ in range(45):
+        g[:] = rng.standard_normal(9)
+        tp.grad = torch.tensor(g.copy())
+        opt.step(), sched.step(), topt.step(), tsched.step()
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+ROBBINS_MONRO = [
+    ("constant", lambda o: S.Constant(o), False),
+    ("inverse_time", lambda o: S.InverseTime(o, 100), True),
+    ("inverse_time_staircase", lambda o: S.InverseTime(o, 100, staircase=True), True),
+    ("inverse_sqrt", lambda o: S.InverseTime(o, 100, power=0.5), True),
+    ("inverse_square", lambda o: S.InverseTime(o, 100, power=2.0), False),  # sum finite
+    ("exponential", lambda o: S.Exponential(o, 0.99), False),  # sum finite
+    ("exponential_one", lambda o: S.Exponential(o, 1.0), False),  # constant
+    ("step", lambda o: S.Step(o, 10), False),
+    ("cosine", lambda o: S.Cosine(o, 100), False),  # periodic, no limit
+    ("cosine_eta_min", lambda o: S.Cosine(o, 100, eta_min=1e-3), False),
+    ("warmup", lambda o: S.Warmup(o, 10), False),  # constant after warm-up
+    ("warmup_then_inverse", lambda o: S.Sequential(o, [S.Warmup(o, 10), S.InverseTime(o, 10)], [10]), True),
+    ("warmup_then_cosine", lambda o: S.Sequential(o, [S.Warmup(o, 10), S.Cosine(o, 90)], [10]), False),
+    ("inverse_then_constant", lambda o: S.Sequential(o, [S.InverseTime(o, 10), S.Constant(o)], [10]), False),
+    ("chain_warmup_inverse", lambda o: S.Chain([S.Warmup(o, 10), S.InverseTime(o, 10)]), True),
+    ("chain_inverse_inverse", lambda o: S.Chain([S.InverseTime(o, 10), S.InverseTime(o, 10)]), False),  # t^-2
+    ("chain_cosine_inverse", lambda o: S.Chain([S.Cosine(o, 10), S.InverseTime(o, 10)]), True),
+    ("chain_eta_min_then_inverse", lambda o: S.Chain([S.Cosine(o, 10, 1e-3), S.InverseTime(o, 10)]), True),
+    ("chain_inverse_then_eta_min", lambda o: S.Chain([S.InverseTime(o, 10), S.Cosine(o, 10, 1e-3)]), False),
+    ("chain_inverse_exponential", lambda o: S.Chain([S.InverseTime(o, 10), S.Exponential(o, 0.9)]), False),
+]
+
+
+@pytest.mark.parametrize("make, expected", [c[1:] for c in ROBBINS_MONRO], ids=[c[0] for c in ROBBINS_MONRO])
+def test_robbins_monro(make, expected):
+    assert make(fnn_sgd()).robbins_monro is expected
+
+
+def test_skipped_optimizer_step_does_not_advance():
+    opt = fnn_sgd(nonfinite="skip")
+    sched = S.Exponential(opt, 0.5)
+    assert opt.step() and sched.step()
+    opt.grads[:] = np.nan
+    assert opt.step() is False and opt.last_step_skipped
+    assert sched.step() is False
+    assert sched.t == 1 and sched.get_last_lr() == [0.05, 0.005]
+    opt.grads[:] = 0.0
+    assert opt.step() and sched.step()
+    assert sched.t == 2 and sched.get_last_lr() == [0.025, 0.0025]
+
+
+def test_composite_skips_and_parts_cannot_be_stepped():
+    opt = fnn_sgd(nonfinite="skip")
+    warm = S.Warmup(opt, 4)
+    sched = S.Sequential(opt, [warm, S.Constant(opt)], [4])
+    opt.grads[:] = np.inf
+    opt.step()
+    assert sched.step() is False and sched.t == 0
+    with pytest.raises(RuntimeError, match="part of Sequential"):
+        warm.step()
+    with pytest.raises(ValueError, match="already part of"):
+        S.Chain([warm])
+
+
+STATEFUL = [
+    lambda o: S.InverseTime(o, 5, staircase=True),
+    lambda o: S.Sequential(o, [S.Warmup(o, 10), S.Cosine(o, 50, eta_min=1e-4)], [10]),
+    lambda o: S.Chain([S.Warmup(o, 10), S.Step(o, 7, 0.8)]),
+]
+
+
+@pytest.mark.parametrize("make", STATEFUL)
+def test_state_dict_round_trip(make):
+    opt = fnn_sgd()
+    sched = make(opt)
+    for _ in range(37):
+        sched.step()
+    saved = json.loads(json.dumps(sched.state_dict()))
+    opt2 = fnn_sgd(lrs=(1.0, 2.0))  # the checkpoint's base lrs win
+    resumed = make(opt2)
+    resumed.load_state_dict(saved)
+    for _ in range(80):
+        assert resumed.get_last_lr() == sched.get_last_lr()
+        assert resumed.t == sched.t
+        sched.step()
+        resumed.step()
+
+
+def test_state_dict_from_another_schedule_is_rejected():
+    saved = S.Cosine(fnn_sgd(), 100).state_dict()
+    with pytest.raises(ValueError, match=r"saved by Cosine\(T_max=100.*expected one of Cosine\(T_max=50"):
+        S.Cosine(fnn_sgd(), 50).load_state_dict(saved)
+    with pytest.raises(ValueError, match="expected base lrs for 1 parameter groups, got 2"):
+        S.Cosine(fnn_sgd(lrs=(0.1,)), 100).load_state_dict(saved)
+
+
+def test_repr_is_one_line():
+    opt = fnn_sgd()
+    sched = S.Sequential(opt, [S.Warmup(opt, 5), S.Cosine(opt, 95)], [5])
+    assert repr(sched) == ("Sequential(schedules=[Warmup(warmup_steps=5, start_factor=0.333333), "
+                           "Cosine(T_max=95, eta_min=0)], milestones=[5], t=0)")
+
+
+BAD = [
+    (lambda o: S.InverseTime(o, 0), ValueError, "decay_steps: expected an int >= 1, got 0"),
+    (lambda o: S.InverseTime(o, 10, decay_rate=0), ValueError, "decay_rate: expected a number > 0, got 0"),
+    (lambda o: S.InverseTime(o, 10, power=-1), ValueError, "power: expected a number > 0, got -1"),
+    (lambda o: S.InverseTime(o, 2.5), TypeError, "decay_steps: expected an int >= 1, got float 2.5"),
+    (lambda o: S.Exponential(o, 0.0), ValueError, "gamma: expected a number > 0, got 0.0"),
+    (lambda o: S.Exponential(o, math.nan), ValueError, "gamma: expected a number > 0, got nan"),
+    (lambda o: S.Step(o, -3), ValueError, "step_size: expected an int >= 1, got -3"),
+    (lambda o: S.Step(o, 10, gamma=-0.1), ValueError, "gamma: expected a number > 0, got -0.1"),
+    (lambda o: S.Cosine(o, 0), ValueError, "T_max: expected an int >= 1, got 0"),
+    (lambda o: S.Cosine(o, 10, eta_min=-1e-3), ValueError, "eta_min: expected a number >= 0, got -0.001"),
+    (lambda o: S.Warmup(o, 0), ValueError, "warmup_steps: expected an int >= 1, got 0"),
+    (lambda o: S.Warmup(o, 5, start_factor=0.0), ValueError, r"start_factor: expected a number in \(0, 1\]"),
+    (lambda o: S.Warmup(o, 5, start_factor=2), ValueError, r"start_factor: expected a number in \(0, 1\]"),
+    (lambda o: S.Sequential(o, [S.Warmup(o, 5), S.Cosine(o, 9)], [0]), ValueError,
+     r"milestones\[0\]: expected an int >= 1 \(a step; at 0 the schedule before it would never run\), got 0"),
+    (lambda o: S.Sequential(o, [S.Constant(o), S.Constant(o), S.Constant(o)], [5, 5]), ValueError,
+     r"milestones: expected strictly increasing ints, got \[5, 5\]"),
+    (lambda o: S.Sequential(o, [S.Constant(o), S.Constant(o)], []), ValueError,
+     "expected len\\(schedules\\) - 1 = 1 milestones, got 0"),
+    (lambda o: S.Sequential(o, [S.Constant(fnn_sgd())], []), ValueError, "wraps another optimizer"),
+    (lambda o: S.Chain([]), ValueError, "Chain: expected at least one schedule, got none"),
+    (lambda o: S.Chain([S.Constant(o), S.Constant(fnn_sgd())]), ValueError,
+     r"schedules\[1\] \(Constant\(t=0\)\) wraps another optimizer"),
+    (lambda o: S.Chain([S.Constant(o), "cosine"]), TypeError, r"schedules\[1\]: expected a Schedule, got str"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", BAD, ids=[m[:24] for _, _, m in BAD])
+def test_bad_arguments(make, error, message):
+    with pytest.raises(error, match=message):
+        make(fnn_sgd())
+
+
+# -- batch size ----------------------------------------------------------------------------------
+
+def test_batch_size_every_samples_with_cap():
+    bs = S.BatchSize(32, factor=2, every_samples=1000, max_batch=256)
+    got = {n: bs.batch_size_at(n) for n in (0, 999, 1000, 1999, 2000, 2999, 3000, 10**6, 10**15)}
+    assert got == {0: 32, 999: 32, 1000: 64, 1999: 64, 2000: 128, 2999: 128, 3000: 256, 10**6: 256, 10**15: 256}
+    assert S.BatchSize(10, factor=3, every_samples=5, max_batch=100).batch_size_at(15) == 100  # 270 capped
+
+
+def test_batch_size_milestones_and_counting():
+    bs = S.BatchSize(16, factor=4, milestones=[100, 500])
+    assert [bs.batch_size_at(n) for n in (0, 99, 100, 499, 500, 10**9)] == [16, 16, 64, 64, 256, 256]
+    sizes = []
+    while bs.samples_seen < 700:
+        sizes.append(bs.batch_size)
+        bs.advance(bs.batch_size)
+    assert sizes == [16] * 7 + [64] * 7 + [256]
+    assert bs.samples_seen == 112 + 448 + 256
+
+
+@pytest.mark.parametrize("scale_lr, scale", [("linear", lambda r: r), ("sqrt", math.sqrt)])
+def test_batch_size_scales_lr_from_the_first_bigger_batch(scale_lr, scale):
+    """Driven by fastnn.data.batches: each batch's step sees the lr for that batch's size."""
+    from fastnn.data import BatchSizeSchedule, batches
+
+    opt = fnn_sgd()
+    bs = S.BatchSize(8, every_samples=32, max_batch=32, scale_lr=scale_lr, opt=opt)
+    assert isinstance(bs, BatchSizeSchedule)
+    sizes = []
+    for xb, _ in batches(np.arange(200.0), None, bs, shuffle=False):
+        planned = bs.batch_size_at(bs.samples_seen - len(xb))
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr * scale(planned / 8) for lr in LRS])
+        sizes.append(len(xb))
+    assert sizes == [8] * 4 + [16] * 2 + [32] * 4 + [8]  # the short last batch keeps the lr for 32
+    assert bs.lr_scale == pytest.approx(scale(4))
+
+
+def test_batch_size_scaling_composes_with_an_lr_schedule():
+    opt = fnn_sgd()
+    sched = S.Exponential(opt, 0.9)
+    bs = S.BatchSize(4, every_samples=8, max_batch=8, scale_lr="linear", opt=opt)
+    for t in range(1, 6):
+        bs.advance(bs.batch_size)
+        opt.step()
+        sched.step()
+        assert sched.get_last_lr() == pytest.approx([lr * bs.lr_scale * 0.9 ** t for lr in LRS])
+    assert bs.lr_scale == 2.0 and sched.base_lrs == pytest.approx([0.2, 0.02])
+
+
+def test_batch_size_state_dict_round_trip():
+    make = lambda o: S.BatchSize(8, factor=2, milestones=[20, 60], scale_lr="sqrt", opt=o)  # noqa: E731
+    bs = make(fnn_sgd())
+    for _ in range(5):
+        bs.advance(bs.batch_size)
+    resumed = make(fnn_sgd())
+    resumed.load_state_dict(json.loads(json.dumps(bs.state_dict())))
+    assert (resumed.samples_seen, resumed.batch_size, resumed.lr_scale) == (bs.samples_seen, bs.batch_size,
+                                                                            bs.lr_scale)
+    with pytest.raises(ValueError, match=r"saved by BatchSize\(start=8.*expected one of BatchSize\(start=16"):
+        S.BatchSize(16, milestones=[20, 60]).load_state_dict(bs.state_dict())
+    assert repr(bs) == ("BatchSize(start=8, factor=2, every_samples=None, milestones=[20, 60], max_batch=None, "
+                        "scale_lr='sqrt', batch_size=16, samples_seen=56)")
+
+
+BAD_BATCH = [
+    (dict(start=0, every_samples=10), ValueError, "start: expected an int >= 1, got 0"),
+    (dict(start=8, factor=0.5, every_samples=10), ValueError, "factor: expected a number >= 1, got 0.5"),
+    (dict(start=8, every_samples=0), ValueError, "every_samples: expected an int >= 1, got 0"),
+    (dict(start=8), ValueError, "expected exactly one of every_samples and milestones"),
+    (dict(start=8, every_samples=10, milestones=[5]), ValueError, "expected exactly one of"),
+    (dict(start=8, milestones=[50, 20]), ValueError, r"milestones: expected strictly increasing ints, got \[50, 20\]"),
+    (dict(start=8, every_samples=10, max_batch=4), ValueError, "max_batch: expected an int >= 8, got 4"),
+    (dict(start=8, every_samples=10, scale_lr="cubic", opt="opt"), ValueError,
+     "scale_lr: expected None, 'linear' or 'sqrt', got 'cubic'"),
+    (dict(start=8, every_samples=10, scale_lr="linear"), ValueError, "scale_lr and opt go together"),
+    (dict(start=8, every_samples=10, opt="opt"), ValueError, "scale_lr and opt go together"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_BATCH, ids=[m[:24] for _, _, m in BAD_BATCH])
+def test_batch_size_bad_arguments(kwargs, error, message):
+    if kwargs.get("opt") == "opt":
+        kwargs = dict(kwargs, opt=fnn_sgd())
+    start = kwargs.pop("start")
+    with pytest.raises(error, match=message):
+        S.BatchSize(start, **kwargs)
+
+
+def test_batch_size_bad_counts():
+    bs = S.BatchSize(8, every_samples=10)
+    with pytest.raises(ValueError, match="n_samples: expected an int >= 0, got -1"):
+        bs.advance(-1)
+    with pytest.raises(TypeError, match="samples: expected an int >= 0, got float 3.0"):
+        bs.batch_size_at(3.0)
