@@ -6,6 +6,7 @@ Math    forward   y = act(y + b)                 in place, y: (n, k), b: (k,)
 Shapes  y, dy, dx: 2-D C-contiguous (n, k), same float dtype; b: (k,) or (0,) for no bias.
         act: one of ACTIVATIONS' codes.
 Oracle  tests/test_kernels.py against NumPy (np.maximum, np.tanh, 1/(1+exp(-x))).
+Threads ``*_cpu`` runs rows in parallel, ``*_serial`` (same arguments) in the calling thread.
 Bench   covered by the Dense layer in bench/bench_train.py.
 """
 from __future__ import annotations
@@ -38,19 +39,41 @@ def _dact(y, act):
     return y * 0 + 1
 
 
+@njit(inline="always")
+def _bias_act_row(y, b, act):
+    if b.shape[0] > 0:
+        for j in range(y.shape[0]):
+            y[j] = _act(y[j] + b[j], act)
+    else:
+        for j in range(y.shape[0]):
+            y[j] = _act(y[j], act)
+
+
+@njit(inline="always")
+def _act_backward_row(dy, y, act, dx):
+    for j in range(y.shape[0]):
+        dx[j] = dy[j] * _dact(y[j], act)
+
+
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def bias_act_forward_cpu(y, b, act):
-    n, k = y.shape
-    has_bias = b.shape[0] > 0
-    for r in prange(n):
-        for j in range(k):
-            x = y[r, j] + b[j] if has_bias else y[r, j]
-            y[r, j] = _act(x, act)
+    for r in prange(y.shape[0]):
+        _bias_act_row(y[r], b, act)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def bias_act_forward_serial(y, b, act):
+    for r in range(y.shape[0]):
+        _bias_act_row(y[r], b, act)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def act_backward_cpu(dy, y, act, dx):
-    n, k = y.shape
-    for r in prange(n):
-        for j in range(k):
-            dx[r, j] = dy[r, j] * _dact(y[r, j], act)
+    for r in prange(y.shape[0]):
+        _act_backward_row(dy[r], y[r], act, dx[r])
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def act_backward_serial(dy, y, act, dx):
+    for r in range(y.shape[0]):
+        _act_backward_row(dy[r], y[r], act, dx[r])

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, bias_act_forward_cpu
+from fastnn.kernels import activation, reduce
+from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.chunks import make_chunks
-from fastnn.kernels.reduce import sumsq_nonfinite_cpu
 
 ACT_REF = {"relu": lambda x: np.maximum(x, 0), "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
            None: lambda x: x}
@@ -38,9 +38,11 @@ def test_chunk_size_must_be_a_cache_line_multiple():
         make_chunks([(0, 10, 0)], chunk=10)
 
 
+@pytest.mark.parametrize("variant", ["cpu", "serial"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [0, 1, 7, 100_003])
-def test_sumsq_nonfinite(dtype, n):
+def test_sumsq_nonfinite(dtype, n, variant):
+    sumsq_nonfinite_cpu = getattr(reduce, f"sumsq_nonfinite_{variant}")
     g = np.random.default_rng(0).standard_normal(n).astype(dtype)
     starts, stops, _ = make_chunks([(0, n, 0)], 1024)
     sumsq, bad = np.empty(len(starts)), np.empty(len(starts), np.int64)
@@ -53,10 +55,13 @@ def test_sumsq_nonfinite(dtype, n):
         assert bad.sum() == 2 and not np.isfinite(sumsq.sum())
 
 
+@pytest.mark.parametrize("variant", ["cpu", "serial"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", [None, "relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("shape", [(0, 3), (1, 1), (5, 33), (64, 7)])
-def test_bias_activation_forward_and_backward(dtype, act, shape):
+def test_bias_activation_forward_and_backward(dtype, act, shape, variant):
+    bias_act_forward_cpu = getattr(activation, f"bias_act_forward_{variant}")
+    act_backward_cpu = getattr(activation, f"act_backward_{variant}")
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(dtype)
     b = rng.standard_normal(shape[1]).astype(dtype)

@@ -206,16 +206,23 @@ def test_lr_zero_is_a_no_op():
     np.testing.assert_array_equal(p, 1.0)
 
 
-def test_results_do_not_depend_on_thread_count():
-    numba = pytest.importorskip("numba")
+@pytest.mark.parametrize("make", [lambda pair: fnn.optim.Adam(pair, lr=0.01, amsgrad=True, max_grad_norm=5.0),
+                                  lambda pair: fnn.optim.SGD(pair, lr=0.01, momentum=0.9, nesterov=True)])
+def test_results_do_not_depend_on_thread_count_or_kernel_variant(make, monkeypatch):
+    """Parallel kernel with all threads, parallel with one thread, serial kernel: bitwise equal."""
+    import numba
+
+    from fastnn.kernels import parallel
+
     n = 300_001
     out = []
-    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+    for threads, threshold in ((numba.config.NUMBA_NUM_THREADS, 1), (1, 1), (1, n + 1)):
         numba.set_num_threads(threads)
-        out.append(_run(lambda pair: fnn.optim.Adam(pair, lr=0.01, max_grad_norm=5.0), np.ones(n),
-                        _grad_seq(n, 5), np.float32))
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", threshold)
+        out.append(_run(make, np.ones(n), _grad_seq(n, 5), np.float32))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
 
 
 def test_state_dict_round_trip_continues_identically():

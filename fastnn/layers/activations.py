@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, bias_act_forward_cpu
+from fastnn.kernels.activation import (ACTIVATIONS, act_backward_cpu, act_backward_serial, bias_act_forward_cpu,
+                                       bias_act_forward_serial)
+from fastnn.kernels.parallel import pick
 
 from ..checks import check_array
 from ..module import Module
@@ -21,7 +23,7 @@ class _Activation(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_array(x, f"{type(self).__name__} input")
         y = np.array(x, order="C", copy=True)
-        bias_act_forward_cpu(y.reshape(len(y), -1), _NO_BIAS[y.dtype.char], ACTIVATIONS[self.kind])
+        pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(y.reshape(len(y), -1), _NO_BIAS[y.dtype.char], ACTIVATIONS[self.kind])
         self._y = y
         return y
 
@@ -31,7 +33,7 @@ class _Activation(Module):
         check_array(dy, f"{type(self).__name__} output gradient", dtype=self._y.dtype, shape=self._y.shape)
         dx = np.empty_like(self._y)
         flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
-        act_backward_cpu(flat(np.ascontiguousarray(dy)), flat(self._y), ACTIVATIONS[self.kind], flat(dx))
+        pick(act_backward_cpu, act_backward_serial, dx.size)(flat(np.ascontiguousarray(dy)), flat(self._y), ACTIVATIONS[self.kind], flat(dx))
         return dx
 
 

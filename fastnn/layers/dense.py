@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, bias_act_forward_cpu
+from fastnn.kernels.activation import (ACTIVATIONS, act_backward_cpu, act_backward_serial, bias_act_forward_cpu,
+                                       bias_act_forward_serial)
+from fastnn.kernels.parallel import pick
 
 from .. import random
 from ..checks import check_array
@@ -42,7 +44,7 @@ class Dense(Module):
         check_array(x, "Dense input", dtype=self.dtype, shape=(None, self.in_features))
         y = x @ self.params["weight"]
         bias = self.params.get("bias", _EMPTY[self.dtype.char])
-        bias_act_forward_cpu(y, bias, self._act)
+        pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(y, bias, self._act)
         self._x, self._y = x, y
         return y
 
@@ -52,7 +54,7 @@ class Dense(Module):
         check_array(dy, "Dense output gradient", dtype=self.dtype, shape=self._y.shape)
         if self._act:
             dz = np.empty_like(self._y)
-            act_backward_cpu(np.ascontiguousarray(dy), self._y, self._act, dz)
+            pick(act_backward_cpu, act_backward_serial, dz.size)(np.ascontiguousarray(dy), self._y, self._act, dz)
         else:
             dz = dy
         self.grads["weight"] += self._x.T @ dz

@@ -1,7 +1,8 @@
 """Adam, AdamW and AMSGrad (Kingma & Ba Algorithm 1; torch.optim semantics), one fused kernel call."""
 from __future__ import annotations
 
-from fastnn.kernels.optim.adam import adam_hparams, adam_step_cpu
+from fastnn.kernels.optim.adam import adam_hparams, adam_step_cpu, adam_step_serial
+from fastnn.kernels.parallel import pick
 
 from .base import Optimizer
 
@@ -37,8 +38,9 @@ class Adam(Optimizer):
     def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
         hp = adam_hparams(self.param_groups, step, self.decoupled, grad_scale, self.params.dtype)
         vmax = self.state.get("max_exp_avg_sq", self.params[:0])
-        adam_step_cpu(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], vmax,
-                      self._starts, self._stops, self._groups, hp, self.defaults["amsgrad"])
+        kernel = pick(adam_step_cpu, adam_step_serial, self.params.size)
+        kernel(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], vmax,
+               self._starts, self._stops, self._groups, hp, self.defaults["amsgrad"])
 
 
 class AdamW(Adam):

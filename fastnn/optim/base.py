@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from fastnn.kernels.chunks import make_chunks
-from fastnn.kernels.reduce import sumsq_nonfinite_cpu
+from fastnn.kernels.parallel import pick
+from fastnn.kernels.reduce import sumsq_nonfinite_cpu, sumsq_nonfinite_serial
 
 from ..checks import check_flat
 from ..flat import aligned_zeros
@@ -115,7 +116,8 @@ class Optimizer:
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             sumsq = np.empty(len(self._starts), np.float64)
             bad = np.empty(len(self._starts), np.int64)
-            sumsq_nonfinite_cpu(self.grads, self._starts, self._stops, sumsq, bad)
+            reduce = pick(sumsq_nonfinite_cpu, sumsq_nonfinite_serial, self.grads.size)
+            reduce(self.grads, self._starts, self._stops, sumsq, bad)
             if bad.any():
                 self.last_step_skipped = True
                 if self.nonfinite == "skip":

@@ -1,7 +1,8 @@
 """SGD with momentum (the lecture's form, torch.optim.SGD semantics), one fused kernel call."""
 from __future__ import annotations
 
-from fastnn.kernels.optim.sgd import sgd_hparams, sgd_step_cpu
+from fastnn.kernels.optim.sgd import sgd_hparams, sgd_step_cpu, sgd_step_serial
+from fastnn.kernels.parallel import pick
 
 from .base import Optimizer
 
@@ -36,5 +37,6 @@ class SGD(Optimizer):
     def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
         hp = sgd_hparams(self.param_groups, grad_scale, self.params.dtype)
         buf = self.state.get("momentum_buffer", self.params[:0])
-        sgd_step_cpu(self.params, self.grads, buf, self._starts, self._stops, self._groups, hp,
-                     self.defaults["nesterov"], first_step)
+        kernel = pick(sgd_step_cpu, sgd_step_serial, self.params.size)
+        kernel(self.params, self.grads, buf, self._starts, self._stops, self._groups, hp,
+               self.defaults["nesterov"], first_step)

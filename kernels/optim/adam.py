@@ -12,6 +12,8 @@ Shapes  p, g, m, v: 1-D, contiguous, same length and float dtype; vmax same or l
         starts, stops, groups: int64[c] chunks (kernels/chunks.py); hp: dtype-of-p[G, N_HP]
         with columns HP_* below, from adam_hparams().
 Oracle  tests/reference.py::adam_ref (plain NumPy, float64) and torch.optim.Adam(fused=True).
+Threads adam_step_cpu runs chunks in parallel (prange); adam_step_serial, same arguments,
+        runs them in the calling thread, for buffers too small to pay for waking threads.
 Bench   python bench/bench_optim.py   (GB/s at 28 bytes/param, against torch and a triad)
 """
 from __future__ import annotations
@@ -46,41 +48,50 @@ def adam_hparams(groups: list[dict], step: int, decoupled: bool, grad_scale: flo
     return hp.astype(dtype)
 
 
+@njit(inline="always", error_model="numpy")
+def _adam_chunk(p, g, m, v, vmax, hp, k, amsgrad):
+    gsc = hp[k, HP_GRAD_SCALE]
+    w1 = hp[k, HP_ONE_MINUS_BETA1]
+    b2 = hp[k, HP_BETA2]
+    w2 = hp[k, HP_ONE_MINUS_BETA2]
+    eps = hp[k, HP_EPS]
+    l2 = hp[k, HP_L2]
+    decay = hp[k, HP_DECAY]
+    step_size = hp[k, HP_STEP_SIZE]
+    bc2_sqrt = hp[k, HP_BC2_SQRT]
+    if amsgrad:
+        for i in range(p.shape[0]):
+            pi = p[i]
+            gi = gsc * g[i] + l2 * pi
+            pi = pi * decay
+            mi = m[i] + w1 * (gi - m[i])
+            vi = b2 * v[i] + w2 * gi * gi
+            vm = max(vmax[i], vi)
+            m[i] = mi
+            v[i] = vi
+            vmax[i] = vm
+            p[i] = pi - step_size * mi / (np.sqrt(vm) / bc2_sqrt + eps)
+    else:
+        for i in range(p.shape[0]):
+            pi = p[i]
+            gi = gsc * g[i] + l2 * pi
+            pi = pi * decay
+            mi = m[i] + w1 * (gi - m[i])
+            vi = b2 * v[i] + w2 * gi * gi
+            m[i] = mi
+            v[i] = vi
+            p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+
+
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def adam_step_cpu(p, g, m, v, vmax, starts, stops, groups, hp, amsgrad):
     for c in prange(starts.shape[0]):
-        k = groups[c]
-        gsc = hp[k, HP_GRAD_SCALE]
-        w1 = hp[k, HP_ONE_MINUS_BETA1]
-        b2 = hp[k, HP_BETA2]
-        w2 = hp[k, HP_ONE_MINUS_BETA2]
-        eps = hp[k, HP_EPS]
-        l2 = hp[k, HP_L2]
-        decay = hp[k, HP_DECAY]
-        step_size = hp[k, HP_STEP_SIZE]
-        bc2_sqrt = hp[k, HP_BC2_SQRT]
         lo, hi = starts[c], stops[c]
-        p_, g_, m_, v_ = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
-        if amsgrad:
-            vmax_ = vmax[lo:hi]
-            for i in range(hi - lo):
-                pi = p_[i]
-                gi = gsc * g_[i] + l2 * pi
-                pi = pi * decay
-                mi = m_[i] + w1 * (gi - m_[i])
-                vi = b2 * v_[i] + w2 * gi * gi
-                vm = max(vmax_[i], vi)
-                m_[i] = mi
-                v_[i] = vi
-                vmax_[i] = vm
-                p_[i] = pi - step_size * mi / (np.sqrt(vm) / bc2_sqrt + eps)
-        else:
-            for i in range(hi - lo):
-                pi = p_[i]
-                gi = gsc * g_[i] + l2 * pi
-                pi = pi * decay
-                mi = m_[i] + w1 * (gi - m_[i])
-                vi = b2 * v_[i] + w2 * gi * gi
-                m_[i] = mi
-                v_[i] = vi
-                p_[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+        _adam_chunk(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], hp, groups[c], amsgrad)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def adam_step_serial(p, g, m, v, vmax, starts, stops, groups, hp, amsgrad):
+    for c in range(starts.shape[0]):
+        lo, hi = starts[c], stops[c]
+        _adam_chunk(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], hp, groups[c], amsgrad)

@@ -12,6 +12,8 @@ Shapes  p, g: 1-D contiguous, same length and float dtype; buf same length, or l
         no group uses momentum. starts, stops, groups: int64[c] chunks (kernels/chunks.py);
         hp: dtype-of-p[G, N_HP] from sgd_hparams().
 Oracle  tests/reference.py::sgd_ref (plain NumPy, float64) and torch.optim.SGD(fused=True).
+Threads sgd_step_cpu runs chunks in parallel (prange); sgd_step_serial, same arguments, in the
+        calling thread, for buffers too small to pay for waking threads.
 Bench   python bench/bench_optim.py   (GB/s at 20 bytes/param with momentum)
 """
 from __future__ import annotations
@@ -35,39 +37,45 @@ def sgd_hparams(groups: list[dict], grad_scale: float, dtype: np.dtype) -> np.nd
     return hp.astype(dtype)
 
 
+@njit(inline="always", error_model="numpy")
+def _sgd_chunk(p, g, buf, hp, k, nesterov, first_step):
+    gsc = hp[k, HP_GRAD_SCALE]
+    lr = hp[k, HP_LR]
+    mu = hp[k, HP_MOMENTUM]
+    w = hp[k, HP_ONE_MINUS_DAMPENING]
+    wd = hp[k, HP_WD]
+    if mu == 0:
+        for i in range(p.shape[0]):
+            p[i] = p[i] - lr * (gsc * g[i] + wd * p[i])
+    elif first_step:
+        for i in range(p.shape[0]):
+            gi = gsc * g[i] + wd * p[i]
+            buf[i] = gi
+            d = gi + mu * gi if nesterov else gi
+            p[i] = p[i] - lr * d
+    elif nesterov:
+        for i in range(p.shape[0]):
+            gi = gsc * g[i] + wd * p[i]
+            bi = mu * buf[i] + w * gi
+            buf[i] = bi
+            p[i] = p[i] - lr * (gi + mu * bi)
+    else:
+        for i in range(p.shape[0]):
+            gi = gsc * g[i] + wd * p[i]
+            bi = mu * buf[i] + w * gi
+            buf[i] = bi
+            p[i] = p[i] - lr * bi
+
+
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def sgd_step_cpu(p, g, buf, starts, stops, groups, hp, nesterov, first_step):
     for c in prange(starts.shape[0]):
-        k = groups[c]
-        gsc = hp[k, HP_GRAD_SCALE]
-        lr = hp[k, HP_LR]
-        mu = hp[k, HP_MOMENTUM]
-        w = hp[k, HP_ONE_MINUS_DAMPENING]
-        wd = hp[k, HP_WD]
         lo, hi = starts[c], stops[c]
-        p_, g_ = p[lo:hi], g[lo:hi]
-        n = hi - lo
-        if mu == 0:
-            for i in range(n):
-                p_[i] = p_[i] - lr * (gsc * g_[i] + wd * p_[i])
-        elif first_step:
-            b_ = buf[lo:hi]
-            for i in range(n):
-                gi = gsc * g_[i] + wd * p_[i]
-                b_[i] = gi
-                d = gi + mu * gi if nesterov else gi
-                p_[i] = p_[i] - lr * d
-        elif nesterov:
-            b_ = buf[lo:hi]
-            for i in range(n):
-                gi = gsc * g_[i] + wd * p_[i]
-                bi = mu * b_[i] + w * gi
-                b_[i] = bi
-                p_[i] = p_[i] - lr * (gi + mu * bi)
-        else:
-            b_ = buf[lo:hi]
-            for i in range(n):
-                gi = gsc * g_[i] + wd * p_[i]
-                bi = mu * b_[i] + w * gi
-                b_[i] = bi
-                p_[i] = p_[i] - lr * bi
+        _sgd_chunk(p[lo:hi], g[lo:hi], buf[lo:hi], hp, groups[c], nesterov, first_step)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def sgd_step_serial(p, g, buf, starts, stops, groups, hp, nesterov, first_step):
+    for c in range(starts.shape[0]):
+        lo, hi = starts[c], stops[c]
+        _sgd_chunk(p[lo:hi], g[lo:hi], buf[lo:hi], hp, groups[c], nesterov, first_step)

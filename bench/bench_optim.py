@@ -1,0 +1,424 @@
+"""Optimizer-step benchmark: fastnn's fused Adam / SGD against torch.optim, NumPy and a triad.
+
+What    One optimizer step over n float32 parameters (default 16M = 16*2**20), timed in
+        one process, side by side, for each thread count (numba.set_num_threads(t) and
+        torch.set_num_threads(t), the same t for both):
+          - Adam (28 bytes/param: read p, g, m, v; write p, m, v) and
+            SGD with momentum 0.9 (20 bytes/param: read p, g, buf; write p, buf);
+          - fastnn fused step with nonfinite="ignore" (no NaN/Inf check: the same work as
+            torch, the like-for-like number) and with the default nonfinite="raise" (one
+            extra read pass over the gradients);
+          - torch.optim fused=True, foreach=True, and the CPU default for-loop
+            (foreach=False, fused=False);
+          - NumPy written the ordinary way (with temporaries; single-threaded at any t);
+          - two Numba triads over the same working set in bytes as the optimizer's arrays
+            (Adam: p, g, m, v = 16 B/param; SGD: p, g, buf = 12 B/param):
+              "triad a += s*b"       in place, 12 B/elem: every written line was read
+                                     first, as in an in-place optimizer, so no
+                                     write-allocate traffic. This is the roofline used
+                                     for "% triad".
+              "STREAM triad a=b+s*c" 12 B/elem counted as STREAM does; plain stores also
+                                     read a's lines first (write-allocate), so the memory
+                                     really moves 16 B/elem and this figure reads lower.
+          - the same model split into 1,000 tensors: fastnn holds them in one FlatBuffer
+            (one buffer, one call; each tensor padded to 64 bytes), torch gets 1,000
+            separate tensors of the same sizes.
+        Every variant is timed once per round, rounds are repeated (--repeats) with the
+        order rotated each round, so machine noise hits all variants alike; medians
+        are reported. Warm-up steps (JIT compile, lazy state, SGD's first-step path) are
+        not timed. All input arrays are written before timing (untouched np.zeros pages
+        read as the shared zero page and would fake bandwidth).
+
+Run     python bench/bench_optim.py                  # full run, t = 1 and 2, ~3-4 minutes
+        python bench/bench_optim.py --quick          # smoke test, seconds
+        python bench/bench_optim.py --threads 2 --n 4194304 --repeats 25
+
+Columns ms (median) and spread ((p75 - p25) / median) of the timed steps;
+        GB/s = bytes/param * n / median time (useful bytes: the "raise" check's extra
+        4 B/param read is not counted); x torch fused = torch fused time / this time
+        (> 1: this is faster); x NumPy = NumPy time / this time; % triad = this GB/s /
+        the in-place triad's GB/s at the same thread count.
+
+Output  a Markdown table and a target table (informational PASS/FAIL; the exit status
+        does not depend on them) on stdout; bench/results/optim.json (machine, versions,
+        threads, every row with its samples) and bench/results/optim.md (the tables).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+import fastnn as fnn
+from fastnn.flat import FlatBuffer, aligned_zeros
+from fastnn.kernels.chunks import make_chunks
+
+BYTES_PER_PARAM = {"Adam": 28, "SGD": 20}        # useful traffic of one step
+FOOTPRINT_PER_PARAM = {"Adam": 16, "SGD": 12}    # bytes of arrays the step touches
+LR = {"Adam": 1e-3, "SGD": 1e-2}
+BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9
+TRIAD_INPLACE = "triad a += s*b (Numba)"
+TRIAD_STREAM = "STREAM triad a=b+s*c (Numba)"
+TARGETS = (  # (optimizer, layout, against, minimum ratio)
+    ("Adam", "1 tensor", "torch fused", 1.0), ("Adam", "1 tensor", "NumPy", 5.0),
+    ("Adam", "split", "torch fused", 1.5),
+    ("SGD", "1 tensor", "torch fused", 1.0), ("SGD", "1 tensor", "NumPy", 5.0),
+    ("SGD", "split", "torch fused", 1.5),
+)
+
+
+# -- reference kernels ---------------------------------------------------------------
+@njit(parallel=True, error_model="numpy", nogil=True)
+def triad_inplace(a, b, s, starts, stops):
+    """a += s*b over fastnn's chunk partition; slices from index 0 so the loop vectorizes."""
+    for c in prange(starts.shape[0]):
+        lo, hi = starts[c], stops[c]
+        a_, b_ = a[lo:hi], b[lo:hi]
+        for i in range(hi - lo):
+            a_[i] += s * b_[i]
+
+
+@njit(parallel=True, error_model="numpy", nogil=True)
+def triad_stream(a, b, c, s, starts, stops):
+    """a = b + s*c (STREAM triad) over fastnn's chunk partition."""
+    for k in prange(starts.shape[0]):
+        lo, hi = starts[k], stops[k]
+        a_, b_, c_ = a[lo:hi], b[lo:hi], c[lo:hi]
+        for i in range(hi - lo):
+            a_[i] = b_[i] + s * c_[i]
+
+
+class NumpyAdam:
+    """Adam the ordinary NumPy way (the lecture's formulas, temporaries and all)."""
+
+    def __init__(self, p, g, lr):
+        self.p, self.g, self.lr, self.t = p, g, lr, 0
+        self.m, self.v = np.zeros_like(p), np.zeros_like(p)
+
+    def step(self):
+        b1, b2 = BETAS
+        self.t += 1
+        m, v, g = self.m, self.v, self.g
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        m_hat = m / (1 - b1 ** self.t)
+        v_hat = v / (1 - b2 ** self.t)
+        self.p -= self.lr * m_hat / (np.sqrt(v_hat) + EPS)
+
+
+class NumpySGD:
+    """SGD with momentum the ordinary NumPy way (b = mu*b + g; p -= lr*b)."""
+
+    def __init__(self, p, g, lr):
+        self.p, self.g, self.lr = p, g, lr
+        self.buf = np.zeros_like(p)
+
+    def step(self):
+        self.buf *= MOMENTUM
+        self.buf += self.g
+        self.p -= self.lr * self.buf
+
+
+# -- setup -----------------------------------------------------------------------------
+@dataclass
+class Variant:
+    opt: str
+    layout: str          # "1 tensor" or "split"
+    impl: str
+    fn: Callable[[], object]
+    bytes_per_param: int
+    n_elems: int | None = None   # elements touched, when not the n parameters (triads)
+    samples: dict[int, list[float]] = field(default_factory=dict)   # threads -> seconds
+
+
+def _filled(n: int, rng: np.random.Generator, scale: float = 1.0, offset_elems: int = 0) -> np.ndarray:
+    """An aligned float32 array (data at 4*offset_elems bytes mod 64), every page written."""
+    a = aligned_zeros(n + offset_elems, np.float32)[offset_elems:]
+    a[:] = rng.standard_normal(n, dtype=np.float32) * np.float32(scale)
+    return a
+
+
+def _fastnn(opt: str, params, grads, nonfinite: str):
+    if opt == "Adam":
+        return fnn.optim.Adam((params, grads), lr=LR[opt], betas=BETAS, eps=EPS, nonfinite=nonfinite)
+    return fnn.optim.SGD((params, grads), lr=LR[opt], momentum=MOMENTUM, nonfinite=nonfinite)
+
+
+def _torch(opt: str, tensors: list[torch.Tensor], **kw):
+    if opt == "Adam":
+        return torch.optim.Adam(tensors, lr=LR[opt], betas=BETAS, eps=EPS, **kw)
+    return torch.optim.SGD(tensors, lr=LR[opt], momentum=MOMENTUM, **kw)
+
+
+def _torch_params(sizes: list[int], rng: np.random.Generator) -> list[torch.Tensor]:
+    """Separate leaf tensors (torch's CPU allocator aligns each to 64 bytes), grads set."""
+    out = []
+    for k in sizes:
+        p = torch.from_numpy(rng.standard_normal(k, dtype=np.float32) * np.float32(0.1)).clone()
+        p.grad = torch.from_numpy(rng.standard_normal(k, dtype=np.float32)).clone()
+        out.append(p)
+    return out
+
+
+def split_sizes(n: int, tensors: int) -> list[int]:
+    base = n // tensors
+    sizes = [base] * tensors
+    sizes[-1] += n - base * tensors
+    return sizes
+
+
+def build_variants(opt: str, n: int, tensors: int, seed: int = 0) -> list[Variant]:
+    rng = np.random.default_rng(seed)
+    bpp = BYTES_PER_PARAM[opt]
+    vs: list[Variant] = []
+    add = lambda layout, impl, fn, b=bpp, e=None: vs.append(Variant(opt, layout, impl, fn, b, e))  # noqa: E731
+
+    # one tensor of n parameters
+    p, g = _filled(n, rng, 0.1), _filled(n, rng)
+    for nf in ("ignore", "raise"):
+        add("1 tensor", f'fastnn fused (nonfinite="{nf}")', _fastnn(opt, p, g, nf).step)
+    p16, g16 = _filled(n, rng, 0.1, offset_elems=4), _filled(n, rng, offset_elems=4)
+    add("1 tensor", 'fastnn fused ("ignore"), p/g 16 B off 64 B', _fastnn(opt, p16, g16, "ignore").step)
+    tp = _torch_params([n], rng)
+    add("1 tensor", "torch fused=True", _torch(opt, tp, fused=True).step)
+    add("1 tensor", "torch foreach=True", _torch(opt, tp, foreach=True, fused=False).step)
+    add("1 tensor", "torch for-loop (CPU default)", _torch(opt, tp, foreach=False, fused=False).step)
+    np_p, np_g = _filled(n, rng, 0.1), _filled(n, rng)
+    add("1 tensor", "NumPy (1 thread)", (NumpyAdam if opt == "Adam" else NumpySGD)(np_p, np_g, LR[opt]).step)
+
+    # triads over the optimizer's working set in bytes
+    footprint = FOOTPRINT_PER_PARAM[opt] * n
+    n_in = footprint // 8        # two float32 arrays
+    a, b = _filled(n_in, rng, 0.1), _filled(n_in, rng, 1e-3)
+    st, sp, _ = make_chunks([(0, n_in, 0)])
+    s = np.float32(1e-3)
+    add("1 tensor", TRIAD_INPLACE, lambda: triad_inplace(a, b, s, st, sp), 12, n_in)
+    n_st = footprint // 12       # three float32 arrays
+    a3, b3, c3 = _filled(n_st, rng, 0.1), _filled(n_st, rng, 0.1), _filled(n_st, rng, 0.1)
+    st3, sp3, _ = make_chunks([(0, n_st, 0)])
+    add("1 tensor", TRIAD_STREAM, lambda: triad_stream(a3, b3, c3, s, st3, sp3), 12, n_st)
+
+    # the same parameters split into `tensors` tensors
+    sizes = split_sizes(n, tensors)
+    fb = FlatBuffer({f"t{i}": (k,) for i, k in enumerate(sizes)}, np.float32)
+    fb.data[:] = rng.standard_normal(fb.data.size, dtype=np.float32) * np.float32(0.1)
+    for i, k in enumerate(sizes):   # real gradients in the tensors, zero padding between them
+        fb.grad_view(f"t{i}")[:] = rng.standard_normal(k, dtype=np.float32)
+    for nf in ("ignore", "raise"):
+        add("split", f'fastnn fused (nonfinite="{nf}")', _fastnn(opt, fb.data, fb.grad, nf).step)
+    tps = _torch_params(sizes, rng)
+    add("split", "torch fused=True", _torch(opt, tps, fused=True).step)
+    add("split", "torch foreach=True", _torch(opt, tps, foreach=True, fused=False).step)
+    add("split", "torch for-loop (CPU default)", _torch(opt, tps, foreach=False, fused=False).step)
+    return vs
+
+
+# -- timing ----------------------------------------------------------------------------
+def set_threads(t: int) -> None:
+    numba.set_num_threads(t)
+    torch.set_num_threads(t)
+
+
+def run_rounds(vs: list[Variant], t: int, repeats: int, warmup: int) -> None:
+    set_threads(t)
+    for v in vs:
+        for _ in range(warmup):
+            v.fn()
+        v.samples[t] = []
+    clock = time.perf_counter
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            k = r % len(vs)
+            for v in vs[k:] + vs[:k]:
+                t0 = clock()
+                v.fn()
+                v.samples[t].append(clock() - t0)
+    finally:
+        gc.enable()
+
+
+def summarize(vs: list[Variant], n: int, t: int) -> list[dict]:
+    med = {(v.layout, v.impl): float(np.median(v.samples[t])) for v in vs}
+    torch_fused = {lay: med[(lay, "torch fused=True")] for lay in ("1 tensor", "split")}
+    numpy_t = med[("1 tensor", "NumPy (1 thread)")]
+    triad_v = next(v for v in vs if v.impl == TRIAD_INPLACE)
+    triad_gbs = 12 * triad_v.n_elems / med[("1 tensor", TRIAD_INPLACE)] / 1e9
+    rows = []
+    for v in vs:
+        s = np.asarray(v.samples[t])
+        m = float(np.median(s))
+        elems = v.n_elems or n
+        gbs = v.bytes_per_param * elems / m / 1e9
+        is_triad = v.impl in (TRIAD_INPLACE, TRIAD_STREAM)
+        rows.append(dict(
+            optimizer=v.opt, layout=v.layout, impl=v.impl, threads=t, n=n, elements=elems,
+            bytes_per_elem=v.bytes_per_param, median_ms=m * 1e3,
+            p25_ms=float(np.percentile(s, 25)) * 1e3, p75_ms=float(np.percentile(s, 75)) * 1e3,
+            spread=float((np.percentile(s, 75) - np.percentile(s, 25)) / m), gbs=gbs,
+            x_torch_fused=None if is_triad else torch_fused[v.layout] / m,
+            x_numpy=None if (is_triad or v.layout != "1 tensor") else numpy_t / m,
+            frac_triad=gbs / triad_gbs, samples_ms=[float(x) * 1e3 for x in s]))
+    return rows
+
+
+# -- reporting -------------------------------------------------------------------------
+def _fmt(x, spec, suffix=""):
+    return "—" if x is None else f"{x:{spec}}{suffix}"
+
+
+def results_table(rows: list[dict], tensors: int) -> str:
+    lines = ["| optimizer | layout | threads | implementation | ms (median) | spread | GB/s "
+             "| × torch fused | × NumPy | % triad |",
+             "|---|---|--:|---|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        layout = f"{tensors} tensors" if r["layout"] == "split" else "1 tensor"
+        lines.append(f"| {r['optimizer']} | {layout} | {r['threads']} | {r['impl']} | {r['median_ms']:.2f} "
+                     f"| {r['spread']:.0%} | {r['gbs']:.1f} | {_fmt(r['x_torch_fused'], '.2f', '×')} "
+                     f"| {_fmt(r['x_numpy'], '.1f', '×')} | {r['frac_triad']:.0%} |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict], tensors: int) -> tuple[str, list[dict]]:
+    lines = ["| target | threads | fastnn nonfinite | measured | result |", "|---|--:|---|--:|---|"]
+    out = []
+    for opt, layout, against, minimum in TARGETS:
+        for r in rows:
+            if r["optimizer"] != opt or r["layout"] != layout or not r["impl"].startswith("fastnn fused (non"):
+                continue
+            x = r["x_torch_fused"] if against == "torch fused" else r["x_numpy"]
+            nf = "ignore (like-for-like)" if '"ignore"' in r["impl"] else "raise (default)"
+            where = f"{opt} {n_label(r['n'])}" + (f", {tensors} tensors" if layout == "split" else "")
+            ok = x >= minimum
+            lines.append(f"| {where}: ≥ {minimum:g}× {against} | {r['threads']} | {nf} | {x:.2f}× "
+                         f"| {'PASS' if ok else 'FAIL'} |")
+            out.append(dict(optimizer=opt, layout=layout, against=against, minimum=minimum, threads=r["threads"],
+                            nonfinite=nf.split()[0], measured=x, passed=bool(ok)))
+    return "\n".join(lines), out
+
+
+def n_label(n: int) -> str:
+    return f"{n / 2**20:g}M" if n % 2**16 == 0 else f"{n:,}"
+
+
+def machine_info(threads: list[int]) -> dict:
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return dict(
+        cpu_model=model, simd=sorted(f for f in flags if f in ("avx", "avx2", "fma", "avx512f")),
+        logical_cpus=os.cpu_count(), usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        loadavg_start=list(os.getloadavg()), platform=platform.platform(), python=platform.python_version(),
+        numpy=np.__version__, numba=numba.__version__, torch=torch.__version__, fastnn=fnn.__version__,
+        numba_threading_layer=_numba_layer(), numba_max_threads=numba.config.NUMBA_NUM_THREADS,
+        torch_parallel_backend=next((ln.split(":", 1)[1].strip() for ln in torch.__config__.parallel_info().splitlines()
+                                     if ln.startswith("ATen parallel backend")), None),
+        threads=threads)
+
+
+def _numba_layer() -> str | None:
+    try:
+        return numba.threading_layer()
+    except ValueError:   # no parallel region has run yet
+        return None
+
+
+NOTES = """Notes
+- Same thread count for both libraries: numba.set_num_threads(t) and torch.set_num_threads(t).
+- fastnn buffers come from fastnn.flat.aligned_zeros (64-byte aligned). NumPy only aligns to
+  16 bytes: 32-byte AVX loads then straddle a cache line every other load, which costs about
+  30% in the fused kernels — the "p/g 16 B off 64 B" row measures exactly that case.
+  torch's CPU allocator aligns tensors to 64 bytes.
+- nonfinite="ignore" does the same work as torch (no NaN/Inf check) and is the like-for-like
+  number; the default nonfinite="raise" adds one read pass over the gradients (4 B/param,
+  not counted in GB/s).
+- "% triad" is against the in-place triad a += s*b (12 B/elem, no write-allocate, like the
+  in-place optimizer updates) over the same working set in bytes, same threads, same run.
+- NumPy runs single-threaded at every t; "× NumPy" compares with it at the same t.
+- Medians over interleaved, order-rotated rounds on a shared, noisy machine: compare ratios,
+  not absolute times across runs."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
+    ap.add_argument("--n", type=int, default=16 * 2**20, help="parameters (default 16*2**20)")
+    ap.add_argument("--tensors", type=int, default=1000, help="tensors in the split layout (default 1000)")
+    ap.add_argument("--repeats", type=int, default=15, help="timed steps per variant (default 15)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (default 2)")
+    ap.add_argument("--optimizers", nargs="+", choices=sorted(BYTES_PER_PARAM), default=["Adam", "SGD"])
+    ap.add_argument("--quick", action="store_true", help="smoke test: n=2**20, 3 repeats, 1 warm-up step")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                    help="directory for optim.json and optim.md (default bench/results)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.repeats, args.warmup = 2**20, 3, 1
+    max_t = numba.config.NUMBA_NUM_THREADS
+    if any(not 1 <= t <= max_t for t in args.threads):
+        ap.error(f"--threads: each must be in 1..{max_t} (NUMBA_NUM_THREADS), got {args.threads}")
+    if args.repeats < 1 or args.warmup < 1 or not 1 <= args.tensors <= args.n:
+        ap.error("--repeats and --warmup must be >= 1 and --tensors in 1..n")
+
+    start = time.perf_counter()
+    rows: list[dict] = []
+    for opt in args.optimizers:
+        print(f"[{time.perf_counter() - start:6.1f}s] {opt}: allocating n={args.n:,}", file=sys.stderr, flush=True)
+        vs = build_variants(opt, args.n, args.tensors)
+        for t in args.threads:
+            print(f"[{time.perf_counter() - start:6.1f}s] {opt}: {t} thread(s), {len(vs)} variants x "
+                  f"{args.repeats} rounds", file=sys.stderr, flush=True)
+            run_rounds(vs, t, args.repeats, args.warmup)
+            rows += summarize(vs, args.n, t)
+        del vs
+        gc.collect()
+    elapsed = time.perf_counter() - start
+
+    info = machine_info(args.threads)
+    info["loadavg_end"] = list(os.getloadavg())
+    info["wall_s"] = elapsed
+    table = results_table(rows, args.tensors)
+    target_md, target_rows = targets(rows, args.tensors)
+    head = (f"# Optimizer step, n = {args.n:,} float32 parameters ({n_label(args.n)}), "
+            f"median of {args.repeats} interleaved steps\n\n"
+            f"CPU: {info['cpu_model']} ({info['usable_cpus']} usable cores, {'/'.join(info['simd'])}); "
+            f"numpy {np.__version__}, numba {numba.__version__} ({info['numba_threading_layer']} layer), "
+            f"torch {torch.__version__} ({info['torch_parallel_backend']}); "
+            f"load average {info['loadavg_start'][0]:.2f} at start, {info['loadavg_end'][0]:.2f} at end.\n")
+    md = f"{head}\n{table}\n\n## Targets (informational)\n\n{target_md}\n\n{NOTES}\n"
+    print(md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "optim.md").write_text(md)
+    (args.out / "optim.json").write_text(json.dumps(dict(
+        machine=info, config=dict(n=args.n, tensors=args.tensors, repeats=args.repeats, warmup=args.warmup,
+                                  threads=args.threads, quick=args.quick, lr=LR, betas=BETAS, eps=EPS,
+                                  momentum=MOMENTUM, bytes_per_param=BYTES_PER_PARAM,
+                                  footprint_bytes_per_param=FOOTPRINT_PER_PARAM),
+        rows=rows, targets=target_rows), indent=1))
+    print(f"wrote {args.out / 'optim.json'} and {args.out / 'optim.md'} ({elapsed:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

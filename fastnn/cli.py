@@ -1,0 +1,155 @@
+"""The ``fastnn`` command: ``fastnn train`` (the main job) and ``fastnn info``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+MODELS = ("mlp",)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
+
+
+def seconds_since_launch() -> float:
+    """Wall time since this process started (from /proc), or since import where unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastnn", description="fastnn: compiled-kernel neural-network training")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a network on the digits set (or MNIST IDX files)")
+    t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a folder of MNIST IDX files")
+    t.add_argument("--model", choices=MODELS, default="mlp")
+    t.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="hidden layer widths")
+    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--clip", type=float, default=None, help="clip the global gradient norm to this value")
+    t.add_argument("--schedule", choices=SCHEDULES, default="inverse-time")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--grow-batch", type=int, default=None, metavar="MAX",
+                   help="double the batch every epoch's worth of samples, up to MAX (instead of decaying lr)")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
+    t.add_argument("--checkpoint", default="checkpoints/{data}-{model}.npz")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    t.add_argument("--no-progress", action="store_true")
+    sub.add_parser("info", help="print what this machine offers fastnn")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "info":
+        from .sysinfo import report
+
+        rows = report()
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            print(f"{k.ljust(width)}  {v}")
+        return 0
+    return _train(args)
+
+
+def _load(spec: str, dtype):
+    from . import data
+
+    if spec == "digits":
+        x, y = data.load_digits(dtype)
+        return data.train_test_split(x, y, test_fraction=0.2, seed=0)
+    x_train, y_train = data.load_mnist(spec, "train", dtype)
+    x_test, y_test = data.load_mnist(spec, "test", dtype)
+    return x_train, x_test, y_train, y_test
+
+
+def _train(args) -> int:
+    import numpy as np
+
+    import fastnn as fnn
+
+    if args.threads:
+        import numba
+
+        numba.set_num_threads(args.threads)
+    fnn.manual_seed(args.seed)
+    dtype = np.dtype(args.dtype)
+    x_train, x_test, y_train, y_test = _load(args.data, dtype)
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    widths = [x_train.shape[1], *args.hidden]
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers.append(fnn.Dense(a, b, activation="relu", dtype=dtype))
+        if args.dropout:
+            layers.append(fnn.Dropout(args.dropout))
+    model = fnn.Sequential(*layers, fnn.Dense(widths[-1], classes, dtype=dtype))
+    decay = [v for n, v in model.named_parameters() if n.endswith("bias")]
+    groups = [{"params": decay, "weight_decay": 0.0}]
+    common = dict(lr=args.lr, weight_decay=args.weight_decay, param_groups=groups, max_grad_norm=args.clip)
+    if args.optimizer == "sgd":
+        opt = fnn.optim.SGD(model, momentum=args.momentum, **common)
+    else:
+        opt = (fnn.optim.AdamW if args.optimizer == "adamw" else fnn.optim.Adam)(model, **common)
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    sched = _schedule(fnn, args.schedule, opt, steps_per_epoch, args.epochs)
+    batch = args.batch_size
+    if args.grow_batch:
+        batch = fnn.schedules.BatchSize(args.batch_size, factor=2, every_samples=len(x_train), max_batch=args.grow_batch)
+    path = args.checkpoint.format(data=os.path.basename(os.path.normpath(args.data)), model=args.model)
+
+    first = {}
+
+    def on_step(step: int, loss: float) -> None:
+        if not first:
+            first["s"] = seconds_since_launch()
+
+    if not args.no_progress:
+        model.summary()
+    hist = fnn.train.fit(model, opt, x_train, y_train, epochs=args.epochs, batch_size=batch, schedule=sched,
+                         seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
+                         resume=args.resume, progress=not args.no_progress, on_step=on_step)
+    _, acc = fnn.train.evaluate(model, x_test, y_test)
+    if "s" in first:
+        print(f"first step        {first['s']:.2f} s after launch")
+    print(f"final train loss  {hist['loss'][-1] if hist['loss'] else float('nan'):.4f}")
+    print(f"test accuracy     {100 * acc:.2f}% ({len(x_test)} samples)")
+    print(f"samples/s         {hist['samples_per_s']:,.0f} ({hist['steps']} steps, {hist['skipped']} skipped)")
+    print(f"checkpoint        {os.path.abspath(path)}")
+    return 0
+
+
+def _schedule(fnn, name: str, opt, steps_per_epoch: int, epochs: int):
+    s = fnn.schedules
+    total = steps_per_epoch * epochs
+    if name == "constant":
+        return s.Constant(opt)
+    if name == "inverse-time":
+        return s.InverseTime(opt, decay_steps=5 * steps_per_epoch)
+    if name == "cosine":
+        return s.Cosine(opt, T_max=total)
+    if name == "step":
+        return s.Step(opt, step_size=max(1, total // 3), gamma=0.3)
+    if name == "exponential":
+        return s.Exponential(opt, gamma=0.01 ** (1 / total))
+    warm = max(1, steps_per_epoch)
+    return s.Sequential(opt, [s.Warmup(opt, warm), s.Cosine(opt, T_max=max(1, total - warm))], milestones=[warm])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

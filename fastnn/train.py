@@ -1,0 +1,101 @@
+"""The training loop: epochs of seeded minibatches, fused optimizer steps, schedules,
+periodic atomic checkpoints and exact resume."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .data import batches
+from .losses import softmax_cross_entropy
+from .module import Module
+
+LossFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+
+
+def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, batch_size=64,
+        schedule=None, loss: LossFn = softmax_cross_entropy, seed: int = 0,
+        checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None, resume: bool = False,
+        progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train ``model`` on (x, y) for ``epochs`` passes; returns a history dict.
+
+    Each epoch draws minibatches without replacement from the permutation seeded by
+    (seed, epoch). ``batch_size`` is an int or a ``fastnn.schedules.BatchSize``. ``schedule``
+    (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
+    checkpoint is written atomically every ``checkpoint_every`` steps and at each epoch's end;
+    ``resume=True`` continues from it (same data position, RNG and optimizer state), giving
+    the same trajectory as an uninterrupted run. ``on_step(step, loss)`` is called after each
+    step. History: per-epoch mean ``loss``, ``steps``, ``skipped``, ``samples``, ``seconds``,
+    ``samples_per_s``.
+    """
+    start_epoch, start_sample, step = 0, 0, 0
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        info = ckpt.load(checkpoint, model, optimizer, schedule)
+        extra = info["extra"]
+        start_epoch, start_sample, step = extra["epoch"], extra["sample"], info["step"]
+        if extra.get("batch_size_schedule") is not None:
+            batch_size.load_state_dict(extra["batch_size_schedule"])
+
+    def save(epoch: int, sample: int) -> None:
+        if checkpoint is None:
+            return
+        bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
+        ckpt.save(checkpoint, model, optimizer, schedule, step=step,
+                  extra={"epoch": epoch, "sample": sample, "batch_size_schedule": bss})
+
+    history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
+    model.train()
+    began = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        sample = start_sample if epoch == start_epoch else 0
+        total, count = 0.0, 0
+        bar = tqdm(batches(x, y, batch_size, seed=seed, epoch=epoch, start_sample=sample),
+                   desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, unit="batch")
+        for xb, yb in bar:
+            value, dout = loss(model(xb), yb)
+            model.backward(dout)
+            if optimizer.step():
+                total, count = total + value, count + 1
+                if schedule is not None:
+                    schedule.step()
+            else:
+                history["skipped"] += 1
+            optimizer.zero_grad()
+            step, sample = step + 1, sample + len(xb)
+            history["steps"] += 1
+            history["samples"] += len(xb)
+            if on_step is not None:
+                on_step(step, value)
+            if count and math.isfinite(value):
+                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+            if checkpoint_every and step % checkpoint_every == 0:
+                save(epoch, sample)
+        history["loss"].append(total / count if count else float("nan"))
+        save(epoch + 1, 0)
+    history["seconds"] = time.perf_counter() - began
+    history["samples_per_s"] = history["samples"] / history["seconds"] if history["seconds"] > 0 else 0.0
+    return history
+
+
+def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,
+             loss: LossFn = softmax_cross_entropy) -> tuple[float, float]:
+    """Mean loss and accuracy (fraction of argmax(logits) == y) in eval mode; restores the mode."""
+    if len(x) == 0:
+        raise ValueError("evaluate: expected a non-empty data set, got 0 samples")
+    was_training = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    try:
+        for i in range(0, len(x), batch_size):
+            out = model(x[i:i + batch_size])
+            value, _ = loss(out, y[i:i + batch_size])
+            total += value * len(out)
+            correct += int(np.sum(np.argmax(out, axis=1) == y[i:i + batch_size]))
+    finally:
+        model.train(was_training)
+    return total / len(x), correct / len(x)

@@ -1,0 +1,21 @@
+"""When a kernel is worth running on several threads.
+
+Every kernel here comes as ``<op>_cpu`` (Numba prange over chunks or rows) and
+``<op>_serial`` (same arguments, same per-chunk code, in the calling thread). Waking a
+thread team costs tens of microseconds, more than a small layer's whole update, and on a
+machine where OpenBLAS threads also wait for work, idle spinning threads steal each other's
+cores. So work below ``PARALLEL_MIN_ELEMENTS`` elements runs serially. Results are identical
+either way: the chunk partition never depends on the thread count.
+"""
+from __future__ import annotations
+
+import numba
+
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def pick(parallel_kernel, serial_kernel, n_elements: int):
+    """The parallel kernel when ``n_elements`` is large enough and more than one thread is set."""
+    if n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
+        return parallel_kernel
+    return serial_kernel

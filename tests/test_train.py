@@ -1,0 +1,157 @@
+"""The training loop end to end: accuracy on digits, checkpoints, exact resume, the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+
+
+def _digits_setup(seed=0, dropout=0.0, dtype=np.float32):
+    x, y = fnn.data.load_digits(dtype)
+    xtr, xte, ytr, yte = fnn.data.train_test_split(x, y, test_fraction=0.2, seed=0)
+    fnn.manual_seed(seed)
+    layers = [fnn.Dense(64, 128, activation="relu", dtype=dtype)]
+    if dropout:
+        layers.append(fnn.Dropout(dropout))
+    model = fnn.Sequential(*layers, fnn.Dense(128, 10, dtype=dtype))
+    return model, (xtr, xte, ytr, yte)
+
+
+def test_digits_reaches_95_percent_test_accuracy():
+    model, (xtr, xte, ytr, yte) = _digits_setup()
+    opt = fnn.optim.Adam(model, lr=3e-3)
+    sched = fnn.schedules.InverseTime(opt, decay_steps=1000)
+    hist = fnn.train.fit(model, opt, xtr, ytr, epochs=15, batch_size=32, schedule=sched, progress=False)
+    loss, acc = fnn.train.evaluate(model, xte, yte)
+    assert acc >= 0.95, f"test accuracy {acc:.3f}"
+    assert hist["loss"][-1] < hist["loss"][0]
+
+
+def test_sgd_momentum_with_growing_batch_learns_digits():
+    model, (xtr, xte, ytr, yte) = _digits_setup()
+    opt = fnn.optim.SGD(model, lr=0.05, momentum=0.9)
+    grow = fnn.schedules.BatchSize(16, factor=2, every_samples=3 * len(xtr), max_batch=128)
+    fnn.train.fit(model, opt, xtr, ytr, epochs=12, batch_size=grow, progress=False)
+    assert grow.batch_size == 128
+    assert fnn.train.evaluate(model, xte, yte)[1] >= 0.93
+
+
+def _trajectory(tmp_path, interrupt_at=None):
+    """Train 3 epochs with dropout, Adam, warmup+cosine and a growing batch; optionally stop
+    after ``interrupt_at`` steps and resume in fresh objects from the checkpoint."""
+    path = tmp_path / "run.npz"
+
+    def build():
+        model, (xtr, _, ytr, _) = _digits_setup(seed=1, dropout=0.2)
+        opt = fnn.optim.AdamW(model, lr=3e-3, max_grad_norm=5.0)
+        s = fnn.schedules
+        sched = s.Sequential(opt, [s.Warmup(opt, 10), s.Cosine(opt, T_max=200)], milestones=[10])
+        grow = s.BatchSize(32, factor=2, every_samples=1000, max_batch=128)
+        return model, opt, sched, grow, xtr, ytr
+
+    class Stop(Exception):
+        pass
+
+    def stopper(step, loss):
+        if interrupt_at is not None and step == interrupt_at:
+            raise Stop
+
+    model, opt, sched, grow, xtr, ytr = build()
+    kw = dict(epochs=3, seed=5, checkpoint=path, checkpoint_every=interrupt_at or 10**9, progress=False)
+    try:
+        fnn.train.fit(model, opt, xtr, ytr, batch_size=grow, schedule=sched, on_step=stopper, **kw)
+    except Stop:
+        model, opt, sched, grow, xtr, ytr = build()
+        fnn.manual_seed(123)  # the checkpoint, not the fresh seed, must decide what follows
+        fnn.train.fit(model, opt, xtr, ytr, batch_size=grow, schedule=sched, resume=True, **kw)
+    return model.flat.data.copy(), opt.step_count, sched.get_last_lr()
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = _trajectory(tmp_path / "a")
+    resumed = _trajectory(tmp_path / "b", interrupt_at=37)
+    np.testing.assert_array_equal(full[0], resumed[0])
+    assert full[1:] == resumed[1:]
+
+
+def test_checkpoint_of_a_different_model_is_rejected_and_nothing_changes(tmp_path):
+    a = fnn.Sequential(fnn.Dense(4, 3), fnn.Dense(3, 2))
+    path = fnn.checkpoint.save(tmp_path / "a.npz", a, fnn.optim.Adam(a))
+    b = fnn.Sequential(fnn.Dense(4, 5), fnn.Dense(5, 2))
+    opt_b = fnn.optim.Adam(b, lr=0.5)
+    before = b.flat.data.copy()
+    with pytest.raises(ValueError, match=r"different model: it has 0.weight \(4, 3\), the model has 0.weight \(4, 5\)"):
+        fnn.checkpoint.load(path, b, opt_b)
+    np.testing.assert_array_equal(b.flat.data, before)
+    c = fnn.Sequential(fnn.Dense(4, 3, dtype=np.float64), fnn.Dense(3, 2, dtype=np.float64))
+    with pytest.raises(ValueError, match="checkpoint is float32, model is float64"):
+        fnn.checkpoint.load(path, c)
+
+
+def test_failed_load_restores_everything(tmp_path):
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    path = fnn.checkpoint.save(tmp_path / "m.npz", model, fnn.optim.SGD(model, momentum=0.9))
+    target = fnn.Sequential(fnn.Dense(4, 3))
+    opt = fnn.optim.Adam(target)  # wrong optimizer type for this checkpoint
+    before = target.flat.data.copy()
+    with pytest.raises(ValueError, match="expected a Adam state"):
+        fnn.checkpoint.load(path, target, opt)
+    np.testing.assert_array_equal(target.flat.data, before)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    path = fnn.checkpoint.save(tmp_path / "m.npz", model)
+    good = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    model.flat.data[:] = 7
+    with pytest.raises(OSError, match="disk full"):
+        fnn.checkpoint.save(path, model)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable fastnn checkpoint"):
+        fnn.checkpoint.load(bad, fnn.Sequential(fnn.Dense(2, 2)))
+
+
+def test_evaluate_and_fit_reject_empty_data():
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    with pytest.raises(ValueError, match="empty"):
+        fnn.train.evaluate(model, np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="empty"):
+        fnn.train.fit(model, fnn.optim.SGD(model), np.zeros((0, 2), np.float32), np.zeros(0, np.int64),
+                      epochs=1, progress=False)
+
+
+def test_cli_train_and_resume(tmp_path):
+    ck = tmp_path / "ck.npz"
+    cmd = [sys.executable, "-m", "fastnn.cli", "train", "--epochs", "2", "--no-progress", "--threads", "1",
+           "--checkpoint", str(ck)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "test accuracy" in out.stdout and "samples/s" in out.stdout and str(ck) in out.stdout
+    assert ck.exists()
+    again = subprocess.run(cmd[:5] + ["4"] + cmd[6:] + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "(90 steps" in again.stdout  # epochs 3 and 4 only: 2 x ceil(1437 / 32)
+
+
+def test_cli_info():
+    out = subprocess.run([sys.executable, "-m", "fastnn.cli", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for key in ("CPU", "SIMD width", "caches", "cores", "numba", "MPI", "CUDA"):
+        assert key in out.stdout
