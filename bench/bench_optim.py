@@ -29,7 +29,7 @@ What    One optimizer step over n float32 parameters (default 16M = 16*2**20), t
         not timed. All input arrays are written before timing (untouched np.zeros pages
         read as the shared zero page and would fake bandwidth).
 
-Run     python bench/bench_optim.py                  # full run, t = 1 and 2, ~3-4 minutes
+Run     python bench/bench_optim.py                  # full run, t = 1 and 2: 75 s idle, up to ~4 min under load
         python bench/bench_optim.py --quick          # smoke test, seconds
         python bench/bench_optim.py --threads 2 --n 4194304 --repeats 25
 
@@ -316,20 +316,24 @@ def n_label(n: int) -> str:
     return f"{n / 2**20:g}M" if n % 2**16 == 0 else f"{n:,}"
 
 
-def machine_info(threads: list[int]) -> dict:
-    model, flags = "unknown", set()
+def machine_info(threads: list[int], loadavg_start: list[float]) -> dict:
+    cpu: dict[str, str] = {}
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, val = (x.strip() for x in line.partition(":"))
+            if key in ("model name", "cpu family", "model", "stepping", "cache size") and key not in cpu:
+                cpu[key] = val
+            elif key == "flags" and not flags:
+                flags = set(val.split())
     except OSError:
         pass
     return dict(
-        cpu_model=model, simd=sorted(f for f in flags if f in ("avx", "avx2", "fma", "avx512f")),
+        cpu_model=cpu.get("model name", "unknown"), cpu_family=cpu.get("cpu family"), cpu_model_id=cpu.get("model"),
+        cpu_stepping=cpu.get("stepping"), cpu_cache=cpu.get("cache size"),
+        simd=sorted(f for f in flags if f in ("avx", "avx2", "fma", "avx512f")),
         logical_cpus=os.cpu_count(), usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        loadavg_start=list(os.getloadavg()), platform=platform.platform(), python=platform.python_version(),
+        loadavg_start=loadavg_start, platform=platform.platform(), python=platform.python_version(),
         numpy=np.__version__, numba=numba.__version__, torch=torch.__version__, fastnn=fnn.__version__,
         numba_threading_layer=_numba_layer(), numba_max_threads=numba.config.NUMBA_NUM_THREADS,
         torch_parallel_backend=next((ln.split(":", 1)[1].strip() for ln in torch.__config__.parallel_info().splitlines()
@@ -346,18 +350,21 @@ def _numba_layer() -> str | None:
 
 NOTES = """Notes
 - Same thread count for both libraries: numba.set_num_threads(t) and torch.set_num_threads(t).
-- fastnn buffers come from fastnn.flat.aligned_zeros (64-byte aligned). NumPy only aligns to
-  16 bytes: 32-byte AVX loads then straddle a cache line every other load, which costs about
-  30% in the fused kernels — the "p/g 16 B off 64 B" row measures exactly that case.
-  torch's CPU allocator aligns tensors to 64 bytes.
-- nonfinite="ignore" does the same work as torch (no NaN/Inf check) and is the like-for-like
-  number; the default nonfinite="raise" adds one read pass over the gradients (4 B/param,
-  not counted in GB/s).
+- fastnn buffers come from fastnn.flat.aligned_zeros (64-byte aligned). NumPy aligns only to
+  16 bytes, so 32-byte AVX loads straddle a cache line every other load; fastnn's docs say
+  this costs about 30% in the fused kernels. The "p/g 16 B off 64 B" row measures that case
+  on this machine (p and g offset, optimizer state aligned). torch's CPU allocator aligns
+  tensors to 64 bytes.
+- nonfinite="ignore" does the same work as torch (no NaN/Inf check), so it is the
+  like-for-like number. The default nonfinite="raise" adds one read pass over the gradients
+  (4 B/param, not counted in GB/s).
 - "% triad" is against the in-place triad a += s*b (12 B/elem, no write-allocate, like the
-  in-place optimizer updates) over the same working set in bytes, same threads, same run.
-- NumPy runs single-threaded at every t; "× NumPy" compares with it at the same t.
-- Medians over interleaved, order-rotated rounds on a shared, noisy machine: compare ratios,
-  not absolute times across runs."""
+  in-place optimizer updates) over the same working set in bytes, at the same t, in the same
+  run. At 1 thread, one core's bandwidth is bounded by its outstanding misses rather than by
+  DRAM, and a kernel with more streams (Adam: 7) can exceed the 3-stream triad (> 100%).
+- NumPy runs single-threaded at every t; "× NumPy" compares against it at the same t.
+- Medians are over interleaved, order-rotated rounds on a shared, noisy machine. Compare
+  ratios within one run, not absolute times across runs."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.warmup < 1 or not 1 <= args.tensors <= args.n:
         ap.error("--repeats and --warmup must be >= 1 and --tensors in 1..n")
 
+    loadavg_start = list(os.getloadavg())
     start = time.perf_counter()
     rows: list[dict] = []
     for opt in args.optimizers:
@@ -395,14 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     elapsed = time.perf_counter() - start
 
-    info = machine_info(args.threads)
+    info = machine_info(args.threads, loadavg_start)
     info["loadavg_end"] = list(os.getloadavg())
     info["wall_s"] = elapsed
     table = results_table(rows, args.tensors)
     target_md, target_rows = targets(rows, args.tensors)
     head = (f"# Optimizer step, n = {args.n:,} float32 parameters ({n_label(args.n)}), "
             f"median of {args.repeats} interleaved steps\n\n"
-            f"CPU: {info['cpu_model']} ({info['usable_cpus']} usable cores, {'/'.join(info['simd'])}); "
+            f"CPU: {info['cpu_model']} (family {info['cpu_family']} model {info['cpu_model_id']}, "
+            f"{info['usable_cpus']} usable cores, {'/'.join(info['simd'])}); "
             f"numpy {np.__version__}, numba {numba.__version__} ({info['numba_threading_layer']} layer), "
             f"torch {torch.__version__} ({info['torch_parallel_backend']}); "
             f"load average {info['loadavg_start'][0]:.2f} at start, {info['loadavg_end'][0]:.2f} at end.\n")

@@ -51,10 +51,9 @@ def numba_threading() -> tuple[str, str, int]:
     import numba
     import numpy as np
 
-    from fastnn.kernels.reduce import sumsq_nonfinite_cpu
+    from fastnn.kernels.reduce import sumsq_cpu
 
-    sumsq_nonfinite_cpu(np.zeros(16, np.float32), np.zeros(1, np.int64), np.full(1, 16, np.int64),
-                        np.zeros(1), np.zeros(1, np.int64))
+    sumsq_cpu(np.zeros(16, np.float32), np.zeros(1, np.int64), np.full(1, 16, np.int64), np.zeros(1))
     return numba.__version__, numba.threading_layer(), numba.get_num_threads()
 
 

@@ -282,3 +282,10 @@ def test_read_only_params_rejected():
     p.flags.writeable = False
     with pytest.raises(ValueError, match="writeable"):
         fnn.optim.SGD((p, np.ones(3)))
+
+
+def test_huge_finite_gradients_are_not_mistaken_for_nonfinite():
+    g = np.array([1e200, -1e200, 3.0])
+    opt = fnn.optim.SGD((np.zeros(3), g), lr=0.0, max_grad_norm=1.0)
+    assert opt.step()
+    assert opt.last_grad_norm == pytest.approx(np.sqrt(2) * 1e200)

@@ -13,7 +13,7 @@ import numpy as np
 
 from fastnn.kernels.chunks import make_chunks
 from fastnn.kernels.parallel import pick
-from fastnn.kernels.reduce import sumsq_nonfinite_cpu, sumsq_nonfinite_serial
+from fastnn.kernels.reduce import sumsq_cpu, sumsq_serial
 
 from ..checks import check_flat
 from ..flat import aligned_zeros
@@ -115,18 +115,21 @@ class Optimizer:
         scale = 1.0
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             sumsq = np.empty(len(self._starts), np.float64)
-            bad = np.empty(len(self._starts), np.int64)
-            reduce = pick(sumsq_nonfinite_cpu, sumsq_nonfinite_serial, self.grads.size)
-            reduce(self.grads, self._starts, self._stops, sumsq, bad)
-            if bad.any():
-                self.last_step_skipped = True
-                if self.nonfinite == "skip":
-                    self.skipped_steps += 1
-                    return False
-                raise FloatingPointError(self._nonfinite_message(int(bad.sum()), int(np.argmax(bad > 0))))
-            self.last_grad_norm = math.sqrt(float(sumsq.sum()))
+            pick(sumsq_cpu, sumsq_serial, self.grads.size)(self.grads, self._starts, self._stops, sumsq)
+            norm = math.sqrt(float(sumsq.sum()))
+            if not math.isfinite(norm):
+                bad = ~np.isfinite(self.grads)
+                if bad.any():
+                    self.last_step_skipped = True
+                    if self.nonfinite == "skip":
+                        self.skipped_steps += 1
+                        return False
+                    raise FloatingPointError(self._nonfinite_message(int(bad.sum()), int(np.argmax(bad))))
+                peak = float(np.max(np.abs(self.grads)))  # finite but the squares overflow float64
+                norm = peak * float(np.linalg.norm(self.grads / peak))
+            self.last_grad_norm = norm
             if self.max_grad_norm is not None:
-                scale = min(1.0, self.max_grad_norm / (self.last_grad_norm + 1e-6))
+                scale = min(1.0, self.max_grad_norm / (norm + 1e-6))
         self._update(scale, first_step=self.step_count == 0, step=self.step_count + 1)
         self.step_count += 1
         self.last_step_skipped = False
@@ -135,8 +138,7 @@ class Optimizer:
     def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
         raise NotImplementedError
 
-    def _nonfinite_message(self, count: int, chunk: int) -> str:
-        at = self._starts[chunk]
+    def _nonfinite_message(self, count: int, at: int) -> str:
         name = next((s[0] for s in self._slots if s[1] <= at < s[2]), "?")
         return (f"gradient has {count} non-finite value(s) (NaN or Inf), first in {name!r}; expected all "
                 "finite. Parameters and optimizer state are unchanged; pass nonfinite='skip' to skip "
