@@ -10,7 +10,9 @@ What    One optimizer step over n float32 parameters (default 16M = 16*2**20), t
             extra read pass over the gradients);
           - torch.optim fused=True, foreach=True, and the CPU default for-loop
             (foreach=False, fused=False);
-          - NumPy written the ordinary way (with temporaries; single-threaded at any t);
+          - NumPy, single-threaded at any t, two ways: "NumPy" in place where it can be
+            (m *= b1; m += (1-b1)*g; ...: the stronger baseline, used for "x NumPy") and
+            "NumPy textbook", the formulas as written (m = b1*m + (1-b1)*g: new arrays);
           - two Numba triads over the same working set in bytes as the optimizer's arrays
             (Adam: p, g, m, v = 16 B/param; SGD: p, g, buf = 12 B/param):
               "triad a += s*b"       in place, 12 B/elem: every written line was read
@@ -73,8 +75,9 @@ TRIAD_INPLACE = "triad a += s*b (Numba)"
 TRIAD_STREAM = "STREAM triad a=b+s*c (Numba)"
 TARGETS = (  # (optimizer, layout, against, minimum ratio)
     ("Adam", "1 tensor", "torch fused", 1.0), ("Adam", "1 tensor", "NumPy", 5.0),
-    ("Adam", "split", "torch fused", 1.5),
+    ("Adam", "1 tensor", "NumPy textbook", 5.0), ("Adam", "split", "torch fused", 1.5),
     ("SGD", "1 tensor", "torch fused", 1.0), ("SGD", "1 tensor", "NumPy", 5.0),
+    ("SGD", "1 tensor", "NumPy textbook", 5.0),
     ("SGD", "split", "torch fused", 1.5),
 )
 
@@ -120,6 +123,19 @@ class NumpyAdam:
         self.p -= self.lr * m_hat / (np.sqrt(v_hat) + EPS)
 
 
+class NumpyTextbookAdam(NumpyAdam):
+    """Adam as the paper's formulas read, one NumPy expression per line (new arrays each step)."""
+
+    def step(self):
+        b1, b2 = BETAS
+        self.t += 1
+        self.m = b1 * self.m + (1 - b1) * self.g
+        self.v = b2 * self.v + (1 - b2) * self.g * self.g
+        m_hat = self.m / (1 - b1 ** self.t)
+        v_hat = self.v / (1 - b2 ** self.t)
+        self.p -= self.lr * m_hat / (np.sqrt(v_hat) + EPS)
+
+
 class NumpySGD:
     """SGD with momentum the ordinary NumPy way (b = mu*b + g; p -= lr*b)."""
 
@@ -130,6 +146,14 @@ class NumpySGD:
     def step(self):
         self.buf *= MOMENTUM
         self.buf += self.g
+        self.p -= self.lr * self.buf
+
+
+class NumpyTextbookSGD(NumpySGD):
+    """SGD with momentum as the formulas read: b = mu*b + g (a new array), p -= lr*b."""
+
+    def step(self):
+        self.buf = MOMENTUM * self.buf + self.g
         self.p -= self.lr * self.buf
 
 
@@ -199,6 +223,8 @@ def build_variants(opt: str, n: int, tensors: int, seed: int = 0) -> list[Varian
     add("1 tensor", "torch for-loop (CPU default)", _torch(opt, tp, foreach=False, fused=False).step)
     np_p, np_g = _filled(n, rng, 0.1), _filled(n, rng)
     add("1 tensor", "NumPy (1 thread)", (NumpyAdam if opt == "Adam" else NumpySGD)(np_p, np_g, LR[opt]).step)
+    textbook = NumpyTextbookAdam if opt == "Adam" else NumpyTextbookSGD
+    add("1 tensor", "NumPy textbook (1 thread)", textbook(np_p.copy(), np_g, LR[opt]).step)
 
     # triads over the optimizer's working set in bytes
     footprint = FOOTPRINT_PER_PARAM[opt] * n
@@ -257,6 +283,7 @@ def summarize(vs: list[Variant], n: int, t: int) -> list[dict]:
     med = {(v.layout, v.impl): float(np.median(v.samples[t])) for v in vs}
     torch_fused = {lay: med[(lay, "torch fused=True")] for lay in ("1 tensor", "split")}
     numpy_t = med[("1 tensor", "NumPy (1 thread)")]
+    textbook_t = med[("1 tensor", "NumPy textbook (1 thread)")]
     triad_v = next(v for v in vs if v.impl == TRIAD_INPLACE)
     triad_gbs = 12 * triad_v.n_elems / med[("1 tensor", TRIAD_INPLACE)] / 1e9
     rows = []
@@ -273,6 +300,7 @@ def summarize(vs: list[Variant], n: int, t: int) -> list[dict]:
             spread=float((np.percentile(s, 75) - np.percentile(s, 25)) / m), gbs=gbs,
             x_torch_fused=None if is_triad else torch_fused[v.layout] / m,
             x_numpy=None if (is_triad or v.layout != "1 tensor") else numpy_t / m,
+            x_numpy_textbook=None if (is_triad or v.layout != "1 tensor") else textbook_t / m,
             frac_triad=gbs / triad_gbs, samples_ms=[float(x) * 1e3 for x in s]))
     return rows
 
@@ -301,7 +329,8 @@ def targets(rows: list[dict], tensors: int) -> tuple[str, list[dict]]:
         for r in rows:
             if r["optimizer"] != opt or r["layout"] != layout or not r["impl"].startswith("fastnn fused (non"):
                 continue
-            x = r["x_torch_fused"] if against == "torch fused" else r["x_numpy"]
+            x = {"torch fused": r["x_torch_fused"], "NumPy": r["x_numpy"],
+                 "NumPy textbook": r["x_numpy_textbook"]}[against]
             nf = "ignore (like-for-like)" if '"ignore"' in r["impl"] else "raise (default)"
             where = f"{opt} {n_label(r['n'])}" + (f", {tensors} tensors" if layout == "split" else "")
             ok = x >= minimum
