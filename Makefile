@@ -17,7 +17,7 @@ $(VENV)/.demo: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml
-	$(PIP) -e ".[test,bench]"
+	$(PIP) -e ".[test,bench,mpi]"
 	touch $@
 
 demo: $(VENV)/.demo

@@ -11,11 +11,11 @@ import os
 # slower training of a small MLP on 2 cores). Passive waiting is set unless the user chose.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import checkpoint, data, losses, optim, random, schedules, train  # noqa: E402
+from . import checkpoint, data, distributed, losses, optim, random, schedules, train  # noqa: E402
 from .layers import Dense, Dropout, Flatten, ReLU, Sequential, Sigmoid, Tanh  # noqa: E402
 from .module import Module  # noqa: E402
 from .random import manual_seed  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "losses",
+__all__ = ["Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses",
            "manual_seed", "optim", "random", "schedules", "train"]

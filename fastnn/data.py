@@ -68,6 +68,7 @@ def batches(
     epoch: int = 0,
     drop_last: bool = False,
     start_sample: int = 0,
+    shard=None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """One epoch of minibatches ``(x[idx], y[idx])``, drawn without replacement.
 
@@ -90,6 +91,14 @@ def batches(
     The last batch holds the remainder; ``drop_last`` drops it when it is
     short (and does not count it).
 
+    ``shard``: an MPI communicator (or a ``(rank, size)`` pair) for data
+    parallelism. ``batch_size`` is then the *global* batch: every rank walks the
+    same permutation and takes its share of each global batch
+    (``np.array_split(batch, size)[rank]``, sizes differing by at most one), so
+    the ranks together see exactly what one process with the same seed sees, and
+    every rank yields the same number of batches. A final global batch with
+    fewer samples than ranks is dropped; schedules count global samples.
+
     Arguments are checked here, before the first batch; a schedule's size is
     checked as it is read.
     """
@@ -103,21 +112,36 @@ def batches(
         schedule, fixed = batch_size, None
     else:
         schedule, fixed = None, _check_int(batch_size, "batch_size", 1)
+    rank, size = _shard(shard)
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return _iterate(x, y, order[start_sample:], fixed, schedule, drop_last)
+    return _iterate(x, y, order[start_sample:], fixed, schedule, drop_last, rank, size)
+
+
+def _shard(shard) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    if hasattr(shard, "Get_rank"):
+        return shard.Get_rank(), shard.Get_size()
+    rank, size = shard
+    if not 0 <= rank < size:
+        raise ValueError(f"shard: expected (rank, size) with 0 <= rank < size, got {shard!r}")
+    return int(rank), int(size)
 
 
 def _iterate(x: np.ndarray, y: np.ndarray | None, order: np.ndarray, fixed: int | None,
-             schedule: BatchSizeSchedule | None, drop_last: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+             schedule: BatchSizeSchedule | None, drop_last: bool, rank: int = 0,
+             ranks: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     start = 0
     while start < len(order):
         size = fixed if schedule is None else _check_int(schedule.batch_size, "schedule.batch_size", 1)
         idx = order[start:start + size]
-        if drop_last and len(idx) < size:
+        if (drop_last and len(idx) < size) or len(idx) < ranks:
             return
         start += len(idx)
         if schedule is not None:
             schedule.advance(len(idx))
+        if ranks > 1:
+            idx = np.array_split(idx, ranks)[rank]
         yield x[idx], (None if y is None else y[idx])
 
 

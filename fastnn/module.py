@@ -26,6 +26,7 @@ class Module:
         self.training = True
         self._flat: FlatBuffer | None = None
         self._parent: Module | None = None
+        self._grad_hooks: list = []
 
     # -- structure -------------------------------------------------------------------
     def children(self) -> list[tuple[str, "Module"]]:
@@ -89,6 +90,19 @@ class Module:
         for _, m in list(self.modules())[1:]:
             m._flat = None
         self._flat = flat
+
+    def register_grad_ready_hook(self, hook) -> None:
+        """Call ``hook(offset)`` during ``backward`` whenever every gradient at flat-buffer
+        offsets >= ``offset`` is final for this step (data parallelism starts reducing
+        those buckets while the rest of backward runs)."""
+        self._grad_hooks.append(hook)
+
+    def remove_grad_ready_hook(self, hook) -> None:
+        self._grad_hooks.remove(hook)
+
+    def _grads_ready_from(self, offset: int) -> None:
+        for hook in self._grad_hooks:
+            hook(offset)
 
     # -- running ---------------------------------------------------------------------
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -293,3 +293,16 @@ def test_load_digits_without_sklearn_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r"pip install fastnn\[data\]"):
         load_digits()
+
+
+def test_sharded_batches_partition_each_global_batch():
+    x = np.arange(103)
+    one = [xb for xb, _ in batches(x, batch_size=12, seed=3, epoch=1)]
+    for size in (1, 2, 3, 4):
+        shards = [[xb for xb, _ in batches(x, batch_size=12, seed=3, epoch=1, shard=(r, size))]
+                  for r in range(size)]
+        assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
+        for k, whole in enumerate(one[:len(shards[0])]):
+            np.testing.assert_array_equal(np.concatenate([s[k] for s in shards]), whole)
+    with pytest.raises(ValueError, match="rank < size"):
+        batches(x, shard=(2, 2))

@@ -22,6 +22,10 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: layer {i} must be a fastnn Module, got {type(layer).__name__}")
         self.layers = list(layers)
         self._adopt_children()
+        # flat offset from which all gradients are final once layer i's backward has run
+        starts = [min((s.start for n, s in self._flat.slots.items() if n.split(".", 1)[0] == str(i)),
+                      default=None) if self._flat else None for i in range(len(self.layers))]
+        self._ready_from = [min((s for s in starts[i:] if s is not None), default=None) for i in range(len(starts))]
 
     def children(self) -> list[tuple[str, Module]]:
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
@@ -38,8 +42,10 @@ class Sequential(Module):
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy)
+            if self._grad_hooks and self._ready_from[i] is not None:
+                self._grads_ready_from(self._ready_from[i])
         return dy
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

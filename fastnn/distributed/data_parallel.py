@@ -1,0 +1,353 @@
+"""DataParallel: synchronous data parallelism by bucketed, overlapped gradient allreduce.
+
+Wrapping broadcasts rank 0's parameters and optimizer state, after checking that every
+rank holds the same model (names, shapes, dtype, order) and optimizer. During backward the
+model reports which gradients are final; each bucket whose gradients are all final is
+handed, strictly in bucket order (the same on every rank), to the reducer, which overlaps
+the allreduce with the rest of backward. ``step()`` waits for the last bucket, averages,
+and runs the wrapped optimizer's fused step.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+
+import numpy as np
+
+from ..module import Module
+from . import runtime
+from .buckets import plan_buckets
+from .compression import COMPRESSIONS, decode, encode, mpi_sum_op
+
+OVERLAP_MODES = ("thread", "nonblocking", "none")
+
+
+class DataParallel:
+    """Average gradients over the ranks of ``comm`` and step ``optimizer`` (which must optimize
+    ``model``) identically on every rank.
+
+    bucket_cap_mb / first_bucket_mb: bucket sizes (DDP defaults 25 and 1 MB).
+    overlap: "thread" (a communication thread runs blocking Allreduce, which releases the
+      GIL, while backward continues), "nonblocking" (Iallreduce, completed in ``step``) or
+      "none" (all buckets reduced in ``step``, after backward).
+    accumulate_steps: reduce and step once every k calls to ``step()``; gradients accumulate
+      in between and are averaged over k, so k micro-batches of B/k equal one batch of B.
+    compression: None, "fp16" or "bf16" on the wire.
+    deterministic: gather every rank's bucket and add them in rank order: bitwise-identical
+      results on every rank and from run to run (costs ``size`` times the memory per bucket).
+    timeout: seconds a collective may take before the job is aborted with the rank, bucket
+      and step named.
+    timeline: path of a Chrome trace (chrome://tracing, Perfetto) written by ``write_timeline``
+      with, per step and bucket, when it was ready, started and finished.
+    Attribute access not defined here (param_groups, step_count, state_dict, ...) goes to the
+    wrapped optimizer, so schedules and checkpoints take a DataParallel like an optimizer.
+    """
+
+    def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
+                 first_bucket_mb: float = 1.0, overlap: str = "thread", accumulate_steps: int = 1,
+                 compression: str | None = None, deterministic: bool = False, timeout: float = 300.0,
+                 timeline: str | None = None) -> None:
+        if overlap not in OVERLAP_MODES:
+            raise ValueError(f"overlap: expected one of {OVERLAP_MODES}, got {overlap!r}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
+        if int(accumulate_steps) != accumulate_steps or accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps: expected an integer >= 1, got {accumulate_steps}")
+        if not timeout > 0:
+            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout}")
+        if getattr(optimizer, "grads", None) is not model.flat.grad:
+            raise ValueError("DataParallel: the optimizer must be built on this model (fnn.optim.X(model, ...))")
+        self.model, self.optimizer = model, optimizer
+        self.comm = comm if comm is not None else (runtime.comm() or runtime.init())
+        self.size = 1 if self.comm is None else self.comm.Get_size()
+        self.rank = 0 if self.comm is None else self.comm.Get_rank()
+        self.overlap, self.accumulate_steps = overlap, int(accumulate_steps)
+        self.compression, self.deterministic, self.timeout = compression, deterministic, float(timeout)
+        self.timeline_path = timeline
+        flat = model.flat
+        slots = [(n, s.start, s.stop_padded) for n, s in flat.slots.items()]
+        mb = 1024 * 1024
+        self.buckets = plan_buckets(slots, flat.dtype.itemsize, int(bucket_cap_mb * mb), int(first_bucket_mb * mb))
+        self._micro = 0
+        self._sync_off = False
+        self._launched = 0
+        self._count = np.zeros(1, np.float64)
+        self._events: list[dict] = []
+        self._inflight: tuple[str, float] | None = None
+        if self.size > 1:
+            self._check_same_model()
+            self._broadcast_state()
+            self._mpi = _mpi()
+            self._op = mpi_sum_op(compression) if compression else None
+            self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
+            self._worker = _Worker(self) if overlap == "thread" else None
+            self._requests: list = []
+            threading.Thread(target=self._watchdog, name="fastnn-watchdog", daemon=True).start()
+            model.register_grad_ready_hook(self._on_grads_ready)
+
+    # -- the optimizer interface ---------------------------------------------------------
+    def __getattr__(self, name):
+        return getattr(self.__dict__["optimizer"], name)
+
+    def step(self) -> bool:
+        """Count a micro-batch; on every ``accumulate_steps``-th, average gradients over ranks
+        (and micro-batches) and step the optimizer. Returns whether parameters changed."""
+        if self._sync_off:
+            raise RuntimeError("step() inside no_sync(): leave the no_sync block before stepping")
+        if (self._micro + 1) % self.accumulate_steps:
+            self._micro += 1
+            return False
+        if self.size > 1:
+            self._launch_through(len(self.buckets))
+            self._wait_all()
+            if self.timeline_path:
+                self._events.append({"name": "optimizer step", "ph": "i", "ts": self._us(), "pid": self.rank,
+                                     "tid": "main", "s": "t", "args": {"step": self._sync_steps() + 1}})
+        elif self.accumulate_steps > 1:
+            self.model.flat.grad *= 1.0 / self.accumulate_steps
+        self._micro += 1
+        return self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        """Zero the gradients, except between the micro-batches of one accumulated step."""
+        if self._micro % self.accumulate_steps == 0:
+            self.optimizer.zero_grad()
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside accumulate gradients locally without any communication; the
+        next ``step()`` outside reduces the accumulated sum."""
+        self._sync_off = True
+        try:
+            yield
+        finally:
+            self._sync_off = False
+
+    @contextlib.contextmanager
+    def join(self):
+        """Let ranks with fewer batches finish first: a rank leaving the block keeps taking part
+        in the others' reductions (contributing nothing, but stepping with their average, so
+        every rank ends with the same parameters) until every rank has left, so uneven data
+        never hangs the job; averages count only the ranks still training."""
+        try:
+            yield
+        finally:
+            if self.size > 1:
+                self._shadow_until_all_done()
+
+    # -- reduction -----------------------------------------------------------------------
+    def _sync_steps(self) -> int:
+        """Completed synchronized steps."""
+        return self._micro // self.accumulate_steps
+
+    def _on_grads_ready(self, offset: int) -> None:
+        if self._sync_off or (self._micro + 1) % self.accumulate_steps:
+            return
+        k = self._launched
+        while k < len(self.buckets) and self.buckets[k].start >= offset:
+            k += 1
+        self._launch_through(k)
+
+    def _launch_through(self, k: int, active: float = 1.0) -> None:
+        """Hand buckets [launched, k) to the reducer, in order, after the active-rank count."""
+        if self._launched == 0 and k > 0:
+            self._count[0] = active
+            self._submit(-1)
+        while self._launched < k:
+            if self.timeline_path:
+                self._events.append({"name": f"bucket {self._launched} ready", "ph": "i", "ts": self._us(),
+                                     "pid": self.rank, "tid": "main", "s": "t"})
+            self._submit(self._launched)
+            self._launched += 1
+
+    def _submit(self, index: int) -> None:
+        if self.overlap == "thread":
+            self._worker.submit(index)
+        elif self.overlap == "nonblocking" and not (self.compression or self.deterministic):
+            buf = self._count if index < 0 else self._bucket(index)
+            self._requests.append((index, self.comm.Iallreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)))
+        else:
+            self._requests.append((index, None))
+
+    def _wait_all(self) -> None:
+        if self.overlap == "thread":
+            self._worker.wait()
+        else:
+            for index, request in self._requests:
+                if request is None:
+                    self._reduce(index)
+                else:
+                    self._guarded("active-rank count" if index < 0 else f"bucket {index}", request.Wait)
+                    if index >= 0:
+                        self._scale(index)
+            self._requests.clear()
+        self._launched = 0
+
+    def _bucket(self, index: int) -> np.ndarray:
+        b = self.buckets[index]
+        return self.model.flat.grad[b.start:b.stop]
+
+    def _reduce(self, index: int) -> None:
+        """Blocking reduction of the active-rank count (index -1) or of one bucket, then scale."""
+        mpi = self._mpi
+        if index < 0:
+            self._guarded("active-rank count", lambda: self.comm.Allreduce(mpi.IN_PLACE, self._count, op=mpi.SUM))
+            return
+        t0 = self._us()
+        buf = self._bucket(index)
+        if self.deterministic:
+            gathered = np.empty((self.size, buf.size), buf.dtype)
+            self._guarded(f"bucket {index}", lambda: self.comm.Allgather(buf, gathered))
+            np.sum(gathered, axis=0, out=buf)
+        elif self.compression:
+            staging = self._staging[index]
+            encode(self.compression, buf, staging)
+            self._guarded(f"bucket {index}", lambda: self.comm.Allreduce(
+                self._mpi.IN_PLACE, [staging, self._mpi.UINT16_T], op=self._op))
+            decode(self.compression, staging, buf)
+        else:
+            self._guarded(f"bucket {index}", lambda: self.comm.Allreduce(mpi.IN_PLACE, buf, op=mpi.SUM))
+        self._scale(index)
+        if self.timeline_path:
+            self._events.append({"name": f"allreduce bucket {index}", "ph": "X", "ts": t0, "dur": self._us() - t0,
+                                 "pid": self.rank, "tid": "comm",
+                                 "args": {"step": self._sync_steps() + 1, "elements": int(buf.size)}})
+
+    def _scale(self, index: int) -> None:
+        active = self._count[0]
+        if active > 0:
+            self._bucket(index)[...] *= self.model.flat.dtype.type(1.0 / (active * self.accumulate_steps))
+
+    def _shadow_until_all_done(self) -> None:
+        """Join: run the same rounds as the training ranks (count, then every bucket, in the
+        same mode) with zero gradients, and apply the averaged result with the same optimizer
+        step, so this rank's parameters stay identical to theirs; stop after a round that
+        counts no active rank."""
+        while True:
+            self.model.flat.grad[...] = 0
+            self._launch_through(len(self.buckets), active=0.0)
+            self._wait_all()
+            if self._count[0] == 0:
+                return
+            self.optimizer.step()
+            self._micro += self.accumulate_steps
+
+    # -- faults --------------------------------------------------------------------------
+    def _guarded(self, what: str, call) -> None:
+        self._inflight = (what, time.monotonic())
+        try:
+            call()
+        finally:
+            self._inflight = None
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            inflight = self._inflight
+            if inflight is not None and time.monotonic() - inflight[1] > self.timeout:
+                runtime.abort(f"collective timed out: the allreduce of {inflight[0]} at step "
+                              f"{self._sync_steps() + 1} did not complete within {self.timeout:g} s "
+                              "(another rank stopped or is stuck); aborting the job")
+
+    def _check_same_model(self) -> None:
+        flat = self.model.flat
+        mine = {"dtype": str(flat.dtype), "optimizer": type(self.optimizer).__name__,
+                "settings": [len(self.buckets), self.overlap, self.accumulate_steps, self.compression,
+                             self.deterministic],
+                "params": [(n, list(s.shape)) for n, s in flat.slots.items()]}
+        every = self.comm.allgather(mine)
+        bad = [r for r, sig in enumerate(every) if sig != every[0]]
+        if bad:
+            raise ValueError(f"DataParallel: ranks {bad} hold a different model than rank 0: "
+                             f"{_first_difference(every[0], every[bad[0]], bad[0])}")
+
+    def _broadcast_state(self) -> None:
+        self._guarded("parameter broadcast", lambda: self.comm.Bcast(self.model.flat.data, root=0))
+        state = self.optimizer.state_dict()
+        meta = self.comm.bcast({k: v for k, v in state.items() if k != "state"}, root=0)
+        for name, buf in state["state"].items():
+            self._guarded(f"optimizer state {name!r} broadcast", lambda b=buf: self.comm.Bcast(b, root=0))
+        if self.rank != 0:
+            self.optimizer.load_state_dict({**meta, "state": state["state"]})
+
+    # -- timeline ------------------------------------------------------------------------
+    def _us(self) -> float:
+        return (time.perf_counter() - _EPOCH) * 1e6
+
+    def overlap_fraction(self) -> float:
+        """Fraction of allreduce time spent before ``step()`` was called (i.e. hidden behind
+        backward), over the steps recorded in the timeline."""
+        steps = [e["ts"] for e in self._events if e["name"] == "optimizer step"]
+        hidden = total = 0.0
+        for e in self._events:
+            if e["ph"] != "X":
+                continue
+            end = e["ts"] + e["dur"]
+            step_at = next((s for s in steps if s >= e["ts"]), end)
+            total += e["dur"]
+            hidden += max(0.0, min(end, step_at) - e["ts"])
+        return hidden / total if total else 0.0
+
+    def write_timeline(self, path: str | None = None) -> str:
+        """Write the recorded events as Chrome trace JSON; returns the path."""
+        path = path or self.timeline_path
+        if path is None:
+            raise ValueError("write_timeline: no path given and DataParallel(timeline=...) not set")
+        with open(path, "w") as f:
+            json.dump({"traceEvents": self._events, "displayTimeUnit": "ms"}, f)
+        return path
+
+
+class _Worker:
+    """The communication thread: runs reductions in submission order, off the main thread."""
+
+    def __init__(self, dp: DataParallel) -> None:
+        self.dp, self.tasks = dp, queue.SimpleQueue()
+        self.done = threading.Semaphore(0)
+        self.submitted = 0
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, name="fastnn-allreduce", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            index = self.tasks.get()
+            try:
+                self.dp._reduce(index)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread in wait()
+                self.error = e
+            self.done.release()
+
+    def submit(self, index: int) -> None:
+        self.submitted += 1
+        self.tasks.put(index)
+
+    def wait(self) -> None:
+        """Block until every submitted reduction has finished; re-raise the first error."""
+        for _ in range(self.submitted):
+            self.done.acquire()
+        self.submitted = 0
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def _first_difference(ref: dict, other: dict, r: int) -> str:
+    for key in ("dtype", "optimizer", "settings"):
+        if ref[key] != other[key]:
+            return f"{key} is {ref[key]} on rank 0 but {other[key]} on rank {r}"
+    for i, (a, b) in enumerate(zip(ref["params"], other["params"])):
+        if a != b:
+            return f"parameter {i} is {a[0]} {tuple(a[1])} on rank 0 but {b[0]} {tuple(b[1])} on rank {r}"
+    return f"rank 0 has {len(ref['params'])} parameters, rank {r} has {len(other['params'])}"
+
+
+def _mpi():
+    from mpi4py import MPI
+
+    return MPI
+
+
+_EPOCH = time.perf_counter()

@@ -1,0 +1,126 @@
+"""The MPI runtime: start-up, rank and size, abort-on-exception, threads per rank.
+
+``init()`` is idempotent. Without ``mpiexec`` it imports nothing and reports rank 0 of 1,
+so a script runs unchanged in one process. Under ``mpiexec`` it installs hooks so that an
+uncaught exception on any rank (main or helper thread) prints that rank's message and calls
+``MPI_Abort``, ending the whole job promptly instead of leaving the others waiting; and it
+gives each rank its share of the machine's cores (Numba and BLAS threads), so ranks on one
+machine do not oversubscribe it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import traceback
+
+import numpy as np
+
+_state: dict = {"comm": None}
+
+_LAUNCHER_VARS = ("PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
+
+
+def launched_under_mpi() -> bool:
+    """True when an MPI launcher started this process (checked without importing MPI)."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: bool = True):
+    """Start MPI (if launched under ``mpiexec`` or ``comm`` is given) and return the communicator
+    (``MPI.COMM_WORLD`` by default), or None in a plain single process.
+
+    ``threads_per_rank``: Numba and BLAS threads for this rank; default: the cores of this
+    machine divided by the ranks on it (at least 1).
+    """
+    if _state["comm"] is not None:
+        return _state["comm"]
+    if comm is None and not launched_under_mpi():
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError("fastnn.distributed needs mpi4py and an MPI: pip install fastnn[mpi]") from e
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    _state["comm"] = comm
+    if abort_on_exception:
+        _install_abort_hooks(comm)
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size = local.Get_size()
+    local.Free()
+    _set_threads(threads_per_rank or max(1, _cores() // local_size))
+    return comm
+
+
+def is_initialized() -> bool:
+    return _state["comm"] is not None
+
+
+def comm():
+    """The communicator ``init`` set up, or None in a single process."""
+    return _state["comm"]
+
+
+def rank() -> int:
+    c = _state["comm"]
+    return 0 if c is None else c.Get_rank()
+
+
+def size() -> int:
+    c = _state["comm"]
+    return 1 if c is None else c.Get_size()
+
+
+def barrier() -> None:
+    if _state["comm"] is not None:
+        _state["comm"].Barrier()
+
+
+def allreduce_mean(values) -> np.ndarray:
+    """Mean over ranks of a float or array of floats (metrics); the value itself in one process."""
+    buf = np.array(values, dtype=np.float64, ndmin=1)
+    c = _state["comm"]
+    if c is not None and c.Get_size() > 1:
+        from mpi4py import MPI
+
+        c.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        buf /= c.Get_size()
+    return buf
+
+
+def abort(message: str, code: int = 1) -> None:
+    """Print ``message`` (prefixed with this rank) to stderr and end the whole job."""
+    c = _state["comm"]
+    sys.stderr.write(f"[fastnn rank {rank()}/{size()}] {message}\n")
+    sys.stderr.flush()
+    if c is not None:
+        c.Abort(code)
+    os._exit(code)
+
+
+def _install_abort_hooks(comm) -> None:
+    def excepthook(kind, value, tb):
+        text = "".join(traceback.format_exception(kind, value, tb))
+        abort(f"uncaught exception, aborting the job:\n{text}")
+
+    def thread_hook(args):
+        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        abort(f"uncaught exception in thread {args.thread.name if args.thread else '?'}, aborting the job:\n{text}")
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _set_threads(n: int) -> None:
+    import numba
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(n)

@@ -1,0 +1,82 @@
+"""Run under ``mpiexec -n K``: a data-parallel job whose behaviour the argument selects.
+
+    python tests/mpi/worker.py CASE OUT [options as key=value]
+
+Writes rank 0's final flat parameters to OUT (.npy). Used by tests/test_distributed.py.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import fastnn as fnn
+
+CASE, OUT = sys.argv[1], sys.argv[2]
+OPT = dict(a.split("=", 1) for a in sys.argv[3:])
+
+
+def build(hidden=32, dtype=np.float64):
+    fnn.manual_seed(int(OPT.get("init_seed", 0)) + (fnn.distributed.rank() if CASE == "unsynced_init" else 0))
+    return fnn.Sequential(fnn.Dense(64, hidden, activation="relu", dtype=dtype),
+                          fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype), fnn.Dense(hidden, 10, dtype=dtype))
+
+
+def train(model, opt, x, y, steps, comm, on_step=None):
+    step = 0
+    for epoch in range(100):
+        for xb, yb in fnn.data.batches(x, y, batch_size=int(OPT.get("batch", 32)), seed=1, epoch=epoch, shard=comm):
+            loss, d = fnn.losses.softmax_cross_entropy(model(xb), yb)
+            model.backward(d)
+            opt.step()
+            opt.zero_grad()
+            step += 1
+            if on_step:
+                on_step(step)
+            if step == steps:
+                return
+
+
+def main() -> None:
+    comm = fnn.distributed.init()
+    rank = fnn.distributed.rank()
+    x, y = fnn.data.load_digits(np.float64)
+    model = build(hidden=int(OPT.get("hidden", 32)) + (1 if CASE == "mismatch" and rank == 1 else 0))
+    inner = fnn.optim.Adam(model, lr=1e-2) if OPT.get("opt", "adam") == "adam" else \
+        fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+    kw = dict(overlap=OPT.get("overlap", "thread"), bucket_cap_mb=float(OPT.get("cap_mb", 0.004)),
+              first_bucket_mb=float(OPT.get("first_mb", 0.002)), compression=OPT.get("compression") or None,
+              deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
+              accumulate_steps=int(OPT.get("accumulate", 1)), timeline=OPT.get("timeline"))
+    opt = fnn.distributed.DataParallel(model, inner, **kw)
+    steps = int(OPT.get("steps", 20))
+
+    def faults(step):
+        if CASE == "raise" and rank == 1 and step == 3:
+            raise RuntimeError("deliberate failure on rank 1 at step 3")
+        if CASE == "stall" and rank == 1 and step == 3:
+            time.sleep(600)
+        if CASE == "kill":
+            if rank == 0:
+                fnn.checkpoint.save(OUT + ".ckpt.npz", model, opt, step=step)
+            if rank == 1 and step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    if CASE == "uneven":
+        with opt.join():
+            train(model, opt, x, y, steps - 3 * rank, comm)
+    else:
+        train(model, opt, x, y, steps, comm, faults)
+    if CASE == "uneven":
+        np.save(f"{OUT}.rank{rank}.npy", model.flat.data)
+    if rank == 0:
+        np.save(OUT, model.flat.data)
+        if "timeline" in OPT:
+            opt.write_timeline(OPT["timeline"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Data parallelism under real MPI: pytest starts ``mpiexec -n K`` jobs in subprocesses with
+timeouts and checks them against a single-process run of the same global batch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+
+pytest.importorskip("mpi4py")
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+WORKER = Path(__file__).parent / "mpi" / "worker.py"
+if not MPIEXEC.exists():
+    pytest.skip("no mpiexec beside this Python (pip install fastnn[mpi])", allow_module_level=True)
+
+
+def job(n: int, case: str, out: Path, *options: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, str(WORKER), case, str(out), *options]
+    if n == 0:
+        cmd = [sys.executable, str(WORKER), case, str(out), *options]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """One process (no mpiexec), global batch 24, 20 steps of Adam: the reference."""
+    out = tmp_path_factory.mktemp("single") / "p.npy"
+    r = job(0, "equivalence", out, "steps=20", "batch=24")
+    assert r.returncode == 0, r.stderr
+    return np.load(out)
+
+
+@pytest.mark.parametrize("n,options", [
+    (1, ()), (2, ()), (3, ("overlap=nonblocking",)), (4, ("overlap=none",)), (2, ("cap_mb=25",)),
+    (3, ("deterministic=1",)), (2, ("accumulate=2", "batch=12", "steps=40")),
+])
+def test_n_ranks_equal_one_process_with_the_global_batch(n, options, single, tmp_path):
+    out = tmp_path / "p.npy"
+    r = job(n, "equivalence", out, "steps=20", "batch=24", *options)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), single, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,atol", [("fp16", 1e-3), ("bf16", 5e-3)])
+def test_compressed_allreduce_stays_close(kind, atol, tmp_path):
+    """SGD with momentum, 20 steps: 16-bit gradients on the wire move parameters (|p| ~ 0.7)
+    by at most about the 16-bit rounding of the gradients times the learning rate."""
+    ref, out = tmp_path / "ref.npy", tmp_path / "p.npy"
+    assert job(0, "equivalence", ref, "steps=20", "batch=24", "opt=sgd").returncode == 0
+    r = job(2, "equivalence", out, "steps=20", "batch=24", "opt=sgd", f"compression={kind}")
+    assert r.returncode == 0, r.stderr
+    diff = np.abs(np.load(out) - np.load(ref)).max()
+    assert 0 < diff < atol  # nonzero: the 16-bit wire format was really used
+
+
+def test_deterministic_mode_is_bitwise_reproducible(tmp_path):
+    runs = []
+    for k in range(2):
+        r = job(3, "equivalence", tmp_path / f"{k}.npy", "steps=10", "batch=24", "deterministic=1")
+        assert r.returncode == 0, r.stderr
+        runs.append(np.load(tmp_path / f"{k}.npy"))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_uneven_data_finishes_and_ranks_agree(tmp_path):
+    out = tmp_path / "p.npy"
+    r = job(3, "uneven", out, "steps=12", "batch=24", timeout=60)
+    assert r.returncode == 0, r.stderr
+    params = [np.load(f"{out}.rank{k}.npy") for k in range(3)]
+    for p in params[1:]:
+        np.testing.assert_array_equal(p, params[0])
+
+
+def test_exception_on_one_rank_ends_the_job_with_its_message(tmp_path):
+    t0 = time.monotonic()
+    r = job(2, "raise", tmp_path / "p.npy", "steps=50", timeout=60)
+    assert r.returncode != 0
+    assert "deliberate failure on rank 1 at step 3" in r.stderr
+    assert "[fastnn rank 1/2]" in r.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_different_models_fail_at_wrap_time_naming_ranks(tmp_path):
+    r = job(2, "mismatch", tmp_path / "p.npy", timeout=60)
+    assert r.returncode != 0
+    assert "ranks [1] hold a different model than rank 0: parameter 0 is 0.weight (64, 32) on rank 0 " \
+           "but 0.weight (64, 33) on rank 1" in r.stderr
+
+
+def test_stuck_collective_aborts_naming_rank_and_step(tmp_path):
+    t0 = time.monotonic()
+    r = job(2, "stall", tmp_path / "p.npy", "steps=50", "timeout=2", timeout=60)
+    assert r.returncode != 0
+    assert "[fastnn rank 0/2] collective timed out" in r.stderr
+    assert "at step 4 did not complete within 2 s" in r.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_killed_rank_ends_the_job_and_checkpoint_resumes(tmp_path):
+    out = tmp_path / "p.npy"
+    r = job(2, "kill", out, "steps=50", timeout=60)
+    assert r.returncode != 0
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(64, 32, activation="relu", dtype=np.float64),
+                           fnn.Dense(32, 32, activation="tanh", dtype=np.float64), fnn.Dense(32, 10, dtype=np.float64))
+    opt = fnn.optim.Adam(model, lr=1e-2)
+    info = fnn.checkpoint.load(f"{out}.ckpt.npz", model, opt)
+    assert info["step"] >= 4 and opt.step_count == info["step"]
+    assert np.isfinite(model.flat.data).all()
+
+
+def test_timeline_records_overlapped_buckets(tmp_path):
+    trace = tmp_path / "trace.json"
+    r = job(2, "equivalence", tmp_path / "p.npy", "steps=5", "batch=24", f"timeline={trace}")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    events = json.loads(trace.read_text())["traceEvents"]
+    reduces = [e for e in events if e["name"].startswith("allreduce bucket")]
+    assert {e["args"]["step"] for e in reduces} == {1, 2, 3, 4, 5}
+    assert len({e["name"] for e in reduces}) >= 2  # several buckets per step
+
+
+def test_single_process_without_mpiexec_is_a_pass_through():
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    opt = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.1), accumulate_steps=2)
+    model.flat.grad[:] = 1.0
+    before = model.flat.data.copy()
+    assert opt.step() is False
+    opt.zero_grad()  # between micro-batches: keeps the accumulated gradient
+    model.flat.grad[:] += 3.0
+    assert opt.step() is True
+    real = np.zeros(model.flat.data.size, bool)
+    for s in model.flat.slots.values():
+        real[s.start:s.start + s.size] = True
+    np.testing.assert_allclose(model.flat.data[real], before[real] - 0.1 * 2.0)
+
+
+@pytest.mark.parametrize("kw,match", [({"overlap": "later"}, "overlap"), ({"compression": "int8"}, "compression"),
+                                      ({"accumulate_steps": 0}, "accumulate_steps"), ({"timeout": 0}, "timeout")])
+def test_bad_arguments(kw, match):
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    with pytest.raises(ValueError, match=match):
+        fnn.distributed.DataParallel(model, fnn.optim.SGD(model), **kw)
+    with pytest.raises(ValueError, match="built on this model"):
+        fnn.distributed.DataParallel(model, fnn.optim.SGD(fnn.Sequential(fnn.Dense(3, 2))))
