@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.demo: $(BIN)/python pyproject.toml
-	$(PIP) -e ".[data]"
+	$(PIP) -e ".[data,mpi]"
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml
@@ -21,7 +21,7 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 	touch $@
 
 demo: $(VENV)/.demo
-	$(BIN)/fastnn train
+	$(BIN)/mpiexec -n 2 $(BIN)/fastnn train
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q

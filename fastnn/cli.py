@@ -84,7 +84,9 @@ def _train(args) -> int:
 
     import fastnn as fnn
 
-    if args.threads:
+    comm = fnn.distributed.init(threads_per_rank=args.threads) if fnn.distributed.launched_under_mpi() else None
+    rank = fnn.distributed.rank()
+    if args.threads and comm is None:
         import numba
 
         numba.set_num_threads(args.threads)
@@ -106,6 +108,10 @@ def _train(args) -> int:
         opt = fnn.optim.SGD(model, momentum=args.momentum, **common)
     else:
         opt = (fnn.optim.AdamW if args.optimizer == "adamw" else fnn.optim.Adam)(model, **common)
+    if comm is not None:  # mpiexec -n N fastnn train: synchronous data parallelism
+        opt = fnn.distributed.DataParallel(model, opt)
+        for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks
+            gen.bit_generator.state = np.random.default_rng([args.seed, rank, i]).bit_generator.state
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     sched = _schedule(fnn, args.schedule, opt, steps_per_epoch, args.epochs)
     batch = args.batch_size
@@ -119,12 +125,16 @@ def _train(args) -> int:
         if not first:
             first["s"] = seconds_since_launch()
 
-    if not args.no_progress:
+    if not args.no_progress and rank == 0:
         model.summary()
     hist = fnn.train.fit(model, opt, x_train, y_train, epochs=args.epochs, batch_size=batch, schedule=sched,
                          seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
                          resume=args.resume, progress=not args.no_progress, on_step=on_step)
     _, acc = fnn.train.evaluate(model, x_test, y_test)
+    if rank != 0:
+        return 0
+    if comm is not None:
+        print(f"ranks             {fnn.distributed.size()} (data parallel, global batch {args.batch_size})")
     if "s" in first:
         print(f"first step        {first['s']:.2f} s after launch")
     print(f"final train loss  {hist['loss'][-1] if hist['loss'] else float('nan'):.4f}")

@@ -2,6 +2,7 @@
 periodic atomic checkpoints and exact resume."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -32,7 +33,17 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     the same trajectory as an uninterrupted run. ``on_step(step, loss)`` is called after each
     step. History: per-epoch mean ``loss``, ``steps``, ``skipped``, ``samples``, and ``seconds``
     and ``samples_per_s`` measured after the first step (which loads or compiles the kernels).
+
+    With a ``fastnn.distributed.DataParallel`` optimizer over several ranks, each rank takes its
+    share of every global batch of ``batch_size``; only rank 0 shows progress and writes
+    checkpoints (every rank reads it on resume, so its path must be visible to all); losses
+    and samples/s are over all ranks.
     """
+    from .distributed import DataParallel, allreduce_mean
+
+    dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
+    shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
+    progress = progress and lead
     start_epoch, start_sample, step = 0, 0, 0
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         info = ckpt.load(checkpoint, model, optimizer, schedule)
@@ -42,7 +53,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             batch_size.load_state_dict(extra["batch_size_schedule"])
 
     def save(epoch: int, sample: int) -> None:
-        if checkpoint is None:
+        if checkpoint is None or not lead:
             return
         bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
@@ -51,37 +62,48 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
     model.train()
     began, warm_samples = None, 0
-    for epoch in range(start_epoch, epochs):
-        sample = start_sample if epoch == start_epoch else 0
-        total, count = 0.0, 0
-        bar = tqdm(batches(x, y, batch_size, seed=seed, epoch=epoch, start_sample=sample),
-                   desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, unit="batch")
-        for xb, yb in bar:
-            value, dout = loss(model(xb), yb)
-            model.backward(dout)
-            if optimizer.step():
-                total, count = total + value, count + 1
-                if schedule is not None:
-                    schedule.step()
-            else:
-                history["skipped"] += 1
-            optimizer.zero_grad()
-            step, sample = step + 1, sample + len(xb)
-            history["steps"] += 1
-            history["samples"] += len(xb)
-            if began is None:  # throughput excludes the first step (kernel loading or compiling)
-                began, warm_samples = time.perf_counter(), history["samples"]
-            if on_step is not None:
-                on_step(step, value)
-            if count and math.isfinite(value):
-                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-            if checkpoint_every and step % checkpoint_every == 0:
-                save(epoch, sample)
-        history["loss"].append(total / count if count else float("nan"))
-        save(epoch + 1, 0)
+    with dp.join() if dp is not None else contextlib.nullcontext():
+        for epoch in range(start_epoch, epochs):
+            sample = start_sample if epoch == start_epoch else 0
+            total, count = 0.0, 0
+            bar = tqdm(batches(x, y, batch_size, seed=seed, epoch=epoch, start_sample=sample, shard=shard),
+                       desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, unit="batch")
+            seen = getattr(batch_size, "samples_seen", 0)
+            for xb, yb in bar:
+                if dp is None:  # samples of the epoch's permutation this step took, on all ranks
+                    taken = len(xb)
+                elif hasattr(batch_size, "samples_seen"):  # the loader advanced it by the global batch
+                    taken, seen = batch_size.samples_seen - seen, batch_size.samples_seen
+                else:
+                    taken = min(batch_size, len(x) - sample)
+                value, dout = loss(model(xb), yb)
+                model.backward(dout)
+                if optimizer.step():
+                    total, count = total + value, count + 1
+                    if schedule is not None:
+                        schedule.step()
+                else:
+                    history["skipped"] += 1
+                optimizer.zero_grad()
+                step, sample = step + 1, sample + taken
+                history["steps"] += 1
+                history["samples"] += len(xb)
+                if began is None:  # throughput excludes the first step (kernel loading or compiling)
+                    began, warm_samples = time.perf_counter(), history["samples"]
+                if on_step is not None:
+                    on_step(step, value)
+                if count and math.isfinite(value):
+                    bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+                if checkpoint_every and step % checkpoint_every == 0:
+                    save(epoch, sample)
+            if dp is not None:
+                total, count = allreduce_mean([total, count])
+            history["loss"].append(total / count if count else float("nan"))
+            save(epoch + 1, 0)
     history["seconds"] = time.perf_counter() - began if began is not None else 0.0
     counted = history["samples"] - warm_samples
-    history["samples_per_s"] = counted / history["seconds"] if history["seconds"] > 0 else 0.0
+    rate = counted / history["seconds"] if history["seconds"] > 0 else 0.0
+    history["samples_per_s"] = float(allreduce_mean(rate)[0]) * dp.size if dp is not None else rate
     return history
 
 
