@@ -82,7 +82,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                     total, count = total + value, count + 1
                     if schedule is not None:
                         schedule.step()
-                else:
+                elif optimizer.last_step_skipped:  # not a micro-batch of an accumulated step
                     history["skipped"] += 1
                 optimizer.zero_grad()
                 step, sample = step + 1, sample + taken

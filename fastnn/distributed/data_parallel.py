@@ -90,6 +90,8 @@ class DataParallel:
 
     # -- the optimizer interface ---------------------------------------------------------
     def __getattr__(self, name):
+        if "optimizer" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.__dict__["optimizer"], name)
 
     def step(self) -> bool:
