@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
 from pathlib import Path
 
 
@@ -62,8 +63,10 @@ def mpi_status() -> str:
         from mpi4py import MPI
     except Exception as e:  # noqa: BLE001 - any import failure means "not usable"
         return f"not usable ({type(e).__name__}: {e}); pip install fastnn[mpi]"
-    launcher = shutil.which("mpiexec") or "no mpiexec on PATH"
-    return f"{MPI.Get_library_version().splitlines()[0].strip()}, mpiexec: {launcher}"
+    beside = Path(sys.executable).parent / "mpiexec"
+    launcher = shutil.which("mpiexec") or (str(beside) if beside.exists() else "no mpiexec found")
+    version = " ".join(MPI.Get_library_version().splitlines()[0].split())
+    return f"{version}, mpiexec: {launcher}"
 
 
 def cuda_status() -> str:
