@@ -22,7 +22,7 @@ from . import runtime
 from .buckets import plan_buckets
 from .compression import COMPRESSIONS, decode, encode, mpi_sum_op
 
-OVERLAP_MODES = ("thread", "nonblocking", "none")
+OVERLAP_MODES = ("auto", "thread", "nonblocking", "none")
 
 
 class DataParallel:
@@ -31,8 +31,11 @@ class DataParallel:
 
     bucket_cap_mb / first_bucket_mb: bucket sizes (DDP defaults 25 and 1 MB).
     overlap: "thread" (a communication thread runs blocking Allreduce, which releases the
-      GIL, while backward continues), "nonblocking" (Iallreduce, completed in ``step``) or
-      "none" (all buckets reduced in ``step``, after backward).
+      GIL, while backward continues), "nonblocking" (Iallreduce, completed in ``step``: MPICH
+      progresses it only inside MPI calls, so little overlaps), "none" (all buckets reduced in
+      ``step``, after backward) or "auto" (default): "thread" when this rank has at least two
+      cores, else "none" — with one core per rank the communication thread only competes
+      with backward for it (measured in bench/bench_distributed.py).
     accumulate_steps: reduce and step once every k calls to ``step()``; gradients accumulate
       in between and are averaged over k, so k micro-batches of B/k equal one batch of B.
     compression: None, "fp16" or "bf16" on the wire.
@@ -47,7 +50,7 @@ class DataParallel:
     """
 
     def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
-                 first_bucket_mb: float = 1.0, overlap: str = "thread", accumulate_steps: int = 1,
+                 first_bucket_mb: float = 1.0, overlap: str = "auto", accumulate_steps: int = 1,
                  compression: str | None = None, deterministic: bool = False, timeout: float = 300.0,
                  timeline: str | None = None) -> None:
         if overlap not in OVERLAP_MODES:
@@ -64,6 +67,10 @@ class DataParallel:
         self.comm = comm if comm is not None else (runtime.comm() or runtime.init())
         self.size = 1 if self.comm is None else self.comm.Get_size()
         self.rank = 0 if self.comm is None else self.comm.Get_rank()
+        if overlap == "auto":
+            import numba
+
+            overlap = "thread" if numba.get_num_threads() >= 2 else "none"
         self.overlap, self.accumulate_steps = overlap, int(accumulate_steps)
         self.compression, self.deterministic, self.timeout = compression, deterministic, float(timeout)
         self.timeline_path = timeline
@@ -102,16 +109,16 @@ class DataParallel:
         if (self._micro + 1) % self.accumulate_steps:
             self._micro += 1
             return False
+        active = 1.0
         if self.size > 1:
+            if self.timeline_path:
+                self._events.append({"name": "step() called", "ph": "i", "ts": self._us(), "pid": self.rank,
+                                     "tid": "main", "s": "t", "args": {"step": self._sync_steps() + 1}})
             self._launch_through(len(self.buckets))
             self._wait_all()
-            if self.timeline_path:
-                self._events.append({"name": "optimizer step", "ph": "i", "ts": self._us(), "pid": self.rank,
-                                     "tid": "main", "s": "t", "args": {"step": self._sync_steps() + 1}})
-        elif self.accumulate_steps > 1:
-            self.model.flat.grad *= 1.0 / self.accumulate_steps
+            active = self._count[0]
         self._micro += 1
-        return self.optimizer.step()
+        return self.optimizer.step(grad_scale=1.0 / (active * self.accumulate_steps))
 
     def zero_grad(self) -> None:
         """Zero the gradients, except between the micro-batches of one accumulated step."""
@@ -182,9 +189,12 @@ class DataParallel:
                 if request is None:
                     self._reduce(index)
                 else:
+                    t0 = self._us()
                     self._guarded("active-rank count" if index < 0 else f"bucket {index}", request.Wait)
-                    if index >= 0:
-                        self._scale(index)
+                    if index >= 0 and self.timeline_path:
+                        self._events.append({"name": f"allreduce bucket {index} (wait)", "ph": "X", "ts": t0,
+                                             "dur": self._us() - t0, "pid": self.rank, "tid": "main",
+                                             "args": {"step": self._sync_steps() + 1}})
             self._requests.clear()
         self._launched = 0
 
@@ -212,16 +222,11 @@ class DataParallel:
             decode(self.compression, staging, buf)
         else:
             self._guarded(f"bucket {index}", lambda: self.comm.Allreduce(mpi.IN_PLACE, buf, op=mpi.SUM))
-        self._scale(index)
         if self.timeline_path:
+            thread = "comm" if self.overlap == "thread" else "main"
             self._events.append({"name": f"allreduce bucket {index}", "ph": "X", "ts": t0, "dur": self._us() - t0,
-                                 "pid": self.rank, "tid": "comm",
+                                 "pid": self.rank, "tid": thread,
                                  "args": {"step": self._sync_steps() + 1, "elements": int(buf.size)}})
-
-    def _scale(self, index: int) -> None:
-        active = self._count[0]
-        if active > 0:
-            self._bucket(index)[...] *= self.model.flat.dtype.type(1.0 / (active * self.accumulate_steps))
 
     def _shadow_until_all_done(self) -> None:
         """Join: run the same rounds as the training ranks (count, then every bucket, in the
@@ -234,7 +239,7 @@ class DataParallel:
             self._wait_all()
             if self._count[0] == 0:
                 return
-            self.optimizer.step()
+            self.optimizer.step(grad_scale=1.0 / (self._count[0] * self.accumulate_steps))
             self._micro += self.accumulate_steps
 
     # -- faults --------------------------------------------------------------------------
@@ -282,10 +287,10 @@ class DataParallel:
     def overlap_fraction(self) -> float:
         """Fraction of allreduce time spent before ``step()`` was called (i.e. hidden behind
         backward), over the steps recorded in the timeline."""
-        steps = [e["ts"] for e in self._events if e["name"] == "optimizer step"]
+        steps = [e["ts"] for e in self._events if e["name"] == "step() called"]
         hidden = total = 0.0
         for e in self._events:
-            if e["ph"] != "X":
+            if e["ph"] != "X" or e["name"].endswith("(wait)"):
                 continue
             end = e["ts"] + e["dur"]
             step_at = next((s for s in steps if s >= e["ts"]), end)

@@ -110,9 +110,13 @@ class Optimizer:
             raise ValueError(f"{where}: expected weight_decay >= 0, got {group['weight_decay']}")
 
     # -- stepping --------------------------------------------------------------------
-    def step(self) -> bool:
-        """Apply one update to every parameter; returns False when the step was skipped."""
-        scale = 1.0
+    def step(self, grad_scale: float = 1.0) -> bool:
+        """Apply one update to every parameter; returns False when the step was skipped.
+
+        ``grad_scale`` multiplies the gradient inside the kernel (data parallelism passes
+        1/ranks here instead of rescaling the buffer); clipping sees the scaled norm.
+        """
+        scale = grad_scale
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             sumsq = np.empty(len(self._starts), np.float64)
             pick(sumsq_cpu, sumsq_serial, self.grads.size)(self.grads, self._starts, self._stops, sumsq)
@@ -127,9 +131,10 @@ class Optimizer:
                     raise FloatingPointError(self._nonfinite_message(int(bad.sum()), int(np.argmax(bad))))
                 peak = float(np.max(np.abs(self.grads)))  # finite but the squares overflow float64
                 norm = peak * float(np.linalg.norm(self.grads / peak))
+            norm *= abs(grad_scale)
             self.last_grad_norm = norm
             if self.max_grad_norm is not None:
-                scale = min(1.0, self.max_grad_norm / (norm + 1e-6))
+                scale *= min(1.0, self.max_grad_norm / (norm + 1e-6))
         self._update(scale, first_step=self.step_count == 0, step=self.step_count + 1)
         self.step_count += 1
         self.last_step_skipped = False
