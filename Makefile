@@ -28,6 +28,7 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/bench_optim.py
+	$(BIN)/python bench/bench_local.py
 
 info: $(VENV)/.demo
 	$(BIN)/fastnn info

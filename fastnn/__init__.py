@@ -13,9 +13,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import checkpoint, data, distributed, losses, optim, random, schedules, train  # noqa: E402
 from .layers import Dense, Dropout, Flatten, ReLU, Sequential, Sigmoid, Tanh  # noqa: E402
+from .layers import (AvgPool2D, BlockDiagonalDense, Concat, Conv2D, GlobalAvgPool2D,  # noqa: E402
+                     LocallyConnected1D, LocallyConnected2D, MaxPool2D)
+from .gemm import matmul  # noqa: E402
+from .kernels.matmul.settings import apply_process_settings  # noqa: E402
 from .module import Module  # noqa: E402
 from .random import manual_seed  # noqa: E402
 
+apply_process_settings()  # full-width vectors on AVX-512 while Numba has compiled nothing yet (no-op on AVX2)
+
 __version__ = "0.1.0"
-__all__ = ["Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses",
-           "manual_seed", "optim", "random", "schedules", "train"]
+__all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
+           "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses",
+           "manual_seed", "matmul", "optim", "random", "schedules", "train"]

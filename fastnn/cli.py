@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-MODELS = ("mlp",)
+MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
 
@@ -52,11 +52,38 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     t.add_argument("--no-progress", action="store_true")
     sub.add_parser("info", help="print what this machine offers fastnn")
+    tu = sub.add_parser("tune", help="sweep GEMM block sizes on this machine and store the best")
+    tu.add_argument("--n", type=int, default=1024, help="square product size timed per point")
+    tu.add_argument("--repeats", type=int, default=3)
+    tu.add_argument("--dry-run", action="store_true", help="print the winners, write nothing")
+    be = sub.add_parser("bench", help="run a benchmark from bench/ (e.g. fastnn bench matmul --quick)")
+    be.add_argument("what", choices=("matmul",))
+    be.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "tune":
+        from .kernels.matmul.blocks import table_path
+        from .tune import tune
+
+        table, _ = tune(args.n, args.repeats, write=not args.dry_run)
+        for name, b in table.items():
+            print(f"{name}: MR {b.mr} NR {b.nr} MC {b.mc} KC {b.kc} NC {b.nc}")
+        print("dry run: nothing written" if args.dry_run else f"wrote {table_path()}")
+        return 0
+    if args.command == "bench":
+        import runpy
+        from pathlib import Path
+
+        script = Path(__file__).resolve().parents[1] / "bench" / f"bench_{args.what}.py"
+        if not script.exists():
+            print(f"fastnn bench: {script} not found (the benchmarks live in the source checkout)", file=sys.stderr)
+            return 2
+        sys.argv = [str(script), *args.rest]
+        runpy.run_path(str(script), run_name="__main__")
+        return 0
     if args.command == "info":
         from .sysinfo import report
 
@@ -94,13 +121,19 @@ def _train(args) -> int:
     dtype = np.dtype(args.dtype)
     x_train, x_test, y_train, y_test = _load(args.data, dtype)
     classes = int(max(y_train.max(), y_test.max())) + 1
-    widths = [x_train.shape[1], *args.hidden]
-    layers = []
-    for a, b in zip(widths, widths[1:]):
-        layers.append(fnn.Dense(a, b, activation="relu", dtype=dtype))
-        if args.dropout:
-            layers.append(fnn.Dropout(args.dropout))
-    model = fnn.Sequential(*layers, fnn.Dense(widths[-1], classes, dtype=dtype))
+    if args.model == "cnn":
+        from .models import as_images, small_cnn
+
+        x_train, x_test = as_images(x_train), as_images(x_test)
+        model = small_cnn(x_train.shape[1:], classes, dtype=dtype, dropout=args.dropout)
+    else:
+        widths = [x_train.shape[1], *args.hidden]
+        layers = []
+        for a, b in zip(widths, widths[1:]):
+            layers.append(fnn.Dense(a, b, activation="relu", dtype=dtype))
+            if args.dropout:
+                layers.append(fnn.Dropout(args.dropout))
+        model = fnn.Sequential(*layers, fnn.Dense(widths[-1], classes, dtype=dtype))
     decay = [v for n, v in model.named_parameters() if n.endswith("bias")]
     groups = [{"params": decay, "weight_decay": 0.0}]
     common = dict(lr=args.lr, weight_decay=args.weight_decay, param_groups=groups, max_grad_norm=args.clip)
@@ -126,7 +159,7 @@ def _train(args) -> int:
             first["s"] = seconds_since_launch()
 
     if not args.no_progress and rank == 0:
-        model.summary()
+        model.summary(input_shape=x_train.shape[1:])
     hist = fnn.train.fit(model, opt, x_train, y_train, epochs=args.epochs, batch_size=batch, schedule=sched,
                          seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
                          resume=args.resume, progress=not args.no_progress, on_step=on_step)

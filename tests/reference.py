@@ -62,3 +62,22 @@ def numerical_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         flat[i] = old
         gflat[i] = (hi - lo) / (2 * eps)
     return grad
+
+
+def matmul_ref(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, trans_a=False, trans_b=False, alpha=1.0,
+               beta=0.0, bias=None, activation=None) -> np.ndarray:
+    """act(alpha * op(a) @ op(b) + beta * c + bias) in float64, one line per step."""
+    a = np.asarray(a, np.float64).T if trans_a else np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64).T if trans_b else np.asarray(b, np.float64)
+    y = alpha * (a @ b)
+    if beta != 0:
+        y = y + beta * np.asarray(c, np.float64)
+    if bias is not None:
+        y = y + bias
+    if activation == "relu":
+        y = np.maximum(y, 0)
+    elif activation == "tanh":
+        y = np.tanh(y)
+    elif activation == "sigmoid":
+        y = 1 / (1 + np.exp(-y))
+    return y

@@ -1,0 +1,223 @@
+"""``fastnn.matmul`` (defined here, in fastnn.gemm): C = act(alpha * op(A) @ op(B) + beta * C + bias) on the CPU kernels.
+
+op(X) is X or X.T (``trans_a``/``trans_b``). Operands may be C- or Fortran-ordered (read
+through strides, no copy); other layouts are copied first. ``out`` may be any writeable
+array of the right shape and dtype (non-contiguous ones are computed in a copy and written
+back). The block sizes come from fastnn.kernels.matmul.blocks (``fastnn tune``).
+"""
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+from .flat import aligned_zeros
+from .kernels.activation import ACTIVATIONS
+from .kernels.matmul import blocks as _blocks
+from .kernels.matmul import settings as _settings
+
+#: products with m*n*k at most this run the direct kernel in the calling thread (no packing)
+SMALL_MNK = 96 ** 3
+#: products with m*n*k at least this use the thread team (when more than one thread is set)
+PARALLEL_MNK = 128 ** 3
+
+_EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
+_ACT = dict(ACTIVATIONS)
+_NO_FAST: dict = {}
+_modules: dict[tuple[int, int], object] = {}
+_compiled: set = set()
+_local = threading.local()
+
+
+def kernel_module(dtype):
+    """The generated module for this dtype's register tile (imported on first use)."""
+    b = _blocks.blocks_for(np.dtype(dtype).char)
+    mod = _modules.get((b.mr, b.nr))
+    if mod is None:
+        import importlib
+
+        mod = importlib.import_module(f"fastnn.kernels.matmul.gemm_{b.mr}x{b.nr}")
+        _modules[(b.mr, b.nr)] = mod
+    return mod
+
+
+def _call(fn, key, *args):
+    if key in _compiled:
+        return fn(*args)
+    with _settings.slp_scope():
+        out = fn(*args)
+    _compiled.add(key)
+    return out
+
+
+def _operand(x: np.ndarray, trans: bool):
+    """(flat, row stride, col stride, rows, cols) of op(x), in elements."""
+    if trans:
+        x = x.T
+    if x.flags.c_contiguous:
+        return x.reshape(-1), x.shape[1], 1, x.shape[0], x.shape[1]
+    if x.flags.f_contiguous:
+        return x.T.reshape(-1), 1, x.shape[0], x.shape[0], x.shape[1]
+    x = np.ascontiguousarray(x)
+    return x.reshape(-1), x.shape[1], 1, x.shape[0], x.shape[1]
+
+
+def _buffers(dt, threads: int, b: _blocks.Blocks):
+    key = (dt.char, threads, b)
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    buf = cache.get(key)
+    if buf is None:
+        per = -(-b.mc * b.kc // 16) * 16
+        ap = aligned_zeros(threads * per, dt).reshape(threads, per)
+        bp = aligned_zeros(b.nc * b.kc, dt)
+        tiles = aligned_zeros(threads * b.mr * b.nr, dt).reshape(threads, b.mr * b.nr)
+        buf = cache[key] = (ap, bp, tiles)
+    return buf
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans_a: bool = False,
+           trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0, bias: np.ndarray | None = None,
+           activation: str | None = None, threads: int | None = None) -> np.ndarray:
+    """``out = activation(alpha * op(a) @ op(b) + beta * out + bias)``; returns ``out``.
+
+    a, b: 2-D float32 or float64 arrays of one dtype; op(a): (M, K), op(b): (K, N).
+    out: (M, N) of that dtype, or None for a new array (then ``beta`` must be 0).
+    bias: (N,) or None. activation: None, "relu", "tanh" or "sigmoid".
+    threads: Numba threads for this call (default: numba.get_num_threads()).
+    """
+    small = _local.__dict__.get("fast", _NO_FAST).get(a.dtype) if type(a) is np.ndarray else None
+    if (small is not None and not trans_a and not trans_b and beta == 0 and type(b) is np.ndarray
+            and a.ndim == 2 and b.ndim == 2 and a.flags.c_contiguous and b.flags.c_contiguous):
+        # Fast path for small row-major products (Python overhead is the cost there).
+        m, k = a.shape
+        n = b.shape[1]
+        if (b.dtype is a.dtype and b.shape[0] == k and 0 < m * n * k <= SMALL_MNK
+                and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.shape == (n,)
+                                      and bias.flags.c_contiguous))
+                and (out is None or (type(out) is np.ndarray and out.dtype is a.dtype and out.shape == (m, n)
+                                     and out.flags.c_contiguous and out.flags.writeable))):
+            act = _ACT.get(activation, -1) if activation is None or type(activation) is str else -1
+            if act >= 0:
+                fn, work, empty, kmax = small
+                if k <= kmax:
+                    if out is None:
+                        out = np.empty((m, n), a.dtype)
+                    fn(m, n, k, a.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, a.dtype.type(0),
+                       out.reshape(-1), n, empty if bias is None else bias, act, work)
+                    return out
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
+    dt = a.dtype
+    if dt != b.dtype or dt.char not in "fd":
+        raise TypeError(f"matmul: expected two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"matmul: expected 2-D operands, got shapes {a.shape} and {b.shape}")
+    fa, rsa, csa, m, k = _operand(a, trans_a)
+    fb, rsb, csb, k2, n = _operand(b, trans_b)
+    if m * n * k <= SMALL_MNK and (csa != 1 or csb != 1):    # the direct path wants row-major: copy
+        fa, rsa, csa, m, k = _operand(np.ascontiguousarray(a.T if trans_a else a), False)
+        fb, rsb, csb, k2, n = _operand(np.ascontiguousarray(b.T if trans_b else b), False)
+    if k != k2:
+        raise ValueError(f"matmul: inner dimensions differ: op(a) is {m}x{k}, op(b) is {k2}x{n} "
+                         f"(trans_a={trans_a}, trans_b={trans_b})")
+    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
+    if act < 0:
+        raise ValueError(f"matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
+    if bias is None:
+        bias = _EMPTY[dt.char]
+    elif not isinstance(bias, np.ndarray) or bias.dtype != dt or bias.shape != (n,):
+        raise ValueError(f"matmul: bias must be a {dt} array of shape ({n},), got "
+                         f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+    elif not bias.flags.c_contiguous:
+        bias = np.ascontiguousarray(bias)
+    if out is None:
+        if beta != 0:
+            raise ValueError("matmul: beta != 0 needs an out array to accumulate into")
+        out = np.empty((m, n), dt)
+    elif not isinstance(out, np.ndarray) or out.dtype != dt or out.shape != (m, n):
+        raise ValueError(f"matmul: out must be a {dt} array of shape ({m}, {n}), got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    elif not out.flags.writeable:
+        raise ValueError("matmul: out is read-only")
+    if m == 0 or n == 0:
+        return out
+    work = out if out.flags.c_contiguous else np.ascontiguousarray(out)
+    c = work.reshape(-1)
+    alpha_, beta_ = dt.type(alpha), dt.type(beta)
+    if k == 0:
+        c *= beta_ if beta != 0 else 0
+        if bias.size or act:
+            from .kernels.activation import bias_act_forward_serial
+
+            bias_act_forward_serial(work, bias, act)
+    else:
+        _gemm(m, n, k, alpha_, fa, rsa, csa, fb, rsb, csb, beta_, c, n, bias, act, dt, threads)
+    if work is not out:
+        out[...] = work
+    return out
+
+
+def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, dt, threads):
+    mod = kernel_module(dt)
+    mnk = m * n * k
+    if mnk <= SMALL_MNK and csa == 1 and csb == 1:
+        blk = _blocks.blocks_for(dt.char)
+        work = getattr(_local, "small_" + dt.char, None)
+        need = (blk.mr + blk.nr) * k + blk.mr * blk.nr
+        if work is None or work.size < need:
+            work = np.empty(max(need, 4096), dt)
+            setattr(_local, "small_" + dt.char, work)
+        _call(mod.gemm_small, ("small", mod, dt.char), m, n, k, alpha, fa, rsa, fb, rsb, beta, c, ldc, bias,
+              act, work)
+        fast = _local.__dict__.setdefault("fast", {})
+        fast[dt] = (mod.gemm_small, work, _EMPTY[dt.char], (work.size - blk.mr * blk.nr) // (blk.mr + blk.nr))
+        return
+    blk = _blocks.blocks_for(dt.char)
+    nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
+    nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
+    parallel = nthreads > 1 and mnk >= PARALLEL_MNK
+    mc, nsplit = blk.mc, 1
+    if parallel:
+        nmb = -(-m // blk.mc)
+        if m >= nthreads * blk.mr * 8:
+            nmb = -(-nmb // nthreads) * nthreads          # a multiple of the thread count
+            mc = -(-(-(-m // nmb)) // blk.mr) * blk.mr    # balanced, a multiple of MR
+        else:
+            nsplit = nthreads
+    ap, bp, tiles = _buffers(dt, numba.config.NUMBA_NUM_THREADS if parallel else 1, blk)
+    args = (m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, mc, blk.kc, blk.nc, nsplit,
+            ap, bp, tiles)
+    if parallel:
+        old = numba.get_num_threads()
+        if old != nthreads:
+            numba.set_num_threads(nthreads)
+        try:
+            _call(mod.gemm_cpu, ("cpu", mod, dt.char), *args)
+        finally:
+            if old != nthreads:
+                numba.set_num_threads(old)
+    else:
+        _call(mod.gemm_serial, ("serial", mod, dt.char), *args)
+
+
+def describe() -> str:
+    """One line for ``fastnn info``: which micro-kernel runs and why."""
+    from .sysinfo import simd_width_bits
+
+    parts = []
+    for ch in "fd":
+        b = _blocks.blocks_for(ch)
+        parts.append(f"{np.dtype(ch).name} {b.mr}x{b.nr} (MC {b.mc}, KC {b.kc}, NC {b.nc}, {b.source})")
+    bits = simd_width_bits()
+    if bits >= 512 and not _settings.wide_vectors():
+        why = f"256-bit FMA tiles on an AVX-512 CPU: {_settings.width_note()}"
+    elif bits >= 512:
+        why = "512-bit FMA tiles (AVX-512); " + _settings.width_note()
+    elif bits == 256:
+        why = "256-bit FMA tiles (AVX2+FMA)"
+    else:
+        why = "no AVX2: scalar code, expect NumPy's BLAS to be faster"
+    return "; ".join(parts) + f"; {why}; SLP vectorizer on only while fastnn compiles these kernels"

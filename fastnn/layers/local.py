@@ -1,0 +1,233 @@
+"""Locally connected layers: a convolution without weight sharing (one weight per output
+position), computed by the gather + micro-GEMM kernels of fastnn.kernels.local.lc2d."""
+from __future__ import annotations
+
+import numpy as np
+
+from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
+from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc2d_input_grad_cpu,
+                                       lc2d_input_grad_serial, lc2d_weight_grad_cpu, lc2d_weight_grad_serial)
+from fastnn.kernels.parallel import pick
+
+from .. import random
+from ..checks import check_array
+from ..module import Module
+from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, threads_for, weight_bound
+
+
+class LocallyConnected2D(Module):
+    """``y[n, oh, ow, :] = act(b + sum over the window at (oh, ow) of x * weight[oh, ow])``, NHWC.
+
+    Like ``Conv2D`` but every output position has its own weights (untied), so the input's
+    spatial size is fixed at construction: ``input_shape=(H, W)``.
+
+    Parameters: ``weight`` (OH, OW, KH, KW, in_channels, out_channels); ``bias``
+    (OH, OW, out_channels) untied (default, as Keras) or (out_channels,) with
+    ``tied_bias=True``. ``padding`` is "valid", "same" (TensorFlow's rule: output
+    ceil(H / stride)) or an int/pair of explicit zero padding; ``dilation`` spaces the taps.
+    ``get_keras_weights``/``set_keras_weights`` convert from/to Keras 2's
+    ``LocallyConnected2D(implementation=1)`` layout: kernel (OH*OW, KH*KW*in, out), bias
+    (OH, OW, out) -- the same memory order as ``weight``.
+
+    Forward and backward never build the im2col matrix: patches are gathered per output
+    position into per-thread scratch; the input gradient is gathered per input pixel
+    (deterministic, no atomics).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, input_shape, stride=1, padding="valid",
+                 dilation=1, activation: str | None = None, *, bias: bool = True, tied_bias: bool = False,
+                 strides=None, dtype: np.dtype | type = np.float32):
+        super().__init__()
+        name = type(self).__name__
+        if strides is not None:
+            stride = strides
+        if int(in_channels) < 1 or int(out_channels) < 1:
+            raise ValueError(f"{name}: expected positive channel counts, got in={in_channels}, out={out_channels}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{name}: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
+                             f"got {activation!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, f"{name} kernel_size")
+        self.stride = pair(stride, f"{name} stride")
+        self.dilation = pair(dilation, f"{name} dilation")
+        self.padding = check_padding(padding, name)
+        self.input_shape = pair(input_shape, f"{name} input_shape")
+        (oh, pt), (ow, pl) = (out_size(self.input_shape[a], self.kernel_size[a], self.stride[a], self.dilation[a],
+                                       self.padding, a, name) for a in (0, 1))
+        self.out_hw, self._pad = (oh, ow), (pt, pl)
+        self.activation, self._act = activation, ACTIVATIONS[activation]
+        self.tied_bias = bool(tied_bias)
+        self.dtype = np.dtype(dtype)
+        kh, kw = self.kernel_size
+        k = kh * kw * self.in_channels
+        bound = weight_bound(k, self.out_channels, activation)
+        values = {"weight": random.generator().uniform(-bound, bound, (oh, ow, kh, kw, self.in_channels,
+                                                                        self.out_channels)).astype(self.dtype)}
+        if bias:
+            values["bias"] = np.zeros((self.out_channels,) if tied_bias else (oh, ow, self.out_channels), self.dtype)
+        self._create_params(values)
+        self._geo = geometry(self.stride, self._pad, self.dilation, self.kernel_size, self.out_hw, self.input_shape)
+        self._x = self._y = None
+
+    # -- shapes ------------------------------------------------------------------------
+    @property
+    def _pkc(self) -> tuple[int, int, int]:
+        kh, kw = self.kernel_size
+        return self.out_hw[0] * self.out_hw[1], kh * kw * self.in_channels, self.out_channels
+
+    def _bias2d(self) -> np.ndarray:
+        b = self.params.get("bias")
+        if b is None:
+            return np.empty((0, self.out_channels), self.dtype)
+        return b.reshape(-1, self.out_channels)
+
+    # -- running -----------------------------------------------------------------------
+    def _forward4(self, x: np.ndarray) -> np.ndarray:
+        P, K, O = self._pkc
+        n = x.shape[0]
+        y = np.empty((n, *self.out_hw, O), self.dtype)
+        chunks = threads_for(n * P * K)
+        fn = lc2d_forward_cpu if chunks > 1 else lc2d_forward_serial
+        fn(x, self.params["weight"].reshape(P, K, O), self._bias2d(), y.reshape(n, P, O), self._geo, self._act,
+           chunks)
+        self._x, self._y = x, y
+        return y
+
+    def _backward4(self, dy: np.ndarray) -> np.ndarray:
+        P, K, O = self._pkc
+        x = self._x
+        n = x.shape[0]
+        dy = np.ascontiguousarray(dy)
+        if self._act:
+            dz = np.empty_like(self._y)
+            flat = lambda a: a.reshape(-1, O)  # noqa: E731
+            pick(act_backward_cpu, act_backward_serial, dz.size)(flat(dy), flat(self._y), self._act, flat(dz))
+        else:
+            dz = dy
+        chunks = threads_for(n * P * K)
+        wgrad = lc2d_weight_grad_cpu if chunks > 1 else lc2d_weight_grad_serial
+        wgrad(x, dz.reshape(n, P, O), self.grads["weight"].reshape(P, K, O), self._geo, chunks)
+        if "bias" in self.grads:
+            gb = self.grads["bias"]
+            gb += dz.sum(axis=(0, 1, 2)) if self.tied_bias else dz.sum(axis=0).reshape(gb.shape)
+        dx = np.empty_like(x)
+        igrad = lc2d_input_grad_cpu if chunks > 1 else lc2d_input_grad_serial
+        igrad(dz.reshape(n, P, O), self.params["weight"].reshape(P, K, O), dx, self._geo, chunks)
+        return dx
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_nhwc(x, f"{type(self).__name__} input", self.in_channels, self.dtype, self.input_shape)
+        return self._forward4(x)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._y is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        check_array(dy, f"{type(self).__name__} output gradient", dtype=self.dtype, shape=self._y.shape)
+        return self._backward4(dy)
+
+    # -- Keras 2 interchange -----------------------------------------------------------
+    def get_keras_weights(self) -> list[np.ndarray]:
+        """[kernel (OH*OW, KH*KW*in, out), bias (OH, OW, out)] as Keras 2's
+        ``LocallyConnected2D(implementation=1)`` stores them (a tied bias is broadcast)."""
+        P, K, O = self._pkc
+        out = [self.params["weight"].reshape(P, K, O).copy()]
+        if "bias" in self.params:
+            out.append(np.broadcast_to(self.params["bias"], (*self.out_hw, O)).copy())
+        return out
+
+    def set_keras_weights(self, weights: list[np.ndarray]) -> None:
+        """Load Keras 2 ``implementation=1`` weights: [kernel (OH*OW, KH*KW*in, out)[, bias (OH, OW, out)]]."""
+        P, K, O = self._pkc
+        kernel = np.asarray(weights[0])
+        if kernel.shape != (P, K, O):
+            raise ValueError(f"{type(self).__name__}.set_keras_weights: expected kernel shape {(P, K, O)} "
+                             f"(Keras implementation=1 layout), got {kernel.shape}")
+        self.params["weight"][...] = kernel.reshape(self.params["weight"].shape)
+        if len(weights) > 1:
+            if "bias" not in self.params:
+                raise ValueError(f"{type(self).__name__}.set_keras_weights: this layer has no bias")
+            b = np.asarray(weights[1]).reshape(*self.out_hw, O)
+            if self.tied_bias:
+                if not np.all(b == b[:1, :1]):
+                    raise ValueError(f"{type(self).__name__}.set_keras_weights: the Keras bias differs between "
+                                     "positions; build the layer with tied_bias=False")
+                b = b[0, 0]
+            self.params["bias"][...] = b
+
+    # -- description -------------------------------------------------------------------
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*self.out_hw, self.out_channels)
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        P, K, O = self._pkc
+        return P * K * O
+
+    def __repr__(self) -> str:
+        act = f", activation={self.activation!r}" if self.activation else ""
+        return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"input_shape={self.input_shape}, stride={self.stride}, padding={self.padding!r}, "
+                f"dilation={self.dilation}{act}, tied_bias={self.tied_bias}, dtype={self.dtype})")
+
+
+class LocallyConnected1D(LocallyConnected2D):
+    """Untied 1-D local connectivity over (N, L, in_channels) sequences (channels last).
+
+    ``weight`` (OL, K, in_channels, out_channels); ``bias`` (OL, out_channels) untied or
+    (out_channels,) tied. Keras 2 ``LocallyConnected1D(implementation=1)`` layout: kernel
+    (OL, K*in, out), bias (OL, out). Computed as a 2-D layer of height 1.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_length: int, stride: int = 1,
+                 padding="valid", dilation: int = 1, activation: str | None = None, *, bias: bool = True,
+                 tied_bias: bool = False, strides=None, dtype: np.dtype | type = np.float32):
+        if strides is not None:
+            stride = strides
+        if not isinstance(padding, str):
+            padding = (0, pair(padding, "LocallyConnected1D padding", minimum=0)[0])
+        for v, what in ((kernel_size, "kernel_size"), (input_length, "input_length"), (stride, "stride"),
+                        (dilation, "dilation")):
+            if isinstance(v, (tuple, list)):
+                raise TypeError(f"LocallyConnected1D {what}: expected an int, got {v!r}")
+        super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length), (1, stride), padding,
+                         (1, dilation), activation, bias=bias, tied_bias=tied_bias, dtype=dtype)
+        # drop the height-1 axes: weight (OL, K, in, out), untied bias (OL, out)
+        shapes = {"weight": (self.out_hw[1], kernel_size, self.in_channels, self.out_channels),
+                  "bias": (self.out_channels,) if tied_bias else (self.out_hw[1], self.out_channels)}
+        self._create_params({n: v.reshape(shapes[n]) for n, v in self.params.items()})
+
+    @property
+    def input_length(self) -> int:
+        return self.input_shape[1]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        what = "LocallyConnected1D input"
+        check_array(x, what, dtype=self.dtype)
+        if x.ndim != 3 or x.shape[2] != self.in_channels or x.shape[1] != self.input_length:
+            hint = " (channels must be last: (N, L, C))" if x.ndim == 3 and x.shape[1] == self.in_channels else ""
+            raise ValueError(f"{what}: expected shape (N, {self.input_length}, {self.in_channels}), "
+                             f"got {x.shape}{hint}")
+        x = np.ascontiguousarray(x)
+        return self._forward4(x[:, None])[:, 0]
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._y is None:
+            raise RuntimeError("LocallyConnected1D.backward called before forward")
+        check_array(dy, "LocallyConnected1D output gradient", dtype=self.dtype, shape=self._y[:, 0].shape)
+        return self._backward4(dy[:, None])[:, 0]
+
+    def get_keras_weights(self) -> list[np.ndarray]:
+        """[kernel (OL, K*in, out), bias (OL, out)] as Keras 2 ``LocallyConnected1D(implementation=1)``."""
+        out = super().get_keras_weights()
+        return out[:1] + [b.reshape(self.out_hw[1], self.out_channels) for b in out[1:]]
+
+    def set_keras_weights(self, weights: list[np.ndarray]) -> None:
+        """Load Keras 2 ``implementation=1`` weights: [kernel (OL, K*in, out)[, bias (OL, out)]]."""
+        super().set_keras_weights(weights)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.out_hw[1], self.out_channels)
+
+    def __repr__(self) -> str:
+        return (f"LocallyConnected1D({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size[1]}, "
+                f"input_length={self.input_length}, stride={self.stride[1]}, padding={self.padding!r}, "
+                f"dilation={self.dilation[1]}, tied_bias={self.tied_bias}, dtype={self.dtype})")

@@ -1,0 +1,113 @@
+"""Pooling layers over NHWC images: MaxPool2D, AvgPool2D, GlobalAvgPool2D."""
+from __future__ import annotations
+
+import numpy as np
+
+from fastnn.kernels.local.pool import (avgpool_backward_cpu, avgpool_backward_serial, avgpool_forward_cpu,
+                                       avgpool_forward_serial, maxpool_backward_cpu, maxpool_backward_serial,
+                                       maxpool_forward_cpu, maxpool_forward_serial)
+from fastnn.kernels.parallel import pick
+
+from ..checks import check_array
+from ..module import Module
+from ._spatial import check_padding, geometry, out_size, pair
+
+
+class _Pool2D(Module):
+    def __init__(self, kernel_size, stride=None, padding="valid") -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, f"{name} kernel_size")
+        self.stride = pair(self.kernel_size if stride is None else stride, f"{name} stride")
+        self.padding = check_padding(padding, name)
+        if isinstance(self.padding, tuple) and any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel {self.kernel_size}")
+        self._x = self._y = self._geo = None
+
+    def _geometry(self, hw):
+        name = type(self).__name__
+        (oh, pt), (ow, pl) = (out_size(hw[a], self.kernel_size[a], self.stride[a], 1, self.padding, a, name)
+                              for a in (0, 1))
+        return (oh, ow), geometry(self.stride, (pt, pl), (1, 1), self.kernel_size, (oh, ow), hw)
+
+    def _check(self, x):
+        what = f"{type(self).__name__} input"
+        check_array(x, what)
+        if x.ndim != 4:
+            raise ValueError(f"{what}: expected NHWC shape (N, H, W, C), got {x.shape}")
+        return np.ascontiguousarray(x)
+
+    def _check_dy(self, dy):
+        if self._y is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        check_array(dy, f"{type(self).__name__} output gradient", dtype=self._y.dtype, shape=self._y.shape)
+        return np.ascontiguousarray(dy)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        (oh, ow), _ = self._geometry(tuple(input_shape[:2]))
+        return (oh, ow, input_shape[2])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.kernel_size}, stride={self.stride}, padding={self.padding!r})"
+
+
+class MaxPool2D(_Pool2D):
+    """Maximum over each window (padding never wins; NaN propagates)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        (oh, ow), geo = self._geometry(x.shape[1:3])
+        y = np.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+        self._idx = np.empty(y.shape, np.int32)
+        pick(maxpool_forward_cpu, maxpool_forward_serial, x.size)(x, y, self._idx, geo)
+        self._x, self._y, self._geo = x, y, geo
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dy = self._check_dy(dy)
+        dx = np.empty_like(self._x)
+        pick(maxpool_backward_cpu, maxpool_backward_serial, dx.size)(dy, self._idx, dx)
+        return dx
+
+
+class AvgPool2D(_Pool2D):
+    """Mean over each window's pixels inside the image (padding is not counted)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        (oh, ow), geo = self._geometry(x.shape[1:3])
+        y = np.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+        pick(avgpool_forward_cpu, avgpool_forward_serial, x.size)(x, y, geo)
+        self._x, self._y, self._geo = x, y, geo
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dy = self._check_dy(dy)
+        dx = np.empty_like(self._x)
+        pick(avgpool_backward_cpu, avgpool_backward_serial, dx.size)(dy, dx, self._geo)
+        return dx
+
+
+class GlobalAvgPool2D(Module):
+    """(N, H, W, C) -> (N, C): the mean over all pixels of each channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_array(x, "GlobalAvgPool2D input")
+        if x.ndim != 4:
+            raise ValueError(f"GlobalAvgPool2D input: expected NHWC shape (N, H, W, C), got {x.shape}")
+        self._shape = x.shape
+        return x.mean(axis=(1, 2))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._shape is None:
+            raise RuntimeError("GlobalAvgPool2D.backward called before forward")
+        n, h, w, c = self._shape
+        check_array(dy, "GlobalAvgPool2D output gradient", shape=(n, c))
+        return np.ascontiguousarray(np.broadcast_to((dy / (h * w))[:, None, None, :], self._shape))
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (input_shape[-1],)

@@ -1,0 +1,43 @@
+"""Ready-made models built from the layer API: the demo's small CNN, Inception modules."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layers import Concat, Conv2D, Dense, Dropout, Flatten, LocallyConnected2D, MaxPool2D, Sequential
+
+
+def as_images(x: np.ndarray) -> np.ndarray:
+    """(N, side*side) row-major pixel rows -> (N, side, side, 1) NHWC images."""
+    side = math.isqrt(x.shape[1])
+    if side * side != x.shape[1]:
+        raise ValueError(f"as_images: {x.shape[1]} features are not a square image")
+    return np.ascontiguousarray(x.reshape(len(x), side, side, 1))
+
+
+def small_cnn(image_shape: tuple[int, int, int], classes: int, *, dtype=np.float32, dropout: float = 0.0) -> Sequential:
+    """Conv 3x3 (16) -> max pool 2 -> locally connected 3x3 (32, untied weights per
+    position, 'same') -> dense: the demo's CNN for the 8x8 digits (or 28x28 MNIST)."""
+    h, w, c = image_shape
+    conv = Conv2D(c, 16, 3, padding="same", activation="relu", dtype=dtype)
+    pool = MaxPool2D(2)
+    ph, pw = h // 2, w // 2
+    lc = LocallyConnected2D(16, 32, 3, input_shape=(ph, pw), padding="same", activation="relu", dtype=dtype)
+    layers = [conv, pool, lc, Flatten()]
+    if dropout:
+        layers.append(Dropout(dropout))
+    return Sequential(*layers, Dense(ph * pw * 32, classes, dtype=dtype))
+
+
+def inception(c_in: int, n1x1: int, r3x3: int, n3x3: int, r5x5: int, n5x5: int, pool_proj: int, *,
+              bias: bool = True, dtype=np.float32) -> Concat:
+    """GoogLeNet's Inception module (Szegedy et al. 2015): four branches concatenated on
+    channels -- 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max pool -> 1x1 -- all ReLU, 'same'."""
+    def conv(i, o, k):
+        return Conv2D(i, o, k, padding="same", activation="relu", bias=bias, dtype=dtype)
+
+    return Concat(conv(c_in, n1x1, 1),
+                  Sequential(conv(c_in, r3x3, 1), conv(r3x3, n3x3, 3)),
+                  Sequential(conv(c_in, r5x5, 1), conv(r5x5, n5x5, 5)),
+                  Sequential(MaxPool2D(3, 1, padding="same"), conv(c_in, pool_proj, 1)))

@@ -1,0 +1,1 @@
+"""Local-connectivity kernels: locally connected layers, convolution, pooling (NHWC)."""

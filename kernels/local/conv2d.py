@@ -1,0 +1,228 @@
+"""2-D convolution (local connectivity + weight sharing), NHWC, grouped, no im2col buffer.
+
+Math    forward  y[n, oh, ow, g*Og + o] = act(b[g*Og + o] + sum_k X[n, oh, ow, k] * w2[k, g*Og + o])
+                 X[.., (kh*KW + kw)*Cg + c] = x[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, g*Cg + c]
+                 (zero outside the image); w2 = w.reshape(KH*KW*Cg, O).
+        weight   dw2[k, g*Og + o] += sum_{n, oh, ow} X[n, oh, ow, k] * dy[n, oh, ow, g*Og + o]
+        input    dx[n, ih, iw, g*Cg + c] = sum over the taps (kh, kw) whose output (oh, ow)
+                 exists of sum_o dy[n, oh, ow, g*Og + o] * w[kh, kw, c, g*Og + o]
+                 (gather formulation, one writer per input pixel, deterministic).
+Shapes  x, dx: (N, H, W, C); w, dw: (KH, KW, Cg, O) with Cg = C/G, Og = O/G; y, dy: (N, OH, OW, O);
+        b: (O,) or (0,); geo: int64[10] = (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW).
+How     Output pixels are cut into blocks of rows; each block gathers its patches into a
+        (rows, KH*KW*Cg) panel in thread-local scratch and multiplies by the packed
+        transposed weights with the micro-kernel of gemm.py. ``*_cpu`` runs ranges of rows
+        on threads (kernels/local/threads.py), ``*_serial`` in the calling thread. The
+        weight gradient is summed in ``N_PARTS`` fixed row ranges (partials added in order
+        afterwards: the same result for any thread count).
+Oracle  tests/reference_local.py::conv2d_ref (plain loops); finite differences.
+Bench   python bench/bench_local.py   (against torch.nn.functional.conv2d, oneDNN)
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..activation import _act
+from .gemm import gemm_nt, gemm_tn_acc
+from .pack import FASTMATH, block_rows, copy_run, patch_row, zero_run
+from .threads import run_chunks
+
+N_PARTS = 8
+
+
+@njit(inline="always")
+def _pack_wt(w, G):
+    """(G, Og, Kg) transposed weights: Bs[g, o, k] = w2[k, g*Og + o]."""
+    KH, KW, Cg, O = w.shape
+    Kg, Og = KH * KW * Cg, O // G
+    w2 = w.reshape(Kg, O)
+    Bs = np.empty((G, Og, Kg), w.dtype)
+    for g in range(G):
+        for k in range(Kg):
+            for o in range(Og):
+                Bs[g, o, k] = w2[k, g * Og + o]
+    return Bs
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _forward(x, Bs, b, y2, geo, act, lo, hi):
+    N, H, W, C = x.shape
+    G, Og, Kg = Bs.shape
+    Cg, O = C // G, G * Og
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
+                                              geo[8], geo[9])
+    P = OH * OW
+    xf = x.reshape(N, H, W * C)
+    mb = block_rows(hi - lo, Kg)
+    A = np.empty((mb, Kg), x.dtype)
+    for r0 in range(lo, hi, mb):
+        m = min(mb, hi - r0)
+        for g in range(G):
+            for i in range(m):
+                r = r0 + i
+                n = r // P
+                p = r - n * P
+                oh = p // OW
+                ow = p - oh * OW
+                patch_row(xf[n], C, g * Cg, Cg, oh * sh - pt, ow * sw - pl, dh, dw, KH, KW, A[i])
+            bg = b[g * Og:(g + 1) * Og] if b.shape[0] > 0 else b
+            gemm_nt(A, Bs[g], y2[r0:r0 + m, g * Og:(g + 1) * Og], m, Og, Kg, False, bg)
+        if act != 0:
+            for i in range(m):
+                row = y2[r0 + i]
+                for o in range(O):
+                    row[o] = _act(row[o], act)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _weight_grad_part(x, dy2, part, G, geo, lo, hi):
+    """part (Kg, O) = this row range's contribution to the weight gradient."""
+    N, H, W, C = x.shape
+    Kg, O = part.shape
+    Cg, Og = C // G, O // G
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
+                                              geo[8], geo[9])
+    P = OH * OW
+    xf = x.reshape(N, H, W * C)
+    mb = block_rows(max(hi - lo, 1), Kg)
+    A = np.empty((mb, Kg), x.dtype)
+    Ct = np.zeros((G, Og, Kg), x.dtype)
+    for r0 in range(lo, hi, mb):
+        m = min(mb, hi - r0)
+        for g in range(G):
+            for i in range(m):
+                r = r0 + i
+                n = r // P
+                p = r - n * P
+                oh = p // OW
+                ow = p - oh * OW
+                patch_row(xf[n], C, g * Cg, Cg, oh * sh - pt, ow * sw - pl, dh, dw, KH, KW, A[i])
+            gemm_tn_acc(A, dy2[r0:r0 + m, g * Og:(g + 1) * Og], Ct[g], m, Og, Kg)
+    for k in range(Kg):
+        for g in range(G):
+            for o in range(Og):
+                part[k, g * Og + o] = Ct[g, o, k]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _input_grad(dy, w, dx2, geo, lo, hi):
+    KH, KW, Cg, O = w.shape
+    N, OH, OW = dy.shape[0], dy.shape[1], dy.shape[2]
+    C = dx2.shape[1]
+    G = C // Cg
+    Og = O // G
+    H, W = geo[10], geo[11]
+    sh, sw, pt, pl, dh, dw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    kt = KH * KW * Og
+    # Runs: with one group and unit stride and dilation along w, the taps of one kernel row
+    # read adjacent output pixels, so taps are ordered kw descending (ow ascending) and each
+    # kernel row of an A row is one contiguous copy of dy.
+    runs = G == 1 and sw == 1 and dw == 1
+    # Bt[g, c, (kh*KW + kw')*Og + o] = w[kh, kw, c, g*Og + o], kw' = KW-1-kw with runs, else kw
+    Bt = np.empty((G, Cg, kt), w.dtype)
+    for g in range(G):
+        for c in range(Cg):
+            for t in range(KH * KW):
+                kh, kw = t // KW, t % KW
+                tt = kh * KW + (KW - 1 - kw) if runs else t
+                src = w[kh, kw, c, g * Og:(g + 1) * Og]
+                copy_run(src, Bt[g, c, tt * Og:(tt + 1) * Og], Og)
+    dyf = dy.reshape(N, OH * OW * O)
+    mb = block_rows(max(hi - lo, 1), kt)
+    A = np.empty((mb, kt), dy.dtype)
+    for r0 in range(lo, hi, mb):
+        m = min(mb, hi - r0)
+        for g in range(G):
+            for i in range(m):
+                r = r0 + i
+                n = r // (H * W)
+                q = r - n * (H * W)
+                ih = q // W
+                iw = q - ih * W
+                a = A[i]
+                d = dyf[n]
+                if runs:
+                    seg = KW * O
+                    ow0 = iw + pl - (KW - 1)            # ow of kw' = 0
+                    lo_w = min(max(0, -ow0), KW)        # first kw' with 0 <= ow < OW
+                    hi_w = max(min(KW, OW - ow0), lo_w)
+                    for kh in range(KH):
+                        dst = a[kh * seg:(kh + 1) * seg]
+                        u = ih + pt - kh * dh
+                        if u < 0 or u % sh != 0 or u // sh >= OH:
+                            zero_run(dst, seg)
+                            continue
+                        s0 = ((u // sh) * OW + ow0 + lo_w) * O
+                        zero_run(dst, lo_w * O)
+                        copy_run(d[s0:s0 + (hi_w - lo_w) * O], dst[lo_w * O:hi_w * O], (hi_w - lo_w) * O)
+                        zero_run(dst[hi_w * O:seg], (KW - hi_w) * O)
+                    continue
+                for kh in range(KH):
+                    u = ih + pt - kh * dh
+                    okh = u >= 0 and u % sh == 0 and u // sh < OH
+                    for kw in range(KW):
+                        dst = a[(kh * KW + kw) * Og:(kh * KW + kw + 1) * Og]
+                        v = iw + pl - kw * dw
+                        if okh and v >= 0 and v % sw == 0 and v // sw < OW:
+                            s = ((u // sh) * OW + v // sw) * O + g * Og
+                            copy_run(d[s:s + Og], dst, Og)
+                        else:
+                            zero_run(dst, Og)
+            gemm_nt(A, Bt[g], dx2[r0:r0 + m, g * Cg:(g + 1) * Cg], m, Cg, kt, False, Bt[0, 0, :0])
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _forward_packed(x, w, b, y, geo, act, groups, lo, hi):
+    Bs = _pack_wt(w, groups)
+    _forward(x, Bs, b, y.reshape(-1, y.shape[3]), geo, act, lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _weight_grad_parts(x, dy2, parts, groups, geo, lo, hi):
+    R = dy2.shape[0]
+    for j in range(lo, hi):
+        _weight_grad_part(x, dy2, parts[j], groups, geo, j * R // N_PARTS, (j + 1) * R // N_PARTS)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _sum_parts(parts, dw):
+    dw2 = dw.reshape(parts.shape[1], parts.shape[2])
+    for j in range(parts.shape[0]):
+        for k in range(parts.shape[1]):
+            for o in range(parts.shape[2]):
+                dw2[k, o] += parts[j, k, o]
+
+
+def conv2d_forward_cpu(x, w, b, y, geo, act, groups, n_chunks):
+    """Output rows split into n_chunks ranges on threads (kernels/local/threads.py); each
+    chunk packs the (small) transposed weights itself."""
+    run_chunks(_forward_packed, (x, w, b, y, geo, act, groups), y.size // y.shape[3], n_chunks)
+
+
+def conv2d_forward_serial(x, w, b, y, geo, act, groups, n_chunks=1):
+    _forward_packed(x, w, b, y, geo, act, groups, 0, y.size // y.shape[3])
+
+
+def _weight_grad(x, dy, dw, geo, groups, n_chunks):
+    KH, KW, Cg, O = dw.shape
+    parts = np.empty((N_PARTS, KH * KW * Cg, O), dw.dtype)
+    run_chunks(_weight_grad_parts, (x, dy.reshape(-1, O), parts, groups, geo), N_PARTS, n_chunks)
+    _sum_parts(parts, dw)
+
+
+def conv2d_weight_grad_cpu(x, dy, dw, geo, groups, n_chunks):
+    """dw += the sum of N_PARTS fixed row-range partials (computed on threads, added in order)."""
+    _weight_grad(x, dy, dw, geo, groups, n_chunks)
+
+
+def conv2d_weight_grad_serial(x, dy, dw, geo, groups, n_chunks=1):
+    _weight_grad(x, dy, dw, geo, groups, 1)
+
+
+def conv2d_input_grad_cpu(dy, w, dx, geo, n_chunks):
+    run_chunks(_input_grad, (dy, w, dx.reshape(-1, dx.shape[3]), geo), dx.size // dx.shape[3], n_chunks)
+
+
+def conv2d_input_grad_serial(dy, w, dx, geo, n_chunks=1):
+    _input_grad(dy, w, dx.reshape(-1, dx.shape[3]), geo, 0, dx.size // dx.shape[3])

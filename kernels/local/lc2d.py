@@ -1,0 +1,177 @@
+"""Locally connected 2-D layer (untied weights per output position), NHWC, no im2col.
+
+Math    forward  y[n, p, o] = act(b[p or 0, o] + sum_k X_p[n, k] * w[p, k, o])
+                 X_p[n, (kh*KW + kw)*C + c] = x[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, c]
+                 (zero outside the image), p = oh*OW + ow.
+        weight   dw[p, k, o] += sum_n X_p[n, k] * dy[n, p, o]       (each p owns its dw[p])
+        input    dx[n, ih, iw, c] = sum over the taps (p, kh, kw) whose window covers
+                 (ih, iw) of sum_o dy[n, p, o] * w[p, (kh*KW + kw)*C + c, o]
+                 (gather formulation: each input pixel is written by one thread, once;
+                 deterministic, no atomics, no col2im scatter).
+Shapes  x, dx: (N, H, W, C); w, dw: (P, K, O) with K = KH*KW*C, i.e. the layer's
+        (OH, OW, KH, KW, C, O) weight viewed flat (Keras 2 mode-1 layout); y, dy: (N, P, O);
+        b: (P, O) untied, (1, O) tied or (0, O) none; geo: int64[10] =
+        (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW); act: kernels.activation code.
+How     Each output position p packs its weight block transposed (O, K) once, gathers
+        the patches of a block of samples into a (rows, K) panel in thread-local scratch
+        (never the whole im2col) and calls the 4x2 micro-kernel of gemm.py. Work is split
+        in ``n_chunks`` contiguous ranges of positions (input pixels for dx), one scratch
+        set per range, run on threads by ``*_cpu`` (kernels/local/threads.py) or in the
+        calling thread by ``*_serial``; results do not depend on the split.
+Oracle  tests/reference_local.py::lc2d_ref (plain loops), finite differences in
+        tests/test_local.py.
+Bench   python bench/bench_local.py   (against torch unfold + bmm, time and peak memory)
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..activation import _act
+from .gemm import gemm_nt, gemm_tn_acc
+from .pack import FASTMATH, block_rows, copy_run, patch_row, zero_run
+from .threads import run_chunks
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _forward(x, w, b, y, geo, act, lo, hi):
+    N, H, W, Cin = x.shape
+    xf = x.reshape(N, H, W * Cin)
+    K, O = w.shape[1], w.shape[2]
+    sh, sw, pt, pl, dh, dw, KH, KW, OW = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[9]
+    mb = block_rows(N, K)
+    A = np.empty((mb, K), x.dtype)
+    B = np.empty((O, K), x.dtype)
+    nb = b.shape[0]
+    b0 = np.empty(0, x.dtype)
+    for p in range(lo, hi):
+        oh = p // OW
+        ow = p - oh * OW
+        wp = w[p]
+        for k in range(K):
+            wr = wp[k]
+            for o in range(O):
+                B[o, k] = wr[o]
+        for n0 in range(0, N, mb):
+            m = min(mb, N - n0)
+            for i in range(m):
+                patch_row(xf[n0 + i], Cin, 0, Cin, oh * sh - pt, ow * sw - pl, dh, dw, KH, KW, A[i])
+            C = y[n0:n0 + m, p]
+            gemm_nt(A, B, C, m, O, K, False, b[p if nb > 1 else 0] if nb > 0 else b0)
+            if act != 0:
+                for i in range(m):
+                    r = C[i]
+                    for o in range(O):
+                        r[o] = _act(r[o], act)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _weight_grad(x, dy, dw_, geo, lo, hi):
+    N, H, W, Cin = x.shape
+    xf = x.reshape(N, H, W * Cin)
+    K, O = dw_.shape[1], dw_.shape[2]
+    sh, sw, pt, pl, dh, dw, KH, KW, OW = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[9]
+    mb = block_rows(N, K)
+    A = np.empty((mb, K), x.dtype)
+    Ct = np.empty((O, K), x.dtype)
+    z = x.dtype.type(0)
+    for p in range(lo, hi):
+        oh = p // OW
+        ow = p - oh * OW
+        for o in range(O):
+            zero_run(Ct[o], K)
+        for n0 in range(0, N, mb):
+            m = min(mb, N - n0)
+            for i in range(m):
+                patch_row(xf[n0 + i], Cin, 0, Cin, oh * sh - pt, ow * sw - pl, dh, dw, KH, KW, A[i])
+            gemm_tn_acc(A, dy[n0:n0 + m, p], Ct, m, O, K)
+        g = dw_[p]
+        for k in range(K):
+            gk = g[k]
+            for o in range(O):
+                gk[o] += Ct[o, k]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _input_grad(dy, w, dx, geo, lo, hi):
+    N, H, W, C = dx.shape
+    P, K, O = w.shape
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
+                                              geo[8], geo[9])
+    kmax = KH * KW * O
+    mb = block_rows(N, kmax)
+    A = np.empty((mb, kmax), dy.dtype)
+    B = np.empty((C, kmax), dy.dtype)
+    run_p = np.empty(KH * KW, np.int64)      # first output position of each run of taps
+    run_n = np.empty(KH * KW, np.int64)      # its length (consecutive positions)
+    wf = w.reshape(P, K * O)
+    dyf = dy.reshape(N, P * O)
+    b0 = np.empty(0, dy.dtype)
+    for q in range(lo, hi):
+        ih = q // W
+        iw = q - ih * W
+        t = 0        # taps so far
+        nr = 0       # runs so far
+        for kh in range(KH):
+            r = ih + pt - kh * dh
+            if r < 0 or r % sh != 0 or r // sh >= OH:
+                continue
+            oh = r // sh
+            for kw in range(KW - 1, -1, -1):      # ascending ow: runs of adjacent positions
+                s = iw + pl - kw * dw
+                if s < 0 or s % sw != 0 or s // sw >= OW:
+                    continue
+                p = oh * OW + s // sw
+                kb = (kh * KW + kw) * C
+                src = wf[p, kb * O:(kb + C) * O]
+                for c in range(C):
+                    copy_run(src[c * O:(c + 1) * O], B[c, t * O:(t + 1) * O], O)
+                if nr > 0 and run_p[nr - 1] + run_n[nr - 1] == p:
+                    run_n[nr - 1] += 1
+                else:
+                    run_p[nr] = p
+                    run_n[nr] = 1
+                    nr += 1
+                t += 1
+        kk = t * O
+        for n0 in range(0, N, mb):
+            m = min(mb, N - n0)
+            Cv = dx[n0:n0 + m, ih, iw]
+            if kk == 0:
+                for i in range(m):
+                    zero_run(Cv[i], C)
+                continue
+            for i in range(m):
+                u = 0
+                a = A[i]
+                d = dyf[n0 + i]
+                for j in range(nr):
+                    ln = run_n[j] * O
+                    copy_run(d[run_p[j] * O:run_p[j] * O + ln], a[u:u + ln], ln)
+                    u += ln
+            gemm_nt(A, B, Cv, m, C, kk, False, b0)
+
+
+def lc2d_forward_cpu(x, w, b, y, geo, act, n_chunks):
+    """Positions split into n_chunks ranges on threads (kernels/local/threads.py)."""
+    run_chunks(_forward, (x, w, b, y, geo, act), w.shape[0], n_chunks)
+
+
+def lc2d_forward_serial(x, w, b, y, geo, act, n_chunks=1):
+    _forward(x, w, b, y, geo, act, 0, w.shape[0])
+
+
+def lc2d_weight_grad_cpu(x, dy, dw, geo, n_chunks):
+    run_chunks(_weight_grad, (x, dy, dw, geo), dw.shape[0], n_chunks)
+
+
+def lc2d_weight_grad_serial(x, dy, dw, geo, n_chunks=1):
+    _weight_grad(x, dy, dw, geo, 0, dw.shape[0])
+
+
+def lc2d_input_grad_cpu(dy, w, dx, geo, n_chunks):
+    run_chunks(_input_grad, (dy, w, dx, geo), dx.shape[1] * dx.shape[2], n_chunks)
+
+
+def lc2d_input_grad_serial(dy, w, dx, geo, n_chunks=1):
+    _input_grad(dy, w, dx, geo, 0, dx.shape[1] * dx.shape[2])

@@ -1,0 +1,76 @@
+"""Packing helpers shared by the local kernels: gather one NHWC patch into a panel row.
+
+Math    row[(kh*KW + kw)*cg + c] = x[ih0 + kh*dh, iw0 + kw*dw, c0 + c], zero outside the image
+        (zero padding).
+Shapes  xs: (H, W*C) one sample (x viewed as (N, H, W*C)); row: (>= KH*KW*C,).
+Note    copies loop over slices from index 0 (kernels/chunks.py Note) and are as long as
+        the layout allows (KW*C with dilation 1), so they vectorize; 16-element copies
+        per tap ran ~2x slower.
+Oracle  exercised through tests/test_local.py against tests/reference_local.py.
+"""
+from __future__ import annotations
+
+from numba import njit
+
+# The local kernels' fastmath flags: reassociation lets LLVM vectorize the reductions of
+# gemm.py, contraction allows FMA. Nothing else (no nnan/ninf: NaN and Inf propagate as in
+# NumPy). Functions inlined with inline="always" take the flags of the function they are
+# inlined into, so every kernel that inlines a tile carries these flags.
+FASTMATH = {"reassoc", "contract"}
+
+
+@njit(inline="always")
+def copy_run(src, dst, n):
+    """dst[:n] = src[:n] for 1-D slices starting at index 0 (a loop LLVM vectorizes)."""
+    for j in range(n):
+        dst[j] = src[j]
+
+
+@njit(inline="always")
+def zero_run(dst, n):
+    z = dst.dtype.type(0)
+    for j in range(n):
+        dst[j] = z
+
+
+@njit(inline="always")
+def patch_row(xs, C, c0, cg, ih0, iw0, dh, dw, KH, KW, row):
+    """Gather channels [c0, c0 + cg) of one patch of sample ``xs`` (H, W*C); with all
+    channels and dilation 1 along w each kernel row is one contiguous copy."""
+    H = xs.shape[0]
+    W = xs.shape[1] // C
+    run = KW * cg
+    if dw == 1 and cg == C and ih0 >= 0 and ih0 + (KH - 1) * dh < H and iw0 >= 0 and iw0 + KW <= W:
+        # interior patch (the common case): KH straight copies, no bounds logic
+        for kh in range(KH):
+            s0 = iw0 * C
+            copy_run(xs[ih0 + kh * dh, s0:s0 + run], row[kh * run:(kh + 1) * run], run)
+        return
+    for kh in range(KH):
+        ih = ih0 + kh * dh
+        seg = row[kh * run:(kh + 1) * run]
+        if ih < 0 or ih >= H:
+            zero_run(seg, run)
+            continue
+        xr = xs[ih]
+        if dw == 1 and cg == C:
+            lo = min(max(0, -iw0), KW)          # first kw inside the image
+            hi = max(min(KW, W - iw0), lo)      # one past the last
+            zero_run(seg, lo * C)
+            copy_run(xr[(iw0 + lo) * C:(iw0 + hi) * C], seg[lo * C:hi * C], (hi - lo) * C)
+            zero_run(seg[hi * C:run], (KW - hi) * C)
+        else:
+            for kw in range(KW):
+                iw = iw0 + kw * dw
+                dst = seg[kw * cg:(kw + 1) * cg]
+                if 0 <= iw < W:
+                    copy_run(xr[iw * C + c0:iw * C + c0 + cg], dst, cg)
+                else:
+                    zero_run(dst, cg)
+
+
+@njit(inline="always")
+def block_rows(n_rows, k):
+    """Rows per packed block: the (rows, k) panel stays within ~128 KiB of L2 (fp32)."""
+    mb = max(4, (32768 // max(k, 1)) // 4 * 4)
+    return max(1, min(n_rows, mb))

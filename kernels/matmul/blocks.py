@@ -1,0 +1,106 @@
+"""Per-machine block table of the GEMM: register tile (MR, NR) and cache blocks (MC, KC, NC).
+
+Defaults   analytic (Low et al., "Analytical modeling is enough for high-performance BLIS",
+           TOMS 2016), from the caches fastnn.sysinfo detects:
+             KC  the KC x NR micro-panel of B fills about half of L1 (it stays there while the
+                 A micro-panels stream past);
+             MC  the MC x KC block of A fills about half of L2 (a multiple of MR);
+             NC  the KC x NC block of B fills at most a quarter of L3 (a multiple of NR).
+           MR x NR by SIMD width: AVX2 6x16 fp32 / 6x8 fp64 (12 of 16 ymm registers hold the
+           tile: the BLIS haswell shapes), AVX-512 8x32 / 8x16 (16 of 32 zmm).
+Tuned      ``fastnn tune`` times a sweep and writes JSON to ``table_path()`` (a user cache
+           folder, keyed by CPU model and caches); it is read once per process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Blocks:
+    mr: int
+    nr: int
+    mc: int
+    kc: int
+    nc: int
+    source: str = "analytic"
+
+    def validated(self) -> "Blocks":
+        if min(self.mr, self.nr, self.mc, self.kc, self.nc) < 1:
+            raise ValueError(f"block sizes must be positive, got {self}")
+        return Blocks(self.mr, self.nr, -(-self.mc // self.mr) * self.mr, self.kc,
+                      -(-self.nc // self.nr) * self.nr, self.source)
+
+
+def _bytes(size: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([KMG]?)i?B?", size.strip(), re.I)
+    if not m:
+        return 0
+    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
+
+
+def register_tile(dtype, simd_bits: int) -> tuple[int, int]:
+    lanes = max(simd_bits, 256) // 8 // np.dtype(dtype).itemsize
+    return (8, 2 * lanes) if simd_bits >= 512 else (6, 2 * lanes)
+
+
+def analytic(dtype, simd_bits: int | None = None, caches: dict[str, str] | None = None) -> Blocks:
+    from fastnn.sysinfo import cache_sizes, simd_width_bits
+
+    if simd_bits is None:
+        from .settings import wide_vectors
+
+        simd_bits = 512 if wide_vectors() else min(simd_width_bits(), 256)
+    caches = cache_sizes() if caches is None else caches
+    size = np.dtype(dtype).itemsize
+    l1 = _bytes(caches.get("L1d", "")) or 32 << 10
+    l2 = _bytes(caches.get("L2", "")) or 256 << 10
+    l3 = _bytes(caches.get("L3", "")) or 8 << 20
+    mr, nr = register_tile(dtype, simd_bits)
+    kc = max(64, min(512, (l1 // 2) // (nr * size)) // 16 * 16)
+    mc = max(mr, (l2 // 2) // (kc * size) // mr * mr)
+    nc = max(nr, min(8192, (l3 // 4) // (kc * size)) // nr * nr)
+    return Blocks(mr, nr, mc, kc, nc, "analytic")
+
+
+def table_path() -> Path:
+    from fastnn.sysinfo import cache_sizes, cpu_model
+
+    root = Path(os.environ.get("FASTNN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                            Path.home() / ".cache") / "fastnn")
+    key = re.sub(r"[^A-Za-z0-9]+", "-", cpu_model()).strip("-").lower()
+    caches = "-".join(f"{k}{v}" for k, v in cache_sizes().items() if k != "L1i").lower()
+    return root / f"matmul-{key}-{caches}.json"
+
+
+def save(table: dict[str, Blocks], path: Path | None = None) -> Path:
+    path = table_path() if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: asdict(v) for k, v in table.items()}, indent=1))
+    tmp.replace(path)
+    blocks_for.cache_clear()
+    return path
+
+
+@lru_cache(maxsize=None)
+def blocks_for(dtype_char: str) -> Blocks:
+    """The table entry for a dtype ('f' or 'd'): the tuned JSON when present and readable."""
+    name = np.dtype(dtype_char).name
+    default = analytic(np.dtype(dtype_char))
+    path = table_path()
+    try:
+        entry = json.loads(path.read_text())[name]
+        tuned = Blocks(**{**entry, "source": f"tuned ({path})"}).validated()
+        if (tuned.mr, tuned.nr) == (default.mr, default.nr):
+            return tuned
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    return default.validated()

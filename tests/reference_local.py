@@ -1,0 +1,75 @@
+"""Plain NumPy loop references for the local layers (obviously correct, slow), float64.
+
+Every function takes NHWC arrays and explicit geometry (stride, padding before/after,
+dilation) and loops over output positions and taps one at a time.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pad(x, pads, value=0.0):
+    (pt, pb), (pl, pr) = pads
+    return np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=value)
+
+
+def lc2d_ref(x, w, b, stride, pads, dilation):
+    """y[n, oh, ow, o] = b[oh, ow, o]
+                        + sum_{kh, kw, c} xpad[n, oh*sh + kh*dh, ow*sw + kw*dw, c] w[oh, ow, kh, kw, c, o]."""
+    OH, OW, KH, KW, C, O = w.shape
+    xp = _pad(x.astype(np.float64), pads)
+    y = np.zeros((x.shape[0], OH, OW, O))
+    for oh in range(OH):
+        for ow in range(OW):
+            for kh in range(KH):
+                for kw in range(KW):
+                    ih, iw = oh * stride[0] + kh * dilation[0], ow * stride[1] + kw * dilation[1]
+                    y[:, oh, ow] += xp[:, ih, iw] @ w[oh, ow, kh, kw]
+    if b is not None:
+        y += b
+    return y
+
+
+def conv2d_ref(x, w, b, stride, pads, dilation, groups=1):
+    """Grouped cross-correlation with weight (KH, KW, C/groups, O), by loops over taps."""
+    KH, KW, Cg, O = w.shape
+    N, H, W, C = x.shape
+    Og = O // groups
+    xp = _pad(x.astype(np.float64), pads)
+    OH = (xp.shape[1] - (KH - 1) * dilation[0] - 1) // stride[0] + 1
+    OW = (xp.shape[2] - (KW - 1) * dilation[1] - 1) // stride[1] + 1
+    y = np.zeros((N, OH, OW, O))
+    for oh in range(OH):
+        for ow in range(OW):
+            for kh in range(KH):
+                for kw in range(KW):
+                    ih, iw = oh * stride[0] + kh * dilation[0], ow * stride[1] + kw * dilation[1]
+                    for g in range(groups):
+                        og, cg = slice(g * Og, (g + 1) * Og), slice(g * Cg, (g + 1) * Cg)
+                        y[:, oh, ow, og] += xp[:, ih, iw, cg] @ w[kh, kw, :, og]
+    if b is not None:
+        y += b
+    return y
+
+
+def pool_ref(x, kernel, stride, pads, kind):
+    """Max (padding never wins) or average (padding not counted) over each window."""
+    N, H, W, C = x.shape
+    (pt, pb), (pl, pr) = pads
+    OH = (H + pt + pb - kernel[0]) // stride[0] + 1
+    OW = (W + pl + pr - kernel[1]) // stride[1] + 1
+    y = np.zeros((N, OH, OW, C))
+    for oh in range(OH):
+        for ow in range(OW):
+            h0, w0 = oh * stride[0] - pt, ow * stride[1] - pl
+            win = x[:, max(h0, 0):min(h0 + kernel[0], H), max(w0, 0):min(w0 + kernel[1], W)].astype(np.float64)
+            y[:, oh, ow] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
+    return y
+
+
+def same_pads(size, k, stride, dilation=1):
+    """TensorFlow's 'same' padding (before, after) along one axis."""
+    k_eff = (k - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k_eff - size, 0)
+    return total // 2, total - total // 2

@@ -1,0 +1,397 @@
+"""Local layers (issue 4): locally connected 1-D/2-D, Conv2D, pooling, BlockDiagonalDense,
+Concat. Each against the plain loops of tests/reference_local.py on awkward shapes, backward
+against finite differences (float64, tiny inputs), and the relations between the layers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from reference import numerical_grad
+from reference_local import conv2d_ref, lc2d_ref, pool_ref, same_pads
+
+RNG = np.random.default_rng
+
+
+def _check_grads(model, x, atol=1e-6):
+    """d(sum(y * r))/d(x and every parameter) by backward equals central finite differences."""
+    r = RNG(9).standard_normal(model(x).shape)
+    loss = lambda: float(np.sum(model(x) * r))  # noqa: E731
+    model.zero_grad()
+    model(x)
+    dx = model.backward(r.copy())
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), atol=atol, rtol=1e-5, err_msg="input")
+    grads = dict(model.named_gradients())
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(grads[name].copy(), numerical_grad(loss, p), atol=atol, rtol=1e-5, err_msg=name)
+
+
+def _pads(padding, size, k, stride, dilation):
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        return same_pads(size, k, stride, dilation)
+    return (padding, padding)
+
+
+def _randomize(layer, seed=1):
+    for i, (_, p) in enumerate(layer.named_parameters()):
+        p[...] = RNG(seed + i).standard_normal(p.shape) * 0.5
+
+
+# (N, H, W, C, O, kernel, stride, padding, dilation): 1x1 images, kernel equal to the input,
+# strides larger than the kernel, odd sizes, 'same', explicit padding, dilation.
+LC_CASES = [
+    (2, 1, 1, 3, 2, 1, 1, "valid", 1),
+    (3, 5, 4, 2, 3, (5, 4), 1, "valid", 1),
+    (2, 7, 6, 3, 2, 2, 3, "valid", 1),
+    (5, 5, 7, 3, 5, 3, (2, 1), "same", 1),
+    (2, 6, 5, 2, 3, 3, 1, 1, (2, 1)),
+    (3, 4, 9, 1, 1, (1, 3), (1, 2), "same", (1, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc2d_forward_matches_loops(case, dtype):
+    n, h, w, c, o, k, s, pad, d = case
+    layer = fnn.LocallyConnected2D(c, o, k, input_shape=(h, w), stride=s, padding=pad, dilation=d, dtype=dtype)
+    _randomize(layer)
+    x = RNG(0).standard_normal((n, h, w, c)).astype(dtype)
+    kk, ss, dd = (fnn.layers._spatial.pair(v, "") for v in (k, s, d))
+    pads = [_pads(pad, (h, w)[a], kk[a], ss[a], dd[a]) for a in (0, 1)]
+    want = lc2d_ref(x, layer.params["weight"], layer.params["bias"], ss, pads, dd)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(layer(x), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc2d_gradients(case):
+    n, h, w, c, o, k, s, pad, d = case
+    layer = fnn.LocallyConnected2D(c, o, k, input_shape=(h, w), stride=s, padding=pad, dilation=d,
+                                   activation="tanh", dtype=np.float64)
+    _randomize(layer)
+    _check_grads(layer, RNG(0).standard_normal((min(n, 2), h, w, c)))
+
+
+def test_lc2d_tied_bias_relu_and_batch_blocks():
+    # a batch larger than one packed block of rows exercises the block loop and the tile edges
+    layer = fnn.LocallyConnected2D(3, 5, 2, input_shape=(3, 4), tied_bias=True, activation="relu",
+                                   dtype=np.float64)
+    _randomize(layer)
+    assert layer.params["bias"].shape == (5,)
+    x = RNG(0).standard_normal((300, 3, 4, 3))
+    want = np.maximum(lc2d_ref(x, layer.params["weight"], layer.params["bias"], (1, 1), [(0, 0)] * 2, (1, 1)), 0)
+    np.testing.assert_allclose(layer(x), want, rtol=1e-12, atol=1e-12)
+    small = fnn.LocallyConnected2D(2, 3, 2, input_shape=(3, 3), tied_bias=True, activation="relu", dtype=np.float64)
+    _randomize(small)
+    xs = RNG(1).standard_normal((2, 3, 3, 2))
+    xs[np.abs(xs) < 0.05] = 0.3
+    _check_grads(small, xs)
+
+
+def test_lc_with_equal_position_weights_is_a_convolution():
+    conv = fnn.Conv2D(3, 4, 3, stride=2, padding="same", dtype=np.float64)
+    _randomize(conv)
+    lc = fnn.LocallyConnected2D(3, 4, 3, input_shape=(7, 6), stride=2, padding="same", tied_bias=True,
+                                dtype=np.float64)
+    lc.params["weight"][...] = conv.params["weight"]          # broadcast over (OH, OW)
+    lc.params["bias"][...] = conv.params["bias"]
+    x = RNG(0).standard_normal((3, 7, 6, 3))
+    np.testing.assert_allclose(lc(x), conv(x), rtol=1e-12, atol=1e-12)
+    dy = RNG(1).standard_normal(conv(x).shape)
+    conv(x)
+    np.testing.assert_allclose(lc.backward(dy), conv.backward(dy), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lc.grads["weight"].sum(axis=(0, 1)), conv.grads["weight"], rtol=1e-10)
+
+
+def test_1x1_tied_lc_is_a_dense_layer_per_pixel():
+    dense = fnn.Dense(4, 3, dtype=np.float64)
+    _randomize(dense)
+    lc = fnn.LocallyConnected2D(4, 3, 1, input_shape=(5, 2), tied_bias=True, dtype=np.float64)
+    lc.params["weight"][...] = dense.params["weight"]
+    lc.params["bias"][...] = dense.params["bias"]
+    x = RNG(0).standard_normal((3, 5, 2, 4))
+    np.testing.assert_allclose(lc(x), dense(x.reshape(-1, 4)).reshape(3, 5, 2, 3), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer_fn", [
+    lambda: fnn.LocallyConnected2D(3, 5, 3, input_shape=(6, 5), padding="same"),
+    lambda: fnn.Conv2D(3, 6, 3, stride=2, padding=1, groups=3),
+    lambda: fnn.MaxPool2D(3, 2, padding="same"),
+    lambda: fnn.AvgPool2D(2),
+])
+def test_batch_invariance(layer_fn):
+    """Sample i's output is the same whatever else is in the batch (and wherever it sits)."""
+    fnn.manual_seed(0)
+    layer = layer_fn()
+    x = RNG(0).standard_normal((13, 6, 5, 3)).astype(np.float32)
+    full = layer(x)
+    for i in (0, 5, 12):
+        np.testing.assert_allclose(layer(x[i:i + 1])[0], full[i], rtol=2e-6, atol=1e-6)
+    perm = RNG(1).permutation(13)
+    np.testing.assert_allclose(layer(x[perm]), full[perm], rtol=2e-6, atol=1e-6)
+
+
+def test_lc1d_matches_loops_and_keras_layout():
+    layer = fnn.LocallyConnected1D(3, 4, 3, input_length=9, stride=2, padding="same", dtype=np.float64)
+    _randomize(layer)
+    assert layer.params["weight"].shape == (5, 3, 3, 4) and layer.params["bias"].shape == (5, 4)
+    x = RNG(0).standard_normal((2, 9, 3))
+    pads = [(0, 0), same_pads(9, 3, 2)]
+    want = lc2d_ref(x[:, None], layer.params["weight"][None, :, None], layer.params["bias"][None], (1, 2), pads,
+                    (1, 1))[:, 0]
+    np.testing.assert_allclose(layer(x), want, rtol=1e-12, atol=1e-12)
+    kernel, bias = layer.get_keras_weights()
+    assert kernel.shape == (5, 9, 4) and bias.shape == (5, 4)
+    other = fnn.LocallyConnected1D(3, 4, 3, input_length=9, stride=2, padding="same", dtype=np.float64)
+    other.set_keras_weights([kernel, bias])
+    np.testing.assert_array_equal(other(x), layer(x))
+    _check_grads(fnn.LocallyConnected1D(2, 3, 2, input_length=5, dtype=np.float64), RNG(3).standard_normal((2, 5, 2)))
+
+
+def test_keras_mode1_layout():
+    """Keras 2 implementation=1: y[:, p] = patch(p).flatten() (order kh, kw, c) @ kernel[p] + bias[oh, ow]."""
+    layer = fnn.LocallyConnected2D(2, 3, (2, 3), input_shape=(4, 5), stride=(2, 1), dtype=np.float64)
+    rng = RNG(0)
+    kernel, bias = rng.standard_normal((2 * 3, 2 * 3 * 2, 3)), rng.standard_normal((2, 3, 3))
+    layer.set_keras_weights([kernel, bias])
+    x = rng.standard_normal((2, 4, 5, 2))
+    y = layer(x)
+    for oh in range(2):
+        for ow in range(3):
+            patch = x[:, oh * 2:oh * 2 + 2, ow:ow + 3, :].reshape(2, -1)
+            np.testing.assert_allclose(y[:, oh, ow], patch @ kernel[oh * 3 + ow] + bias[oh, ow], rtol=1e-12)
+    k2, b2 = layer.get_keras_weights()
+    np.testing.assert_array_equal(k2, kernel)
+    np.testing.assert_array_equal(b2, bias)
+    with pytest.raises(ValueError, match="implementation=1"):
+        layer.set_keras_weights([kernel[:-1], bias])
+
+
+CONV_CASES = [  # (N, H, W, C, O, kernel, stride, padding, dilation, groups)
+    (2, 1, 1, 2, 3, 1, 1, "valid", 1, 1),
+    (2, 5, 4, 3, 2, (5, 4), 1, "valid", 1, 1),
+    (2, 7, 6, 2, 3, 2, 3, "valid", 1, 1),
+    (3, 5, 7, 4, 6, 3, (2, 1), "same", 1, 2),
+    (2, 6, 5, 3, 3, 3, 1, 2, (2, 1), 3),
+    (2, 9, 8, 4, 4, 3, 2, "same", 1, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_forward_matches_loops(case, dtype):
+    n, h, w, c, o, k, s, pad, d, g = case
+    layer = fnn.Conv2D(c, o, k, stride=s, padding=pad, dilation=d, groups=g, dtype=dtype)
+    _randomize(layer)
+    x = RNG(0).standard_normal((n, h, w, c)).astype(dtype)
+    kk, ss, dd = (fnn.layers._spatial.pair(v, "") for v in (k, s, d))
+    pads = [_pads(pad, (h, w)[a], kk[a], ss[a], dd[a]) for a in (0, 1)]
+    want = conv2d_ref(x, layer.params["weight"], layer.params["bias"], ss, pads, dd, g)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(layer(x), want, rtol=tol, atol=tol)
+    assert layer.output_shape((h, w, c)) == want.shape[1:]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_gradients(case):
+    n, h, w, c, o, k, s, pad, d, g = case
+    layer = fnn.Conv2D(c, o, k, stride=s, padding=pad, dilation=d, groups=g, activation="sigmoid",
+                       dtype=np.float64)
+    _randomize(layer)
+    _check_grads(layer, RNG(0).standard_normal((2, h, w, c)))
+
+
+def test_conv2d_large_batch_uses_every_weight_part():
+    layer = fnn.Conv2D(3, 5, 3, padding="same", dtype=np.float64)
+    _randomize(layer)
+    x = RNG(0).standard_normal((40, 6, 7, 3))
+    dy = RNG(1).standard_normal((40, 6, 7, 5))
+    layer.zero_grad()
+    layer(x)
+    layer.backward(dy)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.zeros((3, 3, 3, 5))
+    for kh in range(3):
+        for kw in range(3):
+            want[kh, kw] = np.einsum("nhwc,nhwo->co", xp[:, kh:kh + 6, kw:kw + 7], dy)
+    np.testing.assert_allclose(layer.grads["weight"], want, rtol=1e-10)
+
+
+POOL_CASES = [  # (H, W, kernel, stride, padding)
+    (1, 1, 1, 1, "valid"),
+    (4, 5, (4, 5), 1, "valid"),
+    (7, 6, 2, 3, "valid"),
+    (7, 5, 3, 2, "same"),
+    (6, 6, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pooling_matches_loops_and_gradients(case, kind):
+    h, w, k, s, pad = case
+    cls = fnn.MaxPool2D if kind == "max" else fnn.AvgPool2D
+    layer = cls(k, s, padding=pad)
+    x = RNG(0).permutation(2 * h * w * 3).reshape(2, h, w, 3) / 7.0     # distinct values: no max ties
+    kk, ss = (fnn.layers._spatial.pair(v, "") for v in (k, s))
+    pads = [_pads(pad, (h, w)[a], kk[a], ss[a], 1) for a in (0, 1)]
+    np.testing.assert_allclose(layer(x), pool_ref(x, kk, ss, pads, kind), rtol=1e-12)
+    np.testing.assert_allclose(layer(x.astype(np.float32)), pool_ref(x, kk, ss, pads, kind), rtol=1e-6)
+    _check_grads(layer, x)
+
+
+def test_maxpool_propagates_nan_and_global_avg_pool():
+    x = np.zeros((1, 2, 2, 1))
+    x[0, 1, 0, 0] = np.nan
+    assert np.isnan(fnn.MaxPool2D(2)(x)).all()
+    gap = fnn.GlobalAvgPool2D()
+    x = RNG(0).standard_normal((3, 4, 5, 2))
+    np.testing.assert_allclose(gap(x), x.mean(axis=(1, 2)))
+    _check_grads(gap, x)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_block_diagonal_dense_is_dense_with_block_diagonal_matrix(groups):
+    bd = fnn.BlockDiagonalDense(8, 12, groups, activation="tanh", dtype=np.float64)
+    _randomize(bd)
+    dense = fnn.Dense(8, 12, activation="tanh", dtype=np.float64)
+    dense.params["weight"][...] = bd.to_dense()
+    dense.params["bias"][...] = bd.params["bias"]
+    x = RNG(0).standard_normal((5, 8))
+    np.testing.assert_allclose(bd(x), dense(x), rtol=1e-12)
+    dy = RNG(1).standard_normal((5, 12))
+    bd.zero_grad(), dense.zero_grad()
+    bd(x), dense(x)
+    np.testing.assert_allclose(bd.backward(dy), dense.backward(dy), rtol=1e-12)
+    for g in range(groups):
+        si, so = slice(g * 8 // groups, (g + 1) * 8 // groups), slice(g * 12 // groups, (g + 1) * 12 // groups)
+        np.testing.assert_allclose(bd.grads["weight"][g], dense.grads["weight"][si, so], rtol=1e-12)
+    assert bd.macs((8,)) == 96 // groups and bd.num_params == 96 // groups + 12
+    _check_grads(bd, x)
+
+
+def test_block_diagonal_dense_lecture_example():
+    """The lecture: W^T x with W 8x4 is 32 multiplications, W_A^T x_A + W_B^T x_B is 16."""
+    model = fnn.Sequential(fnn.BlockDiagonalDense(8, 4, groups=2, bias=False))
+    assert model.summary(print_fn=None)[0]["macs"] == 16
+    assert fnn.Sequential(fnn.Dense(8, 4, bias=False)).summary(print_fn=None)[0]["macs"] == 32
+
+
+def _inception(c_in, n1, r3, n3, r5, n5, pp):
+    conv = lambda i, o, k: fnn.Conv2D(i, o, k, padding="same", activation="relu", bias=False)  # noqa: E731
+    return fnn.Concat(conv(c_in, n1, 1),
+                      fnn.Sequential(conv(c_in, r3, 1), conv(r3, n3, 3)),
+                      fnn.Sequential(conv(c_in, r5, 1), conv(r5, n5, 5)),
+                      fnn.Sequential(fnn.MaxPool2D(3, 1, padding="same"), conv(c_in, pp, 1)))
+
+
+def test_concat_inception_matches_googlenet_table():
+    """GoogLeNet (Szegedy et al. 2015, Table 1), inception (3a) and (3b) at 28x28:
+    159K / 128M and 380K / 304M (params in units of 1024, multiply-adds in millions)."""
+    model = fnn.Sequential(_inception(192, 64, 96, 128, 16, 32, 32), _inception(256, 128, 128, 192, 32, 96, 64))
+    rows = model.summary(input_shape=(28, 28, 192), print_fn=None)
+    assert rows[0]["output_shape"] == (28, 28, 256) and rows[1]["output_shape"] == (28, 28, 480)
+    # the paper's K are units of 1024 rounded either way (3a: 159.5K, 3b: 379.0K), its M are 1e6 MACs
+    assert abs(rows[0]["params"] / 1024 - 159) <= 1 and round(rows[0]["macs"] / 1e6) == 128
+    assert abs(rows[1]["params"] / 1024 - 380) <= 1 and round(rows[1]["macs"] / 1e6) == 304
+    assert len(model[0].summary((28, 28, 192), print_fn=None)) == 5
+
+
+def test_concat_forward_backward():
+    fnn.manual_seed(0)
+    model = fnn.Concat(fnn.Conv2D(2, 3, 1, dtype=np.float64),
+                       fnn.Sequential(fnn.Conv2D(2, 2, 3, padding="same", dtype=np.float64), fnn.ReLU()),
+                       fnn.MaxPool2D(3, 1, padding="same"))
+    x = RNG(0).standard_normal((2, 4, 3, 2))
+    y = model(x)
+    assert y.shape == (2, 4, 3, 7)
+    np.testing.assert_allclose(y[..., :3], model.branches[0](x))
+    _check_grads(model, x)
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "1.0.weight", "1.0.bias"]
+
+
+def test_small_cnn_end_to_end_gradients():
+    fnn.manual_seed(0)
+    f64 = np.float64
+    model = fnn.Sequential(fnn.Conv2D(1, 2, 3, padding="same", activation="tanh", dtype=f64),
+                           fnn.AvgPool2D(2),
+                           fnn.LocallyConnected2D(2, 3, 2, input_shape=(2, 2), activation="tanh", dtype=f64),
+                           fnn.Flatten(), fnn.Dense(3, 2, dtype=f64))
+    _check_grads(model, RNG(0).standard_normal((2, 4, 4, 1)))
+    assert model.summary(input_shape=(4, 4, 1), print_fn=None)[-1]["params"] == model.num_params
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        fnn.LocallyConnected2D(1, 1, 5, input_shape=(4, 4))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        fnn.Conv2D(1, 1, 3, dilation=3)(np.zeros((1, 6, 6, 1), np.float32))
+    with pytest.raises(ValueError, match="stride"):
+        fnn.Conv2D(1, 1, 3, stride=0)
+    with pytest.raises(ValueError, match="stride"):
+        fnn.MaxPool2D(2, stride=-1)
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        fnn.Conv2D(4, 6, 3, groups=3)
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        fnn.BlockDiagonalDense(8, 6, groups=3)
+    with pytest.raises(ValueError, match="NCHW"):
+        fnn.Conv2D(3, 4, 3)(np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        fnn.Conv2D(3, 4, 3)(np.zeros((2, 8, 8, 5), np.float32))
+    with pytest.raises(ValueError, match="spatial size"):
+        fnn.LocallyConnected2D(1, 1, 3, input_shape=(5, 5))(np.zeros((1, 6, 6, 1), np.float32))
+    with pytest.raises(TypeError, match="dtype float32"):
+        fnn.Conv2D(1, 1, 1)(np.zeros((1, 2, 2, 1)))
+    with pytest.raises(ValueError, match="padding must be"):
+        fnn.Conv2D(1, 1, 1, padding="full")
+    with pytest.raises(RuntimeError, match="before forward"):
+        fnn.LocallyConnected2D(1, 1, 1, input_shape=(2, 2)).backward(np.zeros((1, 2, 2, 1), np.float32))
+
+
+def test_parallel_kernels_match_serial():
+    """The prange variants (chunks of positions / pixels / rows) give the serial results."""
+    from fastnn.kernels.local import conv2d, lc2d
+
+    rng = RNG(0)
+    x = rng.standard_normal((5, 7, 6, 3))
+    geo = np.array([2, 1, 1, 1, 1, 2, 3, 2, 4, 5, 7, 6], np.int64)      # stride (2,1), pad 1, dilation (1,2)
+    w = rng.standard_normal((20, 18, 4))
+    b = rng.standard_normal((20, 4))
+    dy = rng.standard_normal((5, 20, 4))
+    outs = []
+    x, w, b, dy = (a.astype(np.float32) for a in (x, w, b, dy))   # float32: the kernels the demo compiles
+    for fwd, wg, ig, chunks in ((lc2d.lc2d_forward_serial, lc2d.lc2d_weight_grad_serial,
+                                 lc2d.lc2d_input_grad_serial, 1),
+                                (lc2d.lc2d_forward_cpu, lc2d.lc2d_weight_grad_cpu, lc2d.lc2d_input_grad_cpu, 3)):
+        y, dw, dx = np.empty((5, 20, 4), np.float32), np.zeros_like(w), np.empty_like(x)
+        fwd(x, w, b, y, geo, 1, chunks)
+        wg(x, dy, dw, geo, chunks)
+        ig(dy, w, dx, geo, chunks)
+        outs.append((y, dw, dx))
+    for a, c in zip(*outs):
+        np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-6)
+    wc = rng.standard_normal((3, 2, 3, 4)).astype(np.float32)
+    dyc = rng.standard_normal((5, 4, 5, 4)).astype(np.float32)
+    outs = []
+    for fwd, wg, ig, chunks in ((conv2d.conv2d_forward_serial, conv2d.conv2d_weight_grad_serial,
+                                 conv2d.conv2d_input_grad_serial, 1),
+                                (conv2d.conv2d_forward_cpu, conv2d.conv2d_weight_grad_cpu,
+                                 conv2d.conv2d_input_grad_cpu, 3)):
+        y, dw, dx = np.empty((5, 4, 5, 4), np.float32), np.zeros_like(wc), np.empty_like(x)
+        fwd(x, wc, b[0], y, geo, 2, 1, chunks)
+        wg(x, dyc, dw, geo, 1, chunks)
+        ig(dyc, wc, dx, geo, chunks)
+        outs.append((y, dw, dx))
+    for a, c in zip(*outs):
+        np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-6)
+
+
+def test_cli_trains_the_cnn_to_97_percent(tmp_path, capsys):
+    from fastnn.cli import main
+
+    assert main(["train", "--model", "cnn", "--no-progress", "--checkpoint", str(tmp_path / "cnn.npz")]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("test accuracy")[1].split("%")[0])
+    assert acc >= 97.0, out

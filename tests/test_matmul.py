@@ -1,0 +1,205 @@
+"""fastnn.matmul against NumPy: shapes that break tilings, transposes, alpha/beta, epilogue,
+layouts, threads, block tables; the generated kernel files and their assembly."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastnn
+from fastnn import gemm as mm
+from fastnn.kernels.matmul import blocks, generate
+from fastnn.kernels.matmul import settings as mm_settings
+from reference import matmul_ref
+
+DTYPES = [np.float32, np.float64]
+
+
+def tol(dtype, k):
+    return (3e-6 if dtype == np.float32 else 1e-14) * max(1.0, np.sqrt(k)) * 4
+
+
+def check(got, want, dtype, k):
+    scale = max(1.0, float(np.abs(want).max(initial=0)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol(dtype, k) * scale * max(1, k) ** 0.5)
+
+
+def operands(rng, m, k, n, dtype, trans_a=False, trans_b=False):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+SIZES = [1, 2, 7, 31, 33, 63, 65, 257]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(m, k, n) for m, k, n in zip(SIZES, SIZES[::-1], SIZES[3:] + SIZES[:3])]
+                         + [(5, 1, 9), (65, 1, 33), (257, 65, 7), (1, 257, 1), (33, 300, 65)])
+def test_shapes_against_numpy(dtype, m, k, n):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a, b = operands(rng, m, k, n, dtype)
+    check(fastnn.matmul(a, b), matmul_ref(a, b), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m,k,n", [(7, 33, 65), (130, 257, 70)])
+def test_transposes_alpha_beta(dtype, trans_a, trans_b, m, k, n):
+    rng = np.random.default_rng(1)
+    a, b = operands(rng, m, k, n, dtype, trans_a, trans_b)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    out = c0.copy()
+    got = fastnn.matmul(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=-2.0)
+    assert got is out
+    check(out, matmul_ref(a, b, c0, trans_a, trans_b, alpha=0.5, beta=-2.0), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("m,k,n", [(9, 20, 35), (70, 300, 50)])
+def test_fused_bias_activation(dtype, activation, m, k, n):
+    rng = np.random.default_rng(2)
+    a, b = operands(rng, m, k, n, dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    got = fastnn.matmul(a, b, bias=bias, activation=activation)
+    check(got, matmul_ref(a, b, bias=bias, activation=activation), dtype, k)
+
+
+def test_beta_zero_ignores_nan_in_out():
+    a, b = np.ones((8, 4), np.float32), np.ones((4, 20), np.float32)
+    out = np.full((8, 20), np.nan, np.float32)
+    np.testing.assert_array_equal(fastnn.matmul(a, b, out), np.full((8, 20), 4, np.float32))
+    a, b = np.ones((300, 200), np.float32), np.ones((200, 90), np.float32)
+    out = np.full((300, 90), np.nan, np.float32)
+    np.testing.assert_array_equal(fastnn.matmul(a, b, out), np.full((300, 90), 200, np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_dimensions(dtype):
+    z = fastnn.matmul(np.ones((0, 3), dtype), np.ones((3, 4), dtype))
+    assert z.shape == (0, 4)
+    assert fastnn.matmul(np.ones((3, 5), dtype), np.ones((5, 0), dtype)).shape == (3, 0)
+    out = np.full((3, 4), 2, dtype)
+    fastnn.matmul(np.ones((3, 0), dtype), np.ones((0, 4), dtype), out, beta=0.5, bias=np.ones(4, dtype))
+    np.testing.assert_array_equal(out, np.full((3, 4), 2.0, dtype))
+    np.testing.assert_array_equal(fastnn.matmul(np.ones((3, 0), dtype), np.ones((0, 4), dtype)), np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_inputs_and_out(dtype):
+    rng = np.random.default_rng(3)
+    big_a = rng.standard_normal((80, 90)).astype(dtype)
+    big_b = rng.standard_normal((100, 60)).astype(dtype)
+    a, b = big_a[::2, 3:70:3], big_b[1:47:2, ::2]          # strided views, neither C nor F
+    out_base = np.zeros((40, 60), dtype)
+    out = out_base[:, ::2]
+    fastnn.matmul(a, b, out)
+    check(out, matmul_ref(a, b), dtype, a.shape[1])
+    assert not out_base[:, 1::2].any()
+    af = np.asfortranarray(rng.standard_normal((150, 140)).astype(dtype))
+    bf = np.asfortranarray(rng.standard_normal((140, 130)).astype(dtype))
+    check(fastnn.matmul(af, bf), matmul_ref(af, bf), dtype, 140)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_product_by_random_vector(dtype):
+    rng = np.random.default_rng(4)
+    m, k, n = 700, 600, 530
+    a, b = operands(rng, m, k, n, dtype)
+    c = fastnn.matmul(a, b)
+    v = rng.standard_normal(n)
+    want = a.astype(np.float64) @ (b.astype(np.float64) @ v)
+    np.testing.assert_allclose(c @ v, want, atol=tol(dtype, k) * np.abs(want).max() * np.sqrt(n) * 10)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_agree(threads):
+    rng = np.random.default_rng(5)
+    a, b = operands(rng, 200, 150, 170, np.float64)
+    bias = rng.standard_normal(170)
+    before = numba.get_num_threads()
+    got = fastnn.matmul(a, b, bias=bias, activation="relu", threads=threads)
+    check(got, matmul_ref(a, b, bias=bias, activation="relu"), np.float64, 150)
+    assert numba.get_num_threads() == before
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40),
+       mcb=st.integers(1, 5), kc=st.integers(1, 17), ncb=st.integers(1, 4), nsplit=st.integers(1, 3),
+       dtype=st.sampled_from(DTYPES), first_beta=st.sampled_from([0.0, 1.5]))
+def test_random_shapes_and_block_tables(m, k, n, mcb, kc, ncb, nsplit, dtype, first_beta):
+    """The packed driver over random block sizes (multiples of MR and NR, as the table stores)."""
+    rng = np.random.default_rng(m * 7 + k * 11 + n)
+    blk = blocks.blocks_for(np.dtype(dtype).char)
+    mod = mm.kernel_module(dtype)
+    a, b = operands(rng, m, k, n, dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    c = c0.copy()
+    mc, nc = mcb * blk.mr, ncb * blk.nr
+    ap = np.zeros((1, mc * kc), dtype)
+    bp = np.zeros(nc * kc, dtype)
+    tiles = np.zeros((1, blk.mr * blk.nr), dtype)
+    t = np.dtype(dtype).type
+    with mm_settings.slp_scope():
+        mod.gemm_serial(m, n, k, t(1.0), a.reshape(-1), k, 1, b.reshape(-1), n, 1, t(first_beta), c.reshape(-1), n,
+                        np.empty(0, dtype), 0, mc, kc, nc, nsplit, ap, bp, tiles)
+    check(c, matmul_ref(a, b, c0, beta=first_beta), dtype, k)
+
+
+def test_errors_name_what_was_expected():
+    f32 = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        fastnn.matmul(f32, f32)
+    with pytest.raises(TypeError, match="float32 or two float64"):
+        fastnn.matmul(f32, np.ones((4, 2)))
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        fastnn.matmul([[1.0]], f32)
+    with pytest.raises(ValueError, match="2-D"):
+        fastnn.matmul(np.ones(4, np.float32), f32)
+    with pytest.raises(ValueError, match="bias"):
+        fastnn.matmul(f32, f32.T, bias=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="activation"):
+        fastnn.matmul(f32, f32.T, activation="gelu")
+    with pytest.raises(ValueError, match="out must be"):
+        fastnn.matmul(f32, f32.T, np.ones((3, 3)))
+    with pytest.raises(ValueError, match="beta"):
+        fastnn.matmul(f32, f32.T, beta=1.0)
+
+
+def test_generated_files_match_generator():
+    for mr, nr in generate.SHAPES:
+        assert generate.path_for(mr, nr).read_text() == generate.module_source(mr, nr), (
+            f"{generate.path_for(mr, nr).name} is stale: run python -m fastnn.kernels.matmul.generate")
+
+
+def test_block_defaults_from_caches():
+    b = blocks.analytic(np.float32, simd_bits=256, caches={"L1d": "32K", "L2": "512K", "L3": "32768K"})
+    assert (b.mr, b.nr, b.kc) == (6, 16, 256) and b.mc % 6 == 0 and b.nc % 16 == 0
+    assert b.mc * b.kc * 4 <= 256 << 10
+    b = blocks.analytic(np.float64, simd_bits=512, caches={"L1d": "48K", "L2": "2048K", "L3": "300M"})
+    assert (b.mr, b.nr) == (8, 16) and b.kc * b.nr * 8 <= 24 << 10
+
+
+def test_slp_setting_is_restored_for_user_code():
+    before = numba.config.SLP_VECTORIZE
+    with mm_settings.slp_scope():
+        assert numba.config.SLP_VECTORIZE == 1
+    assert numba.config.SLP_VECTORIZE == before
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_micro_kernel_assembly_full_width_fmas_no_spills(dtype):
+    from fastnn.sysinfo import simd_width_bits
+
+    bits = simd_width_bits()
+    if bits < 256:
+        pytest.skip("no AVX2/AVX-512 on this CPU")
+    r = mm_settings.check_micro_kernel(mm.kernel_module(dtype), dtype)
+    reg = "zmm_fma" if mm_settings.wide_vectors() else "ymm_fma"
+    blk = blocks.blocks_for(np.dtype(dtype).char)
+    lanes = (512 if reg == "zmm_fma" else 256) // 8 // np.dtype(dtype).itemsize
+    assert r[reg] >= blk.mr * blk.nr // lanes, r
+    assert r["spills"] == 0, r
