@@ -262,8 +262,10 @@ class DataParallel:
     def _check_same_model(self) -> None:
         flat = self.model.flat
         mine = {"dtype": str(flat.dtype), "optimizer": type(self.optimizer).__name__,
-                "settings": [len(self.buckets), self.overlap, self.accumulate_steps, self.compression,
-                             self.deterministic],
+                # what must agree for the collectives to match ("thread" and "none" both block)
+                "settings": {"buckets": len(self.buckets), "nonblocking": self.overlap == "nonblocking",
+                             "accumulate_steps": self.accumulate_steps, "compression": self.compression,
+                             "deterministic": self.deterministic},
                 "params": [(n, list(s.shape)) for n, s in flat.slots.items()]}
         every = self.comm.allgather(mine)
         bad = [r for r, sig in enumerate(every) if sig != every[0]]
