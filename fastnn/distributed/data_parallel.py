@@ -23,6 +23,7 @@ from .buckets import plan_buckets
 from .compression import COMPRESSIONS, decode, encode, mpi_sum_op
 
 OVERLAP_MODES = ("auto", "thread", "nonblocking", "none")
+STARTUP_S = 120.0
 
 
 class DataParallel:
@@ -42,7 +43,8 @@ class DataParallel:
     deterministic: gather every rank's bucket and add them in rank order: bitwise-identical
       results on every rank and from run to run (costs ``size`` times the memory per bucket).
     timeout: seconds a collective may take before the job is aborted with the rank, bucket
-      and step named.
+      and step named (at least 120 s at wrap time and in the first step, while ranks still
+      load or compile kernels at different speeds).
     timeline: path of a Chrome trace (chrome://tracing, Perfetto) written by ``write_timeline``
       with, per step and bucket, when it was ready, started and finished.
     Attribute access not defined here (param_groups, step_count, state_dict, ...) goes to the
@@ -83,8 +85,9 @@ class DataParallel:
         self._launched = 0
         self._count = np.zeros(1, np.float64)
         self._events: list[dict] = []
-        self._inflight: tuple[str, float] | None = None
+        self._inflight: tuple[str, float, float] | None = None
         if self.size > 1:
+            threading.Thread(target=self._watchdog, name="fastnn-watchdog", daemon=True).start()
             self._check_same_model()
             self._broadcast_state()
             self._mpi = _mpi()
@@ -92,7 +95,6 @@ class DataParallel:
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
             self._worker = _Worker(self) if overlap == "thread" else None
             self._requests: list = []
-            threading.Thread(target=self._watchdog, name="fastnn-watchdog", daemon=True).start()
             model.register_grad_ready_hook(self._on_grads_ready)
 
     # -- the optimizer interface ---------------------------------------------------------
@@ -190,7 +192,8 @@ class DataParallel:
                     self._reduce(index)
                 else:
                     t0 = self._us()
-                    self._guarded("active-rank count" if index < 0 else f"bucket {index}", request.Wait)
+                    what = "allreduce of the active-rank count" if index < 0 else f"allreduce of bucket {index}"
+                    self._guarded(what, request.Wait)
                     if index >= 0 and self.timeline_path:
                         self._events.append({"name": f"allreduce bucket {index} (wait)", "ph": "X", "ts": t0,
                                              "dur": self._us() - t0, "pid": self.rank, "tid": "main",
@@ -206,22 +209,23 @@ class DataParallel:
         """Blocking reduction of the active-rank count (index -1) or of one bucket, then scale."""
         mpi = self._mpi
         if index < 0:
-            self._guarded("active-rank count", lambda: self.comm.Allreduce(mpi.IN_PLACE, self._count, op=mpi.SUM))
+            self._guarded("allreduce of the active-rank count",
+                          lambda: self.comm.Allreduce(mpi.IN_PLACE, self._count, op=mpi.SUM))
             return
         t0 = self._us()
         buf = self._bucket(index)
         if self.deterministic:
             gathered = np.empty((self.size, buf.size), buf.dtype)
-            self._guarded(f"bucket {index}", lambda: self.comm.Allgather(buf, gathered))
+            self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allgather(buf, gathered))
             np.sum(gathered, axis=0, out=buf)
         elif self.compression:
             staging = self._staging[index]
             encode(self.compression, buf, staging)
-            self._guarded(f"bucket {index}", lambda: self.comm.Allreduce(
+            self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allreduce(
                 self._mpi.IN_PLACE, [staging, self._mpi.UINT16_T], op=self._op))
             decode(self.compression, staging, buf)
         else:
-            self._guarded(f"bucket {index}", lambda: self.comm.Allreduce(mpi.IN_PLACE, buf, op=mpi.SUM))
+            self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allreduce(mpi.IN_PLACE, buf, op=mpi.SUM))
         if self.timeline_path:
             thread = "comm" if self.overlap == "thread" else "main"
             self._events.append({"name": f"allreduce bucket {index}", "ph": "X", "ts": t0, "dur": self._us() - t0,
@@ -243,8 +247,13 @@ class DataParallel:
             self._micro += self.accumulate_steps
 
     # -- faults --------------------------------------------------------------------------
-    def _guarded(self, what: str, call) -> None:
-        self._inflight = (what, time.monotonic())
+    def _guarded(self, what: str, call, limit: float | None = None) -> None:
+        """Run a collective under the watchdog: abort after ``limit`` s; by default ``timeout``,
+        or at least STARTUP_S during the first step (ranks load or compile kernels at their
+        own pace before it)."""
+        if limit is None:
+            limit = self.timeout if self._sync_steps() > 0 else max(self.timeout, STARTUP_S)
+        self._inflight = (what, time.monotonic(), limit)
         try:
             call()
         finally:
@@ -254,9 +263,9 @@ class DataParallel:
         while True:
             time.sleep(min(1.0, self.timeout / 4))
             inflight = self._inflight
-            if inflight is not None and time.monotonic() - inflight[1] > self.timeout:
-                runtime.abort(f"collective timed out: the allreduce of {inflight[0]} at step "
-                              f"{self._sync_steps() + 1} did not complete within {self.timeout:g} s "
+            if inflight is not None and time.monotonic() - inflight[1] > inflight[2]:
+                runtime.abort(f"collective timed out: the {inflight[0]} at step "
+                              f"{self._sync_steps() + 1} did not complete within {inflight[2]:g} s "
                               "(another rank stopped or is stuck); aborting the job")
 
     def _check_same_model(self) -> None:
@@ -267,7 +276,8 @@ class DataParallel:
                              "accumulate_steps": self.accumulate_steps, "compression": self.compression,
                              "deterministic": self.deterministic},
                 "params": [(n, list(s.shape)) for n, s in flat.slots.items()]}
-        every = self.comm.allgather(mine)
+        every: list = []
+        self._guarded("model check (allgather)", lambda: every.extend(self.comm.allgather(mine)))
         bad = [r for r, sig in enumerate(every) if sig != every[0]]
         if bad:
             raise ValueError(f"DataParallel: ranks {bad} hold a different model than rank 0: "
