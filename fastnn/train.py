@@ -62,14 +62,19 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
     model.train()
     began, warm_samples = None, 0
-    with dp.join() if dp is not None else contextlib.nullcontext():
+    steps_left = None
+    if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
+        per_epoch = -(-len(x) // batch_size)
+        steps_left = -(-(len(x) - start_sample) // batch_size) + (epochs - start_epoch - 1) * per_epoch
+    bar = tqdm(total=max(steps_left, 0) if steps_left is not None else None, disable=not progress, unit="step",
+               dynamic_ncols=True)
+    with bar, dp.join() if dp is not None else contextlib.nullcontext():
         for epoch in range(start_epoch, epochs):
             sample = start_sample if epoch == start_epoch else 0
             total, count = 0.0, 0
-            bar = tqdm(batches(x, y, batch_size, seed=seed, epoch=epoch, start_sample=sample, shard=shard),
-                       desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, unit="batch")
+            bar.set_description(f"epoch {epoch + 1}/{epochs}")
             seen = getattr(batch_size, "samples_seen", 0)
-            for xb, yb in bar:
+            for xb, yb in batches(x, y, batch_size, seed=seed, epoch=epoch, start_sample=sample, shard=shard):
                 if dp is None:  # samples of the epoch's permutation this step took, on all ranks
                     taken = len(xb)
                 elif hasattr(batch_size, "samples_seen"):  # the loader advanced it by the global batch
@@ -94,6 +99,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                     on_step(step, value)
                 if count and math.isfinite(value):
                     bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+                bar.update()
                 if checkpoint_every and step % checkpoint_every == 0:
                     save(epoch, sample)
             if dp is not None:
