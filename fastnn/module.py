@@ -19,6 +19,9 @@ class Module:
     gradients into ``grads``), ``output_shape``/``macs`` per sample for ``summary``."""
 
     dtype: np.dtype | None = None
+    #: whether ``backward`` must return the input gradient; a model's first layer may skip it
+    #: (``model.input_grad = False``: training needs no gradient with respect to the data)
+    input_grad: bool = True
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -111,7 +114,8 @@ class Module:
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """Accumulate parameter gradients and return dL/dx (None when ``input_grad`` is off)."""
         raise NotImplementedError
 
     def train(self, mode: bool = True) -> "Module":

@@ -61,6 +61,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
 
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
     model.train()
+    wanted_input_grad, model.input_grad = model.input_grad, False  # no one needs dL/d(data)
     began, warm_samples = None, 0
     steps_left = None
     if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
@@ -106,6 +107,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 total, count = allreduce_mean([total, count])
             history["loss"].append(total / count if count else float("nan"))
             save(epoch + 1, 0)
+    model.input_grad = wanted_input_grad
     history["seconds"] = time.perf_counter() - began if began is not None else 0.0
     counted = history["samples"] - warm_samples
     rate = counted / history["seconds"] if history["seconds"] > 0 else 0.0

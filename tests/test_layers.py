@@ -151,3 +151,17 @@ def test_bad_input_is_a_clear_error(call, exc, match):
     model = fnn.Sequential(fnn.Dense(4, 3))
     with pytest.raises(exc, match=match):
         call(model)
+
+
+def test_first_layer_can_skip_the_input_gradient():
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(4, 3, activation="relu", dtype=np.float64), fnn.Dense(3, 2, dtype=np.float64))
+    x, dy = np.random.default_rng(0).standard_normal((5, 4)), np.ones((5, 2))
+    model(x)
+    assert model.backward(dy) is not None
+    full = model.flat.grad.copy()
+    model.zero_grad()
+    model.input_grad = False
+    model(x)
+    assert model.backward(dy) is None
+    np.testing.assert_array_equal(model.flat.grad, full)

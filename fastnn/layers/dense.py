@@ -60,7 +60,7 @@ class Dense(Module):
         self.grads["weight"] += self._x.T @ dz
         if "bias" in self.grads:
             self.grads["bias"] += dz.sum(axis=0)
-        return dz @ self.params["weight"].T
+        return dz @ self.params["weight"].T if self.input_grad else None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.out_features,)

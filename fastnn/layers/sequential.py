@@ -48,6 +48,15 @@ class Sequential(Module):
                 self._grads_ready_from(self._ready_from[i])
         return dy
 
+    @property
+    def input_grad(self) -> bool:
+        return self.layers[0].input_grad
+
+    @input_grad.setter
+    def input_grad(self, value: bool) -> None:
+        """Off: the first layer skips its input gradient (``backward`` returns None)."""
+        self.layers[0].input_grad = value
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         for layer in self.layers:
             input_shape = layer.output_shape(input_shape)
