@@ -12,7 +12,8 @@ What    Four measurements, each an ``mpiexec -n K python bench/distributed/worke
            The timed fastnn call is ``dp._launch_through(len(dp.buckets)); dp._wait_all()``,
            the part of ``DataParallel.step()`` before the optimizer runs when backward has
            launched nothing: active-rank count, each bucket's in-place Allreduce (default
-           25 MB buckets, 1 MB first), the 1/size scaling. Raw Allreduce only sums.
+           25 MB buckets, 1 MB first); the 1/size averaging is folded into the optimizer's
+           kernel, so it is not part of this. Raw Allreduce only sums.
            busbw = 2(n-1)/n x bytes / time (nccl-tests' definition), time = slowest rank.
         2. Step strategies, 2 ranks, MLP 784-1024-1024-10 (1.86M parameters), random
            MNIST-shaped data, global batch 128 (64 per rank), Adam: bucketed + overlapped
@@ -517,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     if ar_rows:
         md += ["## 1. Allreduce bus bandwidth (busbw = 2(n−1)/n × bytes / time; time = slowest rank)\n",
                "fastnn: `dp._launch_through(len(dp.buckets)); dp._wait_all()` — the reduction `step()` runs before "
-               "the optimizer (count, every bucket's in-place Allreduce, the 1/size scaling). Raw: one "
-               "`comm.Allreduce(MPI.IN_PLACE, buf)` over the same number of bytes, no scaling.\n",
+               "the optimizer (count, every bucket's in-place Allreduce; the 1/size averaging happens in the "
+               "optimizer's kernel). Raw: one `comm.Allreduce(MPI.IN_PLACE, buf)` over the same number of bytes.\n",
                allreduce_table(ar_rows), ""]
     if st_rows:
         md += [f"## 2. Step time by strategy: MLP 784-1024-1024-10, global batch {st_job['global_batch']} "
