@@ -61,7 +61,6 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
 
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
     model.train()
-    wanted_input_grad, model.input_grad = model.input_grad, False  # no one needs dL/d(data)
     began, warm_samples = None, 0
     steps_left = None
     if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
@@ -69,7 +68,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         steps_left = -(-(len(x) - start_sample) // batch_size) + (epochs - start_epoch - 1) * per_epoch
     bar = tqdm(total=max(steps_left, 0) if steps_left is not None else None, disable=not progress, unit="step",
                dynamic_ncols=True)
-    with bar, dp.join() if dp is not None else contextlib.nullcontext():
+    with bar, _without_input_grad(model), dp.join() if dp is not None else contextlib.nullcontext():
         for epoch in range(start_epoch, epochs):
             sample = start_sample if epoch == start_epoch else 0
             total, count = 0.0, 0
@@ -107,12 +106,21 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 total, count = allreduce_mean([total, count])
             history["loss"].append(total / count if count else float("nan"))
             save(epoch + 1, 0)
-    model.input_grad = wanted_input_grad
     history["seconds"] = time.perf_counter() - began if began is not None else 0.0
     counted = history["samples"] - warm_samples
     rate = counted / history["seconds"] if history["seconds"] > 0 else 0.0
     history["samples_per_s"] = float(allreduce_mean(rate)[0]) * dp.size if dp is not None else rate
     return history
+
+
+@contextlib.contextmanager
+def _without_input_grad(model: Module):
+    """Training needs no gradient with respect to the data: let the first layer skip it."""
+    wanted, model.input_grad = model.input_grad, False
+    try:
+        yield
+    finally:
+        model.input_grad = wanted
 
 
 def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,
