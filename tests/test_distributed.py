@@ -91,8 +91,15 @@ def test_exception_on_one_rank_ends_the_job_with_its_message(tmp_path):
 def test_different_models_fail_at_wrap_time_naming_ranks(tmp_path):
     r = job(2, "mismatch", tmp_path / "p.npy", timeout=60)
     assert r.returncode != 0
-    assert "ranks [1] hold a different model than rank 0: parameter 0 is 0.weight (64, 32) on rank 0 " \
+    assert "ranks [1] differ from rank 0: parameter 0 is 0.weight (64, 32) on rank 0 " \
            "but 0.weight (64, 33) on rank 1" in r.stderr
+
+
+def test_different_reduction_settings_fail_at_wrap_time(tmp_path):
+    r = job(2, "settings_mismatch", tmp_path / "p.npy", timeout=60)
+    assert r.returncode != 0
+    assert "ranks [1] differ from rank 0: the DataParallel settings are" in r.stderr
+    assert "'compression': None" in r.stderr and "'compression': 'fp16'" in r.stderr
 
 
 def test_stuck_collective_aborts_naming_rank_and_step(tmp_path):

@@ -280,7 +280,7 @@ class DataParallel:
         self._guarded("model check (allgather)", lambda: every.extend(self.comm.allgather(mine)))
         bad = [r for r, sig in enumerate(every) if sig != every[0]]
         if bad:
-            raise ValueError(f"DataParallel: ranks {bad} hold a different model than rank 0: "
+            raise ValueError(f"DataParallel: ranks {bad} differ from rank 0: "
                              f"{_first_difference(every[0], every[bad[0]], bad[0])}")
 
     def _broadcast_state(self) -> None:
@@ -354,9 +354,10 @@ class _Worker:
 
 
 def _first_difference(ref: dict, other: dict, r: int) -> str:
-    for key in ("dtype", "optimizer", "settings"):
+    for key, what in (("dtype", "the dtype is"), ("optimizer", "the optimizer is"),
+                      ("settings", "the DataParallel settings are")):
         if ref[key] != other[key]:
-            return f"{key} is {ref[key]} on rank 0 but {other[key]} on rank {r}"
+            return f"{what} {ref[key]} on rank 0 but {other[key]} on rank {r}"
     for i, (a, b) in enumerate(zip(ref["params"], other["params"])):
         if a != b:
             return f"parameter {i} is {a[0]} {tuple(a[1])} on rank 0 but {b[0]} {tuple(b[1])} on rank {r}"

@@ -51,6 +51,8 @@ def main() -> None:
               first_bucket_mb=float(OPT.get("first_mb", 0.002)), compression=OPT.get("compression") or None,
               deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
               accumulate_steps=int(OPT.get("accumulate", 1)), timeline=OPT.get("timeline"))
+    if CASE == "settings_mismatch" and rank == 1:
+        kw["compression"] = "fp16"
     opt = fnn.distributed.DataParallel(model, inner, **kw)
     steps = int(OPT.get("steps", 20))
 
