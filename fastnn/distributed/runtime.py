@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
 
 _state: dict = {"comm": None}
+ABORT_GRACE_S = 0.5
 
 _LAUNCHER_VARS = ("PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
 
@@ -91,9 +93,12 @@ def allreduce_mean(values) -> np.ndarray:
 def abort(message: str, code: int = 1) -> None:
     """Print ``message`` (prefixed with this rank) to stderr and end the whole job."""
     c = _state["comm"]
-    sys.stderr.write(f"[fastnn rank {rank()}/{size()}] {message}\n")
     sys.stderr.flush()
+    os.write(2, f"[fastnn rank {rank()}/{size()}] {message}\n".encode())
     if c is not None:
+        # the launcher forwards output asynchronously and drops what is in flight when the
+        # job is torn down: give it a moment to pass the message on first
+        time.sleep(ABORT_GRACE_S)
         c.Abort(code)
     os._exit(code)
 
