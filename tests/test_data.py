@@ -277,7 +277,6 @@ def test_load_mnist_missing_files_lists_the_names_tried(tmp_path):
 
 
 def test_load_digits_shapes_range_dtype():
-    pytest.importorskip("sklearn")
     x, y = load_digits()
     assert x.shape == (1797, 64) and x.dtype == np.float32
     assert y.shape == (1797,) and y.dtype == np.int64

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch  # the peer: fastnn[bench], which make test installs
 
 import fastnn as fnn
 from fastnn.flat import FlatBuffer
@@ -88,7 +89,6 @@ def test_adam_float32_close_to_reference(case):
 
 
 def _torch_pair(make_fnn, make_torch, sizes, steps, dtype):
-    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)
     fb = FlatBuffer({f"t{i}": (s,) for i, s in enumerate(sizes)}, dtype)
     fb.data[:] = 0
@@ -118,7 +118,6 @@ def _torch_pair(make_fnn, make_torch, sizes, steps, dtype):
 def test_matches_torch_fused(name, kw, dtype):
     """Same inputs, same hyperparameters: the same trajectory as torch.optim (fused=True),
     over tensors of awkward sizes including zero-size ones, 120 steps."""
-    torch = pytest.importorskip("torch")
     torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
     try:
         pairs = _torch_pair(lambda pair: getattr(fnn.optim, name)(pair, **kw),

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch  # the peer: fastnn[bench], which make test installs
 
 from fastnn import schedules as S
 
@@ -62,7 +63,6 @@ CASES = [
 
 @pytest.mark.parametrize("ours, theirs", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_matches_torch_step_by_step(ours, theirs):
-    torch = pytest.importorskip("torch")
     opt, topt = fnn_sgd(), torch_sgd(torch)
     sched, tsched = ours(opt), theirs(torch.optim.lr_scheduler, topt)
     for t in range(STEPS + 1):
@@ -98,7 +98,6 @@ def test_cosine_eta_min_is_absolute_per_group():
 
 def test_end_to_end_parameters_match_torch():
     """fastnn SGD with momentum under Warmup+Cosine takes the same steps as torch."""
-    torch = pytest.importorskip("torch")
     import fastnn.optim
 
     rng = np.random.default_rng(0)
