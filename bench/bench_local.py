@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP (it is imported before fastnn, whose PASSIVE default then no
-# longer applies to torch's pool): threads spin
+# Before torch loads OpenMP (it is imported before fastnn, whose same default would then come
+# too late for torch's pool): threads spin
 # 20k iterations (microseconds) at the end of a parallel region, then sleep. torch's default
 # (long spinning) let its idle threads steal the two cores from the next variant (measured
 # here: BlockDiagonalDense with OpenBLAS 10x slower); OMP_WAIT_POLICY=PASSIVE made torch's

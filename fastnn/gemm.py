@@ -51,6 +51,19 @@ def _call(fn, key, *args):
     return out
 
 
+def _flat(x: np.ndarray):
+    """(1-D view from x's first element over its whole span, row stride, col stride) in
+    elements, read through strides without a copy; None when a stride is negative or not a
+    whole number of elements."""
+    size = x.itemsize
+    rs, cs = x.strides
+    if rs < 0 or cs < 0 or rs % size or cs % size or x.size == 0:
+        return None
+    rs, cs = rs // size, cs // size
+    span = (x.shape[0] - 1) * rs + (x.shape[1] - 1) * cs + 1
+    return np.lib.stride_tricks.as_strided(x, (span,), (size,)), rs, cs
+
+
 def _operand(x: np.ndarray, trans: bool):
     """(flat, row stride, col stride, rows, cols) of op(x), in elements."""
     if trans:
@@ -59,8 +72,11 @@ def _operand(x: np.ndarray, trans: bool):
         return x.reshape(-1), x.shape[1], 1, x.shape[0], x.shape[1]
     if x.flags.f_contiguous:
         return x.T.reshape(-1), 1, x.shape[0], x.shape[0], x.shape[1]
-    x = np.ascontiguousarray(x)
-    return x.reshape(-1), x.shape[1], 1, x.shape[0], x.shape[1]
+    view = _flat(x)
+    if view is None:
+        x = np.ascontiguousarray(x)
+        return x.reshape(-1), x.shape[1], 1, x.shape[0], x.shape[1]
+    return view + x.shape
 
 
 def _buffers(dt, threads: int, b: _blocks.Blocks):
@@ -144,8 +160,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         raise ValueError("matmul: out is read-only")
     if m == 0 or n == 0:
         return out
-    work = out if out.flags.c_contiguous else np.ascontiguousarray(out)
-    c = work.reshape(-1)
+    rows = _flat(out) if not out.flags.c_contiguous and k else None
+    if rows is not None and rows[2] == 1 and rows[1] >= n:      # rows of a wider array: write in place
+        work, (c, ldc, _) = out, rows
+    else:
+        work = out if out.flags.c_contiguous else np.ascontiguousarray(out)
+        c, ldc = work.reshape(-1), n
     alpha_, beta_ = dt.type(alpha), dt.type(beta)
     if k == 0:
         c *= beta_ if beta != 0 else 0
@@ -154,7 +174,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
 
             bias_act_forward_serial(work, bias, act)
     else:
-        _gemm(m, n, k, alpha_, fa, rsa, csa, fb, rsb, csb, beta_, c, n, bias, act, dt, threads)
+        _gemm(m, n, k, alpha_, fa, rsa, csa, fb, rsb, csb, beta_, c, ldc, bias, act, dt, threads)
     if work is not out:
         out[...] = work
     return out
@@ -179,7 +199,8 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
     nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
     parallel = nthreads > 1 and mnk >= PARALLEL_MNK
-    mc, nsplit = blk.mc, 1
+    kc = -(-k // -(-k // blk.kc))                          # balanced K blocks: no thin last block
+    mc, nsplit = -(-(-(-m // -(-m // blk.mc))) // blk.mr) * blk.mr, 1
     if parallel:
         nmb = -(-m // blk.mc)
         if m >= nthreads * blk.mr * 8:
@@ -188,8 +209,8 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         else:
             nsplit = nthreads
     ap, bp, tiles = _buffers(dt, numba.config.NUMBA_NUM_THREADS if parallel else 1, blk)
-    args = (m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, mc, blk.kc, blk.nc, nsplit,
-            ap, bp, tiles)
+    args = (m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, mc, kc, blk.nc, nsplit,
+            4 * nthreads if parallel else 1, ap, bp, tiles)
     if parallel:
         old = numba.get_num_threads()
         if old != nthreads:

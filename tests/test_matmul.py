@@ -105,6 +105,26 @@ def test_non_contiguous_inputs_and_out(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(20, 30, 10), (150, 140, 130)])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
+def test_column_blocks_of_wider_arrays(dtype, m, k, n, trans_a, trans_b):
+    """Column blocks (as BlockDiagonalDense slices them) are read and written in place."""
+    rng = np.random.default_rng(m + k)
+    wide_a = rng.standard_normal((k, m + 9) if trans_a else (m, k + 9)).astype(dtype)
+    wide_b = rng.standard_normal((n, k + 5) if trans_b else (k, n + 5)).astype(dtype)
+    a = wide_a[:, 4:4 + m] if trans_a else wide_a[:, 4:4 + k]
+    b = wide_b[:, 2:2 + k] if trans_b else wide_b[:, 2:2 + n]
+    out_base = rng.standard_normal((m, n + 7)).astype(dtype)
+    before = out_base.copy()
+    out = out_base[:, 3:3 + n]
+    fastnn.matmul(a, b, out, trans_a=trans_a, trans_b=trans_b, beta=0.5)
+    want = matmul_ref(a.T if trans_a else a, b.T if trans_b else b, before[:, 3:3 + n], beta=0.5)
+    check(out, want, dtype, k)
+    np.testing.assert_array_equal(out_base[:, :3], before[:, :3])
+    np.testing.assert_array_equal(out_base[:, 3 + n:], before[:, 3 + n:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_large_product_by_random_vector(dtype):
     rng = np.random.default_rng(4)
     m, k, n = 700, 600, 530
@@ -129,8 +149,9 @@ def test_thread_counts_agree(threads):
 @settings(max_examples=25, deadline=None)
 @given(m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40),
        mcb=st.integers(1, 5), kc=st.integers(1, 17), ncb=st.integers(1, 4), nsplit=st.integers(1, 3),
+       bsplit=st.integers(1, 4),
        dtype=st.sampled_from(DTYPES), first_beta=st.sampled_from([0.0, 1.5]))
-def test_random_shapes_and_block_tables(m, k, n, mcb, kc, ncb, nsplit, dtype, first_beta):
+def test_random_shapes_and_block_tables(m, k, n, mcb, kc, ncb, nsplit, bsplit, dtype, first_beta):
     """The packed driver over random block sizes (multiples of MR and NR, as the table stores)."""
     rng = np.random.default_rng(m * 7 + k * 11 + n)
     blk = blocks.blocks_for(np.dtype(dtype).char)
@@ -145,7 +166,7 @@ def test_random_shapes_and_block_tables(m, k, n, mcb, kc, ncb, nsplit, dtype, fi
     t = np.dtype(dtype).type
     with mm_settings.slp_scope():
         mod.gemm_serial(m, n, k, t(1.0), a.reshape(-1), k, 1, b.reshape(-1), n, 1, t(first_beta), c.reshape(-1), n,
-                        np.empty(0, dtype), 0, mc, kc, nc, nsplit, ap, bp, tiles)
+                        np.empty(0, dtype), 0, mc, kc, nc, nsplit, bsplit, ap, bp, tiles)
     check(c, matmul_ref(a, b, c0, beta=first_beta), dtype, k)
 
 

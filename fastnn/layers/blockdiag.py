@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import (ACTIVATIONS, act_backward_cpu, act_backward_serial, bias_act_forward_cpu,
-                                       bias_act_forward_serial)
+from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
 from fastnn.kernels.parallel import pick
 
 from .. import random
 from ..checks import check_array
+from ..gemm import matmul
 from ..module import Module
 
 
@@ -56,10 +56,10 @@ class BlockDiagonalDense(Module):
         x = np.ascontiguousarray(x)
         w = self.params["weight"]
         y = np.empty((x.shape[0], self.out_features), self.dtype)
+        bias = self.params.get("bias")
         for g, (si, so) in enumerate(self._blocks()):
-            np.matmul(x[:, si], w[g], out=y[:, so])
-        bias = self.params.get("bias", np.empty(0, self.dtype))
-        pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(y, bias, self._act)
+            matmul(x[:, si], w[g], out=y[:, so], bias=None if bias is None else bias[so],
+                   activation=self.activation)
         self._x, self._y = x, y
         return y
 
@@ -76,8 +76,8 @@ class BlockDiagonalDense(Module):
         w, gw = self.params["weight"], self.grads["weight"]
         dx = np.empty_like(self._x)
         for g, (si, so) in enumerate(self._blocks()):
-            gw[g] += self._x[:, si].T @ dz[:, so]
-            np.matmul(dz[:, so], w[g].T, out=dx[:, si])
+            matmul(self._x[:, si], dz[:, so], out=gw[g], trans_a=True, beta=1.0)
+            matmul(dz[:, so], w[g], out=dx[:, si], trans_b=True)
         if "bias" in self.grads:
             self.grads["bias"] += dz.sum(axis=0)
         return dx

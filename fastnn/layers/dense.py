@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import (ACTIVATIONS, act_backward_cpu, act_backward_serial, bias_act_forward_cpu,
-                                       bias_act_forward_serial)
+from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
 from fastnn.kernels.parallel import pick
 
 from .. import random
 from ..checks import check_array
+from ..gemm import matmul
 from ..module import Module
 
 
@@ -16,8 +16,9 @@ class Dense(Module):
     """``y = activation(x @ weight + bias)``; x: (N, in_features), y: (N, out_features).
 
     ``weight`` is (in_features, out_features) as in Keras (``y = x @ W + b``); ``bias`` is
-    (out_features,). ``activation`` in {None, "relu", "tanh", "sigmoid"} is fused into the
-    bias add (forward) and the gradient (backward). Weights start He-uniform for ReLU and
+    (out_features,). The products run on ``fastnn.matmul``: forward with the bias and
+    ``activation`` in {None, "relu", "tanh", "sigmoid"} fused into the tile write-back,
+    backward ``x.T @ dz`` accumulated in place into the weight gradient (beta = 1). Weights start He-uniform for ReLU and
     Glorot-uniform otherwise, drawn from ``fastnn.random``; biases start at zero.
     """
 
@@ -42,9 +43,7 @@ class Dense(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_array(x, "Dense input", dtype=self.dtype, shape=(None, self.in_features))
-        y = x @ self.params["weight"]
-        bias = self.params.get("bias", _EMPTY[self.dtype.char])
-        pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(y, bias, self._act)
+        y = matmul(x, self.params["weight"], bias=self.params.get("bias"), activation=self.activation)
         self._x, self._y = x, y
         return y
 
@@ -57,10 +56,10 @@ class Dense(Module):
             pick(act_backward_cpu, act_backward_serial, dz.size)(np.ascontiguousarray(dy), self._y, self._act, dz)
         else:
             dz = dy
-        self.grads["weight"] += self._x.T @ dz
+        matmul(self._x, dz, out=self.grads["weight"], trans_a=True, beta=1.0)
         if "bias" in self.grads:
             self.grads["bias"] += dz.sum(axis=0)
-        return dz @ self.params["weight"].T if self.input_grad else None
+        return matmul(dz, self.params["weight"], trans_b=True) if self.input_grad else None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.out_features,)
@@ -72,5 +71,3 @@ class Dense(Module):
         act = f", activation={self.activation!r}" if self.activation else ""
         return f"Dense({self.in_features}, {self.out_features}{act}, dtype={self.dtype})"
 
-
-_EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}

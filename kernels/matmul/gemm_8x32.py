@@ -30,6 +30,15 @@ def pack_a(a, rs, cs, r0, p0, mc, kc, ap):
     csu = uint64(cs)
     for q in range((mc + MR - 1) // MR):
         dst = ap[q * MR * kc:(q + 1) * MR * kc]
+        if rs == 1 and cs != 1 and q * MR + MR <= mc:
+            # A column-major (a transposed operand): an MR-row column slice is contiguous
+            for p in range(kc):
+                base = uint64(r0 + q * MR) + uint64(p0 + p) * csu
+                src = a[base:base + uint64(MR)]
+                d = dst[p * MR:(p + 1) * MR]
+                for i in range(MR):
+                    d[i] = src[i]
+            continue
         for i in range(MR):
             r = q * MR + i
             if r < mc:
@@ -53,6 +62,17 @@ def pack_b_panel(b, rs, cs, p0, c0, q, nc, kc, bp):
     csu = uint64(cs)
     w = min(NR, nc - q * NR)
     dst = bp[q * NR * kc:(q + 1) * NR * kc]
+    if rs == 1 and cs != 1:
+        # B column-major (a transposed operand): each column's kc run is contiguous
+        for j in range(w):
+            base = uint64(c0 + q * NR + j) * csu + uint64(p0)
+            src = b[base:base + uint64(kc)]
+            for p in range(kc):
+                dst[p * NR + j] = src[p]
+        for p in range(kc):
+            for j in range(w, NR):
+                dst[p * NR + j] = 0
+        return
     for p in range(kc):
         base = uint64(p0 + p) * rsu + uint64(c0 + q * NR) * csu
         d = dst[p * NR:(p + 1) * NR]
@@ -65,6 +85,25 @@ def pack_b_panel(b, rs, cs, p0, c0, q, nc, kc, bp):
                 d[j] = b[base + uint64(j) * csu]
         for j in range(w, NR):
             d[j] = 0
+
+
+@njit(**_OPTS)
+def pack_b(b, rs, cs, p0, c0, q0, q1, nc, kc, bp):
+    """Panels q0 <= q < q1 as pack_b_panel does; row-major B is read row by row (a stream of
+    memory, not one page per row per panel) with full panels copied NR at a time."""
+    qf = min(q1, nc // NR)
+    if cs == 1 and q0 < qf:
+        rsu = uint64(rs)
+        for p in range(kc):
+            src = b[uint64(p0 + p) * rsu + uint64(c0):]
+            for q in range(q0, qf):
+                s = src[q * NR:q * NR + NR]
+                d = bp[q * NR * kc + p * NR:q * NR * kc + p * NR + NR]
+                for j in range(NR):
+                    d[j] = s[j]
+        q0 = qf
+    for q in range(q0, q1):
+        pack_b_panel(b, rs, cs, p0, c0, q, nc, kc, bp)
 
 
 @njit(inline="always", error_model="numpy", boundscheck=False)
@@ -1602,21 +1641,25 @@ def micro_direct(kc, a, lda, b, ldb, c):
 
 
 @njit(parallel=True, **_OPTS)
-def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, ap, bp, tiles):
+def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit, ap,
+             bp, tiles):
     """C = act(alpha A B + beta C + bias) with blocks mcb x kcb x ncb (mcb a multiple of MR,
-    ncb of NR); each row block's B panels are split into nsplit items. ap: (threads,
+    ncb of NR); each row block's B panels are split into nsplit items, and B is packed in
+    bsplit pieces. ap: (threads,
     mcb*kcb), bp: ceil(ncb/NR)*NR*kcb, tiles: (threads, MR*NR)."""
     nmb = (m + mcb - 1) // mcb
     for jc in range(0, n, ncb):
         nc = min(ncb, n - jc)
         npan = (nc + NR - 1) // NR
         per = (npan + nsplit - 1) // nsplit
+        nsplit_b = min(npan, bsplit)
+        per_b = (npan + nsplit_b - 1) // nsplit_b
         for pc in range(0, k, kcb):
             kc = min(kcb, k - pc)
             first = pc == 0
             last = pc + kc >= k
-            for q in prange(npan):
-                pack_b_panel(b, rsb, csb, pc, jc, q, nc, kc, bp)
+            for s in prange(nsplit_b):
+                pack_b(b, rsb, csb, pc, jc, s * per_b, min(npan, (s + 1) * per_b), nc, kc, bp)
             for it in prange(nmb * nsplit):
                 ib = it // nsplit
                 q0 = (it % nsplit) * per
@@ -1632,21 +1675,25 @@ def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, 
 
 
 @njit(parallel=False, **_OPTS)
-def gemm_serial(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, ap, bp, tiles):
+def gemm_serial(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit, ap,
+             bp, tiles):
     """C = act(alpha A B + beta C + bias) with blocks mcb x kcb x ncb (mcb a multiple of MR,
-    ncb of NR); each row block's B panels are split into nsplit items. ap: (threads,
+    ncb of NR); each row block's B panels are split into nsplit items, and B is packed in
+    bsplit pieces. ap: (threads,
     mcb*kcb), bp: ceil(ncb/NR)*NR*kcb, tiles: (threads, MR*NR)."""
     nmb = (m + mcb - 1) // mcb
     for jc in range(0, n, ncb):
         nc = min(ncb, n - jc)
         npan = (nc + NR - 1) // NR
         per = (npan + nsplit - 1) // nsplit
+        nsplit_b = min(npan, bsplit)
+        per_b = (npan + nsplit_b - 1) // nsplit_b
         for pc in range(0, k, kcb):
             kc = min(kcb, k - pc)
             first = pc == 0
             last = pc + kc >= k
-            for q in range(npan):
-                pack_b_panel(b, rsb, csb, pc, jc, q, nc, kc, bp)
+            for s in range(nsplit_b):
+                pack_b(b, rsb, csb, pc, jc, s * per_b, min(npan, (s + 1) * per_b), nc, kc, bp)
             for it in range(nmb * nsplit):
                 ib = it // nsplit
                 q0 = (it % nsplit) * per
