@@ -16,15 +16,14 @@ from .flat import aligned_zeros
 from .kernels.activation import ACTIVATIONS
 from .kernels.matmul import blocks as _blocks
 from .kernels.matmul import settings as _settings
+from .kernels.matmul.blocks import SMALL_K, SMALL_MNK
 
-#: products with m*n*k at most this run the direct kernel in the calling thread (no packing)
-SMALL_MNK = 96 ** 3
 #: products with m*n*k at least this use the thread team (when more than one thread is set)
 PARALLEL_MNK = 128 ** 3
 
 _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 _ACT = dict(ACTIVATIONS)
-_NO_FAST: dict = {}
+_FAST: dict = {}
 _modules: dict[tuple[int, int], object] = {}
 _compiled: set = set()
 _local = threading.local()
@@ -104,26 +103,28 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     bias: (N,) or None. activation: None, "relu", "tanh" or "sigmoid".
     threads: Numba threads for this call (default: numba.get_num_threads()).
     """
-    small = _local.__dict__.get("fast", _NO_FAST).get(a.dtype) if type(a) is np.ndarray else None
-    if (small is not None and not trans_a and not trans_b and beta == 0 and type(b) is np.ndarray
-            and a.ndim == 2 and b.ndim == 2 and a.flags.c_contiguous and b.flags.c_contiguous):
-        # Fast path for small row-major products (Python overhead is the cost there).
-        m, k = a.shape
-        n = b.shape[1]
-        if (b.dtype is a.dtype and b.shape[0] == k and 0 < m * n * k <= SMALL_MNK
-                and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.shape == (n,)
-                                      and bias.flags.c_contiguous))
-                and (out is None or (type(out) is np.ndarray and out.dtype is a.dtype and out.shape == (m, n)
-                                     and out.flags.c_contiguous and out.flags.writeable))):
-            act = _ACT.get(activation, -1) if activation is None or type(activation) is str else -1
-            if act >= 0:
-                fn, work, empty, kmax = small
-                if k <= kmax:
-                    if out is None:
-                        out = np.empty((m, n), a.dtype)
-                    fn(m, n, k, a.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, a.dtype.type(0),
-                       out.reshape(-1), n, empty if bias is None else bias, act, work)
-                    return out
+    fast = _FAST.get(a.dtype) if type(a) is np.ndarray else None
+    if (fast is not None and type(b) is np.ndarray and b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
+            and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype))
+            and (activation is None or type(activation) is str)):
+        # Fast path for small products, where Python and dispatch are the cost: small transposed
+        # operands are copied row-major, the kernel checks the shapes and declines what is not
+        # small; anything it declines goes the general way below.
+        if (trans_a or trans_b) and a.size * b.shape[trans_b] <= SMALL_MNK:
+            a = np.ascontiguousarray(a.T) if trans_a else a
+            b = np.ascontiguousarray(b.T) if trans_b else b
+            trans_a = trans_b = False
+        if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
+            if out is None:
+                if beta == 0:
+                    c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+                    if fast(a, b, c, _EMPTY[a.dtype.char] if bias is None else bias, float(alpha), 0.0,
+                            _ACT.get(activation, -1)):
+                        return c
+            elif (type(out) is np.ndarray and out.dtype is a.dtype and out.flags.c_contiguous
+                  and out.flags.writeable and fast(a, b, out, _EMPTY[a.dtype.char] if bias is None else bias,
+                                                   float(alpha), float(beta), _ACT.get(activation, -1))):
+                return out
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
     dt = a.dtype
@@ -133,7 +134,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         raise ValueError(f"matmul: expected 2-D operands, got shapes {a.shape} and {b.shape}")
     fa, rsa, csa, m, k = _operand(a, trans_a)
     fb, rsb, csb, k2, n = _operand(b, trans_b)
-    if m * n * k <= SMALL_MNK and (csa != 1 or csb != 1):    # the direct path wants row-major: copy
+    if m * n * k <= SMALL_MNK and k <= SMALL_K and (csa != 1 or csb != 1):    # direct path: row-major
         fa, rsa, csa, m, k = _operand(np.ascontiguousarray(a.T if trans_a else a), False)
         fb, rsb, csb, k2, n = _operand(np.ascontiguousarray(b.T if trans_b else b), False)
     if k != k2:
@@ -183,17 +184,16 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
 def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, dt, threads):
     mod = kernel_module(dt)
     mnk = m * n * k
-    if mnk <= SMALL_MNK and csa == 1 and csb == 1:
+    if mnk <= SMALL_MNK and k <= SMALL_K and csa == 1 and csb == 1:
         blk = _blocks.blocks_for(dt.char)
-        work = getattr(_local, "small_" + dt.char, None)
-        need = (blk.mr + blk.nr) * k + blk.mr * blk.nr
-        if work is None or work.size < need:
-            work = np.empty(max(need, 4096), dt)
-            setattr(_local, "small_" + dt.char, work)
+        work = np.empty((2 * blk.mr + blk.nr) * k + blk.mr * blk.nr, dt)
         _call(mod.gemm_small, ("small", mod, dt.char), m, n, k, alpha, fa, rsa, fb, rsb, beta, c, ldc, bias,
               act, work)
-        fast = _local.__dict__.setdefault("fast", {})
-        fast[dt] = (mod.gemm_small, work, _EMPTY[dt.char], (work.size - blk.mr * blk.nr) // (blk.mr + blk.nr))
+        if dt not in _FAST:
+            with _settings.slp_scope():
+                mod.small_into(np.ones((1, 1), dt), np.ones((1, 1), dt), np.ones((1, 1), dt), _EMPTY[dt.char], 1.0,
+                               0.0, 0)
+            _FAST[dt] = mod.small_into
         return
     blk = _blocks.blocks_for(dt.char)
     nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))

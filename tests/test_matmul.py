@@ -36,7 +36,7 @@ SIZES = [1, 2, 7, 31, 33, 63, 65, 257]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k,n", [(m, k, n) for m, k, n in zip(SIZES, SIZES[::-1], SIZES[3:] + SIZES[:3])]
-                         + [(5, 1, 9), (65, 1, 33), (257, 65, 7), (1, 257, 1), (33, 300, 65)])
+                         + [(5, 1, 9), (65, 1, 33), (257, 65, 7), (1, 257, 1), (33, 300, 65), (1, 5000, 1), (2, 4097, 3)])
 def test_shapes_against_numpy(dtype, m, k, n):
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
     a, b = operands(rng, m, k, n, dtype)
@@ -172,6 +172,7 @@ def test_random_shapes_and_block_tables(m, k, n, mcb, kc, ncb, nsplit, bsplit, d
 
 def test_errors_name_what_was_expected():
     f32 = np.ones((3, 4), np.float32)
+    fastnn.matmul(f32, f32.T)              # compiles the small-product fast path: errors must pass it
     with pytest.raises(ValueError, match="inner dimensions"):
         fastnn.matmul(f32, f32)
     with pytest.raises(TypeError, match="float32 or two float64"):
@@ -188,6 +189,13 @@ def test_errors_name_what_was_expected():
         fastnn.matmul(f32, f32.T, np.ones((3, 3)))
     with pytest.raises(ValueError, match="beta"):
         fastnn.matmul(f32, f32.T, beta=1.0)
+    with pytest.raises(ValueError, match="out must be"):
+        fastnn.matmul(f32, f32.T, np.ones((3, 4), np.float32))
+    frozen = np.ones((3, 3), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fastnn.matmul(f32, f32.T, frozen)
+    np.testing.assert_array_equal(frozen, 1)
 
 
 def test_generated_files_match_generator():

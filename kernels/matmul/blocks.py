@@ -23,6 +23,11 @@ from pathlib import Path
 import numpy as np
 
 
+#: products with m*n*k at most this, and k at most SMALL_K, run the direct kernel in the calling
+#: thread (no packing of full panels; its work buffer grows with k)
+SMALL_MNK = 96 ** 3
+SMALL_K = 4096
+
 @dataclass(frozen=True)
 class Blocks:
     mr: int

@@ -17,6 +17,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange, uint64
 
 from fastnn.kernels.activation import _act
+from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_MNK
 
 MR = 6
 NR = 8
@@ -153,12 +154,25 @@ def macro(kc, mc, ncw, ap, bp, c, ldc, r0, c0, alpha, beta, first, last, bias, a
 
 @njit(**_OPTS)
 def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
-    """Direct path for small products of row-major A (lda) and B (ldb): no packing except
-    zero-padded edge panels (each packed once); work holds MR*k + NR*k + MR*NR elements."""
-    sa = work[:MR * k]
-    sb = work[MR * k:(MR + NR) * k]
-    tile = work[(MR + NR) * k:(MR + NR) * k + MR * NR]
+    """Direct path for small products of row-major A (lda) and B (ldb): the micro-kernel reads
+    both in place; the last m % MR rows are copied once into zero-padded rows, and only the
+    last n % NR columns are packed. work holds (2*MR + NR)*k + MR*NR elements."""
+    sr = work[:MR * k]
+    sa = work[MR * k:2 * MR * k]
+    sb = work[2 * MR * k:(2 * MR + NR) * k]
+    tile = work[(2 * MR + NR) * k:(2 * MR + NR) * k + MR * NR]
     mfull = m // MR * MR
+    rest = m - mfull
+    if rest:
+        for i in range(MR):
+            row = sr[i * k:(i + 1) * k]
+            if i < rest:
+                src = a[(mfull + i) * lda:(mfull + i) * lda + k]
+                for p in range(k):
+                    row[p] = src[p]
+            else:
+                for p in range(k):
+                    row[p] = 0
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
         bslice = bias[jr:] if bias.shape[0] > 0 else bias
@@ -166,19 +180,32 @@ def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
             for ir in range(0, mfull, MR):
                 micro_direct(k, a[ir * lda:], lda, b[jr:], ldb, tile)
                 store_c(tile, c[ir * ldc + jr:], ldc, alpha, beta, True, True, bslice, act)
+            if rest:
+                micro_direct(k, sr, k, b[jr:], ldb, tile)
+                _store(tile, c, ldc, mfull, jr, rest, NR, alpha, beta, True, True, bias, act)
         else:
             pack_b_panel(b, ldb, 1, 0, jr, 0, nr, k, sb)
-            for ir in range(0, mfull, MR):
-                pack_a(a, lda, 1, ir, 0, MR, k, sa)
+            for ir in range(0, m, MR):
+                pack_a(a, lda, 1, ir, 0, min(MR, m - ir), k, sa)
                 micro(k, sa, sb, tile)
-                _store(tile, c, ldc, ir, jr, MR, nr, alpha, beta, True, True, bias, act)
-    if mfull < m:
-        pack_a(a, lda, 1, mfull, 0, m - mfull, k, sa)
-        for jr in range(0, n, NR):
-            nr = min(NR, n - jr)
-            pack_b_panel(b, ldb, 1, 0, jr, 0, nr, k, sb)
-            micro(k, sa, sb, tile)
-            _store(tile, c, ldc, mfull, jr, m - mfull, nr, alpha, beta, True, True, bias, act)
+                _store(tile, c, ldc, ir, jr, min(MR, m - ir), nr, alpha, beta, True, True, bias, act)
+
+
+@njit(**_OPTS)
+def small_into(a, b, c, bias, alpha, beta, act):
+    """c = act(alpha a @ b + beta c + bias) for 2-D row-major a (M x K), b (K x N), c (M x N)
+    through gemm_small; False (nothing written) when the product is not small or a shape
+    differs. The fast path of fastnn.matmul: shapes are checked here, where a check costs
+    nothing, and the arguments are few because Numba's dispatch costs per argument."""
+    m, k = a.shape
+    n = b.shape[1]
+    if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m * n * k == 0 or m * n * k > SMALL_MNK
+            or k > SMALL_K or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0):
+        return False
+    work = np.empty((2 * MR + NR) * k + MR * NR, c.dtype)
+    gemm_small(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, c.dtype.type(beta),
+               c.reshape(-1), n, bias, act, work)
+    return True
 
 
 @njit(fastmath={'contract'}, **_OPTS)
