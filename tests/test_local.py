@@ -48,6 +48,10 @@ LC_CASES = [
     (5, 5, 7, 3, 5, 3, (2, 1), "same", 1),
     (2, 6, 5, 2, 3, 3, 1, 1, (2, 1)),
     (3, 4, 9, 1, 1, (1, 3), (1, 2), "same", (1, 2)),
+    # output channels a multiple of the matmul tile's NR (16 fp32, 8 fp64 on AVX2): the
+    # in-place register-tile path, with border positions and N % MR leftover samples
+    (13, 5, 4, 2, 16, 3, 1, "same", 1),
+    (7, 6, 5, 3, 8, 2, (1, 2), 1, (2, 1)),
 ]
 
 

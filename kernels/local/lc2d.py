@@ -30,7 +30,9 @@ from numba import njit
 from ..activation import _act
 from .gemm import gemm_nt, gemm_tn_acc
 from .pack import FASTMATH, block_rows, copy_run, patch_row, zero_run
+from ..matmul.generate import MT
 from .threads import run_chunks
+from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
@@ -66,6 +68,65 @@ def _forward(x, w, b, y, geo, act, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _forward_direct(x, w, b, y, geo, act, lo, hi):
+    """_forward on fastnn.matmul's register tile (O a multiple of NR, no w dilation): interior
+    positions read their patches in place, the kernel rows summed in registers (A rows strided
+    by the sample, B = w[p] rows as stored: no gather, no transpose); border positions and the
+    last N % MR samples go through gathered rows."""
+    N, H, W, Cin = x.shape
+    P, K, O = w.shape
+    MR, NR = tile_shape(x)
+    sh, sw, pt, pl, dh, KH, KW, OW = geo[0], geo[1], geo[2], geo[3], geo[4], geo[6], geo[7], geo[9]
+    xs = x.reshape(N, H, W * Cin)
+    x1 = x.reshape(-1)
+    w1 = w.reshape(-1)
+    y1 = y.reshape(-1)
+    lda = H * W * Cin
+    ldc = P * O
+    run = KW * Cin
+    mb = -(-block_rows(N, K) // MR) * MR
+    A = np.zeros((mb, K), x.dtype)
+    A1 = A.reshape(-1)
+    t = np.empty(MR * NR, x.dtype)
+    one = x.dtype.type(1)
+    zero = x.dtype.type(0)
+    nb = b.shape[0]
+    b0 = np.empty(0, x.dtype)
+    nfull = N // MR * MR
+    for p in range(lo, hi):
+        oh = p // OW
+        ow = p - oh * OW
+        ih0 = oh * sh - pt
+        iw0 = ow * sw - pl
+        bp = b[p if nb > 1 else 0] if nb > 0 else b0
+        yp = y1[p * O:]
+        wp = w1[p * K * O:]
+        g0 = 0
+        if ih0 >= 0 and ih0 + (KH - 1) * dh < H and iw0 >= 0 and iw0 + KW <= W:
+            for jr in range(0, O, NR):
+                bj = bp[jr:] if nb > 0 else bp
+                for n0 in range(0, nfull, MR):
+                    micro_seg(run, KH, dh * W * Cin, run * O, x1[n0 * lda + ih0 * W * Cin + iw0 * Cin:], lda,
+                              wp[jr:], O, t)
+                    store(t, yp[n0 * ldc + jr:], ldc, one, zero, True, True, bj, act)
+            g0 = nfull
+        for n0 in range(g0, N, mb):
+            m = min(mb, N - n0)
+            for i in range(m):
+                patch_row(xs[n0 + i], Cin, 0, Cin, ih0, iw0, dh, 1, KH, KW, A[i])
+            for i in range(m, -(-m // MR) * MR):
+                zero_run(A[i], K)
+            for jr in range(0, O, NR):
+                bj = bp[jr:] if nb > 0 else bp
+                for i0 in range(0, m, MR):
+                    micro(K, A1[i0 * K:], K, wp[jr:], O, t)
+                    if i0 + MR <= m:
+                        store(t, yp[(n0 + i0) * ldc + jr:], ldc, one, zero, True, True, bj, act)
+                    else:
+                        store_edge(t, yp, ldc, n0 + i0, jr, m - i0, NR, one, zero, True, True, bp, act)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 def _weight_grad(x, dy, dw_, geo, lo, hi):
     N, H, W, Cin = x.shape
     xf = x.reshape(N, H, W * Cin)
@@ -90,6 +151,31 @@ def _weight_grad(x, dy, dw_, geo, lo, hi):
             gk = g[k]
             for o in range(O):
                 gk[o] += Ct[o, k]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _weight_grad_direct(xp, lda, hw, dy, dw_, geo, lo, hi):
+    """_weight_grad on fastnn.matmul's register tile, reading patches in place from xp: x
+    zero-padded on all sides (so every window is inside) with a sample stride lda of an odd
+    number of cache lines (so the samples of one tile column do not evict each other from
+    L1/L2). Each MT x NR tile of dw[p] is one product over all N samples (A = X_p read
+    transposed, B = dy[:, p] rows). Needs KW*C a multiple of MT and O of NR."""
+    Hp, Wp = hw
+    N = dy.shape[0]
+    P, K, O = dw_.shape
+    Cin = K // (geo[6] * geo[7])
+    NR = tile_shape(dy)[1]
+    sh, sw, dh, KH, KW, OW = geo[0], geo[1], geo[4], geo[6], geo[7], geo[9]
+    dy1 = dy.reshape(-1)
+    dw1 = dw_.reshape(-1)
+    run = KW * Cin
+    for p in range(lo, hi):
+        oh = p // OW
+        ow = p - oh * OW
+        for kh in range(KH):
+            base = (oh * sh + kh * dh) * Wp * Cin + ow * sw * Cin
+            for jr in range(0, O, NR):
+                micro_t(N, run // MT, xp[base:], lda, dy1[p * O + jr:], P * O, dw1[p * K * O + kh * run * O + jr:], O)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
@@ -152,21 +238,55 @@ def _input_grad(dy, w, dx, geo, lo, hi):
             gemm_nt(A, B, Cv, m, C, kk, False, b0)
 
 
+def _forward_kernel(x, w, b, y, geo, act):
+    """_forward_direct where the register tile fits (O a multiple of NR, no w dilation)."""
+    if w.shape[2] % tile_shape_py(x.dtype)[1] or geo[5] != 1:
+        return _forward
+    compile_with_slp(_forward_direct, (x, w, b, y, geo, act, 0, 0))
+    return _forward_direct
+
+
 def lc2d_forward_cpu(x, w, b, y, geo, act, n_chunks):
     """Positions split into n_chunks ranges on threads (kernels/local/threads.py)."""
-    run_chunks(_forward, (x, w, b, y, geo, act), w.shape[0], n_chunks)
+    run_chunks(_forward_kernel(x, w, b, y, geo, act), (x, w, b, y, geo, act), w.shape[0], n_chunks)
 
 
 def lc2d_forward_serial(x, w, b, y, geo, act, n_chunks=1):
-    _forward(x, w, b, y, geo, act, 0, w.shape[0])
+    _forward_kernel(x, w, b, y, geo, act)(x, w, b, y, geo, act, 0, w.shape[0])
+
+
+def _padded(x, geo):
+    """(flat copy of x zero-padded to every window, its sample stride, (Hp, Wp)); the stride
+    is an odd number of 64-byte lines (a 32x32x16 fp32 image is 64 KiB: 64 samples would share
+    one cache set)."""
+    N, H, W, C = x.shape
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (int(v) for v in geo[:10])
+    hp = max(H + pt, (OH - 1) * sh + (KH - 1) * dh + 1)
+    wp = max(W + pl, (OW - 1) * sw + (KW - 1) * dw + 1)
+    line = 64 // x.itemsize
+    lines = -(-hp * wp * C // line)
+    lda = (lines + 1 - lines % 2) * line
+    flat = np.zeros(N * lda, x.dtype)
+    flat.reshape(N, lda)[:, :hp * wp * C].reshape(N, hp, wp, C)[:, pt:pt + H, pl:pl + W] = x
+    return flat, lda, (hp, wp)
+
+
+def _weight_grad_args(x, dy, dw, geo):
+    """(kernel, its leading arguments): _weight_grad_direct on a padded copy where the tile fits."""
+    if dw.shape[2] % tile_shape_py(dy.dtype)[1] or geo[5] != 1 or (x.shape[3] * int(geo[7])) % MT:
+        return _weight_grad, (x, dy, dw, geo)
+    args = (*_padded(x, geo), dy, dw, geo)
+    compile_with_slp(_weight_grad_direct, (*args, 0, 0))
+    return _weight_grad_direct, args
 
 
 def lc2d_weight_grad_cpu(x, dy, dw, geo, n_chunks):
-    run_chunks(_weight_grad, (x, dy, dw, geo), dw.shape[0], n_chunks)
+    run_chunks(*_weight_grad_args(x, dy, dw, geo), dw.shape[0], n_chunks)
 
 
 def lc2d_weight_grad_serial(x, dy, dw, geo, n_chunks=1):
-    _weight_grad(x, dy, dw, geo, 0, dw.shape[0])
+    fn, args = _weight_grad_args(x, dy, dw, geo)
+    fn(*args, 0, dw.shape[0])
 
 
 def lc2d_input_grad_cpu(dy, w, dx, geo, n_chunks):

@@ -561,6 +561,242 @@ def micro_direct(kc, a, lda, b, ldb, c):
     c[47] = c5_7
 
 
+@njit(fastmath={'contract'}, **_OPTS)
+def micro_direct_seg(kc, nseg, sa, sb, a, lda, b, ldb, c):
+    """c[i*NR + j] = sum_s sum_p a[i*lda + s*sa + p] * b[s*sb + p*ldb + j] (overwrites c): one
+    tile over a K split in nseg runs of kc, e.g. the kernel rows of an image patch read in
+    place, accumulated in registers (one tile store instead of nseg)."""
+    ldbu = uint64(ldb)
+    z = b.dtype.type(0)
+    ar0 = a[0 * lda:]
+    ar1 = a[1 * lda:]
+    ar2 = a[2 * lda:]
+    ar3 = a[3 * lda:]
+    ar4 = a[4 * lda:]
+    ar5 = a[5 * lda:]
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = z
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = z
+    c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = z
+    c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = z
+    c4_0 = c4_1 = c4_2 = c4_3 = c4_4 = c4_5 = c4_6 = c4_7 = z
+    c5_0 = c5_1 = c5_2 = c5_3 = c5_4 = c5_5 = c5_6 = c5_7 = z
+    for s in range(nseg):
+        ao = uint64(s) * uint64(sa)
+        bs = b[uint64(s) * uint64(sb):]
+        for p in range(kc):
+            bo = uint64(p) * ldbu
+            b0 = bs[bo + uint64(0)]
+            b1 = bs[bo + uint64(1)]
+            b2 = bs[bo + uint64(2)]
+            b3 = bs[bo + uint64(3)]
+            b4 = bs[bo + uint64(4)]
+            b5 = bs[bo + uint64(5)]
+            b6 = bs[bo + uint64(6)]
+            b7 = bs[bo + uint64(7)]
+            a0 = ar0[ao + uint64(p)]
+            c0_0 += a0 * b0
+            c0_1 += a0 * b1
+            c0_2 += a0 * b2
+            c0_3 += a0 * b3
+            c0_4 += a0 * b4
+            c0_5 += a0 * b5
+            c0_6 += a0 * b6
+            c0_7 += a0 * b7
+            a1 = ar1[ao + uint64(p)]
+            c1_0 += a1 * b0
+            c1_1 += a1 * b1
+            c1_2 += a1 * b2
+            c1_3 += a1 * b3
+            c1_4 += a1 * b4
+            c1_5 += a1 * b5
+            c1_6 += a1 * b6
+            c1_7 += a1 * b7
+            a2 = ar2[ao + uint64(p)]
+            c2_0 += a2 * b0
+            c2_1 += a2 * b1
+            c2_2 += a2 * b2
+            c2_3 += a2 * b3
+            c2_4 += a2 * b4
+            c2_5 += a2 * b5
+            c2_6 += a2 * b6
+            c2_7 += a2 * b7
+            a3 = ar3[ao + uint64(p)]
+            c3_0 += a3 * b0
+            c3_1 += a3 * b1
+            c3_2 += a3 * b2
+            c3_3 += a3 * b3
+            c3_4 += a3 * b4
+            c3_5 += a3 * b5
+            c3_6 += a3 * b6
+            c3_7 += a3 * b7
+            a4 = ar4[ao + uint64(p)]
+            c4_0 += a4 * b0
+            c4_1 += a4 * b1
+            c4_2 += a4 * b2
+            c4_3 += a4 * b3
+            c4_4 += a4 * b4
+            c4_5 += a4 * b5
+            c4_6 += a4 * b6
+            c4_7 += a4 * b7
+            a5 = ar5[ao + uint64(p)]
+            c5_0 += a5 * b0
+            c5_1 += a5 * b1
+            c5_2 += a5 * b2
+            c5_3 += a5 * b3
+            c5_4 += a5 * b4
+            c5_5 += a5 * b5
+            c5_6 += a5 * b6
+            c5_7 += a5 * b7
+    c[0] = c0_0
+    c[1] = c0_1
+    c[2] = c0_2
+    c[3] = c0_3
+    c[4] = c0_4
+    c[5] = c0_5
+    c[6] = c0_6
+    c[7] = c0_7
+    c[8] = c1_0
+    c[9] = c1_1
+    c[10] = c1_2
+    c[11] = c1_3
+    c[12] = c1_4
+    c[13] = c1_5
+    c[14] = c1_6
+    c[15] = c1_7
+    c[16] = c2_0
+    c[17] = c2_1
+    c[18] = c2_2
+    c[19] = c2_3
+    c[20] = c2_4
+    c[21] = c2_5
+    c[22] = c2_6
+    c[23] = c2_7
+    c[24] = c3_0
+    c[25] = c3_1
+    c[26] = c3_2
+    c[27] = c3_3
+    c[28] = c3_4
+    c[29] = c3_5
+    c[30] = c3_6
+    c[31] = c3_7
+    c[32] = c4_0
+    c[33] = c4_1
+    c[34] = c4_2
+    c[35] = c4_3
+    c[36] = c4_4
+    c[37] = c4_5
+    c[38] = c4_6
+    c[39] = c4_7
+    c[40] = c5_0
+    c[41] = c5_1
+    c[42] = c5_2
+    c[43] = c5_3
+    c[44] = c5_4
+    c[45] = c5_5
+    c[46] = c5_6
+    c[47] = c5_7
+
+
+MT = 4
+
+
+@njit(fastmath={'contract'}, **_OPTS)
+def micro_direct_t(kc, nt, a, lda, b, ldb, c, ldc):
+    """c[(q*MT + i)*ldc + j] += sum_p a[p*lda + q*MT + i] * b[p*ldb + j] for q < nt: A read
+    transposed in place (MT consecutive values per p) and the tiles added straight into C,
+    e.g. a weight gradient X.T @ dY summed over the samples p."""
+    ldbu = uint64(ldb)
+    ldau = uint64(lda)
+    ldcu = uint64(ldc)
+    z = b.dtype.type(0)
+    for q in range(nt):
+        aq = a[q * MT:]
+        cq = c[q * MT * ldc:]
+        c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = z
+        c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = z
+        c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = z
+        c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = z
+        for p in range(kc):
+            bo = uint64(p) * ldbu
+            ao = uint64(p) * ldau
+            b0 = b[bo + uint64(0)]
+            b1 = b[bo + uint64(1)]
+            b2 = b[bo + uint64(2)]
+            b3 = b[bo + uint64(3)]
+            b4 = b[bo + uint64(4)]
+            b5 = b[bo + uint64(5)]
+            b6 = b[bo + uint64(6)]
+            b7 = b[bo + uint64(7)]
+            a0 = aq[ao + uint64(0)]
+            c0_0 += a0 * b0
+            c0_1 += a0 * b1
+            c0_2 += a0 * b2
+            c0_3 += a0 * b3
+            c0_4 += a0 * b4
+            c0_5 += a0 * b5
+            c0_6 += a0 * b6
+            c0_7 += a0 * b7
+            a1 = aq[ao + uint64(1)]
+            c1_0 += a1 * b0
+            c1_1 += a1 * b1
+            c1_2 += a1 * b2
+            c1_3 += a1 * b3
+            c1_4 += a1 * b4
+            c1_5 += a1 * b5
+            c1_6 += a1 * b6
+            c1_7 += a1 * b7
+            a2 = aq[ao + uint64(2)]
+            c2_0 += a2 * b0
+            c2_1 += a2 * b1
+            c2_2 += a2 * b2
+            c2_3 += a2 * b3
+            c2_4 += a2 * b4
+            c2_5 += a2 * b5
+            c2_6 += a2 * b6
+            c2_7 += a2 * b7
+            a3 = aq[ao + uint64(3)]
+            c3_0 += a3 * b0
+            c3_1 += a3 * b1
+            c3_2 += a3 * b2
+            c3_3 += a3 * b3
+            c3_4 += a3 * b4
+            c3_5 += a3 * b5
+            c3_6 += a3 * b6
+            c3_7 += a3 * b7
+        cq[uint64(0) * ldcu + uint64(0)] += c0_0
+        cq[uint64(0) * ldcu + uint64(1)] += c0_1
+        cq[uint64(0) * ldcu + uint64(2)] += c0_2
+        cq[uint64(0) * ldcu + uint64(3)] += c0_3
+        cq[uint64(0) * ldcu + uint64(4)] += c0_4
+        cq[uint64(0) * ldcu + uint64(5)] += c0_5
+        cq[uint64(0) * ldcu + uint64(6)] += c0_6
+        cq[uint64(0) * ldcu + uint64(7)] += c0_7
+        cq[uint64(1) * ldcu + uint64(0)] += c1_0
+        cq[uint64(1) * ldcu + uint64(1)] += c1_1
+        cq[uint64(1) * ldcu + uint64(2)] += c1_2
+        cq[uint64(1) * ldcu + uint64(3)] += c1_3
+        cq[uint64(1) * ldcu + uint64(4)] += c1_4
+        cq[uint64(1) * ldcu + uint64(5)] += c1_5
+        cq[uint64(1) * ldcu + uint64(6)] += c1_6
+        cq[uint64(1) * ldcu + uint64(7)] += c1_7
+        cq[uint64(2) * ldcu + uint64(0)] += c2_0
+        cq[uint64(2) * ldcu + uint64(1)] += c2_1
+        cq[uint64(2) * ldcu + uint64(2)] += c2_2
+        cq[uint64(2) * ldcu + uint64(3)] += c2_3
+        cq[uint64(2) * ldcu + uint64(4)] += c2_4
+        cq[uint64(2) * ldcu + uint64(5)] += c2_5
+        cq[uint64(2) * ldcu + uint64(6)] += c2_6
+        cq[uint64(2) * ldcu + uint64(7)] += c2_7
+        cq[uint64(3) * ldcu + uint64(0)] += c3_0
+        cq[uint64(3) * ldcu + uint64(1)] += c3_1
+        cq[uint64(3) * ldcu + uint64(2)] += c3_2
+        cq[uint64(3) * ldcu + uint64(3)] += c3_3
+        cq[uint64(3) * ldcu + uint64(4)] += c3_4
+        cq[uint64(3) * ldcu + uint64(5)] += c3_5
+        cq[uint64(3) * ldcu + uint64(6)] += c3_6
+        cq[uint64(3) * ldcu + uint64(7)] += c3_7
+
+
 @njit(parallel=True, **_OPTS)
 def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit, ap,
              bp, tiles):
