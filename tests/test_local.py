@@ -180,6 +180,10 @@ CONV_CASES = [  # (N, H, W, C, O, kernel, stride, padding, dilation, groups)
     (3, 5, 7, 4, 6, 3, (2, 1), "same", 1, 2),
     (2, 6, 5, 3, 3, 3, 1, 2, (2, 1), 3),
     (2, 9, 8, 4, 4, 3, 2, "same", 1, 4),
+    # one group and O a multiple of the matmul tile's NR: the in-place register-tile kernels
+    # (padded copy, output lines of OW % MR != 0 pixels, strides, dilation along h)
+    (3, 9, 19, 4, 16, 3, 1, "same", 1, 1),
+    (2, 10, 52, 2, 8, (3, 2), (2, 3), 1, (2, 1), 1),
 ]
 
 

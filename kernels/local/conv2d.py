@@ -25,8 +25,10 @@ from numba import njit
 
 from ..activation import _act
 from .gemm import gemm_nt, gemm_tn_acc
-from .pack import FASTMATH, block_rows, copy_run, patch_row, zero_run
+from ..matmul.generate import MT
+from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from .threads import run_chunks
+from .tiles import compile_with_slp, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
 
 N_PARTS = 8
 
@@ -173,6 +175,64 @@ def _input_grad(dy, w, dx2, geo, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _forward_direct(xp, lda, hw, w, b, y, geo, act, lo, hi):
+    """_forward on fastnn.matmul's register tile (one group, O a multiple of NR, no w
+    dilation) for output lines (n, oh) in [lo, hi): xp is x zero-padded (kernels/local/
+    pack.py padded_copy, sample stride lda), so each tile of MR adjacent output pixels reads
+    its patches in place, A rows sw*C apart, the kernel rows summed in registers, B = the
+    weights as stored (KH*KW*C, O). No gather, no transposed weights."""
+    Wp = hw[1]
+    KH, KW, C, O = w.shape
+    MR, NR = tile_shape(xp)
+    sh, sw, dh, OH, OW = geo[0], geo[1], geo[4], geo[8], geo[9]
+    w1 = w.reshape(-1)
+    y1 = y.reshape(-1)
+    run = KW * C
+    t = np.empty(MR * NR, xp.dtype)
+    one = xp.dtype.type(1)
+    zero = xp.dtype.type(0)
+    for line in range(lo, hi):
+        n = line // OH
+        oh = line - n * OH
+        a0 = n * lda + oh * sh * Wp * C
+        yl = y1[line * OW * O:]
+        for jr in range(0, O, NR):
+            bj = b[jr:] if b.shape[0] > 0 else b
+            for i0 in range(0, OW, MR):
+                micro_seg(run, KH, dh * Wp * C, run * O, xp[a0 + i0 * sw * C:], sw * C, w1[jr:], O, t)
+                if i0 + MR <= OW:
+                    store(t, yl[i0 * O + jr:], O, one, zero, True, True, bj, act)
+                else:
+                    store_edge(t, yl, O, i0, jr, OW - i0, NR, one, zero, True, True, b, act)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _weight_grad_direct(xp, lda, hw, dy2, parts, geo, lo, hi):
+    """parts[j] = the weight gradient (KH*KW*C, O) of the output lines j*L//N_PARTS up to
+    (j+1)*L//N_PARTS (L = N*OH lines), for j in [lo, hi): per line, kernel row and NR columns
+    one accumulating product over the OW pixels (A = patches read transposed in place from
+    the padded xp, B = dy rows), straight into the L1-resident part."""
+    Wp = hw[1]
+    Kg, O = parts.shape[1], parts.shape[2]
+    sh, sw, dh, KH, KW, OH, OW = geo[0], geo[1], geo[4], geo[6], geo[7], geo[8], geo[9]
+    C = Kg // (KH * KW)
+    NR = tile_shape(dy2)[1]
+    run = KW * C
+    L = dy2.shape[0] // OW
+    dy1 = dy2.reshape(-1)
+    for j in range(lo, hi):
+        p1 = parts[j].reshape(-1)
+        zero_run(p1, Kg * O)
+        for line in range(j * L // N_PARTS, (j + 1) * L // N_PARTS):
+            n = line // OH
+            oh = line - n * OH
+            for kh in range(KH):
+                a0 = n * lda + (oh * sh + kh * dh) * Wp * C
+                for jr in range(0, O, NR):
+                    micro_t(OW, run // MT, xp[a0:], sw * C, dy1[line * OW * O + jr:], O, p1[kh * run * O + jr:], O)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 def _forward_packed(x, w, b, y, geo, act, groups, lo, hi):
     Bs = _pack_wt(w, groups)
     _forward(x, Bs, b, y.reshape(-1, y.shape[3]), geo, act, lo, hi)
@@ -194,20 +254,43 @@ def _sum_parts(parts, dw):
                 dw2[k, o] += parts[j, k, o]
 
 
+#: the register-tile kernels tile each output line: narrower lines go the packed way (an
+#: 8-pixel line wastes a third of its second 6-row tile; measured slower at 8x8x64)
+MIN_DIRECT_WIDTH = 16
+
+
+def _direct(x, w, geo, groups, rows_multiple=1) -> bool:
+    """Whether the register-tile kernels apply: one group, O a multiple of NR, no w dilation,
+    output lines of at least MIN_DIRECT_WIDTH pixels (and KW*C a multiple of ``rows_multiple``)."""
+    return (groups == 1 and w.shape[3] % tile_shape_py(x.dtype)[1] == 0 and geo[5] == 1
+            and geo[9] >= MIN_DIRECT_WIDTH and (w.shape[1] * w.shape[2]) % rows_multiple == 0)
+
+
 def conv2d_forward_cpu(x, w, b, y, geo, act, groups, n_chunks):
-    """Output rows split into n_chunks ranges on threads (kernels/local/threads.py); each
-    chunk packs the (small) transposed weights itself."""
-    run_chunks(_forward_packed, (x, w, b, y, geo, act, groups), y.size // y.shape[3], n_chunks)
+    """Output lines (direct kernel) or rows split into n_chunks ranges on threads
+    (kernels/local/threads.py); the packed path's chunks pack the transposed weights each."""
+    if _direct(x, w, geo, groups):
+        mr = tile_shape_py(x.dtype)[0]
+        args = (*padded_copy(x, geo, (mr * int(geo[1]) + w.shape[1]) * x.shape[3]), w, b, y, geo, act)
+        compile_with_slp(_forward_direct, (*args, 0, 0))
+        run_chunks(_forward_direct, args, y.shape[0] * y.shape[1], n_chunks)
+    else:
+        run_chunks(_forward_packed, (x, w, b, y, geo, act, groups), y.size // y.shape[3], n_chunks)
 
 
 def conv2d_forward_serial(x, w, b, y, geo, act, groups, n_chunks=1):
-    _forward_packed(x, w, b, y, geo, act, groups, 0, y.size // y.shape[3])
+    conv2d_forward_cpu(x, w, b, y, geo, act, groups, 1)
 
 
 def _weight_grad(x, dy, dw, geo, groups, n_chunks):
     KH, KW, Cg, O = dw.shape
     parts = np.empty((N_PARTS, KH * KW * Cg, O), dw.dtype)
-    run_chunks(_weight_grad_parts, (x, dy.reshape(-1, O), parts, groups, geo), N_PARTS, n_chunks)
+    if _direct(x, dw, geo, groups, MT):
+        args = (*padded_copy(x, geo), dy.reshape(-1, O), parts, geo)
+        compile_with_slp(_weight_grad_direct, (*args, 0, 0))
+        run_chunks(_weight_grad_direct, args, N_PARTS, n_chunks)
+    else:
+        run_chunks(_weight_grad_parts, (x, dy.reshape(-1, O), parts, groups, geo), N_PARTS, n_chunks)
     _sum_parts(parts, dw)
 
 

@@ -29,7 +29,7 @@ from numba import njit
 
 from ..activation import _act
 from .gemm import gemm_nt, gemm_tn_acc
-from .pack import FASTMATH, block_rows, copy_run, patch_row, zero_run
+from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from ..matmul.generate import MT
 from .threads import run_chunks
 from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
@@ -255,27 +255,11 @@ def lc2d_forward_serial(x, w, b, y, geo, act, n_chunks=1):
     _forward_kernel(x, w, b, y, geo, act)(x, w, b, y, geo, act, 0, w.shape[0])
 
 
-def _padded(x, geo):
-    """(flat copy of x zero-padded to every window, its sample stride, (Hp, Wp)); the stride
-    is an odd number of 64-byte lines (a 32x32x16 fp32 image is 64 KiB: 64 samples would share
-    one cache set)."""
-    N, H, W, C = x.shape
-    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (int(v) for v in geo[:10])
-    hp = max(H + pt, (OH - 1) * sh + (KH - 1) * dh + 1)
-    wp = max(W + pl, (OW - 1) * sw + (KW - 1) * dw + 1)
-    line = 64 // x.itemsize
-    lines = -(-hp * wp * C // line)
-    lda = (lines + 1 - lines % 2) * line
-    flat = np.zeros(N * lda, x.dtype)
-    flat.reshape(N, lda)[:, :hp * wp * C].reshape(N, hp, wp, C)[:, pt:pt + H, pl:pl + W] = x
-    return flat, lda, (hp, wp)
-
-
 def _weight_grad_args(x, dy, dw, geo):
     """(kernel, its leading arguments): _weight_grad_direct on a padded copy where the tile fits."""
     if dw.shape[2] % tile_shape_py(dy.dtype)[1] or geo[5] != 1 or (x.shape[3] * int(geo[7])) % MT:
         return _weight_grad, (x, dy, dw, geo)
-    args = (*_padded(x, geo), dy, dw, geo)
+    args = (*padded_copy(x, geo), dy, dw, geo)
     compile_with_slp(_weight_grad_direct, (*args, 0, 0))
     return _weight_grad_direct, args
 

@@ -10,6 +10,7 @@ Oracle  exercised through tests/test_local.py against tests/reference_local.py.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 # The local kernels' fastmath flags: reassociation lets LLVM vectorize the reductions of
@@ -74,3 +75,21 @@ def block_rows(n_rows, k):
     """Rows per packed block: the (rows, k) panel stays within ~128 KiB of L2 (fp32)."""
     mb = max(4, (32768 // max(k, 1)) // 4 * 4)
     return max(1, min(n_rows, mb))
+
+
+def padded_copy(x: np.ndarray, geo: np.ndarray, tail: int = 0):
+    """(flat copy of x (N, H, W, C) zero-padded so that every window of geo is inside, its
+    sample stride in elements, (Hp, Wp)). The stride is an odd number of 64-byte lines: a
+    32x32x16 fp32 image is 64 KiB, and 64 samples a multiple of 4 KiB apart would share one
+    L1/L2 cache set. ``tail`` zero elements follow the last sample (kernels that read a
+    whole register tile past the last valid row)."""
+    N, H, W, C = x.shape
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (int(v) for v in geo[:10])
+    hp = max(H + pt, (OH - 1) * sh + (KH - 1) * dh + 1)
+    wp = max(W + pl, (OW - 1) * sw + (KW - 1) * dw + 1)
+    line = 64 // x.itemsize
+    lines = -(-hp * wp * C // line)
+    lda = (lines + 1 - lines % 2) * line
+    flat = np.zeros(N * lda + tail, x.dtype)
+    flat[:N * lda].reshape(N, lda)[:, :hp * wp * C].reshape(N, hp, wp, C)[:, pt:pt + H, pl:pl + W] = x
+    return flat, lda, (hp, wp)
