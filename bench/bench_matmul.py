@@ -40,13 +40,25 @@ RESULTS = Path(__file__).parent / "results"
 LAYERS = [(32, 64, 128), (256, 784, 256), (4096, 256, 256), (1024, 1024, 1024 // 4), (128, 4096, 1024)]
 
 
-def _time_pair(f, g, budget_s: float, max_reps: int):
+#: with several threads each side runs in blocks of this many calls after a quiet gap: OpenBLAS's
+#: idle workers spin for about 2^28 cycles (~0.1 s) after a call and libgomp's for a moment,
+#: so calls interleaved one by one measured each pool fighting the other's spinning threads
+#: for the 2 cores (fastnn 2-thread 128^3 at 1.7 GFLOP/s), not either library
+BLOCK, GAP_S = 8, 0.15
+
+
+def _time_pair(f, g, budget_s: float, max_reps: int, threads: int):
     f(), g(), f(), g()
     tf, tg = [], []
     t_end = time.perf_counter() + budget_s
+    block = 1 if threads == 1 else BLOCK
     while len(tf) < 3 or (time.perf_counter() < t_end and len(tf) < max_reps):
-        t = time.perf_counter(); f(); tf.append(time.perf_counter() - t)
-        t = time.perf_counter(); g(); tg.append(time.perf_counter() - t)
+        for fn, out in ((f, tf), (g, tg)):
+            if block > 1:
+                time.sleep(GAP_S)
+                fn()                                       # wakes this side's pool: not timed
+            for _ in range(block):
+                t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
     return tf, tg
 
 
@@ -78,8 +90,8 @@ def run(quick: bool):
         flops = 2.0 * m * n * k
         reps = 400 if flops < 1e7 else 100 if flops < 1e9 else 15
         with threadpool_limits(t, "blas"):
-            tf, tg = _time_pair(f, g, budget * (3 if flops > 1e10 else 1), reps)
-            extra = _time_pair(f, g2, budget, reps)[1] if g2 else None
+            tf, tg = _time_pair(f, g, budget * (3 if flops > 1e10 else 1), reps, t)
+            extra = _time_pair(f, g2, budget, reps, t)[1] if g2 else None
         np.testing.assert_allclose(c1, c2, rtol=1e-3 if dt == np.float32 else 1e-9, atol=1e-2 if dt == np.float32 else 1e-9)
         peak, _ = sysinfo.peak_gflops(dt, t)
         mf, mg = float(np.median(tf)), float(np.median(tg))
