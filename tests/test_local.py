@@ -184,6 +184,9 @@ CONV_CASES = [  # (N, H, W, C, O, kernel, stride, padding, dilation, groups)
     # (padded copy, output lines of OW % MR != 0 pixels, strides, dilation along h)
     (3, 9, 19, 4, 16, 3, 1, "same", 1, 1),
     (2, 10, 52, 2, 8, (3, 2), (2, 3), 1, (2, 1), 1),
+    # ... and on gathered patches where the output lines are narrow (or w is dilated)
+    (3, 7, 6, 4, 16, 3, 1, "same", 1, 1),
+    (2, 8, 9, 3, 8, (2, 3), (1, 2), 1, (1, 2), 1),
 ]
 
 

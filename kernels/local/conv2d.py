@@ -28,7 +28,7 @@ from .gemm import gemm_nt, gemm_tn_acc
 from ..matmul.generate import MT
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from .threads import run_chunks
-from .tiles import compile_with_slp, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
+from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
 
 N_PARTS = 8
 
@@ -207,6 +207,79 @@ def _forward_direct(xp, lda, hw, w, b, y, geo, act, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _forward_tiled(x, w, b, y2, geo, act, lo, hi):
+    """_forward for one group and O a multiple of NR on narrow output lines: output pixels
+    [lo, hi) (rows of y2) gather their patches into a (rows, K) panel, which the register
+    tile reads with B = the weights as stored (no transposed copy)."""
+    N, H, W, C = x.shape
+    KH, KW, _, O = w.shape
+    K = KH * KW * C
+    MR, NR = tile_shape(x)
+    sh, sw, pt, pl, dh, dw, OH, OW = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[8], geo[9]
+    P = OH * OW
+    xf = x.reshape(N, H, W * C)
+    w1 = w.reshape(-1)
+    y1 = y2.reshape(-1)
+    mb = -(-block_rows(max(hi - lo, 1), K) // MR) * MR
+    A = np.zeros((mb, K), x.dtype)
+    A1 = A.reshape(-1)
+    t = np.empty(MR * NR, x.dtype)
+    one = x.dtype.type(1)
+    zero = x.dtype.type(0)
+    for r0 in range(lo, hi, mb):
+        m = min(mb, hi - r0)
+        for i in range(m):
+            r = r0 + i
+            n = r // P
+            q = r - n * P
+            oh = q // OW
+            patch_row(xf[n], C, 0, C, oh * sh - pt, (q - oh * OW) * sw - pl, dh, dw, KH, KW, A[i])
+        for i in range(m, -(-m // MR) * MR):
+            zero_run(A[i], K)
+        yr = y1[r0 * O:]
+        for jr in range(0, O, NR):
+            bj = b[jr:] if b.shape[0] > 0 else b
+            for i0 in range(0, m, MR):
+                micro(K, A1[i0 * K:], K, w1[jr:], O, t)
+                if i0 + MR <= m:
+                    store(t, yr[i0 * O + jr:], O, one, zero, True, True, bj, act)
+                else:
+                    store_edge(t, yr, O, i0, jr, m - i0, NR, one, zero, True, True, b, act)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _weight_grad_tiled(x, dy2, parts, geo, lo, hi):
+    """_weight_grad_parts for one group, O a multiple of NR and K of MT on narrow lines: each
+    part's rows gather their patches into a panel that the accumulating transposed tile
+    reads (MT K-values per pixel), summed over the panel's pixels straight into the part."""
+    N, H, W, C = x.shape
+    Kg, O = parts.shape[1], parts.shape[2]
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
+                                              geo[8], geo[9])
+    NR = tile_shape(x)[1]
+    P = OH * OW
+    R = dy2.shape[0]
+    xf = x.reshape(N, H, W * C)
+    dy1 = dy2.reshape(-1)
+    mb = block_rows(max(R // N_PARTS, 1), Kg)
+    A = np.empty((mb, Kg), x.dtype)
+    A1 = A.reshape(-1)
+    for j in range(lo, hi):
+        p1 = parts[j].reshape(-1)
+        zero_run(p1, Kg * O)
+        for r0 in range(j * R // N_PARTS, (j + 1) * R // N_PARTS, mb):
+            m = min(mb, (j + 1) * R // N_PARTS - r0)
+            for i in range(m):
+                r = r0 + i
+                n = r // P
+                q = r - n * P
+                oh = q // OW
+                patch_row(xf[n], C, 0, C, oh * sh - pt, (q - oh * OW) * sw - pl, dh, dw, KH, KW, A[i])
+            for jr in range(0, O, NR):
+                micro_t(m, Kg // MT, A1, Kg, dy1[r0 * O + jr:], O, p1[jr:], O)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 def _weight_grad_direct(xp, lda, hw, dy2, parts, geo, lo, hi):
     """parts[j] = the weight gradient (KH*KW*C, O) of the output lines j*L//N_PARTS up to
     (j+1)*L//N_PARTS (L = N*OH lines), for j in [lo, hi): per line, kernel row and NR columns
@@ -259,21 +332,32 @@ def _sum_parts(parts, dw):
 MIN_DIRECT_WIDTH = 16
 
 
-def _direct(x, w, geo, groups, rows_multiple=1) -> bool:
-    """Whether the register-tile kernels apply: one group, O a multiple of NR, no w dilation,
-    output lines of at least MIN_DIRECT_WIDTH pixels (and KW*C a multiple of ``rows_multiple``)."""
-    return (groups == 1 and w.shape[3] % tile_shape_py(x.dtype)[1] == 0 and geo[5] == 1
-            and geo[9] >= MIN_DIRECT_WIDTH and (w.shape[1] * w.shape[2]) % rows_multiple == 0)
+def _path(x, w, geo, groups, k_multiple=1) -> str:
+    """Which kernels run: "inplace" (register tile on a padded copy: one group, O a multiple
+    of NR, no w dilation, lines of MIN_DIRECT_WIDTH+ pixels, KW*C a multiple of k_multiple),
+    "tiled" (register tile on gathered patches: one group, O a multiple of NR, K of
+    k_multiple) or "packed" (gathered patches, transposed weights, the 4x2 kernel)."""
+    KH, KW, Cg, O = w.shape
+    if groups != 1 or O % tile_shape_py(x.dtype)[1]:
+        return "packed"
+    if geo[5] == 1 and geo[9] >= MIN_DIRECT_WIDTH and (KW * Cg) % k_multiple == 0:
+        return "inplace"
+    return "tiled" if (KH * KW * Cg) % k_multiple == 0 else "packed"
 
 
 def conv2d_forward_cpu(x, w, b, y, geo, act, groups, n_chunks):
-    """Output lines (direct kernel) or rows split into n_chunks ranges on threads
+    """Output lines (in place) or rows split into n_chunks ranges on threads
     (kernels/local/threads.py); the packed path's chunks pack the transposed weights each."""
-    if _direct(x, w, geo, groups):
+    path = _path(x, w, geo, groups)
+    if path == "inplace":
         mr = tile_shape_py(x.dtype)[0]
         args = (*padded_copy(x, geo, (mr * int(geo[1]) + w.shape[1]) * x.shape[3]), w, b, y, geo, act)
         compile_with_slp(_forward_direct, (*args, 0, 0))
         run_chunks(_forward_direct, args, y.shape[0] * y.shape[1], n_chunks)
+    elif path == "tiled":
+        args = (x, w, b, y.reshape(-1, y.shape[3]), geo, act)
+        compile_with_slp(_forward_tiled, (*args, 0, 0))
+        run_chunks(_forward_tiled, args, y.size // y.shape[3], n_chunks)
     else:
         run_chunks(_forward_packed, (x, w, b, y, geo, act, groups), y.size // y.shape[3], n_chunks)
 
@@ -285,10 +369,15 @@ def conv2d_forward_serial(x, w, b, y, geo, act, groups, n_chunks=1):
 def _weight_grad(x, dy, dw, geo, groups, n_chunks):
     KH, KW, Cg, O = dw.shape
     parts = np.empty((N_PARTS, KH * KW * Cg, O), dw.dtype)
-    if _direct(x, dw, geo, groups, MT):
+    path = _path(x, dw, geo, groups, MT)
+    if path == "inplace":
         args = (*padded_copy(x, geo), dy.reshape(-1, O), parts, geo)
         compile_with_slp(_weight_grad_direct, (*args, 0, 0))
         run_chunks(_weight_grad_direct, args, N_PARTS, n_chunks)
+    elif path == "tiled":
+        args = (x, dy.reshape(-1, O), parts, geo)
+        compile_with_slp(_weight_grad_tiled, (*args, 0, 0))
+        run_chunks(_weight_grad_tiled, args, N_PARTS, n_chunks)
     else:
         run_chunks(_weight_grad_parts, (x, dy.reshape(-1, O), parts, groups, geo), N_PARTS, n_chunks)
     _sum_parts(parts, dw)
