@@ -75,3 +75,16 @@ def test_bias_activation_forward_and_backward(dtype, act, shape, variant):
     dx = np.empty_like(dy)
     act_backward_cpu(dy, y, ACTIVATIONS[act], dx)
     np.testing.assert_allclose(dx, dy * DACT_REF[act](y), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (7, 3), (43264, 16), (5, 0)])
+def test_add_column_sums(dtype, rows, cols):
+    from fastnn.kernels.reduce import add_column_sums
+
+    rng = np.random.default_rng(rows)
+    a = rng.standard_normal((rows, cols)).astype(dtype)
+    out = rng.standard_normal(cols).astype(dtype)
+    want = out.astype(np.float64) + a.astype(np.float64).sum(axis=0)
+    add_column_sums(a, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)

@@ -153,10 +153,21 @@ def test_bad_input_is_a_clear_error(call, exc, match):
         call(model)
 
 
-def test_first_layer_can_skip_the_input_gradient():
+F64 = np.float64
+FIRST_LAYERS = [  # (first layer, input shape without the batch)
+    (lambda: fnn.Dense(4, 3, activation="relu", dtype=F64), (4,)),
+    (lambda: fnn.BlockDiagonalDense(4, 6, groups=2, activation="relu", dtype=F64), (4,)),
+    (lambda: fnn.Conv2D(2, 3, 3, padding="same", activation="relu", dtype=F64), (5, 6, 2)),
+    (lambda: fnn.LocallyConnected2D(2, 3, 2, input_shape=(4, 5), activation="tanh", dtype=F64), (4, 5, 2)),
+    (lambda: fnn.LocallyConnected1D(2, 3, 2, input_length=6, dtype=F64), (6, 2)),
+]
+
+
+@pytest.mark.parametrize("first, shape", FIRST_LAYERS)
+def test_first_layer_can_skip_the_input_gradient(first, shape):
     fnn.manual_seed(0)
-    model = fnn.Sequential(fnn.Dense(4, 3, activation="relu", dtype=np.float64), fnn.Dense(3, 2, dtype=np.float64))
-    x, dy = np.random.default_rng(0).standard_normal((5, 4)), np.ones((5, 2))
+    model = fnn.Sequential(first(), fnn.Flatten(), fnn.Dense(int(np.prod(first().output_shape(shape))), 2, dtype=F64))
+    x, dy = np.random.default_rng(0).standard_normal((5, *shape)), np.ones((5, 2))
     model(x)
     assert model.backward(dy) is not None
     full = model.flat.grad.copy()

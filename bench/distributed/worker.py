@@ -174,11 +174,14 @@ def build_fastnn(kind: str):
 
     fnn.manual_seed(0)
     if kind == "mlp":
-        return fnn.Sequential(fnn.Dense(784, 1024, activation="relu"), fnn.Dense(1024, 1024, activation="relu"),
-                              fnn.Dense(1024, 10))
-    return fnn.Sequential(fnn.Conv2D(1, 16, 3, activation="relu"), fnn.MaxPool2D(2),
-                          fnn.Conv2D(16, 32, 3, activation="relu"), fnn.MaxPool2D(2), fnn.Flatten(),
-                          fnn.Dense(800, 128, activation="relu"), fnn.Dense(128, 10))
+        model = fnn.Sequential(fnn.Dense(784, 1024, activation="relu"), fnn.Dense(1024, 1024, activation="relu"),
+                               fnn.Dense(1024, 10))
+    else:
+        model = fnn.Sequential(fnn.Conv2D(1, 16, 3, activation="relu"), fnn.MaxPool2D(2),
+                               fnn.Conv2D(16, 32, 3, activation="relu"), fnn.MaxPool2D(2), fnn.Flatten(),
+                               fnn.Dense(800, 128, activation="relu"), fnn.Dense(128, 10))
+    model.input_grad = False        # as fnn.fit does, and as torch skips it (the data has no requires_grad)
+    return model
 
 
 def build_torch(kind: str, torch):

@@ -5,6 +5,7 @@ import numpy as np
 
 from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
 from fastnn.kernels.parallel import pick
+from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
@@ -74,12 +75,13 @@ class BlockDiagonalDense(Module):
         else:
             dz = dy
         w, gw = self.params["weight"], self.grads["weight"]
-        dx = np.empty_like(self._x)
+        dx = np.empty_like(self._x) if self.input_grad else None
         for g, (si, so) in enumerate(self._blocks()):
             matmul(self._x[:, si], dz[:, so], out=gw[g], trans_a=True, beta=1.0)
-            matmul(dz[:, so], w[g], out=dx[:, si], trans_b=True)
+            if dx is not None:
+                matmul(dz[:, so], w[g], out=dx[:, si], trans_b=True)
         if "bias" in self.grads:
-            self.grads["bias"] += dz.sum(axis=0)
+            add_column_sums(dz, self.grads["bias"])
         return dx
 
     def to_dense(self) -> np.ndarray:

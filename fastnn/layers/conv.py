@@ -7,6 +7,7 @@ from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backwar
 from fastnn.kernels.local.conv2d import (conv2d_forward_cpu, conv2d_forward_serial, conv2d_input_grad_cpu,
                                          conv2d_input_grad_serial, conv2d_weight_grad_cpu, conv2d_weight_grad_serial)
 from fastnn.kernels.parallel import pick
+from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
@@ -92,7 +93,9 @@ class Conv2D(Module):
         (conv2d_weight_grad_cpu if chunks > 1 else conv2d_weight_grad_serial)(
             x, dz, self.grads["weight"], self._geo, self.groups, chunks)
         if "bias" in self.grads:
-            self.grads["bias"] += dz.reshape(-1, self.out_channels).sum(axis=0)
+            add_column_sums(dz.reshape(-1, self.out_channels), self.grads["bias"])
+        if not self.input_grad:
+            return None
         dx = np.empty_like(x)
         (conv2d_input_grad_cpu if chunks > 1 else conv2d_input_grad_serial)(
             dz, self.params["weight"], dx, self._geo, chunks)

@@ -5,6 +5,7 @@ import numpy as np
 
 from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
 from fastnn.kernels.parallel import pick
+from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
@@ -58,7 +59,7 @@ class Dense(Module):
             dz = dy
         matmul(self._x, dz, out=self.grads["weight"], trans_a=True, beta=1.0)
         if "bias" in self.grads:
-            self.grads["bias"] += dz.sum(axis=0)
+            add_column_sums(dz, self.grads["bias"])
         return matmul(dz, self.params["weight"], trans_b=True) if self.input_grad else None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

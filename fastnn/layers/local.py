@@ -8,6 +8,7 @@ from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backwar
 from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc2d_input_grad_cpu,
                                        lc2d_input_grad_serial, lc2d_weight_grad_cpu, lc2d_weight_grad_serial)
 from fastnn.kernels.parallel import pick
+from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
@@ -109,7 +110,9 @@ class LocallyConnected2D(Module):
         wgrad(x, dz.reshape(n, P, O), self.grads["weight"].reshape(P, K, O), self._geo, chunks)
         if "bias" in self.grads:
             gb = self.grads["bias"]
-            gb += dz.sum(axis=(0, 1, 2)) if self.tied_bias else dz.sum(axis=0).reshape(gb.shape)
+            add_column_sums(dz.reshape(-1, O) if self.tied_bias else dz.reshape(n, -1), gb.reshape(-1))
+        if not self.input_grad:
+            return None
         dx = np.empty_like(x)
         igrad = lc2d_input_grad_cpu if chunks > 1 else lc2d_input_grad_serial
         igrad(dz.reshape(n, P, O), self.params["weight"].reshape(P, K, O), dx, self._geo, chunks)
@@ -213,7 +216,8 @@ class LocallyConnected1D(LocallyConnected2D):
         if self._y is None:
             raise RuntimeError("LocallyConnected1D.backward called before forward")
         check_array(dy, "LocallyConnected1D output gradient", dtype=self.dtype, shape=self._y[:, 0].shape)
-        return self._backward4(dy[:, None])[:, 0]
+        dx = self._backward4(dy[:, None])
+        return None if dx is None else dx[:, 0]
 
     def get_keras_weights(self) -> list[np.ndarray]:
         """[kernel (OL, K*in, out), bias (OL, out)] as Keras 2 ``LocallyConnected1D(implementation=1)``."""
