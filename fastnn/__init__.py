@@ -19,7 +19,7 @@ from . import checkpoint, data, distributed, losses, optim, random, schedules, t
 from .layers import Dense, Dropout, Flatten, ReLU, Sequential, Sigmoid, Tanh  # noqa: E402
 from .layers import (AvgPool2D, BlockDiagonalDense, Concat, Conv2D, GlobalAvgPool2D,  # noqa: E402
                      LocallyConnected1D, LocallyConnected2D, MaxPool2D)
-from .gemm import matmul  # noqa: E402
+from .gemm import batched_matmul, matmul  # noqa: E402
 from .kernels.matmul.settings import apply_process_settings  # noqa: E402
 from .module import Module  # noqa: E402
 from .random import manual_seed  # noqa: E402

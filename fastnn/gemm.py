@@ -51,16 +51,15 @@ def _call(fn, key, *args):
 
 
 def _flat(x: np.ndarray):
-    """(1-D view from x's first element over its whole span, row stride, col stride) in
-    elements, read through strides without a copy; None when a stride is negative or not a
-    whole number of elements."""
+    """(1-D view from x's first element over its whole span, then its strides) in elements,
+    read through strides without a copy; None when a stride is negative or not a whole
+    number of elements."""
     size = x.itemsize
-    rs, cs = x.strides
-    if rs < 0 or cs < 0 or rs % size or cs % size or x.size == 0:
+    if x.size == 0 or any(s < 0 or s % size for s in x.strides):
         return None
-    rs, cs = rs // size, cs // size
-    span = (x.shape[0] - 1) * rs + (x.shape[1] - 1) * cs + 1
-    return np.lib.stride_tricks.as_strided(x, (span,), (size,)), rs, cs
+    strides = tuple(s // size for s in x.strides)
+    span = sum((d - 1) * s for d, s in zip(x.shape, strides)) + 1
+    return (np.lib.stride_tricks.as_strided(x, (span,), (size,)), *strides)
 
 
 def _operand(x: np.ndarray, trans: bool):
@@ -199,8 +198,8 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
     nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
     parallel = nthreads > 1 and mnk >= PARALLEL_MNK
-    kc = -(-k // -(-k // blk.kc))                          # balanced K blocks: no thin last block
-    mc, nsplit = -(-(-(-m // -(-m // blk.mc))) // blk.mr) * blk.mr, 1
+    mc, kc = _balanced(m, k, blk)
+    nsplit = 1
     if parallel:
         nmb = -(-m // blk.mc)
         if m >= nthreads * blk.mr * 8:
@@ -222,6 +221,95 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
                 numba.set_num_threads(old)
     else:
         _call(mod.gemm_serial, ("serial", mod, dt.char), *args)
+
+
+def _balanced(m: int, k: int, blk: _blocks.Blocks) -> tuple[int, int]:
+    """(MC, KC) for this product: the table's blocks evened out (a multiple of MR), so no
+    thin last block of rows or of K."""
+    return -(-(-(-m // -(-m // blk.mc))) // blk.mr) * blk.mr, -(-k // -(-k // blk.kc))
+
+
+def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans_a: bool = False,
+                   trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0, bias: np.ndarray | None = None,
+                   activation: str | None = None, threads: int | None = None) -> np.ndarray:
+    """``out[g] = activation(alpha * op(a[g]) @ op(b[g]) + beta * out[g] + bias[g])`` for every
+    group g; returns ``out``.
+
+    a: (G, M, K), or (G, K, M) with trans_a; b: (G, K, N), or (G, N, K) with trans_b; out:
+    (G, M, N) or None (then ``beta`` must be 0); bias: (G, N) or None; one float dtype.
+    Any non-negative strides are read in place (e.g. ``x.reshape(n, G, k).transpose(1, 0, 2)``,
+    the column blocks of a block-diagonal layer); ``out`` needs unit column stride to be
+    written in place. One call runs every group, one group at a time per thread (``threads``,
+    default numba.get_num_threads()), each on the packed GEMM: no Python per group.
+    """
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, np.ndarray) or x.ndim != 3:
+            raise ValueError(f"batched_matmul: {name} must be a 3-D numpy array (groups, rows, cols), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+    dt = a.dtype
+    if dt != b.dtype or dt.char not in "fd":
+        raise TypeError(f"batched_matmul: expected two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+    G = a.shape[0]
+    m, k = a.shape[2:0:-1] if trans_a else a.shape[1:]
+    k2, n = b.shape[2:0:-1] if trans_b else b.shape[1:]
+    if b.shape[0] != G or k != k2:
+        raise ValueError(f"batched_matmul: op(a) is {G} x {m}x{k}, op(b) is {b.shape[0]} x {k2}x{n} "
+                         f"(trans_a={trans_a}, trans_b={trans_b}): groups and inner dimensions must agree")
+    if out is None:
+        if beta != 0:
+            raise ValueError("batched_matmul: beta != 0 needs an out array to accumulate into")
+        out = np.empty((G, m, n), dt)
+    elif not isinstance(out, np.ndarray) or out.dtype != dt or out.shape != (G, m, n) or not out.flags.writeable:
+        raise ValueError(f"batched_matmul: out must be a writeable {dt} array of shape ({G}, {m}, {n}), got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != dt or bias.shape != (G, n)):
+        raise ValueError(f"batched_matmul: bias must be a {dt} array of shape ({G}, {n}), got "
+                         f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+    views = [_flat(x) for x in (a, b, out)]
+    if G < 2 or k == 0 or None in views or views[2][3] != 1:
+        for g in range(G):                 # nothing to batch, or a layout the driver cannot read
+            matmul(a[g], b[g], out[g], trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
+                   bias=None if bias is None else bias[g], activation=activation, threads=threads)
+        return out
+    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
+    if act < 0:
+        raise ValueError(f"batched_matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
+    if m == 0 or n == 0:
+        return out
+    (fa, ga, ra, ca), (fb, gb, rb, cb), (fc, gc, ldc, _) = views
+    rsa, csa = (ca, ra) if trans_a else (ra, ca)
+    rsb, csb = (cb, rb) if trans_b else (rb, cb)
+    fbias = np.ascontiguousarray(bias).reshape(-1) if bias is not None else _EMPTY[dt.char]
+    blk = _blocks.blocks_for(dt.char)
+    mc, kc = _balanced(m, k, blk)
+    nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
+    nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS, G)
+    ap, bps, tiles = _group_buffers(dt, numba.config.NUMBA_NUM_THREADS if nthreads > 1 else 1, blk)
+    mod = kernel_module(dt)
+    args = (G, m, n, k, dt.type(alpha), fa, rsa, csa, ga, fb, rsb, csb, gb, dt.type(beta), fc, ldc, gc, fbias,
+            n, act, mc, kc, blk.nc, ap, bps, tiles)
+    if nthreads > 1:
+        old = numba.get_num_threads()
+        numba.set_num_threads(nthreads)
+        try:
+            _call(mod.gemm_cpu_groups, ("cpu_groups", mod, dt.char), *args)
+        finally:
+            numba.set_num_threads(old)
+    else:
+        _call(mod.gemm_serial_groups, ("serial_groups", mod, dt.char), *args)
+    return out
+
+
+def _group_buffers(dt, threads: int, b: _blocks.Blocks):
+    """Per-thread packing buffers of the batched driver: each thread packs its own B."""
+    key = (dt.char, threads, b, "groups")
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    if key not in cache:
+        ap, _, tiles = _buffers(dt, threads, b)
+        cache[key] = (ap, aligned_zeros(threads * b.nc * b.kc, dt).reshape(threads, b.nc * b.kc), tiles)
+    return cache[key]
 
 
 def describe() -> str:

@@ -206,10 +206,10 @@ def test_generated_files_match_generator():
 
 def test_block_defaults_from_caches():
     b = blocks.analytic(np.float32, simd_bits=256, caches={"L1d": "32K", "L2": "512K", "L3": "32768K"})
-    assert (b.mr, b.nr, b.kc) == (6, 16, 256) and b.mc % 6 == 0 and b.nc % 16 == 0
+    assert (b.mr, b.nr, b.kc, b.mc) == (6, 16, 512, 126) and b.nc % 16 == 0
     assert b.mc * b.kc * 4 <= 256 << 10
     b = blocks.analytic(np.float64, simd_bits=512, caches={"L1d": "48K", "L2": "2048K", "L3": "300M"})
-    assert (b.mr, b.nr) == (8, 16) and b.kc * b.nr * 8 <= 24 << 10
+    assert (b.mr, b.nr, b.kc) == (8, 16, 384) and b.kc * b.nr * 8 <= 48 << 10 and b.mc * b.kc * 8 <= 1 << 20
 
 
 def test_slp_setting_is_restored_for_user_code():
@@ -232,3 +232,37 @@ def test_micro_kernel_assembly_full_width_fmas_no_spills(dtype):
     lanes = (512 if reg == "zmm_fma" else 256) // 8 // np.dtype(dtype).itemsize
     assert r[reg] >= blk.mr * blk.nr // lanes, r
     assert r["spills"] == 0, r
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_matmul_on_column_blocks(dtype, trans_a, trans_b, threads):
+    """Groups of column blocks of wider arrays (as BlockDiagonalDense reads them), in place."""
+    rng = np.random.default_rng(7)
+    G, m, k, n = 3, 37, 70, 40
+    wide_a = rng.standard_normal((k, G * m) if trans_a else (m, G * k)).astype(dtype)
+    a = wide_a.reshape(wide_a.shape[0], G, -1).transpose(1, 0, 2)
+    b = rng.standard_normal((G, n, k) if trans_b else (G, k, n)).astype(dtype)
+    wide_out = rng.standard_normal((m, G * n)).astype(dtype)
+    c0 = wide_out.reshape(m, G, n).transpose(1, 0, 2).copy()
+    out = wide_out.reshape(m, G, n).transpose(1, 0, 2)
+    bias = rng.standard_normal((G, n)).astype(dtype)
+    got = fastnn.batched_matmul(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=-1.0, bias=bias,
+                                activation="relu", threads=threads)
+    assert got is out
+    for g in range(G):
+        check(wide_out[:, g * n:(g + 1) * n], matmul_ref(a[g], b[g], c0[g], trans_a, trans_b, alpha=0.5, beta=-1.0,
+                                                         bias=bias[g], activation="relu"), dtype, k)
+
+
+def test_batched_matmul_errors_and_single_group():
+    f32 = np.ones((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        fastnn.batched_matmul(f32, f32)
+    with pytest.raises(ValueError, match="3-D"):
+        fastnn.batched_matmul(f32[0], f32[0].T)
+    with pytest.raises(ValueError, match="bias"):
+        fastnn.batched_matmul(f32, f32, trans_b=True, bias=np.ones(3, np.float32))
+    one = np.random.default_rng(0).standard_normal((1, 5, 6)).astype(np.float32)
+    np.testing.assert_allclose(fastnn.batched_matmul(one, one, trans_b=True)[0], one[0] @ one[0].T, rtol=1e-5)

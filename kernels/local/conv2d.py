@@ -25,7 +25,7 @@ from numba import njit
 
 from ..activation import _act
 from .gemm import gemm_nt, gemm_tn_acc
-from ..matmul.generate import MT
+from ..matmul.blocks import MT
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from .threads import run_chunks
 from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py

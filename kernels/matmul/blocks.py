@@ -2,8 +2,11 @@
 
 Defaults   analytic (Low et al., "Analytical modeling is enough for high-performance BLIS",
            TOMS 2016), from the caches fastnn.sysinfo detects:
-             KC  the KC x NR micro-panel of B fills about half of L1 (it stays there while the
-                 A micro-panels stream past);
+             KC  the KC x NR micro-panel of B fills L1 (it stays there while the A micro-
+                 panels stream past; at most 512). Half of L1, the textbook choice, measured
+                 5-8 % slower here (Zen 3: KC 256 vs 512 at n = 1024-2048, fp32 and fp64,
+                 interleaved against OpenBLAS) than the whole of it, which ``fastnn tune`` chose;
+                 fewer K blocks mean fewer read-modify-writes of C;
              MC  the MC x KC block of A fills about half of L2 (a multiple of MR);
              NC  the KC x NC block of B fills at most a quarter of L3 (a multiple of NR).
            MR x NR by SIMD width: AVX2 6x16 fp32 / 6x8 fp64 (12 of 16 ymm registers hold the
@@ -27,6 +30,10 @@ import numpy as np
 #: thread (no packing of full panels; its work buffer grows with k)
 SMALL_MNK = 96 ** 3
 SMALL_K = 4096
+#: rows of the transposed micro-kernel's tile (micro_direct_t): with MR rows LLVM hoists the MR
+#: broadcasts of a step above its FMAs and spills (20 live registers of 16 on AVX2, measured
+#: 44 GFLOP/s); 4 rows keep 2*4 accumulators, 4 broadcasts and 2 row loads in registers
+MT = 4
 
 @dataclass(frozen=True)
 class Blocks:
@@ -69,7 +76,7 @@ def analytic(dtype, simd_bits: int | None = None, caches: dict[str, str] | None 
     l2 = _bytes(caches.get("L2", "")) or 256 << 10
     l3 = _bytes(caches.get("L3", "")) or 8 << 20
     mr, nr = register_tile(dtype, simd_bits)
-    kc = max(64, min(512, (l1 // 2) // (nr * size)) // 16 * 16)
+    kc = max(64, min(512, l1 // (nr * size)) // 16 * 16)
     mc = max(mr, (l2 // 2) // (kc * size) // mr * mr)
     nc = max(nr, min(8192, (l3 // 4) // (kc * size)) // nr * nr)
     return Blocks(mr, nr, mc, kc, nc, "analytic")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .blocks import MT
+
 HERE = Path(__file__).parent
 
 # (MR, NR) register tiles shipped: NR is the vector (column) direction, MR the broadcast rows.
@@ -79,12 +81,6 @@ def direct_source(mr: int, nr: int) -> str:
     lines += _accumulate(mr, nr, lambda i: f"ar{i}[p]")
     lines += [f"    c[{i * nr + j}] = c{i}_{j}" for i in range(mr) for j in range(nr)]
     return "\n".join(lines) + "\n"
-
-
-# Rows of the transposed kernel's tile: with MR rows LLVM hoists the MR broadcasts of a
-# step above its FMAs and spills (20 live registers of 16 on AVX2, measured 44 GFLOP/s);
-# 4 rows keep 2*4 accumulators, 4 broadcasts and 2 row loads in registers.
-MT = 4
 
 
 def transposed_source(mr: int, nr: int) -> str:

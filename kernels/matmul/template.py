@@ -243,4 +243,17 @@ def __NAME__(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, 
                     pack_a(a, rsa, csa, r0, pc, mc, kc, apt)
                     macro(kc, mc, min(nc - q0 * NR, (q1 - q0) * NR), apt, bp[q0 * NR * kc:], c, ldc, r0,
                           jc + q0 * NR, alpha, beta, first, last, bias, act, tiles[t])
+
+
+@njit(parallel=__PARALLEL__, **_OPTS)
+def __NAME___groups(G, m, n, k, alpha, a, rsa, csa, ga, b, rsb, csb, gb, beta, c, ldc, gc, bias, gbias, act, mcb,
+                    kcb, ncb, ap, bps, tiles):
+    """G independent products C_g = act(alpha A_g B_g + beta C_g + bias_g) (a batched matmul),
+    operand g at offsets g*ga, g*gb, g*gc, g*gbias of the flat buffers: one group at a time
+    per thread, each through gemm_serial with that thread's rows of ap, bps and tiles."""
+    for g in __LOOP__(G):
+        t = __TID__
+        bg = bias[g * gbias:g * gbias + n] if bias.shape[0] > 0 else bias
+        gemm_serial(m, n, k, alpha, a[g * ga:], rsa, csa, b[g * gb:], rsb, csb, beta, c[g * gc:], ldc, bg, act,
+                    mcb, kcb, ncb, 1, 1, ap[t:t + 1], bps[t], tiles[t:t + 1])
 '''
