@@ -11,8 +11,8 @@ What    Side by side in one process, for each thread count t (numba.set_num_thre
           - Conv2D 3x3 "same" on small-CNN shapes: fastnn against
             torch.nn.functional.conv2d (oneDNN) with NCHW tensors and with channels_last
             tensors; the ratio is against the faster of the two.
-          - BlockDiagonalDense 1024 -> 1024, batch 256, groups 1, 2, 4, 8: fastnn (one BLAS
-            product per block on strided views) against torch.bmm over the blocks (x viewed
+          - BlockDiagonalDense 1024 -> 1024, batch 256, groups 1, 2, 4, 8: fastnn (one
+            fastnn.batched_matmul over the column blocks, in place) against torch.bmm over the blocks (x viewed
             (N, G, i), transposed to (G, N, i), bmm, transposed back), autograd for backward.
         Every variant runs once per round, rounds rotate the order, medians are reported.
         Forward + backward = one forward, then one backward with a fixed output gradient.
@@ -417,11 +417,12 @@ NOTES = """Notes
   and threadpoolctl's limit on NumPy's BLAS. OpenMP threads spin briefly (GOMP_SPINCOUNT=20000)
   then sleep: torch's speed, without idle spinning threads stealing the next variant's cores.
 - fastnn's local kernels run their chunks on a small Python thread pool calling nogil Numba
-  bodies (kernels/local/threads.py); BlockDiagonalDense runs on NumPy's BLAS.
+  bodies (kernels/local/threads.py); BlockDiagonalDense runs on fastnn.batched_matmul.
 - The torch locally connected layer is the usual community one (F.unfold, permute, torch.bmm
   over positions, permute back, + bias; autograd for backward): it materialises the im2col
-  matrix (N*P*K floats, 33 MB here) and its gradient. fastnn gathers each position's patches
-  into per-thread scratch (64 x 144 floats) and never builds it.
+  matrix (N*P*K floats, 33 MB here) and its gradient. fastnn reads each position's patches in
+  place on fastnn.matmul's register tile (the weight gradient from a zero-padded copy of x)
+  and never builds it.
 - GFLOP/s counts 2 FLOP per multiply-add, forward + backward = 3 x forward (input and weight
   gradients); Conv2D's count includes the zero taps of the padded border.
 - Peak extra memory: see the module docstring (fresh subprocess, peak-RSS mark reset after
