@@ -29,4 +29,4 @@ apply_process_settings()  # full-width vectors on AVX-512 while Numba has compil
 __version__ = "0.1.0"
 __all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
            "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses",
-           "manual_seed", "matmul", "optim", "random", "schedules", "train"]
+           "batched_matmul", "manual_seed", "matmul", "optim", "random", "schedules", "train"]

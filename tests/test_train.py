@@ -1,7 +1,6 @@
 """The training loop end to end: accuracy on digits, checkpoints, exact resume, the CLI."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

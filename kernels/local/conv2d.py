@@ -47,27 +47,33 @@ def _pack_wt(w, G):
     return Bs
 
 
+@njit(inline="always")
+def _gather_pixels(xf, c0, cg, geo, r0, m, A):
+    """A[i] = the patch (channels [c0, c0 + cg)) of output pixel r0 + i, pixels numbered
+    (n, oh, ow) row-major; xf is x viewed (N, H, W*C)."""
+    C = xf.shape[2] // geo[11]
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
+                                              geo[8], geo[9])
+    for i in range(m):
+        r = r0 + i
+        n = r // (OH * OW)
+        q = r - n * (OH * OW)
+        oh = q // OW
+        patch_row(xf[n], C, c0, cg, oh * sh - pt, (q - oh * OW) * sw - pl, dh, dw, KH, KW, A[i])
+
+
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 def _forward(x, Bs, b, y2, geo, act, lo, hi):
     N, H, W, C = x.shape
     G, Og, Kg = Bs.shape
     Cg, O = C // G, G * Og
-    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
-                                              geo[8], geo[9])
-    P = OH * OW
     xf = x.reshape(N, H, W * C)
     mb = block_rows(hi - lo, Kg)
     A = np.empty((mb, Kg), x.dtype)
     for r0 in range(lo, hi, mb):
         m = min(mb, hi - r0)
         for g in range(G):
-            for i in range(m):
-                r = r0 + i
-                n = r // P
-                p = r - n * P
-                oh = p // OW
-                ow = p - oh * OW
-                patch_row(xf[n], C, g * Cg, Cg, oh * sh - pt, ow * sw - pl, dh, dw, KH, KW, A[i])
+            _gather_pixels(xf, g * Cg, Cg, geo, r0, m, A)
             bg = b[g * Og:(g + 1) * Og] if b.shape[0] > 0 else b
             gemm_nt(A, Bs[g], y2[r0:r0 + m, g * Og:(g + 1) * Og], m, Og, Kg, False, bg)
         if act != 0:
@@ -83,9 +89,6 @@ def _weight_grad_part(x, dy2, part, G, geo, lo, hi):
     N, H, W, C = x.shape
     Kg, O = part.shape
     Cg, Og = C // G, O // G
-    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
-                                              geo[8], geo[9])
-    P = OH * OW
     xf = x.reshape(N, H, W * C)
     mb = block_rows(max(hi - lo, 1), Kg)
     A = np.empty((mb, Kg), x.dtype)
@@ -93,13 +96,7 @@ def _weight_grad_part(x, dy2, part, G, geo, lo, hi):
     for r0 in range(lo, hi, mb):
         m = min(mb, hi - r0)
         for g in range(G):
-            for i in range(m):
-                r = r0 + i
-                n = r // P
-                p = r - n * P
-                oh = p // OW
-                ow = p - oh * OW
-                patch_row(xf[n], C, g * Cg, Cg, oh * sh - pt, ow * sw - pl, dh, dw, KH, KW, A[i])
+            _gather_pixels(xf, g * Cg, Cg, geo, r0, m, A)
             gemm_tn_acc(A, dy2[r0:r0 + m, g * Og:(g + 1) * Og], Ct[g], m, Og, Kg)
     for k in range(Kg):
         for g in range(G):
@@ -215,8 +212,6 @@ def _forward_tiled(x, w, b, y2, geo, act, lo, hi):
     KH, KW, _, O = w.shape
     K = KH * KW * C
     MR, NR = tile_shape(x)
-    sh, sw, pt, pl, dh, dw, OH, OW = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[8], geo[9]
-    P = OH * OW
     xf = x.reshape(N, H, W * C)
     w1 = w.reshape(-1)
     y1 = y2.reshape(-1)
@@ -228,12 +223,7 @@ def _forward_tiled(x, w, b, y2, geo, act, lo, hi):
     zero = x.dtype.type(0)
     for r0 in range(lo, hi, mb):
         m = min(mb, hi - r0)
-        for i in range(m):
-            r = r0 + i
-            n = r // P
-            q = r - n * P
-            oh = q // OW
-            patch_row(xf[n], C, 0, C, oh * sh - pt, (q - oh * OW) * sw - pl, dh, dw, KH, KW, A[i])
+        _gather_pixels(xf, 0, C, geo, r0, m, A)
         for i in range(m, -(-m // MR) * MR):
             zero_run(A[i], K)
         yr = y1[r0 * O:]
@@ -254,10 +244,7 @@ def _weight_grad_tiled(x, dy2, parts, geo, lo, hi):
     reads (MT K-values per pixel), summed over the panel's pixels straight into the part."""
     N, H, W, C = x.shape
     Kg, O = parts.shape[1], parts.shape[2]
-    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
-                                              geo[8], geo[9])
     NR = tile_shape(x)[1]
-    P = OH * OW
     R = dy2.shape[0]
     xf = x.reshape(N, H, W * C)
     dy1 = dy2.reshape(-1)
@@ -269,12 +256,7 @@ def _weight_grad_tiled(x, dy2, parts, geo, lo, hi):
         zero_run(p1, Kg * O)
         for r0 in range(j * R // N_PARTS, (j + 1) * R // N_PARTS, mb):
             m = min(mb, (j + 1) * R // N_PARTS - r0)
-            for i in range(m):
-                r = r0 + i
-                n = r // P
-                q = r - n * P
-                oh = q // OW
-                patch_row(xf[n], C, 0, C, oh * sh - pt, (q - oh * OW) * sw - pl, dh, dw, KH, KW, A[i])
+            _gather_pixels(xf, 0, C, geo, r0, m, A)
             for jr in range(0, O, NR):
                 micro_t(m, Kg // MT, A1, Kg, dy1[r0 * O + jr:], O, p1[jr:], O)
 

@@ -135,7 +135,6 @@ def _weight_grad(x, dy, dw_, geo, lo, hi):
     mb = block_rows(N, K)
     A = np.empty((mb, K), x.dtype)
     Ct = np.empty((O, K), x.dtype)
-    z = x.dtype.type(0)
     for p in range(lo, hi):
         oh = p // OW
         ow = p - oh * OW

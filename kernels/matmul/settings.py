@@ -15,7 +15,6 @@ Width    On AVX-512 CPUs LLVM's ``prefer-256-bit`` keeps vectorized code at ymm 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 
 import numba
