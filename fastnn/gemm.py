@@ -109,7 +109,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # Fast path for small products, where Python and dispatch are the cost: small transposed
         # operands are copied row-major, the kernel checks the shapes and declines what is not
         # small; anything it declines goes the general way below.
-        if (trans_a or trans_b) and a.size * b.shape[trans_b] <= SMALL_MNK:
+        if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
             a = np.ascontiguousarray(a.T) if trans_a else a
             b = np.ascontiguousarray(b.T) if trans_b else b
             trans_a = trans_b = False
