@@ -101,8 +101,6 @@ def cpu_ghz() -> tuple[float, str]:
 
 
 def _measure_ghz() -> float:
-    import time
-
     from numba import njit
 
     @njit(cache=False)
