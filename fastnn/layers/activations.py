@@ -13,6 +13,19 @@ from ..module import Module
 _NO_BIAS = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 
 
+def activation_grad(dy: np.ndarray, y: np.ndarray, act: int) -> np.ndarray:
+    """dL/dz = dy * act'(z), computed from the activation's output y (same shape as dy, rows
+    along the first axis); ``dy`` itself when ``act`` is 0 (no activation). The one place
+    every layer with a fused activation goes through on its way back."""
+    if not act:
+        return dy
+    dz = np.empty_like(y)
+    if y.size:
+        rows = lambda a: a.reshape(len(y) if y.ndim > 1 else 1, -1)  # noqa: E731
+        pick(act_backward_cpu, act_backward_serial, dz.size)(rows(np.ascontiguousarray(dy)), rows(y), act, rows(dz))
+    return dz
+
+
 class _Activation(Module):
     kind = "linear"
 
@@ -31,10 +44,7 @@ class _Activation(Module):
         if self._y is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         check_array(dy, f"{type(self).__name__} output gradient", dtype=self._y.dtype, shape=self._y.shape)
-        dx = np.empty_like(self._y)
-        flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
-        pick(act_backward_cpu, act_backward_serial, dx.size)(flat(np.ascontiguousarray(dy)), flat(self._y), ACTIVATIONS[self.kind], flat(dx))
-        return dx
+        return activation_grad(dy, self._y, ACTIVATIONS[self.kind])
 
 
 class ReLU(_Activation):

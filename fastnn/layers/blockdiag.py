@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
-from fastnn.kernels.parallel import pick
+from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
 from ..gemm import batched_matmul
 from ..module import Module
+from .activations import activation_grad
 
 
 class BlockDiagonalDense(Module):
@@ -73,11 +73,7 @@ class BlockDiagonalDense(Module):
             raise RuntimeError("BlockDiagonalDense.backward called before forward")
         check_array(dy, "BlockDiagonalDense output gradient", dtype=self.dtype, shape=self._y.shape)
         dy = np.ascontiguousarray(dy)
-        if self._act:
-            dz = np.empty_like(self._y)
-            pick(act_backward_cpu, act_backward_serial, dz.size)(dy, self._y, self._act, dz)
-        else:
-            dz = dy
+        dz = activation_grad(dy, self._y, self._act)
         w, gw = self.params["weight"], self.grads["weight"]
         batched_matmul(self._groups(self._x), self._groups(dz), gw, trans_a=True, beta=1.0)
         dx = np.empty_like(self._x) if self.input_grad else None

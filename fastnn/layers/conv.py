@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
+from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.local.conv2d import (conv2d_forward_cpu, conv2d_forward_serial, conv2d_input_grad_cpu,
                                          conv2d_input_grad_serial, conv2d_weight_grad_cpu, conv2d_weight_grad_serial)
-from fastnn.kernels.parallel import pick
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
 from ..module import Module
+from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, threads_for, weight_bound
 
 
@@ -81,12 +81,7 @@ class Conv2D(Module):
             raise RuntimeError("Conv2D.backward called before forward")
         check_array(dy, "Conv2D output gradient", dtype=self.dtype, shape=self._y.shape)
         dy = np.ascontiguousarray(dy)
-        if self._act:
-            dz = np.empty_like(self._y)
-            flat = lambda a: a.reshape(-1, self.out_channels)  # noqa: E731
-            pick(act_backward_cpu, act_backward_serial, dz.size)(flat(dy), flat(self._y), self._act, flat(dz))
-        else:
-            dz = dy
+        dz = activation_grad(dy, self._y, self._act)
         x = self._x
         k = self.params["weight"][..., 0].size
         chunks = threads_for(dz.size // self.out_channels * k)

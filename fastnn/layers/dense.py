@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
-from fastnn.kernels.parallel import pick
+from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
 from ..gemm import matmul
 from ..module import Module
+from .activations import activation_grad
 
 
 class Dense(Module):
@@ -52,11 +52,7 @@ class Dense(Module):
         if self._y is None:
             raise RuntimeError("Dense.backward called before forward")
         check_array(dy, "Dense output gradient", dtype=self.dtype, shape=self._y.shape)
-        if self._act:
-            dz = np.empty_like(self._y)
-            pick(act_backward_cpu, act_backward_serial, dz.size)(np.ascontiguousarray(dy), self._y, self._act, dz)
-        else:
-            dz = dy
+        dz = activation_grad(dy, self._y, self._act)
         matmul(self._x, dz, out=self.grads["weight"], trans_a=True, beta=1.0)
         if "bias" in self.grads:
             add_column_sums(dz, self.grads["bias"])

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS, act_backward_cpu, act_backward_serial
+from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc2d_input_grad_cpu,
                                        lc2d_input_grad_serial, lc2d_weight_grad_cpu, lc2d_weight_grad_serial)
-from fastnn.kernels.parallel import pick
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
 from ..checks import check_array
 from ..module import Module
+from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, threads_for, weight_bound
 
 
@@ -99,12 +99,7 @@ class LocallyConnected2D(Module):
         x = self._x
         n = x.shape[0]
         dy = np.ascontiguousarray(dy)
-        if self._act:
-            dz = np.empty_like(self._y)
-            flat = lambda a: a.reshape(-1, O)  # noqa: E731
-            pick(act_backward_cpu, act_backward_serial, dz.size)(flat(dy), flat(self._y), self._act, flat(dz))
-        else:
-            dz = dy
+        dz = activation_grad(dy, self._y, self._act)
         chunks = threads_for(n * P * K)
         wgrad = lc2d_weight_grad_cpu if chunks > 1 else lc2d_weight_grad_serial
         wgrad(x, dz.reshape(n, P, O), self.grads["weight"].reshape(P, K, O), self._geo, chunks)
