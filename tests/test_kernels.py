@@ -1,6 +1,8 @@
 """Kernels against plain NumPy: chunking, reductions, fused bias + activation."""
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -88,3 +90,23 @@ def test_add_column_sums(dtype, rows, cols):
     want = out.astype(np.float64) + a.astype(np.float64).sum(axis=0)
     add_column_sums(a, out)
     np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+def test_prefetch_emits_a_prefetch_and_changes_nothing():
+    from numba import njit
+
+    from fastnn.kernels.prefetch import prefetch
+
+    @njit
+    def touch(a):
+        for i in range(0, a.size, 16):
+            prefetch(a, i)
+        return a.sum()
+
+    a = np.arange(100, dtype=np.float32)
+    before = a.copy()
+    assert touch(a) == before.sum()
+    np.testing.assert_array_equal(a, before)
+    asm = touch.inspect_asm(touch.signatures[0])
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "prefetch" in asm

@@ -18,6 +18,7 @@ from numba import get_thread_id, njit, prange, uint64
 
 from fastnn.kernels.activation import _act
 from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_MNK
+from fastnn.kernels.prefetch import prefetch
 
 MR = 8
 NR = 32
@@ -145,6 +146,10 @@ def macro(kc, mc, ncw, ap, bp, c, ldc, r0, c0, alpha, beta, first, last, bias, a
         for ir in range(0, mc, MR):
             apan = ap[ir * kc:(ir + MR) * kc]
             if nr == NR and ir + MR <= mc:
+                co = (r0 + ir) * ldc + c0 + jr
+                for i in range(MR):
+                    prefetch(c, co + i * ldc)
+                    prefetch(c, co + i * ldc + NR - 1)
                 micro(kc, apan, bpan, tile)
                 store_c(tile, c[(r0 + ir) * ldc + c0 + jr:], ldc, alpha, beta, first, last, bslice, act)
             else:
