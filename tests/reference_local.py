@@ -30,6 +30,22 @@ def lc2d_ref(x, w, b, stride, pads, dilation):
     return y
 
 
+
+def lc2d_input_grad_ref(dy, w, x_shape, stride, pads, dilation):
+    """dx of lc2d_ref: each output position's dy scattered back through its taps (the adjoint
+    of the loop above), then the padding cut off."""
+    OH, OW, KH, KW, C, O = w.shape
+    (pt, pb), (pl, pr) = pads
+    n, h, wd, _ = x_shape
+    dxp = np.zeros((n, h + pt + pb, wd + pl + pr, C))
+    for oh in range(OH):
+        for ow in range(OW):
+            for kh in range(KH):
+                for kw in range(KW):
+                    ih, iw = oh * stride[0] + kh * dilation[0], ow * stride[1] + kw * dilation[1]
+                    dxp[:, ih, iw] += dy[:, oh, ow].astype(np.float64) @ w[oh, ow, kh, kw].T
+    return dxp[:, pt:pt + h, pl:pl + wd]
+
 def conv2d_ref(x, w, b, stride, pads, dilation, groups=1):
     """Grouped cross-correlation with weight (KH, KW, C/groups, O), by loops over taps."""
     KH, KW, Cg, O = w.shape

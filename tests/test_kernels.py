@@ -110,3 +110,26 @@ def test_prefetch_emits_a_prefetch_and_changes_nothing():
     asm = touch.inspect_asm(touch.signatures[0])
     if platform.machine() in ("x86_64", "AMD64"):
         assert "prefetch" in asm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_block_against_numpy(dtype):
+    from numba import njit
+
+    from fastnn.kernels.transpose import lanes, transpose_block
+
+    @njit
+    def run(src, s0, lds, dst, d0, ldd):
+        transpose_block(src, s0, lds, dst, d0, ldd)
+
+    n = lanes(np.dtype(dtype).itemsize)
+    src = np.arange(n * 21 + 5, dtype=dtype)
+    dst = np.full(n * 30 + 7, -1, dtype)
+    run(src, 3, 21, dst, 5, 30)
+    s = np.lib.stride_tricks.as_strided(src[3:], (n, n), (21 * src.itemsize, src.itemsize))
+    d = np.lib.stride_tricks.as_strided(dst[5:], (n, n), (30 * dst.itemsize, dst.itemsize))
+    np.testing.assert_array_equal(d, s.T)
+    outside = np.ones(dst.size, bool)
+    for j in range(n):
+        outside[5 + j * 30:5 + j * 30 + n] = False
+    assert (dst[outside] == -1).all()

@@ -8,7 +8,7 @@ import pytest
 
 import fastnn as fnn
 from reference import numerical_grad
-from reference_local import conv2d_ref, lc2d_ref, pool_ref, same_pads
+from reference_local import conv2d_ref, lc2d_input_grad_ref, lc2d_ref, pool_ref, same_pads
 
 RNG = np.random.default_rng
 
@@ -77,6 +77,26 @@ def test_lc2d_gradients(case):
     _randomize(layer)
     _check_grads(layer, RNG(0).standard_normal((min(n, 2), h, w, c)))
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    (13, 5, 6, 16, 3, 3, 1, "same", 1),      # unit strides, C a multiple of NR: the in-place dy path
+    (6, 4, 5, 16, 2, (2, 3), 1, "valid", 1),  # N = MR: no leftover samples
+    (7, 6, 3, 16, 4, 3, 1, 2, 1),            # padding wider than the kernel reach: taps cut on both sides
+    (9, 5, 6, 16, 3, 3, 2, "same", 1),       # stride 2: the gathered path
+])
+def test_lc2d_input_gradient_matches_loops(case, dtype):
+    n, h, w, c, o, k, s, pad, d = case
+    layer = fnn.LocallyConnected2D(c, o, k, input_shape=(h, w), stride=s, padding=pad, dilation=d, dtype=dtype)
+    _randomize(layer)
+    x = RNG(0).standard_normal((n, h, w, c)).astype(dtype)
+    dy = RNG(1).standard_normal(layer(x).shape).astype(dtype)
+    kk, ss, dd = (fnn.layers._spatial.pair(v, "") for v in (k, s, d))
+    pads = [_pads(pad, (h, w)[a], kk[a], ss[a], dd[a]) for a in (0, 1)]
+    want = lc2d_input_grad_ref(dy, layer.params["weight"], x.shape, ss, pads, dd)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(layer.backward(dy), want, rtol=tol, atol=tol)
 
 def test_lc2d_tied_bias_relu_and_batch_blocks():
     # a batch larger than one packed block of rows exercises the block loop and the tile edges

@@ -31,6 +31,7 @@ from ..activation import _act
 from .gemm import gemm_nt, gemm_tn_acc
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from ..matmul.blocks import MT
+from ..transpose import transpose_block
 from .threads import run_chunks
 from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
 
@@ -237,6 +238,83 @@ def _input_grad(dy, w, dx, geo, lo, hi):
             gemm_nt(A, B, Cv, m, C, kk, False, b0)
 
 
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+def _input_grad_direct(dy, w, dx, geo, lo, hi):
+    """_input_grad on fastnn.matmul's register tile (unit strides and dilation, C a multiple of
+    NR). With unit strides the taps covering pixel (ih, iw) are the output positions of a
+    rectangle: rows oh ascending (kh descending), in each a run of adjacent ow (kw descending).
+    So dy is read in place, one segment of run*O values per row (the micro-kernel sums the
+    segments in registers); only the pixel's weight blocks are copied, transposed to (O, C)
+    rows, into L1-sized scratch (each block of w is used by exactly one pixel). The last
+    N % MR samples go through a zero-padded copy of their dy rows. The blocks are transposed
+    L x L in registers (kernels/transpose.py) when O is a multiple of L."""
+    N, H, W, C = dx.shape
+    P, K, O = w.shape
+    MR, NR = tile_shape(dy)
+    pt, pl, KH, KW, OH, OW = geo[2], geo[3], geo[6], geo[7], geo[8], geo[9]
+    Bt = np.empty(KH * KW * O * C, dy.dtype)
+    Ar = np.zeros(MR * KH * KW * O, dy.dtype)
+    t = np.empty(MR * NR, dy.dtype)
+    dy1 = dy.reshape(-1)
+    dx1 = dx.reshape(-1)
+    w1 = w.reshape(-1)
+    L = 32 // dy.itemsize
+    lda = P * O
+    ldc = H * W * C
+    one = dy.dtype.type(1)
+    zero = dy.dtype.type(0)
+    b0 = np.empty(0, dy.dtype)
+    nfull = N // MR * MR
+    for q in range(lo, hi):
+        ih = q // W
+        iw = q - ih * W
+        kh_hi = min(KH - 1, ih + pt)
+        kh_lo = max(0, ih + pt - OH + 1)
+        kw_hi = min(KW - 1, iw + pl)
+        kw_lo = max(0, iw + pl - OW + 1)
+        nseg = kh_hi - kh_lo + 1
+        run = kw_hi - kw_lo + 1
+        if nseg <= 0 or run <= 0:
+            for n in range(N):
+                zero_run(dx1[n * ldc + q * C:], C)
+            continue
+        oh0 = ih + pt - kh_hi
+        ow0 = iw + pl - kw_hi
+        kc = run * O
+        for sg in range(nseg):
+            for r in range(run):
+                s0 = ((oh0 + sg) * OW + ow0 + r) * K * O + ((kh_hi - sg) * KW + kw_hi - r) * C * O
+                d0 = (sg * run + r) * O * C
+                if O % L == 0:
+                    for cb in range(0, C, L):
+                        for ob in range(0, O, L):
+                            transpose_block(w1, s0 + cb * O + ob, O, Bt, d0 + ob * C + cb, C)
+                else:
+                    for c in range(C):
+                        for o in range(O):
+                            Bt[d0 + o * C + c] = w1[s0 + c * O + o]
+        a0 = (oh0 * OW + ow0) * O
+        for jr in range(0, C, NR):
+            for n0 in range(0, nfull, MR):
+                micro_seg(kc, nseg, OW * O, kc * C, dy1[n0 * lda + a0:], lda, Bt[jr:], C, t)
+                store(t, dx1[n0 * ldc + q * C + jr:], ldc, one, zero, True, True, b0, 0)
+        if nfull < N:
+            for i in range(N - nfull):
+                for sg in range(nseg):
+                    copy_run(dy1[(nfull + i) * lda + a0 + sg * OW * O:], Ar[(i * nseg + sg) * kc:], kc)
+            for jr in range(0, C, NR):
+                micro_seg(kc, nseg, kc, kc * C, Ar, nseg * kc, Bt[jr:], C, t)
+                store_edge(t, dx1[q * C:], ldc, nfull, jr, N - nfull, NR, one, zero, True, True, b0, 0)
+
+
+def _input_grad_kernel(dy, w, dx, geo):
+    """_input_grad_direct where it applies (unit strides and dilation, C a multiple of NR)."""
+    if dx.shape[3] % tile_shape_py(dy.dtype)[1] or geo[0] != 1 or geo[1] != 1 or geo[4] != 1 or geo[5] != 1:
+        return _input_grad
+    compile_with_slp(_input_grad_direct, (dy, w, dx, geo, 0, 0))
+    return _input_grad_direct
+
+
 def _forward_kernel(x, w, b, y, geo, act):
     """_forward_direct where the register tile fits (O a multiple of NR, no w dilation)."""
     if w.shape[2] % tile_shape_py(x.dtype)[1] or geo[5] != 1:
@@ -273,8 +351,8 @@ def lc2d_weight_grad_serial(x, dy, dw, geo, n_chunks=1):
 
 
 def lc2d_input_grad_cpu(dy, w, dx, geo, n_chunks):
-    run_chunks(_input_grad, (dy, w, dx, geo), dx.shape[1] * dx.shape[2], n_chunks)
+    run_chunks(_input_grad_kernel(dy, w, dx, geo), (dy, w, dx, geo), dx.shape[1] * dx.shape[2], n_chunks)
 
 
 def lc2d_input_grad_serial(dy, w, dx, geo, n_chunks=1):
-    _input_grad(dy, w, dx, geo, 0, dx.shape[1] * dx.shape[2])
+    _input_grad_kernel(dy, w, dx, geo)(dy, w, dx, geo, 0, dx.shape[1] * dx.shape[2])

@@ -21,6 +21,7 @@ from numba import get_thread_id, njit, prange, uint64
 from fastnn.kernels.activation import _act
 from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_MNK
 from fastnn.kernels.prefetch import prefetch
+from fastnn.kernels.transpose import transpose_block
 
 MR = __MR__
 NR = __NR__
@@ -67,11 +68,18 @@ def pack_b_panel(b, rs, cs, p0, c0, q, nc, kc, bp):
     w = min(NR, nc - q * NR)
     dst = bp[q * NR * kc:(q + 1) * NR * kc]
     if rs == 1 and cs != 1:
-        # B column-major (a transposed operand): each column's kc run is contiguous
+        # B column-major (a transposed operand): each column's kc run is contiguous; a full
+        # panel goes through L x L register transposes (L elements of a 256-bit vector)
+        L = 32 // b.itemsize
+        pf = kc // L * L if w == NR else 0
+        for jb in range(0, w if pf else 0, L):
+            base = (c0 + q * NR + jb) * cs + p0
+            for pb in range(0, pf, L):
+                transpose_block(b, base + pb, cs, dst, pb * NR + jb, NR)
         for j in range(w):
             base = uint64(c0 + q * NR + j) * csu + uint64(p0)
             src = b[base:base + uint64(kc)]
-            for p in range(kc):
+            for p in range(pf, kc):
                 dst[p * NR + j] = src[p]
         for p in range(kc):
             for j in range(w, NR):
