@@ -119,13 +119,13 @@ def test_transpose_block_against_numpy(dtype):
     from fastnn.kernels.transpose import lanes, transpose_block
 
     @njit
-    def run(src, s0, lds, dst, d0, ldd):
-        transpose_block(src, s0, lds, dst, d0, ldd)
+    def run(src, s0, lds, rows, dst, d0, ldd):
+        transpose_block(src, s0, lds, rows, dst, d0, ldd)
 
     n = lanes(np.dtype(dtype).itemsize)
     src = np.arange(n * 21 + 5, dtype=dtype)
     dst = np.full(n * 30 + 7, -1, dtype)
-    run(src, 3, 21, dst, 5, 30)
+    run(src, 3, 21, n, dst, 5, 30)
     s = np.lib.stride_tricks.as_strided(src[3:], (n, n), (21 * src.itemsize, src.itemsize))
     d = np.lib.stride_tricks.as_strided(dst[5:], (n, n), (30 * dst.itemsize, dst.itemsize))
     np.testing.assert_array_equal(d, s.T)
@@ -133,3 +133,11 @@ def test_transpose_block_against_numpy(dtype):
     for j in range(n):
         outside[5 + j * 30:5 + j * 30 + n] = False
     assert (dst[outside] == -1).all()
+    # fewer rows than lanes, packed densely (row stride = rows): the block, then junk only in
+    # the rows - n elements after it; the source past the last row is never needed
+    for rows in range(1, n):
+        src = np.arange(rows * 9, dtype=dtype)
+        dst = np.full(n * rows + n + 3, -1, dtype)
+        run(src, 0, 9, rows, dst, 2, rows)
+        np.testing.assert_array_equal(dst[2:2 + n * rows].reshape(n, rows), src.reshape(rows, 9)[:, :n].T)
+        assert (dst[:2] == -1).all() and (dst[2 + n * rows + n - rows:] == -1).all()

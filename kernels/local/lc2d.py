@@ -288,7 +288,7 @@ def _input_grad_direct(dy, w, dx, geo, lo, hi):
                 if O % L == 0:
                     for cb in range(0, C, L):
                         for ob in range(0, O, L):
-                            transpose_block(w1, s0 + cb * O + ob, O, Bt, d0 + ob * C + cb, C)
+                            transpose_block(w1, s0 + cb * O + ob, O, L, Bt, d0 + ob * C + cb, C)
                 else:
                     for c in range(C):
                         for o in range(O):

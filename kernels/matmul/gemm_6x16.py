@@ -42,6 +42,19 @@ def pack_a(a, rs, cs, r0, p0, mc, kc, ap):
                 for i in range(MR):
                     d[i] = src[i]
             continue
+        L = 32 // a.itemsize
+        if cs == 1 and q * MR + MR <= mc and MR <= L and kc > L:
+            # A row-major: MR x L blocks transposed in registers; the last block (whose junk
+            # lanes would pass the panel's end) and any rest go element by element
+            base = (r0 + q * MR) * rs + p0
+            pv = (kc - 1) // L * L
+            for pb in range(0, pv, L):
+                transpose_block(a, base + pb, rs, MR, dst, pb * MR, MR)
+            for i in range(MR):
+                src = a[base + i * rs + pv:base + i * rs + kc]
+                for p in range(kc - pv):
+                    dst[(pv + p) * MR + i] = src[p]
+            continue
         for i in range(MR):
             r = q * MR + i
             if r < mc:
@@ -73,7 +86,7 @@ def pack_b_panel(b, rs, cs, p0, c0, q, nc, kc, bp):
         for jb in range(0, w if pf else 0, L):
             base = (c0 + q * NR + jb) * cs + p0
             for pb in range(0, pf, L):
-                transpose_block(b, base + pb, cs, dst, pb * NR + jb, NR)
+                transpose_block(b, base + pb, cs, L, dst, pb * NR + jb, NR)
         for j in range(w):
             base = uint64(c0 + q * NR + j) * csu + uint64(p0)
             src = b[base:base + uint64(kc)]
