@@ -109,7 +109,10 @@ TARGETS = [("fp32, 1 thread, n = 512/1024/2048", lambda r: r["dtype"] == "float3
            ("fp64, 1 thread, n = 512/1024/2048", lambda r: r["dtype"] == "float64" and r["threads"] == 1 and r["kind"] == "square" and r["m"] in (512, 1024, 2048), 0.8),
            ("all threads, n >= 1024", lambda r: r["threads"] > 1 and r["kind"] == "square" and r["m"] >= 1024, 0.85),
            ("n <= 64", lambda r: r["kind"] == "square" and r["m"] <= 64, 1.0),
-           ("4096x256x256 + bias + ReLU", lambda r: r["kind"] == "layer+bias+relu", 1.2)]
+           ("4096x256x256 + bias + ReLU vs `np.maximum(x @ W + b, 0)` (the issue's expression)",
+            lambda r: r["kind"] == "layer+bias+relu", 1.2, "ratio_as_written"),
+           ("4096x256x256 + bias + ReLU vs NumPy in place (out= at each step; stricter)",
+            lambda r: r["kind"] == "layer+bias+relu", 1.2)]
 
 
 def markdown(rows, meta) -> str:
@@ -122,8 +125,8 @@ def markdown(rows, meta) -> str:
         out.append(f"| {r['dtype']} | {r['threads']} | {r['m']}x{r['k']}x{r['n']} | {r['kind']} | "
                    f"{r['fastnn_gflops']:.1f} | {r['numpy_gflops']:.1f} | {r['ratio']:.2f} | {r['pct_peak']:.0f} |")
     out += ["", "| target (x NumPy, median over the rows) | goal | min | median | status |", "|---|---|---|---|---|"]
-    for name, sel, goal in TARGETS:
-        rs = [r["ratio"] for r in rows if sel(r)]
+    for name, sel, goal, *key in TARGETS:
+        rs = [r[key[0] if key else "ratio"] for r in rows if sel(r)]
         if rs:
             out.append(f"| {name} | {goal} | {min(rs):.2f} | {np.median(rs):.2f} | "
                        f"{'PASS' if np.median(rs) >= goal else 'FAIL'} |")
