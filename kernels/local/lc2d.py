@@ -14,7 +14,10 @@ Shapes  x, dx: (N, H, W, C); w, dw: (P, K, O) with K = KH*KW*C, i.e. the layer's
         (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW); act: kernels.activation code.
 How     Each output position p packs its weight block transposed (O, K) once, gathers
         the patches of a block of samples into a (rows, K) panel in thread-local scratch
-        (never the whole im2col) and calls the 4x2 micro-kernel of gemm.py. Work is split
+        (never the whole im2col) and calls the 4x2 micro-kernel of gemm.py. Where the
+        shapes fit fastnn.matmul's register tile, the *_direct variants read x (forward, on a
+        padded copy for the weight gradient) or dy (input gradient, unit strides) in place
+        and need no gathered panel. Work is split
         in ``n_chunks`` contiguous ranges of positions (input pixels for dx), one scratch
         set per range, run on threads by ``*_cpu`` (kernels/local/threads.py) or in the
         calling thread by ``*_serial``; results do not depend on the split.
