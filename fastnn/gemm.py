@@ -23,6 +23,7 @@ PARALLEL_MNK = 128 ** 3
 
 _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 _ACT = dict(ACTIVATIONS)
+#: dtype -> (small_into, small_plain), the fast path's kernel entries once they are compiled
 _FAST: dict = {}
 _modules: dict[tuple[int, int], object] = {}
 _compiled: set = set()
@@ -102,27 +103,34 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     bias: (N,) or None. activation: None, "relu", "tanh" or "sigmoid".
     threads: Numba threads for this call (default: numba.get_num_threads()).
     """
-    fast = _FAST.get(a.dtype) if type(a) is np.ndarray else None
-    if (fast is not None and type(b) is np.ndarray and b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
-            and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype))
+    dt = a.dtype if type(a) is np.ndarray else None
+    entries = _FAST.get(dt)
+    if (entries is not None and type(b) is np.ndarray and b.dtype is dt and a.ndim == 2 and b.ndim == 2
+            and (bias is None or (type(bias) is np.ndarray and bias.dtype is dt))
             and (activation is None or type(activation) is str)):
         # Fast path for small products, where Python and dispatch are the cost: small transposed
         # operands are copied row-major, the kernel checks the shapes and declines what is not
-        # small; anything it declines goes the general way below.
+        # small; anything it declines goes the general way below. Plain products (no alpha,
+        # beta, bias or activation) take the 3-argument entry: each argument costs dispatch time.
+        fast, fast_plain = entries
         if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
             a = np.ascontiguousarray(a.T) if trans_a else a
             b = np.ascontiguousarray(b.T) if trans_b else b
             trans_a = trans_b = False
         if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
+            plain = bias is None and activation is None and alpha == 1 and beta == 0
             if out is None:
                 if beta == 0:
-                    c = np.empty((a.shape[0], b.shape[1]), a.dtype)
-                    if fast(a, b, c, _EMPTY[a.dtype.char] if bias is None else bias, float(alpha), 0.0,
-                            _ACT.get(activation, -1)):
+                    c = np.empty((a.shape[0], b.shape[1]), dt)
+                    if (fast_plain(a, b, c) if plain else
+                            fast(a, b, c, _EMPTY[dt.char] if bias is None else bias, float(alpha), 0.0,
+                                 _ACT.get(activation, -1))):
                         return c
-            elif (type(out) is np.ndarray and out.dtype is a.dtype and out.flags.c_contiguous
-                  and out.flags.writeable and fast(a, b, out, _EMPTY[a.dtype.char] if bias is None else bias,
-                                                   float(alpha), float(beta), _ACT.get(activation, -1))):
+            elif (type(out) is np.ndarray and out.dtype is dt and out.ndim == 2 and out.flags.c_contiguous
+                  and out.flags.writeable
+                  and (fast_plain(a, b, out) if plain else
+                       fast(a, b, out, _EMPTY[dt.char] if bias is None else bias, float(alpha), float(beta),
+                            _ACT.get(activation, -1)))):
                 return out
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
@@ -189,10 +197,11 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         _call(mod.gemm_small, ("small", mod, dt.char), m, n, k, alpha, fa, rsa, fb, rsb, beta, c, ldc, bias,
               act, work)
         if dt not in _FAST:
+            one = np.ones((1, 1), dt)
             with _settings.slp_scope():
-                mod.small_into(np.ones((1, 1), dt), np.ones((1, 1), dt), np.ones((1, 1), dt), _EMPTY[dt.char], 1.0,
-                               0.0, 0)
-            _FAST[dt] = mod.small_into
+                mod.small_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
+                mod.small_plain(one, one, one.copy())
+            _FAST[dt] = (mod.small_into, mod.small_plain)
         return
     blk = _blocks.blocks_for(dt.char)
     nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
