@@ -82,6 +82,7 @@ def test_lc2d_gradients(case):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", [
     (13, 5, 6, 16, 3, 3, 1, "same", 1),      # unit strides, C a multiple of NR: the in-place dy path
+    (8, 5, 5, 16, 16, 3, 1, "same", 1),      # O a multiple of the vector: weight blocks transposed in registers
     (6, 4, 5, 16, 2, (2, 3), 1, "valid", 1),  # N = MR: no leftover samples
     (7, 6, 3, 16, 4, 3, 1, 2, 1),            # padding wider than the kernel reach: taps cut on both sides
     (9, 5, 6, 16, 3, 3, 2, "same", 1),       # stride 2: the gathered path
