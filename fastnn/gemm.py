@@ -15,6 +15,8 @@ import numpy as np
 from .flat import aligned_zeros
 from .kernels.activation import ACTIVATIONS
 from .kernels.matmul import blocks as _blocks
+from .kernels.matmul import module_for
+from .kernels.matmul.fast import plain_into, plain_new
 from .kernels.matmul import settings as _settings
 from .kernels.matmul.blocks import SMALL_K, SMALL_MNK
 
@@ -23,23 +25,15 @@ PARALLEL_MNK = 128 ** 3
 
 _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 _ACT = dict(ACTIVATIONS)
-#: dtype -> (small_into, small_plain), the fast path's kernel entries once they are compiled
+#: dtype -> small_into, once it and the plain entries (kernels/matmul/fast.py) are compiled with SLP
 _FAST: dict = {}
-_modules: dict[tuple[int, int], object] = {}
 _compiled: set = set()
 _local = threading.local()
 
 
 def kernel_module(dtype):
     """The generated module for this dtype's register tile (imported on first use)."""
-    b = _blocks.blocks_for(np.dtype(dtype).char)
-    mod = _modules.get((b.mr, b.nr))
-    if mod is None:
-        import importlib
-
-        mod = importlib.import_module(f"fastnn.kernels.matmul.gemm_{b.mr}x{b.nr}")
-        _modules[(b.mr, b.nr)] = mod
-    return mod
+    return module_for(dtype)
 
 
 def _call(fn, key, *args):
@@ -103,35 +97,37 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     bias: (N,) or None. activation: None, "relu", "tanh" or "sigmoid".
     threads: Numba threads for this call (default: numba.get_num_threads()).
     """
-    dt = a.dtype if type(a) is np.ndarray else None
-    entries = _FAST.get(dt)
-    if (entries is not None and type(b) is np.ndarray and b.dtype is dt and a.ndim == 2 and b.ndim == 2
-            and (bias is None or (type(bias) is np.ndarray and bias.dtype is dt))
-            and (activation is None or type(activation) is str)):
-        # Fast path for small products, where Python and dispatch are the cost: small transposed
-        # operands are copied row-major, the kernel checks the shapes and declines what is not
-        # small; anything it declines goes the general way below. Plain products (no alpha,
-        # beta, bias or activation) take the 3-argument entry: each argument costs dispatch time.
-        fast, fast_plain = entries
-        if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
-            a = np.ascontiguousarray(a.T) if trans_a else a
-            b = np.ascontiguousarray(b.T) if trans_b else b
-            trans_a = trans_b = False
-        if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
-            plain = bias is None and activation is None and alpha == 1 and beta == 0
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype in _FAST:
+        # Fast path for small products, where Python and dispatch are the cost. Plain products
+        # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
+        # transposed operands are copied row-major and the 7-argument kernel checks the shapes.
+        # Whatever a kernel declines (not small, other layouts or types) goes the general way.
+        if not trans_a and not trans_b and bias is None and activation is None and alpha == 1 and beta == 0:
             if out is None:
-                if beta == 0:
-                    c = np.empty((a.shape[0], b.shape[1]), dt)
-                    if (fast_plain(a, b, c) if plain else
-                            fast(a, b, c, _EMPTY[dt.char] if bias is None else bias, float(alpha), 0.0,
-                                 _ACT.get(activation, -1))):
-                        return c
-            elif (type(out) is np.ndarray and out.dtype is dt and out.ndim == 2 and out.flags.c_contiguous
-                  and out.flags.writeable
-                  and (fast_plain(a, b, out) if plain else
-                       fast(a, b, out, _EMPTY[dt.char] if bias is None else bias, float(alpha), float(beta),
-                            _ACT.get(activation, -1)))):
+                c = plain_new(a, b)
+                if c is not None:
+                    return c
+            elif type(out) is np.ndarray and plain_into(a, b, out):
                 return out
+        elif (b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
+              and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype))
+              and (activation is None or type(activation) is str)):
+            fast = _FAST[a.dtype]
+            if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
+                a = np.ascontiguousarray(a.T) if trans_a else a
+                b = np.ascontiguousarray(b.T) if trans_b else b
+                trans_a = trans_b = False
+            if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
+                args = (_EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
+                        _ACT.get(activation, -1))
+                if out is None:
+                    if beta == 0:
+                        c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+                        if fast(a, b, c, *args):
+                            return c
+                elif (type(out) is np.ndarray and out.dtype is a.dtype and out.flags.c_contiguous
+                      and out.flags.writeable and fast(a, b, out, *args)):
+                    return out
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
     dt = a.dtype
@@ -200,8 +196,9 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
             one = np.ones((1, 1), dt)
             with _settings.slp_scope():
                 mod.small_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
-                mod.small_plain(one, one, one.copy())
-            _FAST[dt] = (mod.small_into, mod.small_plain)
+                plain_into(one, one, one.copy())
+                plain_new(one, one)
+            _FAST[dt] = mod.small_into
         return
     blk = _blocks.blocks_for(dt.char)
     nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))

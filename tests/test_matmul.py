@@ -266,3 +266,40 @@ def test_batched_matmul_errors_and_single_group():
         fastnn.batched_matmul(f32, f32, trans_b=True, bias=np.ones(3, np.float32))
     one = np.random.default_rng(0).standard_normal((1, 5, 6)).astype(np.float32)
     np.testing.assert_allclose(fastnn.batched_matmul(one, one, trans_b=True)[0], one[0] @ one[0].T, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_plain_products_of_every_layout_and_the_errors(dtype):
+    """The Numba-typed entries for small plain products (kernels/matmul/fast.py) compute only
+    C-contiguous, writeable, same-dtype 2-D operands; everything else must still come out
+    right (or raise the general path's errors), never half-written."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((7, 9)).astype(dtype)
+    b = rng.standard_normal((9, 5)).astype(dtype)
+    want = matmul_ref(a, b)
+    check(fastnn.matmul(a, b), want, dtype, 9)                       # registers the dtype's fast entries
+    ro_a, ro_b = a.copy(), b.copy()
+    ro_a.setflags(write=False)
+    ro_b.setflags(write=False)
+    out = np.full((7, 5), np.nan, dtype)
+    for x, y in ((ro_a, ro_b), (np.asfortranarray(a), b), (a, np.asfortranarray(b)), (a[:, :], b[::1])):
+        check(fastnn.matmul(x, y), want, dtype, 9)
+        out[...] = np.nan
+        check(fastnn.matmul(x, y, out), want, dtype, 9)
+    strided = np.full((7, 10), np.nan, dtype)[:, ::2]
+    assert fastnn.matmul(a, b, strided) is strided
+    check(strided, want, dtype, 9)
+    other = np.float64 if dtype == np.float32 else np.float32
+    with pytest.raises(TypeError, match="two float32 or two float64"):
+        fastnn.matmul(a, b.astype(other))
+    with pytest.raises(ValueError, match="out must be"):
+        fastnn.matmul(a, b, np.empty((7, 5), other))
+    ro_out = np.zeros((7, 5), dtype)
+    ro_out.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        fastnn.matmul(a, b, ro_out)
+    assert not ro_out.any()
+    with pytest.raises(ValueError, match="inner dimensions"):
+        fastnn.matmul(a, b[:8])
+    with pytest.raises(ValueError, match="2-D"):
+        fastnn.matmul(a[0], b)

@@ -19,13 +19,11 @@ Oracle  through tests/test_local.py (every local layer against plain loops).
 """
 from __future__ import annotations
 
-import importlib
-
 import numba
 import numpy as np
 from numba.extending import overload
 
-from ..matmul import blocks
+from ..matmul import blocks, module_for
 from ..matmul.settings import slp_scope
 
 _ready: set = set()
@@ -33,8 +31,7 @@ _ready: set = set()
 
 def _module(dtype):
     """The generated gemm_<MR>x<NR> module fastnn.matmul uses for this (Numba) dtype."""
-    b = blocks.blocks_for(np.dtype(str(dtype)).char)
-    return importlib.import_module(f"fastnn.kernels.matmul.gemm_{b.mr}x{b.nr}")
+    return module_for(np.dtype(str(dtype)))
 
 
 def compile_with_slp(fn, args: tuple) -> None:

@@ -6,6 +6,18 @@
   detected caches, or the table ``fastnn tune`` wrote.
 - ``settings.py`` the Numba settings the fast path needs (SLP vectorizer scoped to these
   kernels, full-width vectors on AVX-512) and the assembly check behind ``fastnn info``.
+- ``fast.py``     the entries for small plain products, typed by Numba.
 
-The public entry is ``fastnn.matmul`` (fastnn/matmul.py).
+The public entry is ``fastnn.matmul`` (fastnn/gemm.py).
 """
+import importlib
+
+import numpy as np
+
+
+def module_for(dtype):
+    """The generated gemm_<MR>x<NR> module of this dtype's register tile (blocks.blocks_for)."""
+    from .blocks import blocks_for
+
+    b = blocks_for(np.dtype(dtype).char)
+    return importlib.import_module(f"fastnn.kernels.matmul.gemm_{b.mr}x{b.nr}")

@@ -234,13 +234,6 @@ def small_into(a, b, c, bias, alpha, beta, act):
     return True
 
 
-@njit(**_OPTS)
-def small_plain(a, b, c):
-    """small_into(a, b, c) with no alpha, beta, bias or activation: the fast path's entry for
-    plain products, three arguments because Numba's dispatch costs per argument."""
-    return small_into(a, b, c, np.empty(0, c.dtype), 1.0, 0.0, 0)
-
-
 @njit(fastmath={'contract'}, **_OPTS)
 def micro(kc, a, b, c):
     """Packed MR x NR tile: c[i*NR + j] = sum_p a[p*MR + i] * b[p*NR + j] (overwrites c)."""

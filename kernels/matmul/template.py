@@ -236,13 +236,6 @@ def small_into(a, b, c, bias, alpha, beta, act):
     return True
 
 
-@njit(**_OPTS)
-def small_plain(a, b, c):
-    """small_into(a, b, c) with no alpha, beta, bias or activation: the fast path's entry for
-    plain products, three arguments because Numba's dispatch costs per argument."""
-    return small_into(a, b, c, np.empty(0, c.dtype), 1.0, 0.0, 0)
-
-
 # --- driver ---
 @njit(parallel=__PARALLEL__, **_OPTS)
 def __NAME__(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit, ap,

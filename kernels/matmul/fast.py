@@ -1,0 +1,72 @@
+"""fastnn.matmul's entries for small plain products, typed by Numba instead of by Python.
+
+Math    plain_into(a, b, c) -> bool:  c = a @ b, True; or nothing written, False
+        plain_new(a, b) -> array | None: a new c = a @ b, or None
+        a: (M, K), b: (K, N), c: (M, N), C-contiguous 2-D arrays of one float dtype (c
+        writeable), M*N*K <= SMALL_MNK and K <= SMALL_K; the generated small_into does the work
+        (no packing of full panels, no threads).
+Why     At n <= 64 a product costs 1-7 us and Python's checks and Numba's dispatch are a good
+        part of the call (measured: ~1.1 us of checks in fastnn.matmul's general fast path).
+        Here the checks are Numba's typing: each argument-type combination compiles once, to
+        the kernel for the types above and to a constant False / None for any other (other
+        dtypes, layouts, ranks, read-only arrays), which sends fastnn.matmul down its general
+        path (where errors are raised). The caller checks only that the operands are ndarrays.
+SLP     The kernel must be compiled inside settings.slp_scope(); fastnn.matmul calls these
+        only for dtypes it has compiled that way (gemm._FAST).
+Oracle  tests/test_matmul.py (every small shape and the fallbacks against NumPy).
+Bench   fastnn bench matmul   (the n <= 64 rows)
+"""
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from . import module_for
+
+
+def _fits(*arrays) -> bool:
+    """True for C-contiguous 2-D float32/float64 arrays of one dtype, all writeable."""
+    return (all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.mutable for x in arrays)
+            and arrays[0].dtype in (types.float32, types.float64)
+            and all(x.dtype == arrays[0].dtype for x in arrays))
+
+
+def _into(a, b, c):
+    """Typed by the overload below."""
+
+
+def _new(a, b):
+    """Typed by the overload below."""
+
+
+@overload(_into)
+def _into_typed(a, b, c):
+    if not _fits(a, b, c):
+        return lambda a, b, c: False
+    kernel = module_for(np.dtype(str(c.dtype))).small_into
+    return lambda a, b, c: kernel(a, b, c, np.empty(0, c.dtype), 1.0, 0.0, 0)
+
+
+@overload(_new)
+def _new_typed(a, b):
+    if not _fits(a, b):
+        return lambda a, b: None
+    kernel = module_for(np.dtype(str(a.dtype))).small_into
+
+    def new(a, b):
+        c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+        if kernel(a, b, c, np.empty(0, a.dtype), 1.0, 0.0, 0):
+            return c
+        return None
+    return new
+
+
+@njit(cache=True)
+def plain_into(a, b, c):
+    """c = a @ b for small row-major operands; False (nothing written) otherwise."""
+    return _into(a, b, c)
+
+
+@njit(cache=True)
+def plain_new(a, b):
+    """A new a @ b for small row-major operands; None otherwise."""
+    return _new(a, b)
