@@ -24,6 +24,8 @@ from .kernels.matmul.blocks import SMALL_K, SMALL_MNK
 PARALLEL_MNK = 128 ** 3
 
 _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
+_ONE = {"f": np.float32(1), "d": np.float64(1)}
+_ZERO = {"f": np.float32(0), "d": np.float64(0)}
 _ACT = dict(ACTIVATIONS)
 #: dtype -> small_into, once it and the plain entries (kernels/matmul/fast.py) are compiled with SLP
 _FAST: dict = {}
@@ -103,7 +105,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # transposed operands are copied row-major and the 7-argument kernel checks the shapes.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
         if not trans_a and not trans_b and bias is None and activation is None and alpha == 1 and beta == 0:
-            if out is None:
+            if b.ndim != 2 or a.size * b.shape[1] > SMALL_MNK:       # not small: skip the entry's dispatch
+                pass
+            elif out is None:
                 c = plain_new(a, b)
                 if c is not None:
                     return c
@@ -170,7 +174,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     else:
         work = out if out.flags.c_contiguous else np.ascontiguousarray(out)
         c, ldc = work.reshape(-1), n
-    alpha_, beta_ = dt.type(alpha), dt.type(beta)
+    alpha_ = _ONE[dt.char] if alpha == 1 else dt.type(alpha)      # dt.type() costs ~0.4 us a call
+    beta_ = _ZERO[dt.char] if beta == 0 else dt.type(beta)
     if k == 0:
         c *= beta_ if beta != 0 else 0
         if bias.size or act:
@@ -201,9 +206,11 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
             _FAST[dt] = mod.small_into
         return
     blk = _blocks.blocks_for(dt.char)
-    nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
-    nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
-    parallel = nthreads > 1 and mnk >= PARALLEL_MNK
+    nthreads = 1
+    if mnk >= PARALLEL_MNK:             # numba.get_num_threads() costs ~1 us: only where it matters
+        nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
+        nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
+    parallel = nthreads > 1
     mc, kc = _balanced(m, k, blk)
     nsplit = 1
     if parallel:

@@ -14,10 +14,16 @@ import importlib
 
 import numpy as np
 
+from .blocks import blocks_for
+
+_modules: dict = {}
+
 
 def module_for(dtype):
-    """The generated gemm_<MR>x<NR> module of this dtype's register tile (blocks.blocks_for)."""
-    from .blocks import blocks_for
-
+    """The generated gemm_<MR>x<NR> module of this dtype's register tile (blocks.blocks_for);
+    imported once (importlib's lookup costs ~1 us, which a medium product notices)."""
     b = blocks_for(np.dtype(dtype).char)
-    return importlib.import_module(f"fastnn.kernels.matmul.gemm_{b.mr}x{b.nr}")
+    mod = _modules.get((b.mr, b.nr))
+    if mod is None:
+        mod = _modules[(b.mr, b.nr)] = importlib.import_module(f"fastnn.kernels.matmul.gemm_{b.mr}x{b.nr}")
+    return mod
