@@ -105,9 +105,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # transposed operands are copied row-major and the 7-argument kernel checks the shapes.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
         if not trans_a and not trans_b and bias is None and activation is None and alpha == 1 and beta == 0:
-            if b.ndim != 2 or a.size * b.shape[1] > SMALL_MNK:       # not small: skip the entry's dispatch
-                pass
-            elif out is None:
+            if out is None:
                 c = plain_new(a, b)
                 if c is not None:
                     return c
