@@ -33,9 +33,8 @@ _compiled: set = set()
 _local = threading.local()
 
 
-def kernel_module(dtype):
-    """The generated module for this dtype's register tile (imported on first use)."""
-    return module_for(dtype)
+#: the generated module of a dtype's register tile (kernels/matmul/__init__.py)
+kernel_module = module_for
 
 
 def _call(fn, key, *args):
