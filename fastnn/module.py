@@ -94,6 +94,20 @@ class Module:
             m._flat = None
         self._flat = flat
 
+    def rehome_grad(self, buffer: np.ndarray) -> None:
+        """Move the model's flat gradient into ``buffer`` (1-D, contiguous, same size and dtype,
+        e.g. shared memory): the current gradients are copied and every layer's ``grads``
+        views rebound to it. Views taken from the old buffer keep pointing at the old memory."""
+        flat = self.flat
+        if buffer.shape != flat.grad.shape or buffer.dtype != flat.grad.dtype or not buffer.flags.c_contiguous:
+            raise ValueError(f"rehome_grad: expected a contiguous {flat.grad.dtype}{flat.grad.shape} buffer, "
+                             f"got {buffer.dtype}{buffer.shape} (contiguous={buffer.flags.c_contiguous})")
+        buffer[...] = flat.grad
+        flat.grad = buffer
+        for prefix, m in self.modules():
+            if m.params:
+                m._bind(flat, f"{prefix}." if prefix else "")
+
     def register_grad_ready_hook(self, hook) -> None:
         """Call ``hook(offset)`` during ``backward`` whenever every gradient at flat-buffer
         offsets >= ``offset`` is final for this step (data parallelism starts reducing

@@ -40,13 +40,30 @@ def single(tmp_path_factory):
 
 @pytest.mark.parametrize("n,options", [
     (1, ()), (2, ()), (3, ("overlap=nonblocking",)), (4, ("overlap=none",)), (2, ("cap_mb=25",)),
-    (3, ("deterministic=1",)), (2, ("accumulate=2", "batch=12", "steps=40")),
+    (3, ("deterministic=1",)), (2, ("accumulate=2", "batch=12", "steps=40")), (2, ("transport=mpi",)),
+    (3, ("transport=mpi", "overlap=none")),
 ])
 def test_n_ranks_equal_one_process_with_the_global_batch(n, options, single, tmp_path):
     out = tmp_path / "p.npy"
     r = job(n, "equivalence", out, "steps=20", "batch=24", *options)
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(np.load(out), single, rtol=0, atol=1e-12)
+    # on one machine "auto" sums in shared memory, unless Iallreduce was asked for; one rank reduces nothing
+    auto = "auto" if n == 1 else "mpi" if "overlap=nonblocking" in options else "shm"
+    want = next((o.split("=")[1] for o in options if o.startswith("transport=")), auto)
+    assert Path(f"{out}.transport").read_text() == want
+
+
+def test_shared_memory_sum_is_bitwise_the_gathered_rank_order_sum(tmp_path):
+    """transport="shm" adds the ranks' gradients in rank order, like the deterministic MPI
+    path (Allgather, then a NumPy sum over ranks): the two give the same bits."""
+    runs = []
+    for transport in ("shm", "mpi"):
+        out = tmp_path / f"{transport}.npy"
+        r = job(3, "equivalence", out, "steps=10", "batch=24", "deterministic=1", f"transport={transport}")
+        assert r.returncode == 0, r.stderr
+        runs.append(np.load(out))
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 @pytest.mark.parametrize("kind,atol", [("fp16", 1e-3), ("bf16", 5e-3)])
@@ -152,7 +169,9 @@ def test_single_process_without_mpiexec_is_a_pass_through():
 
 
 @pytest.mark.parametrize("kw,match", [({"overlap": "later"}, "overlap"), ({"compression": "int8"}, "compression"),
-                                      ({"accumulate_steps": 0}, "accumulate_steps"), ({"timeout": 0}, "timeout")])
+                                      ({"accumulate_steps": 0}, "accumulate_steps"), ({"timeout": 0}, "timeout"),
+                                      ({"transport": "tcp"}, "transport: expected one of"),
+                                      ({"transport": "shm", "compression": "fp16"}, "takes neither compression")])
 def test_bad_arguments(kw, match):
     model = fnn.Sequential(fnn.Dense(3, 2))
     with pytest.raises(ValueError, match=match):

@@ -92,6 +92,28 @@ def test_add_column_sums(dtype, rows, cols):
     np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_sum_rows_into_all_sums_in_rank_order_inside_the_range_only(dtype, ranks):
+    from fastnn.kernels.shared_sum import CHUNK, sum_rows_into_all
+
+    n = 2 * CHUNK + 37
+    rng = np.random.default_rng(ranks)
+    rows = rng.standard_normal((ranks, n)).astype(dtype)
+    before = rows.copy()
+    lo, hi = 5, CHUNK + 101
+    sum_rows_into_all(rows, lo, hi)
+    want = before[0, lo:hi].copy()
+    for k in range(1, ranks):
+        want += before[k, lo:hi]  # the same adds in the same order: bitwise equal
+    for k in range(ranks):
+        np.testing.assert_array_equal(rows[k, lo:hi], want)
+    np.testing.assert_array_equal(rows[:, :lo], before[:, :lo])
+    np.testing.assert_array_equal(rows[:, hi:], before[:, hi:])
+    sum_rows_into_all(rows, 7, 7)  # empty share
+    np.testing.assert_array_equal(rows[:, :lo], before[:, :lo])
+
+
 def test_prefetch_emits_a_prefetch_and_changes_nothing():
     from numba import njit
 

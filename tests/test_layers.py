@@ -113,6 +113,28 @@ def test_flat_buffer_views_and_sequential_ownership():
         d0.flat
 
 
+def test_rehome_grad_moves_every_gradient_view():
+    model = fnn.Sequential(fnn.Dense(3, 4, dtype=np.float64), fnn.Sequential(fnn.Dense(4, 2, dtype=np.float64)))
+    x = np.ones((2, 3))
+    model(x)
+    model.backward(np.ones((2, 2)))
+    once = model.flat.grad.copy()
+    home = np.zeros(once.size + 8)[4:-4]
+    model.rehome_grad(home)
+    assert model.flat.grad is home
+    np.testing.assert_array_equal(home, once)
+    for _, g in model.named_gradients():
+        assert np.shares_memory(g, home)
+    model(x)
+    model.backward(np.ones((2, 2)))
+    np.testing.assert_allclose(home, 2 * once)
+    with pytest.raises(ValueError, match=r"rehome_grad: expected a contiguous float64\(\d+,\) buffer, got float32"):
+        model.rehome_grad(np.zeros(once.size, np.float32))
+    with pytest.raises(ValueError, match="contiguous=False"):
+        model.rehome_grad(np.zeros(2 * once.size)[::2])
+    assert model.flat.grad is home
+
+
 def test_backward_accumulates_until_zero_grad():
     model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
     x = np.ones((2, 3))

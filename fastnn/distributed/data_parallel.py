@@ -21,8 +21,10 @@ from ..module import Module
 from . import runtime
 from .buckets import plan_buckets
 from .compression import COMPRESSIONS, decode, encode, mpi_sum_op
+from .shared_grads import SharedGradients, shared_memory_room, window_bytes
 
 OVERLAP_MODES = ("auto", "thread", "nonblocking", "none")
+TRANSPORTS = ("auto", "shm", "mpi")
 STARTUP_S = 120.0
 
 
@@ -40,8 +42,16 @@ class DataParallel:
     accumulate_steps: reduce and step once every k calls to ``step()``; gradients accumulate
       in between and are averaged over k, so k micro-batches of B/k equal one batch of B.
     compression: None, "fp16" or "bf16" on the wire.
-    deterministic: gather every rank's bucket and add them in rank order: bitwise-identical
-      results on every rank and from run to run (costs ``size`` times the memory per bucket).
+    deterministic: add the ranks' buckets in rank order: bitwise-identical results on every
+      rank and from run to run (free with transport "shm", which always sums in rank order;
+      over MPI it gathers every bucket, costing ``size`` times its memory).
+    transport: "shm" (every rank's gradient buffer is a row of one MPI-3 shared window and
+      buckets are summed in place, zero-copy: see shared_grads.py), "mpi" (in-place
+      ``Allreduce``) or "auto" (default): "shm" when every rank is on this machine, the
+      shared-memory file system has room and neither compression nor "nonblocking" is
+      asked for, else "mpi". With "shm", ``model.flat.grad`` moves into the window at wrap
+      time: take gradient views after wrapping. After wrapping, ``.transport`` says which is
+      used (with one rank nothing is reduced and it stays as given).
     timeout: seconds a collective may take before the job is aborted with the rank, bucket
       and step named (at least 120 s at wrap time and in the first step, while ranks still
       load or compile kernels at different speeds).
@@ -54,9 +64,14 @@ class DataParallel:
     def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
                  first_bucket_mb: float = 1.0, overlap: str = "auto", accumulate_steps: int = 1,
                  compression: str | None = None, deterministic: bool = False, timeout: float = 300.0,
-                 timeline: str | None = None) -> None:
+                 timeline: str | None = None, transport: str = "auto") -> None:
         if overlap not in OVERLAP_MODES:
             raise ValueError(f"overlap: expected one of {OVERLAP_MODES}, got {overlap!r}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
+        if transport == "shm" and (compression or overlap == "nonblocking"):
+            raise ValueError(f"transport='shm' sums in place in shared memory: it takes neither compression "
+                             f"nor overlap='nonblocking' (got compression={compression!r}, overlap={overlap!r})")
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
         if int(accumulate_steps) != accumulate_steps or accumulate_steps < 1:
@@ -76,6 +91,8 @@ class DataParallel:
         self.overlap, self.accumulate_steps = overlap, int(accumulate_steps)
         self.compression, self.deterministic, self.timeout = compression, deterministic, float(timeout)
         self.timeline_path = timeline
+        self.transport = transport
+        self._shared: SharedGradients | None = None
         flat = model.flat
         slots = [(n, s.start, s.stop_padded) for n, s in flat.slots.items()]
         mb = 1024 * 1024
@@ -90,6 +107,10 @@ class DataParallel:
             threading.Thread(target=self._watchdog, name="fastnn-watchdog", daemon=True).start()
             self._check_same_model()
             self._broadcast_state()
+            self.transport = self._pick_transport(transport)
+            if self.transport == "shm":
+                self._guarded("shared gradient window", lambda: setattr(
+                    self, "_shared", SharedGradients(self.comm, model, optimizer)))
             self._mpi = _mpi()
             self._op = mpi_sum_op(compression) if compression else None
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
@@ -214,7 +235,13 @@ class DataParallel:
             return
         t0 = self._us()
         buf = self._bucket(index)
-        if self.deterministic:
+        if self._shared is not None:
+            b = self.buckets[index]
+            fence = f"allreduce of bucket {index}"
+            self._guarded(fence, self._shared.fence)
+            self._shared.sum_share(b.start, b.stop)
+            self._guarded(fence, self._shared.fence)
+        elif self.deterministic:
             gathered = np.empty((self.size, buf.size), buf.dtype)
             self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allgather(buf, gathered))
             np.sum(gathered, axis=0, out=buf)
@@ -273,6 +300,7 @@ class DataParallel:
         mine = {"dtype": str(flat.dtype), "optimizer": type(self.optimizer).__name__,
                 # what must agree for the collectives to match ("thread" and "none" both block)
                 "settings": {"buckets": len(self.buckets), "nonblocking": self.overlap == "nonblocking",
+                             "transport": self.transport,
                              "accumulate_steps": self.accumulate_steps, "compression": self.compression,
                              "deterministic": self.deterministic},
                 "params": [(n, list(s.shape)) for n, s in flat.slots.items()]}
@@ -291,6 +319,23 @@ class DataParallel:
             self._guarded(f"optimizer state {name!r} broadcast", lambda b=buf: self.comm.Bcast(b, root=0))
         if self.rank != 0:
             self.optimizer.load_state_dict({**meta, "state": state["state"]})
+
+    def _pick_transport(self, wanted: str) -> str:
+        """Resolve "auto" to "shm" or "mpi" (collective: every rank decides the same)."""
+        if wanted == "mpi" or self.compression or self.overlap == "nonblocking":
+            return "mpi"
+        flat = self.model.flat
+        nbytes = window_bytes(flat.grad.size, flat.dtype, self.size)
+        verdict = np.array([runtime.local_size(self.comm) == self.size, shared_memory_room(nbytes)], np.int32)
+        self._guarded("transport choice (allreduce)",
+                      lambda: self.comm.Allreduce(_mpi().IN_PLACE, verdict, op=_mpi().MIN))
+        if verdict.all():
+            return "shm"
+        if wanted == "shm":
+            why = ("not every rank is on one machine" if not verdict[0] else
+                   f"the shared-memory file system has less than {1.25 * nbytes / 2**20:.0f} MiB free on some rank")
+            raise ValueError(f"transport='shm': {why}; use transport='mpi' or 'auto'")
+        return "mpi"
 
     # -- timeline ------------------------------------------------------------------------
     def _us(self) -> float:

@@ -47,11 +47,18 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     _state["comm"] = comm
     if abort_on_exception:
         _install_abort_hooks(comm)
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size = local.Get_size()
-    local.Free()
-    _set_threads(threads_per_rank or max(1, _cores() // local_size))
+    _set_threads(threads_per_rank or max(1, _cores() // local_size(comm)))
     return comm
+
+
+def local_size(comm) -> int:
+    """How many ranks of ``comm`` share this rank's machine (collective)."""
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    n = local.Get_size()
+    local.Free()
+    return n
 
 
 def is_initialized() -> bool:

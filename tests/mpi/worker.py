@@ -50,7 +50,8 @@ def main() -> None:
     kw = dict(overlap=OPT.get("overlap", "thread"), bucket_cap_mb=float(OPT.get("cap_mb", 0.004)),
               first_bucket_mb=float(OPT.get("first_mb", 0.002)), compression=OPT.get("compression") or None,
               deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
-              accumulate_steps=int(OPT.get("accumulate", 1)), timeline=OPT.get("timeline"))
+              accumulate_steps=int(OPT.get("accumulate", 1)), timeline=OPT.get("timeline"),
+              transport=OPT.get("transport", "auto"))
     if CASE == "settings_mismatch" and rank == 1:
         kw["compression"] = "fp16"
     opt = fnn.distributed.DataParallel(model, inner, **kw)
@@ -76,6 +77,8 @@ def main() -> None:
         np.save(f"{OUT}.rank{rank}.npy", model.flat.data)
     if rank == 0:
         np.save(OUT, model.flat.data)
+        with open(OUT + ".transport", "w") as f:
+            f.write(opt.transport)
         if "timeline" in OPT:
             opt.write_timeline(OPT["timeline"])
 
