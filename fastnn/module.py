@@ -94,16 +94,25 @@ class Module:
             m._flat = None
         self._flat = flat
 
-    def rehome_grad(self, buffer: np.ndarray) -> None:
-        """Move the model's flat gradient into ``buffer`` (1-D, contiguous, same size and dtype,
-        e.g. shared memory): the current gradients are copied and every layer's ``grads``
-        views rebound to it. Views taken from the old buffer keep pointing at the old memory."""
+    def rehome(self, *, data: np.ndarray | None = None, grad: np.ndarray | None = None,
+               copy: bool = True) -> None:
+        """Move the model's flat parameters and/or gradient into new 1-D contiguous buffers of
+        the same size and dtype (e.g. shared memory), copying the current values unless
+        ``copy`` is False, and rebind every layer's ``params``/``grads`` views to them. Views
+        taken from the old buffers keep pointing at the old memory."""
         flat = self.flat
-        if buffer.shape != flat.grad.shape or buffer.dtype != flat.grad.dtype or not buffer.flags.c_contiguous:
-            raise ValueError(f"rehome_grad: expected a contiguous {flat.grad.dtype}{flat.grad.shape} buffer, "
-                             f"got {buffer.dtype}{buffer.shape} (contiguous={buffer.flags.c_contiguous})")
-        buffer[...] = flat.grad
-        flat.grad = buffer
+        for name, new in (("data", data), ("grad", grad)):
+            if new is None:
+                continue
+            old = getattr(flat, name)
+            if new.shape != old.shape or new.dtype != old.dtype or not new.flags.c_contiguous:
+                raise ValueError(f"rehome {name}: expected a contiguous {old.dtype}{old.shape} buffer, "
+                                 f"got {new.dtype}{new.shape} (contiguous={new.flags.c_contiguous})")
+        for name, new in (("data", data), ("grad", grad)):
+            if new is not None:
+                if copy:
+                    new[...] = getattr(flat, name)
+                setattr(flat, name, new)
         for prefix, m in self.modules():
             if m.params:
                 m._bind(flat, f"{prefix}." if prefix else "")

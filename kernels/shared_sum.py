@@ -2,10 +2,14 @@
 
 Math    for i in [lo, hi): s = rows[0, i] + rows[1, i] + ... + rows[K-1, i] (in rank order,
         the same sequence of float adds on every rank and in every run), then
-        rows[k, i] = s for every k. Each of K ranks calls it on its own 1/K of a bucket;
-        together they leave every row holding the sum: an allreduce done in place.
+        rows[k, i] = s for k in [first, last). Each of K ranks calls it on its own 1/K of a
+        bucket with (first, last) = (0, K): together they leave every row holding the sum,
+        an allreduce done in place. With (first, last) = (r, r + 1) only rank r's row gets
+        the sum of its share (a reduce-scatter: the sharded optimizer step then updates
+        that share alone).
 Shapes  rows: (K, n) C-contiguous float32/float64, one row per rank (an MPI-3 shared
-        window, so every rank reads and writes every row); 0 <= lo <= hi <= n.
+        window, so every rank reads and writes every row); 0 <= lo <= hi <= n;
+        0 <= first <= last <= K.
         The sum is built in a CHUNK-element accumulator that stays in L1, so each row
         is read once and written once (per rank share: K reads, K writes of hi - lo
         elements; MPI's shared-memory Allreduce copies every byte through its own cells
@@ -24,19 +28,19 @@ CHUNK = 2048
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def sum_rows_into_all(rows, lo, hi):
+def sum_rows(rows, lo, hi, first, last):
     ranks = rows.shape[0]
     acc = np.empty(CHUNK, rows.dtype)
     for c0 in range(lo, hi, CHUNK):
         n = min(CHUNK, hi - c0)
-        first = rows[0, c0:c0 + n]
+        row = rows[0, c0:c0 + n]
         for i in range(n):
-            acc[i] = first[i]
+            acc[i] = row[i]
         for k in range(1, ranks):
             row = rows[k, c0:c0 + n]
             for i in range(n):
                 acc[i] += row[i]
-        for k in range(ranks):
+        for k in range(first, last):
             row = rows[k, c0:c0 + n]
             for i in range(n):
                 row[i] = acc[i]

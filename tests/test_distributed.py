@@ -41,16 +41,19 @@ def single(tmp_path_factory):
 @pytest.mark.parametrize("n,options", [
     (1, ()), (2, ()), (3, ("overlap=nonblocking",)), (4, ("overlap=none",)), (2, ("cap_mb=25",)),
     (3, ("deterministic=1",)), (2, ("accumulate=2", "batch=12", "steps=40")), (2, ("transport=mpi",)),
-    (3, ("transport=mpi", "overlap=none")),
+    (3, ("transport=mpi", "overlap=none")), (2, ("shard=0",)), (4, ("shard=0", "overlap=none")),
 ])
 def test_n_ranks_equal_one_process_with_the_global_batch(n, options, single, tmp_path):
     out = tmp_path / "p.npy"
     r = job(n, "equivalence", out, "steps=20", "batch=24", *options)
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(np.load(out), single, rtol=0, atol=1e-12)
-    # on one machine "auto" sums in shared memory, unless Iallreduce was asked for; one rank reduces nothing
+    # on one machine "auto" sums in shared memory, sharding the optimizer, unless Iallreduce was asked for;
+    # one rank reduces nothing
     auto = "auto" if n == 1 else "mpi" if "overlap=nonblocking" in options else "shm"
     want = next((o.split("=")[1] for o in options if o.startswith("transport=")), auto)
+    if want == "shm" and "shard=0" not in options:
+        want += "+shard"
     assert Path(f"{out}.transport").read_text() == want
 
 
@@ -58,12 +61,13 @@ def test_shared_memory_sum_is_bitwise_the_gathered_rank_order_sum(tmp_path):
     """transport="shm" adds the ranks' gradients in rank order, like the deterministic MPI
     path (Allgather, then a NumPy sum over ranks): the two give the same bits."""
     runs = []
-    for transport in ("shm", "mpi"):
-        out = tmp_path / f"{transport}.npy"
-        r = job(3, "equivalence", out, "steps=10", "batch=24", "deterministic=1", f"transport={transport}")
+    for options in (("transport=mpi",), ("transport=shm", "shard=0"), ("transport=shm", "shard=1")):
+        out = tmp_path / "p.npy"
+        r = job(3, "equivalence", out, "steps=10", "batch=24", "deterministic=1", *options)
         assert r.returncode == 0, r.stderr
         runs.append(np.load(out))
-    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[1], runs[0])
+    np.testing.assert_array_equal(runs[2], runs[0])
 
 
 @pytest.mark.parametrize("kind,atol", [("fp16", 1e-3), ("bf16", 5e-3)])
@@ -76,6 +80,32 @@ def test_compressed_allreduce_stays_close(kind, atol, tmp_path):
     assert r.returncode == 0, r.stderr
     diff = np.abs(np.load(out) - np.load(ref)).max()
     assert 0 < diff < atol  # nonzero: the 16-bit wire format was really used
+
+
+@pytest.mark.parametrize("n,options", [(3, ()), (2, ("shard=0",)), (2, ("transport=mpi", "accumulate=2", "batch=12"))])
+def test_clipping_and_groups_equal_one_process(n, options, tmp_path):
+    """SGD with momentum, global-norm clipping (the norm of the summed gradient: a sharded
+    rank sees only its share, so the norm is combined over ranks) and a bias group without
+    weight decay."""
+    ref, out = tmp_path / "ref.npy", tmp_path / "p.npy"
+    steps = "steps=40" if "accumulate=2" in options else "steps=20"
+    assert job(0, "equivalence", ref, "steps=20", "batch=24", "opt=sgd_clip").returncode == 0
+    r = job(n, "equivalence", out, steps, "batch=24", "opt=sgd_clip", *options)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [(), ("shard=0",)])
+def test_nonfinite_gradient_on_one_rank_skips_the_step_everywhere(options, tmp_path):
+    out = tmp_path / "p.npy"
+    r = job(3, "nan", out, "steps=8", "batch=24", "opt=sgd_clip", *options, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for k in range(3):
+        assert f"rank {k} skipped 1" in r.stdout
+    params = [np.load(f"{out}.rank{k}.npy") for k in range(3)]
+    assert np.isfinite(params[0]).all()
+    for p in params[1:]:
+        np.testing.assert_array_equal(p, params[0])
 
 
 def test_deterministic_mode_is_bitwise_reproducible(tmp_path):
@@ -141,16 +171,19 @@ def test_killed_rank_ends_the_job_and_checkpoint_resumes(tmp_path):
     assert np.isfinite(model.flat.data).all()
 
 
-def test_timeline_records_overlapped_buckets(tmp_path):
-    trace = tmp_path / "trace.json"
-    r = job(2, "equivalence", tmp_path / "p.npy", "steps=5", "batch=24", f"timeline={trace}")
-    assert r.returncode == 0, r.stderr
+def test_timeline_records_overlapped_buckets_or_the_sharded_step(tmp_path):
     import json
 
-    events = json.loads(trace.read_text())["traceEvents"]
-    reduces = [e for e in events if e["name"].startswith("allreduce bucket")]
-    assert {e["args"]["step"] for e in reduces} == {1, 2, 3, 4, 5}
-    assert len({e["name"] for e in reduces}) >= 2  # several buckets per step
+    for shard in ("0", "1"):
+        trace = tmp_path / f"trace{shard}.json"
+        r = job(2, "equivalence", tmp_path / "p.npy", "steps=5", "batch=24", f"timeline={trace}", f"shard={shard}")
+        assert r.returncode == 0, r.stderr
+        events = json.loads(trace.read_text())["traceEvents"]
+        name = "allreduce bucket" if shard == "0" else "sum + update own share"
+        spans = [e for e in events if e["name"].startswith(name)]
+        assert {e["args"]["step"] for e in spans} == {1, 2, 3, 4, 5}
+        if shard == "0":
+            assert len({e["name"] for e in spans}) >= 2  # several buckets per step
 
 
 def test_single_process_without_mpiexec_is_a_pass_through():

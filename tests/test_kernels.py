@@ -94,23 +94,25 @@ def test_add_column_sums(dtype, rows, cols):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
-def test_sum_rows_into_all_sums_in_rank_order_inside_the_range_only(dtype, ranks):
-    from fastnn.kernels.shared_sum import CHUNK, sum_rows_into_all
+@pytest.mark.parametrize("into", ["all", "one"])
+def test_sum_rows_sums_in_rank_order_inside_the_range_only(dtype, ranks, into):
+    from fastnn.kernels.shared_sum import CHUNK, sum_rows
 
     n = 2 * CHUNK + 37
     rng = np.random.default_rng(ranks)
     rows = rng.standard_normal((ranks, n)).astype(dtype)
     before = rows.copy()
     lo, hi = 5, CHUNK + 101
-    sum_rows_into_all(rows, lo, hi)
+    first, last = (0, ranks) if into == "all" else (ranks - 1, ranks)
+    sum_rows(rows, lo, hi, first, last)
     want = before[0, lo:hi].copy()
     for k in range(1, ranks):
         want += before[k, lo:hi]  # the same adds in the same order: bitwise equal
     for k in range(ranks):
-        np.testing.assert_array_equal(rows[k, lo:hi], want)
+        np.testing.assert_array_equal(rows[k, lo:hi], want if first <= k < last else before[k, lo:hi])
     np.testing.assert_array_equal(rows[:, :lo], before[:, :lo])
     np.testing.assert_array_equal(rows[:, hi:], before[:, hi:])
-    sum_rows_into_all(rows, 7, 7)  # empty share
+    sum_rows(rows, 7, 7, 0, ranks)  # empty share
     np.testing.assert_array_equal(rows[:, :lo], before[:, :lo])
 
 

@@ -113,26 +113,29 @@ def test_flat_buffer_views_and_sequential_ownership():
         d0.flat
 
 
-def test_rehome_grad_moves_every_gradient_view():
+def test_rehome_moves_every_parameter_and_gradient_view():
     model = fnn.Sequential(fnn.Dense(3, 4, dtype=np.float64), fnn.Sequential(fnn.Dense(4, 2, dtype=np.float64)))
     x = np.ones((2, 3))
-    model(x)
+    y0 = model(x).copy()
     model.backward(np.ones((2, 2)))
-    once = model.flat.grad.copy()
-    home = np.zeros(once.size + 8)[4:-4]
-    model.rehome_grad(home)
-    assert model.flat.grad is home
-    np.testing.assert_array_equal(home, once)
-    for _, g in model.named_gradients():
-        assert np.shares_memory(g, home)
-    model(x)
+    once, params = model.flat.grad.copy(), model.flat.data.copy()
+    data, grad = np.zeros(once.size + 8)[4:-4], np.zeros(once.size + 8)[4:-4]
+    model.rehome(data=data, grad=grad)
+    assert model.flat.grad is grad and model.flat.data is data
+    np.testing.assert_array_equal(grad, once)
+    np.testing.assert_array_equal(data, params)
+    for (_, g), (_, p) in zip(model.named_gradients(), model.named_parameters()):
+        assert np.shares_memory(g, grad) and np.shares_memory(p, data)
+    np.testing.assert_array_equal(model(x), y0)
     model.backward(np.ones((2, 2)))
-    np.testing.assert_allclose(home, 2 * once)
-    with pytest.raises(ValueError, match=r"rehome_grad: expected a contiguous float64\(\d+,\) buffer, got float32"):
-        model.rehome_grad(np.zeros(once.size, np.float32))
-    with pytest.raises(ValueError, match="contiguous=False"):
-        model.rehome_grad(np.zeros(2 * once.size)[::2])
-    assert model.flat.grad is home
+    np.testing.assert_allclose(grad, 2 * once)
+    data[:] = 0
+    assert not model(x).any()  # the layers read the new buffer
+    with pytest.raises(ValueError, match=r"rehome grad: expected a contiguous float64\(\d+,\) buffer, got float32"):
+        model.rehome(data=np.zeros(once.size), grad=np.zeros(once.size, np.float32))
+    with pytest.raises(ValueError, match="rehome data: .*contiguous=False"):
+        model.rehome(data=np.zeros(2 * once.size)[::2])
+    assert model.flat.grad is grad and model.flat.data is data  # nothing moved on error
 
 
 def test_backward_accumulates_until_zero_grad():

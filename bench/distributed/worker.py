@@ -206,16 +206,24 @@ def run_allreduce(a) -> None:
 
     comm = fnn.distributed.init()
     rank, size = comm.Get_rank(), comm.Get_size()
-    fnn.manual_seed(0)
-    model = fnn.Sequential(*[fnn.Dense(a.width, a.width) for _ in range(a.layers)])
-    inner = fnn.optim.SGD(model, lr=1e-3)  # never stepped: only the reduction is timed
-    dps = {mode: fnn.distributed.DataParallel(model, inner, overlap=mode) for mode in ("thread", "nonblocking", "none")}
-    grad = model.flat.grad
-    elements = sum(b.size for b in dps["thread"].buckets)
+    setups = {"fastnn bucketed, shm, overlap=thread": dict(overlap="thread"),
+              "fastnn bucketed, shm, overlap=none": dict(overlap="none"),
+              "fastnn bucketed, MPI, overlap=thread": dict(overlap="thread", transport="mpi"),
+              "fastnn bucketed, MPI, overlap=nonblocking": dict(overlap="nonblocking"),
+              "fastnn bucketed, MPI, overlap=none": dict(overlap="none", transport="mpi")}
     rng = np.random.default_rng(1)
-    grad[:] = rng.standard_normal(grad.size, dtype=np.float32)   # the same on every rank: averages stay put
-    raw = np.empty(elements, np.float32)
-    raw[:] = grad[:elements]
+    dps = {}
+    for name, kw in setups.items():  # a model each: the shared-memory transport moves its gradient buffer
+        fnn.manual_seed(0)
+        model = fnn.Sequential(*[fnn.Dense(a.width, a.width) for _ in range(a.layers)])
+        inner = fnn.optim.SGD(model, lr=1e-3)  # never stepped: only the reduction is timed
+        dps[name] = fnn.distributed.DataParallel(model, inner, shard_optimizer=False, **kw)
+        grad = model.flat.grad
+        # the same on every rank, so averages stay put
+        grad[:] = np.random.default_rng(1).standard_normal(grad.size, dtype=np.float32)
+    dp0 = next(iter(dps.values()))
+    elements = sum(b.size for b in dp0.buckets)
+    raw = rng.standard_normal(elements, dtype=np.float32)
 
     def fastnn_reduce(dp):
         def run():
@@ -224,9 +232,7 @@ def run_allreduce(a) -> None:
         return run
 
     variants = {"raw mpi4py Allreduce (1 buffer)": lambda: comm.Allreduce(MPI.IN_PLACE, raw, op=MPI.SUM),
-                "fastnn bucketed, overlap=thread": fastnn_reduce(dps["thread"]),
-                "fastnn bucketed, overlap=nonblocking": fastnn_reduce(dps["nonblocking"]),
-                "fastnn bucketed, overlap=none": fastnn_reduce(dps["none"])}
+                **{name: fastnn_reduce(dp) for name, dp in dps.items()}}
     names = list(variants)
     for name in names:  # warm-up: first touches, MPI's shared-memory setup, thread start
         for _ in range(a.warmup):
@@ -249,23 +255,26 @@ def run_allreduce(a) -> None:
         slowest = {n: [max(r[n][i] for r in every) for i in range(a.reps)] for n in names}
         write(comm, a.out, {
             "mode": "allreduce", "ranks": size, "layers": a.layers, "width": a.width,
-            "params": int(model.num_params), "elements": int(elements), "bytes": int(elements * 4),
+            "params": int(dp0.model.num_params), "elements": int(elements), "bytes": int(elements * 4),
             "buckets": [{"index": b.index, "elements": int(b.size), "names": list(b.names)}
-                        for b in dps["thread"].buckets],
+                        for b in dp0.buckets],
             "samples_s": slowest, "cpu": cpu, "threads": threads})
 
 
 # -- strategies ------------------------------------------------------------------------------
+ONE_BUCKET = dict(bucket_cap_mb=1e6, first_bucket_mb=1e6)
 STRATEGIES = (  # name, DataParallel kwargs (None: compute only, no wrapper)
     ("compute only (no allreduce)", None),
-    ("bucketed 25 MB/1 MB + thread overlap (default)", dict(overlap="thread")),
-    ("bucketed 25 MB/1 MB + nonblocking (Iallreduce)", dict(overlap="nonblocking")),
-    ("bucketed 25 MB/1 MB, after backward", dict(overlap="none")),
-    ("one allreduce per layer + thread overlap", dict(overlap="thread", bucket_cap_mb=8192 / 2**20,
-                                                      first_bucket_mb=8192 / 2**20)),
-    ("one allreduce per tensor + thread overlap", dict(overlap="thread", bucket_cap_mb=1 / 2**20,
-                                                       first_bucket_mb=1 / 2**20)),
-    ("one allreduce after backward", dict(overlap="none", bucket_cap_mb=1e6, first_bucket_mb=1e6)),
+    ("sharded step in shared memory (default)", dict()),
+    ("bucketed 25 MB/1 MB + thread overlap", dict(overlap="thread", shard_optimizer=False)),
+    ("bucketed 25 MB/1 MB, after backward", dict(overlap="none", shard_optimizer=False)),
+    ("bucketed 25 MB/1 MB, after backward, MPI Allreduce", dict(overlap="none", transport="mpi")),
+    ("bucketed 25 MB/1 MB + nonblocking (MPI Iallreduce)", dict(overlap="nonblocking")),
+    ("one allreduce per layer + thread overlap", dict(overlap="thread", shard_optimizer=False,
+                                                      bucket_cap_mb=8192 / 2**20, first_bucket_mb=8192 / 2**20)),
+    ("one allreduce per tensor + thread overlap", dict(overlap="thread", shard_optimizer=False,
+                                                       bucket_cap_mb=1 / 2**20, first_bucket_mb=1 / 2**20)),
+    ("one allreduce after backward", dict(overlap="none", shard_optimizer=False, **ONE_BUCKET)),
 )
 
 
@@ -328,8 +337,8 @@ def run_strategies(a) -> None:
         row = {"name": r["name"], "kw": r["kw"], "block_step_s": r["block_s"], "step_s": r["step_s"],
                "in_step_s": r["in_step_s"]}
         if dp is not None:
-            row["buckets"] = [{"index": b.index, "elements": int(b.size), "names": list(b.names)}
-                              for b in dp.buckets]
+            row["buckets"] = [] if dp.shard_optimizer else [
+                {"index": b.index, "elements": int(b.size), "names": list(b.names)} for b in dp.buckets]
             row["overlap_fraction_library"] = dp.overlap_fraction()
             row.update(measured_overlap(dp._events, r["step_call_us"], r["timed_steps"]))
             if rank == 0 and r["name"].endswith("(default)"):

@@ -21,7 +21,7 @@ from ..module import Module
 from . import runtime
 from .buckets import plan_buckets
 from .compression import COMPRESSIONS, decode, encode, mpi_sum_op
-from .shared_grads import SharedGradients, shared_memory_room, window_bytes
+from .shared_buffers import SharedBuffers, shared_memory_room, window_bytes, window_rows
 
 OVERLAP_MODES = ("auto", "thread", "nonblocking", "none")
 TRANSPORTS = ("auto", "shm", "mpi")
@@ -52,6 +52,13 @@ class DataParallel:
       asked for, else "mpi". With "shm", ``model.flat.grad`` moves into the window at wrap
       time: take gradient views after wrapping. After wrapping, ``.transport`` says which is
       used (with one rank nothing is reduced and it stays as given).
+    shard_optimizer: with transport "shm", keep one copy of the parameters and optimizer
+      state per machine in the shared window and let each rank sum and update only its 1/K
+      share of them (ZeRO stage 1-2; see shared_buffers.py): 1/K of the optimizer's work and
+      memory per rank, the same results. There is nothing left to overlap then: the
+      reduction is part of ``step()`` and the buckets are not used. None (default): on
+      whenever the transport is "shm". After ``step()`` a sharded rank's ``model.flat.grad``
+      holds the summed gradient only in its share (unsharded: everywhere).
     timeout: seconds a collective may take before the job is aborted with the rank, bucket
       and step named (at least 120 s at wrap time and in the first step, while ranks still
       load or compile kernels at different speeds).
@@ -64,7 +71,8 @@ class DataParallel:
     def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
                  first_bucket_mb: float = 1.0, overlap: str = "auto", accumulate_steps: int = 1,
                  compression: str | None = None, deterministic: bool = False, timeout: float = 300.0,
-                 timeline: str | None = None, transport: str = "auto") -> None:
+                 timeline: str | None = None, transport: str = "auto",
+                 shard_optimizer: bool | None = None) -> None:
         if overlap not in OVERLAP_MODES:
             raise ValueError(f"overlap: expected one of {OVERLAP_MODES}, got {overlap!r}")
         if transport not in TRANSPORTS:
@@ -92,7 +100,8 @@ class DataParallel:
         self.compression, self.deterministic, self.timeout = compression, deterministic, float(timeout)
         self.timeline_path = timeline
         self.transport = transport
-        self._shared: SharedGradients | None = None
+        self.shard_optimizer = shard_optimizer
+        self._shared: SharedBuffers | None = None
         flat = model.flat
         slots = [(n, s.start, s.stop_padded) for n, s in flat.slots.items()]
         mb = 1024 * 1024
@@ -108,15 +117,23 @@ class DataParallel:
             self._check_same_model()
             self._broadcast_state()
             self.transport = self._pick_transport(transport)
-            if self.transport == "shm":
-                self._guarded("shared gradient window", lambda: setattr(
-                    self, "_shared", SharedGradients(self.comm, model, optimizer)))
+            if shard_optimizer and self.transport != "shm":
+                raise ValueError("shard_optimizer=True needs the shared-memory transport, but it resolved "
+                                 f"to {self.transport!r} (ranks on several machines, compression or "
+                                 "overlap='nonblocking'); pass shard_optimizer=None or False")
+            self.shard_optimizer = self.transport == "shm" and shard_optimizer is not False
             self._mpi = _mpi()
+            if self.transport == "shm":
+                self._guarded("shared window", lambda: setattr(
+                    self, "_shared", SharedBuffers(self.comm, model, optimizer, self.shard_optimizer)))
+            if self.shard_optimizer:
+                optimizer.shard(*self._shared.share(0, model.flat.grad.size), self._combine)
             self._op = mpi_sum_op(compression) if compression else None
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
             self._worker = _Worker(self) if overlap == "thread" else None
             self._requests: list = []
-            model.register_grad_ready_hook(self._on_grads_ready)
+            if not self.shard_optimizer:
+                model.register_grad_ready_hook(self._on_grads_ready)
 
     # -- the optimizer interface ---------------------------------------------------------
     def __getattr__(self, name):
@@ -132,16 +149,15 @@ class DataParallel:
         if (self._micro + 1) % self.accumulate_steps:
             self._micro += 1
             return False
-        active = 1.0
-        if self.size > 1:
-            if self.timeline_path:
-                self._events.append({"name": "step() called", "ph": "i", "ts": self._us(), "pid": self.rank,
-                                     "tid": "main", "s": "t", "args": {"step": self._sync_steps() + 1}})
-            self._launch_through(len(self.buckets))
-            self._wait_all()
-            active = self._count[0]
+        if self.size == 1:
+            self._micro += 1
+            return self.optimizer.step(grad_scale=1.0 / self.accumulate_steps)
+        if self.timeline_path:
+            self._events.append({"name": "step() called", "ph": "i", "ts": self._us(), "pid": self.rank,
+                                 "tid": "main", "s": "t", "args": {"step": self._sync_steps() + 1}})
+        stepped = self._synchronized_step(active=1.0)
         self._micro += 1
-        return self.optimizer.step(grad_scale=1.0 / (active * self.accumulate_steps))
+        return stepped
 
     def zero_grad(self) -> None:
         """Zero the gradients, except between the micro-batches of one accumulated step."""
@@ -236,10 +252,11 @@ class DataParallel:
         t0 = self._us()
         buf = self._bucket(index)
         if self._shared is not None:
+            self._check_home()
             b = self.buckets[index]
             fence = f"allreduce of bucket {index}"
             self._guarded(fence, self._shared.fence)
-            self._shared.sum_share(b.start, b.stop)
+            self._shared.sum_share(b.start, b.stop, into_all=True)
             self._guarded(fence, self._shared.fence)
         elif self.deterministic:
             gathered = np.empty((self.size, buf.size), buf.dtype)
@@ -259,18 +276,54 @@ class DataParallel:
                                  "pid": self.rank, "tid": thread,
                                  "args": {"step": self._sync_steps() + 1, "elements": int(buf.size)}})
 
-    def _shadow_until_all_done(self) -> None:
-        """Join: run the same rounds as the training ranks (count, then every bucket, in the
-        same mode) with zero gradients, and apply the averaged result with the same optimizer
-        step, so this rank's parameters stay identical to theirs; stop after a round that
-        counts no active rank."""
-        while True:
-            self.model.flat.grad[...] = 0
-            self._launch_through(len(self.buckets), active=0.0)
+    def _synchronized_step(self, active: float) -> bool | None:
+        """Count the active ranks, reduce the gradients, step (sharded: each rank its share);
+        None, with nothing changed, when no rank is active (the end of ``join``)."""
+        if not self.shard_optimizer:
+            self._launch_through(len(self.buckets), active)
             self._wait_all()
             if self._count[0] == 0:
+                return None
+            return self.optimizer.step(grad_scale=1.0 / (self._count[0] * self.accumulate_steps))
+        self._check_home()
+        self._count[0] = active
+        self._shared.win.Sync()  # the count's allreduce is also the fence: every gradient is final
+        self._reduce(-1)
+        self._shared.win.Sync()
+        if self._count[0] == 0:
+            return None
+        t0 = self._us()
+        self._shared.sum_share(0, self.model.flat.grad.size, into_all=False)
+        try:
+            return self.optimizer.step(grad_scale=1.0 / (self._count[0] * self.accumulate_steps))
+        finally:
+            self._guarded("fence after the sharded update", self._shared.fence)
+            if self.timeline_path:
+                self._events.append({"name": "sum + update own share", "ph": "X", "ts": t0, "dur": self._us() - t0,
+                                     "pid": self.rank, "tid": "main", "args": {"step": self._sync_steps() + 1}})
+
+    def _combine(self, value: float, op: str) -> float:
+        """A float reduced over the ranks (the sharded optimizer's norm and checks)."""
+        mpi = self._mpi
+        buf = np.array([value], np.float64)
+        self._guarded(f"allreduce ({op}) of the gradient norm or non-finite count",
+                      lambda: self.comm.Allreduce(mpi.IN_PLACE, buf, op={"sum": mpi.SUM, "min": mpi.MIN,
+                                                                          "max": mpi.MAX}[op]))
+        return float(buf[0])
+
+    def _check_home(self) -> None:
+        if self.model.flat.grad is not self._shared.grad:
+            raise RuntimeError("DataParallel: the model's gradient buffer moved after wrapping (wrapped twice, or "
+                               "rehome() called since): this wrapper's shared window no longer holds it")
+
+    def _shadow_until_all_done(self) -> None:
+        """Join: run the same rounds as the training ranks (count, reduction, step, in the same
+        mode) with zero gradients, so this rank's parameters stay identical to theirs (and a
+        sharded rank keeps updating its share); stop after a round that counts no active rank."""
+        while True:
+            self.model.flat.grad[...] = 0
+            if self._synchronized_step(active=0.0) is None:
                 return
-            self.optimizer.step(grad_scale=1.0 / (self._count[0] * self.accumulate_steps))
             self._micro += self.accumulate_steps
 
     # -- faults --------------------------------------------------------------------------
@@ -300,7 +353,7 @@ class DataParallel:
         mine = {"dtype": str(flat.dtype), "optimizer": type(self.optimizer).__name__,
                 # what must agree for the collectives to match ("thread" and "none" both block)
                 "settings": {"buckets": len(self.buckets), "nonblocking": self.overlap == "nonblocking",
-                             "transport": self.transport,
+                             "transport": self.transport, "shard_optimizer": self.shard_optimizer,
                              "accumulate_steps": self.accumulate_steps, "compression": self.compression,
                              "deterministic": self.deterministic},
                 "params": [(n, list(s.shape)) for n, s in flat.slots.items()]}
@@ -325,7 +378,8 @@ class DataParallel:
         if wanted == "mpi" or self.compression or self.overlap == "nonblocking":
             return "mpi"
         flat = self.model.flat
-        nbytes = window_bytes(flat.grad.size, flat.dtype, self.size)
+        shard = self.shard_optimizer is not False
+        nbytes = window_bytes(flat.grad.size, flat.dtype, window_rows(self.size, self.optimizer, shard))
         verdict = np.array([runtime.local_size(self.comm) == self.size, shared_memory_room(nbytes)], np.int32)
         self._guarded("transport choice (allreduce)",
                       lambda: self.comm.Allreduce(_mpi().IN_PLACE, verdict, op=_mpi().MIN))

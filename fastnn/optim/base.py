@@ -49,8 +49,10 @@ class Optimizer:
         self.defaults = dict(defaults)
         self._check_hparams(self.defaults, "defaults")
         self.max_grad_norm, self.nonfinite = max_grad_norm, nonfinite
-        self.param_groups, segments = self._build_groups(param_groups or [])
-        self._starts, self._stops, self._groups = make_chunks(segments)
+        self.param_groups, self._segments = self._build_groups(param_groups or [])
+        self._starts, self._stops, self._groups = make_chunks(self._segments)
+        self._share = (0, self.params.size)
+        self._combine = None
         self.state = {name: aligned_zeros(self.params.size, self.params.dtype) for name in self._state_to_allocate()}
         self.step_count = 0
         self.skipped_steps = 0
@@ -118,19 +120,13 @@ class Optimizer:
         """
         scale = grad_scale
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
-            sumsq = np.empty(len(self._starts), np.float64)
-            pick(sumsq_cpu, sumsq_serial, self.grads.size)(self.grads, self._starts, self._stops, sumsq)
-            norm = math.sqrt(float(sumsq.sum()))
-            if not math.isfinite(norm):
-                bad = ~np.isfinite(self.grads)
-                if bad.any():
-                    self.last_step_skipped = True
-                    if self.nonfinite == "skip":
-                        self.skipped_steps += 1
-                        return False
-                    raise FloatingPointError(self._nonfinite_message(int(bad.sum()), int(np.argmax(bad))))
-                peak = float(np.max(np.abs(self.grads)))  # finite but the squares overflow float64
-                norm = peak * float(np.linalg.norm(self.grads / peak))
+            norm, bad, first_bad = self._grad_norm()
+            if bad:
+                self.last_step_skipped = True
+                if self.nonfinite == "skip":
+                    self.skipped_steps += 1
+                    return False
+                raise FloatingPointError(self._nonfinite_message(bad, first_bad))
             norm *= abs(grad_scale)
             self.last_grad_norm = norm
             if self.max_grad_norm is not None:
@@ -142,6 +138,40 @@ class Optimizer:
 
     def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
         raise NotImplementedError
+
+    def _grad_norm(self) -> tuple[float, int, int]:
+        """(L2 norm of the gradient, count of non-finite elements, index of the first one),
+        over the whole model: a sharded optimizer combines its share's numbers over ranks."""
+        sumsq = np.empty(len(self._starts), np.float64)
+        pick(sumsq_cpu, sumsq_serial, self._share[1] - self._share[0])(self.grads, self._starts, self._stops, sumsq)
+        total = self._global(sumsq.sum(), "sum")
+        if math.isfinite(total):
+            return math.sqrt(total), 0, -1
+        g = self.grads[self._share[0]:self._share[1]]
+        bad = ~np.isfinite(g)
+        count = int(self._global(bad.sum(), "sum"))
+        if count:
+            first = self._global(self._share[0] + np.argmax(bad) if bad.any() else self.grads.size, "min")
+            return math.nan, count, int(first)
+        peak = self._global(float(np.max(np.abs(g))) if g.size else 0.0, "max")  # the squares overflow
+        return peak * math.sqrt(self._global(float(np.sum(np.square(g / peak))), "sum")), 0, -1
+
+    def _global(self, value: float, op: str) -> float:
+        """``value`` combined over the ranks of a sharded step (op "sum", "min" or "max")."""
+        if self._combine is None:
+            return float(value)
+        return self._combine(float(value), op)
+
+    def shard(self, lo: int, hi: int, combine) -> None:
+        """Update only elements [lo, hi) from now on: this rank's share of a sharded
+        data-parallel step (fastnn.distributed.DataParallel sets it; parameters and state
+        then live in memory every rank sees). ``combine(value, op)`` returns a float combined
+        over the ranks (op "sum", "min" or "max"), so the gradient norm, the non-finite check
+        and the skip decision stay global and every rank decides the same."""
+        self._share = (int(lo), int(hi))
+        self._combine = combine
+        self._starts, self._stops, self._groups = make_chunks(
+            [(max(start, lo), min(stop, hi), group) for start, stop, group in self._segments])
 
     def _nonfinite_message(self, count: int, at: int) -> str:
         name = next((s[0] for s in self._slots if s[1] <= at < s[2]), "?")

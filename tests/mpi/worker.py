@@ -45,13 +45,20 @@ def main() -> None:
     rank = fnn.distributed.rank()
     x, y = fnn.data.load_digits(np.float64)
     model = build(hidden=int(OPT.get("hidden", 32)) + (1 if CASE == "mismatch" and rank == 1 else 0))
-    inner = fnn.optim.Adam(model, lr=1e-2) if OPT.get("opt", "adam") == "adam" else \
-        fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+    kind = OPT.get("opt", "adam")
+    if kind == "adam":
+        inner = fnn.optim.Adam(model, lr=1e-2)
+    elif kind == "sgd":
+        inner = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+    else:  # sgd_clip: global-norm clipping, a group without weight decay, non-finite steps skipped
+        biases = [n for n, _ in model.named_parameters() if n.endswith("bias")]
+        inner = fnn.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3, max_grad_norm=0.5, nonfinite="skip",
+                              param_groups=[{"params": biases, "weight_decay": 0.0}])
     kw = dict(overlap=OPT.get("overlap", "thread"), bucket_cap_mb=float(OPT.get("cap_mb", 0.004)),
               first_bucket_mb=float(OPT.get("first_mb", 0.002)), compression=OPT.get("compression") or None,
               deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
               accumulate_steps=int(OPT.get("accumulate", 1)), timeline=OPT.get("timeline"),
-              transport=OPT.get("transport", "auto"))
+              transport=OPT.get("transport", "auto"), shard_optimizer={"1": True, "0": False}.get(OPT.get("shard")))
     if CASE == "settings_mismatch" and rank == 1:
         kw["compression"] = "fp16"
     opt = fnn.distributed.DataParallel(model, inner, **kw)
@@ -60,6 +67,8 @@ def main() -> None:
     def faults(step):
         if CASE == "raise" and rank == 1 and step == 3:
             raise RuntimeError("deliberate failure on rank 1 at step 3")
+        if CASE == "nan" and rank == 1 and step == 3:
+            model.flat.grad[model.flat.grad.size // 2] = np.nan  # the next step sees it (after zero_grad)
         if CASE == "stall" and rank == 1 and step == 3:
             time.sleep(600)
         if CASE == "kill":
@@ -73,12 +82,14 @@ def main() -> None:
             train(model, opt, x, y, steps - 3 * rank, comm)
     else:
         train(model, opt, x, y, steps, comm, faults)
-    if CASE == "uneven":
+    if CASE in ("uneven", "nan"):
         np.save(f"{OUT}.rank{rank}.npy", model.flat.data)
+    if CASE == "nan":
+        print(f"rank {rank} skipped {opt.skipped_steps}", flush=True)
     if rank == 0:
         np.save(OUT, model.flat.data)
         with open(OUT + ".transport", "w") as f:
-            f.write(opt.transport)
+            f.write(opt.transport + ("+shard" if opt.shard_optimizer else ""))
         if "timeline" in OPT:
             opt.write_timeline(OPT["timeline"])
 
