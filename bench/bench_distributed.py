@@ -96,7 +96,7 @@ FASTNN_DEFAULT_AR = "fastnn bucketed, shm, overlap=none"
 
 CONFIGS = {
     "full": dict(allreduce=[(8, 2048), (4, 1024)], ar_reps=15, st_rounds=6, st_steps=15,
-                 e2e_jobs=[2], e2e_rounds=5, e2e_steps=12, timeout=300),
+                 e2e_jobs=[2], e2e_rounds=9, e2e_steps=15, timeout=300),
     "quick": dict(allreduce=[(4, 1024)], ar_reps=5, st_rounds=2, st_steps=5,
                   e2e_jobs=[2], e2e_rounds=2, e2e_steps=5, timeout=180),
 }

@@ -130,7 +130,7 @@ class DataParallel:
                 optimizer.shard(*self._shared.share(0, model.flat.grad.size), self._combine)
             self._op = mpi_sum_op(compression) if compression else None
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
-            self._worker = _Worker(self) if overlap == "thread" else None
+            self._worker = _Worker(self) if overlap == "thread" and not self.shard_optimizer else None
             self._requests: list = []
             if not self.shard_optimizer:
                 model.register_grad_ready_hook(self._on_grads_ready)
