@@ -6,10 +6,12 @@ Math    for i in [lo, hi): s = rows[0, i] + rows[1, i] + ... + rows[K-1, i] (in 
         bucket with (first, last) = (0, K): together they leave every row holding the sum,
         an allreduce done in place. With (first, last) = (r, r + 1) only rank r's row gets
         the sum of its share (a reduce-scatter: the sharded optimizer step then updates
-        that share alone).
+        that share alone); ``clear`` then zeroes [lo, hi) of the other rows, which nobody
+        reads again, while their lines are still in cache (so zero_grad afterwards only
+        has the share itself left to zero).
 Shapes  rows: (K, n) C-contiguous float32/float64, one row per rank (an MPI-3 shared
         window, so every rank reads and writes every row); 0 <= lo <= hi <= n;
-        0 <= first <= last <= K.
+        0 <= first <= last <= K; clear: bool.
         The sum is built in a CHUNK-element accumulator that stays in L1, so each row
         is read once and written once (per rank share: K reads, K writes of hi - lo
         elements; MPI's shared-memory Allreduce copies every byte through its own cells
@@ -28,7 +30,7 @@ CHUNK = 2048
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def sum_rows(rows, lo, hi, first, last):
+def sum_rows(rows, lo, hi, first, last, clear):
     ranks = rows.shape[0]
     acc = np.empty(CHUNK, rows.dtype)
     for c0 in range(lo, hi, CHUNK):
@@ -40,7 +42,10 @@ def sum_rows(rows, lo, hi, first, last):
             row = rows[k, c0:c0 + n]
             for i in range(n):
                 acc[i] += row[i]
-        for k in range(first, last):
+        for k in range(ranks):
             row = rows[k, c0:c0 + n]
-            for i in range(n):
-                row[i] = acc[i]
+            if first <= k < last:
+                for i in range(n):
+                    row[i] = acc[i]
+            elif clear:
+                row[:] = 0

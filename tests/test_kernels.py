@@ -94,7 +94,7 @@ def test_add_column_sums(dtype, rows, cols):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
-@pytest.mark.parametrize("into", ["all", "one"])
+@pytest.mark.parametrize("into", ["all", "one", "one+clear"])
 def test_sum_rows_sums_in_rank_order_inside_the_range_only(dtype, ranks, into):
     from fastnn.kernels.shared_sum import CHUNK, sum_rows
 
@@ -104,15 +104,17 @@ def test_sum_rows_sums_in_rank_order_inside_the_range_only(dtype, ranks, into):
     before = rows.copy()
     lo, hi = 5, CHUNK + 101
     first, last = (0, ranks) if into == "all" else (ranks - 1, ranks)
-    sum_rows(rows, lo, hi, first, last)
+    clear = into.endswith("clear")
+    sum_rows(rows, lo, hi, first, last, clear)
     want = before[0, lo:hi].copy()
     for k in range(1, ranks):
         want += before[k, lo:hi]  # the same adds in the same order: bitwise equal
     for k in range(ranks):
-        np.testing.assert_array_equal(rows[k, lo:hi], want if first <= k < last else before[k, lo:hi])
+        other = np.zeros_like(want) if clear else before[k, lo:hi]
+        np.testing.assert_array_equal(rows[k, lo:hi], want if first <= k < last else other)
     np.testing.assert_array_equal(rows[:, :lo], before[:, :lo])
     np.testing.assert_array_equal(rows[:, hi:], before[:, hi:])
-    sum_rows(rows, 7, 7, 0, ranks)  # empty share
+    sum_rows(rows, 7, 7, 0, ranks, True)  # empty share
     np.testing.assert_array_equal(rows[:, :lo], before[:, :lo])
 
 

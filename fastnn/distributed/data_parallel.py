@@ -58,7 +58,8 @@ class DataParallel:
       memory per rank, the same results. There is nothing left to overlap then: the
       reduction is part of ``step()`` and the buckets are not used. None (default): on
       whenever the transport is "shm". After ``step()`` a sharded rank's ``model.flat.grad``
-      holds the summed gradient only in its share (unsharded: everywhere).
+      holds the summed gradient in its share and zeros elsewhere (unsharded: the sum
+      everywhere), so write gradients only by backward, or zero them with ``model.zero_grad()``.
     timeout: seconds a collective may take before the job is aborted with the rank, bucket
       and step named (at least 120 s at wrap time and in the first step, while ranks still
       load or compile kernels at different speeds).
@@ -102,6 +103,7 @@ class DataParallel:
         self.transport = transport
         self.shard_optimizer = shard_optimizer
         self._shared: SharedBuffers | None = None
+        self._rest_zero = False  # the gradient row is zero outside this rank's share
         flat = model.flat
         slots = [(n, s.start, s.stop_padded) for n, s in flat.slots.items()]
         mb = 1024 * 1024
@@ -132,8 +134,7 @@ class DataParallel:
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
             self._worker = _Worker(self) if overlap == "thread" and not self.shard_optimizer else None
             self._requests: list = []
-            if not self.shard_optimizer:
-                model.register_grad_ready_hook(self._on_grads_ready)
+            model.register_grad_ready_hook(self._on_backward if self.shard_optimizer else self._on_grads_ready)
 
     # -- the optimizer interface ---------------------------------------------------------
     def __getattr__(self, name):
@@ -160,8 +161,15 @@ class DataParallel:
         return stepped
 
     def zero_grad(self) -> None:
-        """Zero the gradients, except between the micro-batches of one accumulated step."""
-        if self._micro % self.accumulate_steps == 0:
+        """Zero the gradients, except between the micro-batches of one accumulated step. After
+        a sharded step only this rank's share is left to zero (the reduction zeroed the rest of
+        the row as it read it), unless a backward has run since."""
+        if self._micro % self.accumulate_steps:
+            return
+        if self._rest_zero:
+            lo, hi = self.optimizer._share
+            self.optimizer.grads[lo:hi] = 0
+        else:
             self.optimizer.zero_grad()
 
     @contextlib.contextmanager
@@ -198,6 +206,9 @@ class DataParallel:
         while k < len(self.buckets) and self.buckets[k].start >= offset:
             k += 1
         self._launch_through(k)
+
+    def _on_backward(self, offset: int) -> None:
+        self._rest_zero = False
 
     def _launch_through(self, k: int, active: float = 1.0) -> None:
         """Hand buckets [launched, k) to the reducer, in order, after the active-rank count."""
@@ -294,6 +305,7 @@ class DataParallel:
             return None
         t0 = self._us()
         self._shared.sum_share(0, self.model.flat.grad.size, into_all=False)
+        self._rest_zero = True
         try:
             return self.optimizer.step(grad_scale=1.0 / (self._count[0] * self.accumulate_steps))
         finally:

@@ -108,11 +108,11 @@ class SharedBuffers:
 
     def sum_share(self, start: int, stop: int, into_all: bool) -> None:
         """Sum this rank's share of elements [start, stop) over all rows, into every row
-        (``into_all``) or into this rank's row only (call between two fences, on every rank
-        with the same range)."""
+        (``into_all``) or into this rank's row only, zeroing the share in the other rows
+        (call between two fences, on every rank with the same range)."""
         lo, hi = self.share(start, stop)
         first, last = (0, self.size) if into_all else (self.rank, self.rank + 1)
-        sum_rows(self.rows, lo, hi, first, last)
+        sum_rows(self.rows, lo, hi, first, last, not into_all)
 
 
 def _row_stride(numel: int, dtype: np.dtype) -> int:
