@@ -1,11 +1,15 @@
-"""DataParallel: synchronous data parallelism by bucketed, overlapped gradient allreduce.
+"""DataParallel: synchronous data parallelism by bucketed, overlapped gradient allreduce, or
+on one machine by a sharded step in shared memory.
 
 Wrapping broadcasts rank 0's parameters and optimizer state, after checking that every
 rank holds the same model (names, shapes, dtype, order) and optimizer. During backward the
 model reports which gradients are final; each bucket whose gradients are all final is
 handed, strictly in bucket order (the same on every rank), to the reducer, which overlaps
 the allreduce with the rest of backward. ``step()`` waits for the last bucket, averages,
-and runs the wrapped optimizer's fused step.
+and runs the wrapped optimizer's fused step. When every rank is on one machine the
+gradients, parameters and optimizer state live in one shared window instead
+(shared_buffers.py): ``step()`` sums each rank's share of the gradient in place and each
+rank updates only its share of the one shared copy of the model.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from ..module import Module
 from . import runtime
 from .buckets import plan_buckets
 from .compression import COMPRESSIONS, decode, encode, mpi_sum_op
-from .shared_buffers import SharedBuffers, shared_memory_room, window_bytes, window_rows
+from .shared_buffers import SHM_HEADROOM, SharedBuffers, shared_memory_room, window_bytes, window_rows
 
 OVERLAP_MODES = ("auto", "thread", "nonblocking", "none")
 TRANSPORTS = ("auto", "shm", "mpi")
@@ -46,7 +50,7 @@ class DataParallel:
       rank and from run to run (free with transport "shm", which always sums in rank order;
       over MPI it gathers every bucket, costing ``size`` times its memory).
     transport: "shm" (every rank's gradient buffer is a row of one MPI-3 shared window and
-      buckets are summed in place, zero-copy: see shared_grads.py), "mpi" (in-place
+      buckets are summed in place, zero-copy: see shared_buffers.py), "mpi" (in-place
       ``Allreduce``) or "auto" (default): "shm" when every rank is on this machine, the
       shared-memory file system has room and neither compression nor "nonblocking" is
       asked for, else "mpi". With "shm", ``model.flat.grad`` moves into the window at wrap
@@ -129,7 +133,8 @@ class DataParallel:
                 self._guarded("shared window", lambda: setattr(
                     self, "_shared", SharedBuffers(self.comm, model, optimizer, self.shard_optimizer)))
             if self.shard_optimizer:
-                optimizer.shard(*self._shared.share(0, model.flat.grad.size), self._combine)
+                self._own_share = self._shared.share(0, model.flat.grad.size)
+                optimizer.shard(*self._own_share, self._combine)
             self._op = mpi_sum_op(compression) if compression else None
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
             self._worker = _Worker(self) if overlap == "thread" and not self.shard_optimizer else None
@@ -167,7 +172,7 @@ class DataParallel:
         if self._micro % self.accumulate_steps:
             return
         if self._rest_zero:
-            lo, hi = self.optimizer._share
+            lo, hi = self._own_share
             self.optimizer.grads[lo:hi] = 0
         else:
             self.optimizer.zero_grad()
@@ -399,7 +404,8 @@ class DataParallel:
             return "shm"
         if wanted == "shm":
             why = ("not every rank is on one machine" if not verdict[0] else
-                   f"the shared-memory file system has less than {1.25 * nbytes / 2**20:.0f} MiB free on some rank")
+                   f"the shared-memory file system has less than {SHM_HEADROOM * nbytes / 2**20:.0f} MiB free "
+                   "on some rank")
             raise ValueError(f"transport='shm': {why}; use transport='mpi' or 'auto'")
         return "mpi"
 

@@ -32,6 +32,7 @@ from ..flat import ALIGN_BYTES
 from ..module import Module
 
 SHM_DIR = "/dev/shm"
+SHM_HEADROOM = 1.25  # free space asked for beyond the window itself
 STAGGER_LINES = 9  # rows start 9 cache lines off a 4 KiB multiple apart (no 4K aliasing)
 
 
@@ -40,7 +41,7 @@ def shared_memory_room(nbytes: int) -> bool:
     for ``nbytes`` more; a tmpfs too small for a window faults (SIGBUS) when touched."""
     if not os.path.isdir(SHM_DIR):
         return True
-    return shutil.disk_usage(SHM_DIR).free > 1.25 * nbytes
+    return shutil.disk_usage(SHM_DIR).free > SHM_HEADROOM * nbytes
 
 
 def window_rows(ranks: int, optimizer, shard: bool) -> int:
