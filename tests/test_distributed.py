@@ -41,7 +41,7 @@ def single(tmp_path_factory):
 @pytest.mark.parametrize("n,options", [
     (1, ()), (2, ()), (3, ("overlap=nonblocking",)), (4, ("overlap=none",)), (2, ("cap_mb=25",)),
     (3, ("deterministic=1",)), (2, ("accumulate=2", "batch=12", "steps=40")), (2, ("transport=mpi",)),
-    (3, ("transport=mpi", "overlap=none")), (2, ("shard=0",)), (4, ("shard=0", "overlap=none")),
+    (4, ("shard=0", "overlap=none")),
 ])
 def test_n_ranks_equal_one_process_with_the_global_batch(n, options, single, tmp_path):
     out = tmp_path / "p.npy"
@@ -82,7 +82,7 @@ def test_compressed_allreduce_stays_close(kind, atol, tmp_path):
     assert 0 < diff < atol  # nonzero: the 16-bit wire format was really used
 
 
-@pytest.mark.parametrize("n,options", [(3, ()), (2, ("shard=0",)), (2, ("transport=mpi", "accumulate=2", "batch=12"))])
+@pytest.mark.parametrize("n,options", [(3, ()), (2, ("shard=0", "accumulate=2", "batch=12"))])
 def test_clipping_and_groups_equal_one_process(n, options, tmp_path):
     """SGD with momentum, global-norm clipping (the norm of the summed gradient: a sharded
     rank sees only its share, so the norm is combined over ranks) and a bias group without
@@ -95,10 +95,11 @@ def test_clipping_and_groups_equal_one_process(n, options, tmp_path):
     np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("options", [(), ("shard=0",)])
-def test_nonfinite_gradient_on_one_rank_skips_the_step_everywhere(options, tmp_path):
+def test_nonfinite_gradient_on_one_rank_skips_the_step_everywhere(tmp_path):
+    """Sharded: the NaN sits in one rank's share of the sum; the count is combined over ranks,
+    so every rank skips the same step."""
     out = tmp_path / "p.npy"
-    r = job(3, "nan", out, "steps=8", "batch=24", "opt=sgd_clip", *options, timeout=60)
+    r = job(3, "nan", out, "steps=8", "batch=24", "opt=sgd_clip", timeout=60)
     assert r.returncode == 0, r.stderr
     for k in range(3):
         assert f"rank {k} skipped 1" in r.stdout
