@@ -1,12 +1,12 @@
 """Where a data-parallel step's time goes, per rank: forward, loss, backward, step(), zero_grad().
 
-    mpiexec -n 2 python bench/distributed/step_parts.py            # sharded (the default on one machine)
-    mpiexec -n 2 python bench/distributed/step_parts.py --no-shard # shared-memory allreduce, full update
+    mpiexec -n 2 python bench/distributed/step_parts.py [--model mlp|cnn]
 
-MLP 784-1024-1024-10, 64 random samples per rank, Adam, 1 thread per rank; prints each rank's
-median milliseconds over --steps steps after --warmup. Run both forms back to back (or with
---alternate, which interleaves blocks of both in one job) and compare medians: the machine is
-noisy.
+The benchmark's MLP 784-1024-1024-10 or CNN (bench/distributed/worker.py), 64 random samples
+per rank, Adam, 1 thread per rank, three variants interleaved in blocks of 20 steps in one
+job: "sharded" (the default on one machine), "unsharded" (shared-memory allreduce, full
+update on every rank) and "local" (no wrapper, no communication: what the ranks do when
+nothing synchronizes them). Prints each rank's median milliseconds per part.
 """
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ import time
 import numpy as np
 
 import fastnn as fnn
+from worker import build_fastnn, random_data
 
 PARTS = ("forward", "loss", "backward", "step", "zero_grad")
+VARIANTS = {"sharded": True, "unsharded": False, "local": None}
 
 
-def build(shard: bool):
-    fnn.manual_seed(0)
-    model = fnn.Sequential(fnn.Dense(784, 1024, activation="relu"), fnn.Dense(1024, 1024, activation="relu"),
-                           fnn.Dense(1024, 10))
-    model.input_grad = False
-    return model, fnn.distributed.DataParallel(model, fnn.optim.Adam(model, lr=1e-3), shard_optimizer=shard)
+def build(kind: str, shard: bool | None):
+    model = build_fastnn(kind)
+    opt = fnn.optim.Adam(model, lr=1e-3)
+    return model, opt if shard is None else fnn.distributed.DataParallel(model, opt, shard_optimizer=shard)
 
 
 def run(model, opt, x, y, steps: int) -> np.ndarray:
@@ -47,19 +47,14 @@ def run(model, opt, x, y, steps: int) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--no-shard", action="store_true", help="allreduce in shared memory, full update per rank")
-    ap.add_argument("--alternate", action="store_true", help="interleave blocks of sharded and unsharded steps")
+    ap.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=30)
     a = ap.parse_args()
     comm = fnn.distributed.init()
     rank = fnn.distributed.rank()
-    rng = np.random.default_rng(rank)
-    x = rng.standard_normal((64, 784)).astype(np.float32)
-    y = rng.integers(0, 10, 64)
-    variants = {"sharded": True, "unsharded": False} if a.alternate else \
-        {"unsharded" if a.no_shard else "sharded": not a.no_shard}
-    runs = {name: build(shard) for name, shard in variants.items()}
+    x, y = random_data(64, a.model, seed=rank)
+    runs = {name: build(a.model, shard) for name, shard in VARIANTS.items()}
     for model, opt in runs.values():
         run(model, opt, x, y, a.warmup)
     samples = {name: [] for name in runs}

@@ -8,13 +8,15 @@ Modes (each interleaves its variants inside one job, so machine noise hits them 
 
 allreduce   bus bandwidth of fastnn's bucketed reduction of a large flat gradient buffer
             (``DataParallel._launch_through(len(buckets)); _wait_all()``: exactly what
-            ``step()`` runs before the optimizer when backward launched nothing: the
-            active-rank count, every bucket's in-place Allreduce, the 1/size scaling)
+            ``step()`` runs before the unsharded optimizer when backward launched nothing:
+            the active-rank count, every bucket's reduction, in shared memory or by
+            in-place MPI Allreduce)
             against raw ``comm.Allreduce(MPI.IN_PLACE, buf)`` on one flat buffer of the
             same size. Each repeat: Barrier, time one reduction per variant (rotated order),
             per-repeat time = the slowest rank's.
-strategies  step time of the MLP 784-1024-1024-10 (per-rank batch 64) under several
-            bucket/overlap strategies, plus a compute-only reference (no allreduce), with the
+strategies  step time of the MLP 784-1024-1024-10 (per-rank batch 64): the sharded step and
+            several bucket/overlap/transport strategies, plus a compute-only reference (no
+            allreduce), with the
             overlap measured from each wrapper's timeline.
 e2e         samples/s of fastnn DataParallel and of torch DistributedDataParallel (gloo),
             both frameworks in the same processes, in alternating blocks of steps; with
