@@ -293,6 +293,33 @@ def test_read_only_params_rejected():
         fnn.optim.SGD((p, np.ones(3)))
 
 
+@pytest.mark.parametrize("make", [lambda m: fnn.optim.AdamW(m, lr=0.1, amsgrad=True, nonfinite="ignore",
+                                                             param_groups=[{"params": ["0.bias"], "lr": 0.03}]),
+                                  lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9, nesterov=True, nonfinite="ignore")])
+def test_shards_over_one_state_step_like_the_whole(make):
+    """Two optimizers sharding one model's buffers at an awkward cut (inside a tensor, off a
+    cache line) give, step after step, what one optimizer over the whole buffer gives."""
+    def model():
+        fnn.manual_seed(0)
+        return fnn.Sequential(fnn.Dense(7, 5, dtype=np.float64), fnn.Dense(5, 3, dtype=np.float64))
+    whole, shared = model(), model()
+    ref, left, right = make(whole), make(shared), make(shared)
+    right.state = left.state  # one copy of the state, as in shared memory
+    cut = 23
+    left.shard(0, cut, None)
+    right.shard(cut, shared.flat.data.size, None)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        g = rng.standard_normal(whole.flat.grad.size)
+        whole.flat.grad[:], shared.flat.grad[:] = g, g
+        ref.step()
+        left.step()
+        right.step()
+    np.testing.assert_array_equal(shared.flat.data, whole.flat.data)
+    with pytest.raises(ValueError, match=r"shard: expected 0 <= lo <= hi <= \d+, got lo=5, hi=4"):
+        left.shard(5, 4, None)
+
+
 def test_huge_finite_gradients_are_not_mistaken_for_nonfinite():
     g = np.array([1e200, -1e200, 3.0])
     opt = fnn.optim.SGD((np.zeros(3), g), lr=0.0, max_grad_norm=1.0)

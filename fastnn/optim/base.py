@@ -8,6 +8,7 @@ chunk table that kernel walks, so one call updates every group.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -162,12 +163,15 @@ class Optimizer:
             return float(value)
         return self._combine(float(value), op)
 
-    def shard(self, lo: int, hi: int, combine) -> None:
+    def shard(self, lo: int, hi: int, combine: Callable[[float, str], float] | None) -> None:
         """Update only elements [lo, hi) from now on: this rank's share of a sharded
         data-parallel step (fastnn.distributed.DataParallel sets it; parameters and state
         then live in memory every rank sees). ``combine(value, op)`` returns a float combined
         over the ranks (op "sum", "min" or "max"), so the gradient norm, the non-finite check
-        and the skip decision stay global and every rank decides the same."""
+        and the skip decision stay global and every rank decides the same (None: this share's
+        own values)."""
+        if not 0 <= lo <= hi <= self.params.size:
+            raise ValueError(f"shard: expected 0 <= lo <= hi <= {self.params.size}, got lo={lo}, hi={hi}")
         self._share = (int(lo), int(hi))
         self._combine = combine
         self._starts, self._stops, self._groups = make_chunks(
