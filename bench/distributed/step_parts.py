@@ -3,10 +3,11 @@
     mpiexec -n 2 python bench/distributed/step_parts.py [--model mlp|cnn]
 
 The benchmark's MLP 784-1024-1024-10 or CNN (bench/distributed/worker.py), 64 random samples
-per rank, Adam, 1 thread per rank, three variants interleaved in blocks of 20 steps in one
-job: "sharded" (the default on one machine), "unsharded" (shared-memory allreduce, full
-update on every rank) and "local" (no wrapper, no communication: what the ranks do when
-nothing synchronizes them). Prints each rank's median milliseconds per part.
+per rank, Adam, 1 thread per rank, four variants interleaved in blocks of 20 steps in one
+job: "sharded" (the default on one machine), "shm" (shared-memory allreduce, full update on
+every rank), "mpi" (bucketed in-place MPI Allreduce) and "local" (no wrapper, no
+communication: what the ranks do when nothing synchronizes them). Prints each rank's median
+milliseconds per part and the median of the whole step.
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ import fastnn as fnn
 from worker import build_fastnn, random_data
 
 PARTS = ("forward", "loss", "backward", "step", "zero_grad")
-VARIANTS = {"sharded": True, "unsharded": False, "local": None}
+VARIANTS = {"sharded": {}, "shm": dict(shard_optimizer=False), "mpi": dict(transport="mpi"), "local": None}
 
 
-def build(kind: str, shard: bool | None):
+def build(kind: str, options: dict | None):
     model = build_fastnn(kind)
     opt = fnn.optim.Adam(model, lr=1e-3)
-    return model, opt if shard is None else fnn.distributed.DataParallel(model, opt, shard_optimizer=shard)
+    return model, opt if options is None else fnn.distributed.DataParallel(model, opt, **options)
 
 
 def run(model, opt, x, y, steps: int) -> np.ndarray:
@@ -54,7 +55,7 @@ def main() -> None:
     comm = fnn.distributed.init()
     rank = fnn.distributed.rank()
     x, y = random_data(64, a.model, seed=rank)
-    runs = {name: build(a.model, shard) for name, shard in VARIANTS.items()}
+    runs = {name: build(a.model, options) for name, options in VARIANTS.items()}
     for model, opt in runs.values():
         run(model, opt, x, y, a.warmup)
     samples = {name: [] for name in runs}
@@ -67,9 +68,10 @@ def main() -> None:
         if r != rank:
             continue
         for name, parts in samples.items():
-            med = np.median(np.concatenate(parts), axis=0)
-            print(f"rank {rank} {name:9s} " + "  ".join(f"{p} {m:.2f}" for p, m in zip(PARTS, med))
-                  + f"  (sum {med.sum():.2f} ms)", flush=True)
+            steps = np.concatenate(parts)
+            med = np.median(steps, axis=0)
+            print(f"rank {rank} {name:7s} " + "  ".join(f"{p} {m:.2f}" for p, m in zip(PARTS, med))
+                  + f"  step {np.median(steps.sum(axis=1)):.2f} ms", flush=True)
     if comm is not None:
         comm.Barrier()
 
