@@ -29,6 +29,7 @@ _ZERO = {"f": np.float32(0), "d": np.float64(0)}
 _ACT = dict(ACTIVATIONS)
 #: dtype -> small_into, once it and the plain entries (kernels/matmul/fast.py) are compiled with SLP
 _FAST: dict = {}
+_ND = np.ndarray
 _compiled: set = set()
 _local = threading.local()
 
@@ -98,17 +99,19 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     bias: (N,) or None. activation: None, "relu", "tanh" or "sigmoid".
     threads: Numba threads for this call (default: numba.get_num_threads()).
     """
-    if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype in _FAST:
+    if type(a) is _ND and type(b) is _ND and a.dtype in _FAST:
         # Fast path for small products, where Python and dispatch are the cost. Plain products
         # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
         # transposed operands are copied row-major and the 7-argument kernel checks the shapes.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
-        if not trans_a and not trans_b and bias is None and activation is None and alpha == 1 and beta == 0:
+        # (Float literals: Python's float == float is a specialized fast compare, float == int
+        # is not; with _ND these checks cost ~0.2 us instead of ~0.35.)
+        if bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b:
             if out is None:
                 c = plain_new(a, b)
                 if c is not None:
                     return c
-            elif type(out) is np.ndarray and plain_into(a, b, out):
+            elif type(out) is _ND and plain_into(a, b, out):
                 return out
         elif (b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype))
