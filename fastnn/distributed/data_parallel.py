@@ -130,8 +130,8 @@ class DataParallel:
             self.shard_optimizer = self.transport == "shm" and shard_optimizer is not False
             self._mpi = _mpi()
             if self.transport == "shm":
-                self._guarded("shared window", lambda: setattr(
-                    self, "_shared", SharedBuffers(self.comm, model, optimizer, self.shard_optimizer)))
+                self._shared = self._guarded("shared window",
+                                             lambda: SharedBuffers(self.comm, model, optimizer, self.shard_optimizer))
             if self.shard_optimizer:
                 self._own_share = self._shared.share(0, model.flat.grad.size)
                 optimizer.shard(*self._own_share, self._combine)
@@ -344,15 +344,15 @@ class DataParallel:
             self._micro += self.accumulate_steps
 
     # -- faults --------------------------------------------------------------------------
-    def _guarded(self, what: str, call, limit: float | None = None) -> None:
-        """Run a collective under the watchdog: abort after ``limit`` s; by default ``timeout``,
-        or at least STARTUP_S during the first step (ranks load or compile kernels at their
-        own pace before it)."""
+    def _guarded(self, what: str, call, limit: float | None = None):
+        """Run a collective under the watchdog and return its result: abort after ``limit`` s;
+        by default ``timeout``, or at least STARTUP_S during the first step (ranks load or
+        compile kernels at their own pace before it)."""
         if limit is None:
             limit = self.timeout if self._sync_steps() > 0 else max(self.timeout, STARTUP_S)
         self._inflight = (what, time.monotonic(), limit)
         try:
-            call()
+            return call()
         finally:
             self._inflight = None
 
@@ -374,8 +374,7 @@ class DataParallel:
                              "accumulate_steps": self.accumulate_steps, "compression": self.compression,
                              "deterministic": self.deterministic},
                 "params": [(n, list(s.shape)) for n, s in flat.slots.items()]}
-        every: list = []
-        self._guarded("model check (allgather)", lambda: every.extend(self.comm.allgather(mine)))
+        every = self._guarded("model check (allgather)", lambda: self.comm.allgather(mine))
         bad = [r for r, sig in enumerate(every) if sig != every[0]]
         if bad:
             raise ValueError(f"DataParallel: ranks {bad} differ from rank 0: "
