@@ -21,10 +21,12 @@ from .layers import (AvgPool2D, BlockDiagonalDense, Concat, Conv2D, GlobalAvgPoo
                      LocallyConnected1D, LocallyConnected2D, MaxPool2D)
 from .gemm import batched_matmul, matmul  # noqa: E402
 from .kernels.matmul.settings import apply_process_settings  # noqa: E402
+from .memory import keep_freed_memory  # noqa: E402
 from .module import Module  # noqa: E402
 from .random import manual_seed  # noqa: E402
 
 apply_process_settings()  # full-width vectors on AVX-512 while Numba has compiled nothing yet (no-op on AVX2)
+keep_freed_memory()  # glibc keeps freed activations for the next step instead of faulting them in again
 
 __version__ = "0.1.0"
 __all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",

@@ -7,6 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .memory import allocator_status
+
 
 def cpu_model() -> str:
     try:
@@ -142,7 +144,8 @@ def report() -> list[tuple[str, str]]:
     caches = ", ".join(f"{k} {v}" for k, v in cache_sizes().items()) or "unknown"
     return [("CPU", cpu_model()), ("SIMD width", f"{simd_width_bits()} bits"), ("caches", caches),
             ("cores", str(cores())), ("numba", f"{version}, threading layer {layer}, {threads} threads"),
-            ("matmul", _matmul_status()), ("MPI", mpi_status()), ("CUDA", cuda_status())]
+            ("matmul", _matmul_status()), ("allocator", allocator_status()), ("MPI", mpi_status()),
+            ("CUDA", cuda_status())]
 
 
 def _matmul_status() -> str:

@@ -430,18 +430,23 @@ def run_e2e(a) -> None:
                          "samples_per_s": []})
 
     def run_block(r, steps):
-        """``steps`` steps of variant r; returns rank 0's samples/s. Solo variants run on rank 0
-        while the other ranks sleep (polling a nonblocking barrier every 0.5 ms: no CPU)."""
+        """``steps`` steps of variant r; returns its samples/s over the slowest rank's time.
+        Solo variants run on rank 0 while the other ranks sleep (polling a nonblocking barrier
+        every 0.5 ms: no CPU)."""
         barrier(comm)
         t0 = time.perf_counter()
         if not r["solo"] or rank == 0:
             for _ in range(steps):
                 r["step"](*next(r["data"]))
         elapsed = time.perf_counter() - t0
-        if r["solo"] and comm is not None:
-            req = comm.Ibarrier()
+        if comm is not None:
+            from mpi4py import MPI
+
+            slowest = np.empty(1)
+            req = comm.Iallreduce(np.array([elapsed]), slowest, op=MPI.MAX)
             while not req.Test():
                 time.sleep(0.0005)
+            elapsed = float(slowest[0])
         return r["global_batch"] * steps / elapsed
 
     for r in runs:

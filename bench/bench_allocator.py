@@ -1,0 +1,73 @@
+"""Training-step time with fastnn's malloc settings (fastnn/memory.py) against glibc's defaults.
+
+    python bench/bench_allocator.py [--model cnn|mlp] [--pairs 3] [--steps 100]
+
+Each measurement is a fresh process (the settings are process-wide and applied at import):
+``FASTNN_KEEP_FREED_MEMORY=1`` (the default) and ``=0`` alternate, ``--pairs`` times. A process
+builds the data-parallel benchmark's model (bench/distributed/worker.py), one thread, batch
+64, Adam, warms up 20 steps, then times ``--steps`` steps. Prints per run the median and
+90th-percentile step and the share of the process's CPU time spent in the kernel (page
+faults), then the median over pairs of default / kept step time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CHILD = """
+import json, os, sys, time
+sys.path.insert(0, {worker_dir!r})
+import numpy as np
+import fastnn as fnn
+from fastnn.distributed.runtime import _set_threads
+from worker import build_fastnn, random_data
+_set_threads(1)
+model = build_fastnn({model!r}); opt = fnn.optim.Adam(model, lr=1e-3)
+x, y = random_data(64, {model!r})
+def step():
+    _, d = fnn.losses.softmax_cross_entropy(model(x), y); model.backward(d); opt.step(); opt.zero_grad()
+for _ in range(20):
+    step()
+t0, ts = os.times(), []
+for _ in range({steps}):
+    s = time.perf_counter(); step(); ts.append(time.perf_counter() - s)
+t1 = os.times()
+cpu = (t1.user - t0.user) + (t1.system - t0.system)
+print(json.dumps({{"median_ms": float(np.median(ts) * 1e3), "p90_ms": float(np.percentile(ts, 90) * 1e3),
+                  "system_share": (t1.system - t0.system) / cpu, "status": fnn.memory.allocator_status()}}))
+"""
+
+
+def measure(model: str, steps: int, keep: bool) -> dict:
+    code = CHILD.format(worker_dir=str(Path(__file__).parent / "distributed"), model=model, steps=steps)
+    env = {**os.environ, "FASTNN_KEEP_FREED_MEMORY": "1" if keep else "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         timeout=600).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=100)
+    a = ap.parse_args()
+    ratios = []
+    for pair in range(a.pairs):
+        runs = {keep: measure(a.model, a.steps, keep) for keep in (True, False)}
+        for keep, r in runs.items():
+            print(f"pair {pair + 1} {'kept   ' if keep else 'default'}: median {r['median_ms']:6.2f} ms, "
+                  f"p90 {r['p90_ms']:6.2f} ms, {r['system_share']:4.0%} of CPU time in the kernel  ({r['status']})")
+        ratios.append(runs[False]["median_ms"] / runs[True]["median_ms"])
+    print(f"{a.model}: glibc defaults / kept, median step time over {a.pairs} pairs: {np.median(ratios):.2f}x "
+          f"(pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""fastnn.memory: freed activations stay in the heap, measured as minor page faults of a
+loop shaped like a training step (many MB-sized arrays allocated, touched, freed)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastnn import sysinfo
+from fastnn.memory import OPT_OUT, allocator_status
+
+glibc = pytest.mark.skipif(not (hasattr(os, "confstr") and "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")),
+                           reason="the settings are glibc's")
+
+STEP_LOOP = """
+import json, resource, sys
+import numpy as np
+import fastnn
+faults = []
+for step in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    arrays = [np.ones(1 << 20, np.float32) for _ in range(5)]     # 5 x 4 MiB, written
+    del arrays
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"faults": faults[1:], "status": fastnn.memory.allocator_status()}))
+"""
+
+
+def step_faults(**env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != OPT_OUT}
+    out = subprocess.run([sys.executable, "-c", STEP_LOOP], capture_output=True, text=True, timeout=120,
+                         env={**clean, **env}, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+@glibc
+def test_freed_arrays_are_reused_without_page_faults():
+    kept = step_faults()
+    default = step_faults(**{OPT_OUT: "0"})
+    pages = 5 * (4 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert "freed memory kept" in kept["status"]
+    assert max(kept["faults"]) < pages // 20, kept
+    assert "defaults" in default["status"]
+    assert min(default["faults"]) > pages // 4, default     # glibc's own policy: ~40 % faulted in each step
+
+
+@glibc
+def test_user_malloc_settings_are_left_alone():
+    assert "the user's MALLOC_* settings" in step_faults(MALLOC_TOP_PAD_="0")["status"]
+
+
+def test_status_is_reported():
+    assert allocator_status() in dict(sysinfo.report()).values()
