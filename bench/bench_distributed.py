@@ -55,7 +55,8 @@ Columns allreduce: ms = median time of one full reduction (slowest rank); busbw 
         step ms (> 1: faster); vs compute = step ms - compute-only step ms; in step() =
         median time inside opt.step() (waiting for reductions + the Adam update);
         allreduce ms = allreduce time per step from the timeline; overlap = hidden share.
-        end to end: samples/s = median over all blocks (global batch x steps / block time);
+        end to end: samples/s = median over all blocks (global batch x steps / block time,
+        the slowest rank's block time);
         spread = (p75 - p25) / median of the blocks; E = weak-scaling efficiency; x DDP =
         fastnn samples/s / DDP samples/s at the same ranks and model.
 
@@ -549,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                "\"no allreduce\" rows run the same per-rank work on 2 concurrent ranks without any "
                "communication: their E is what this machine gives two ranks at that moment (shared caches, "
                "memory bandwidth, other tenants), the ceiling for the wrapped runs; × no-allreduce = "
-               "wrapped / unwrapped samples/s, the cost of synchronous gradient averaging itself.\n"]
+               "wrapped / unwrapped samples/s, the cost of synchronous gradient averaging itself. Every block is "
+               "timed on its slowest rank.\n"]
     if thread_reports:
         md += ["## 4. Threads per rank (2 ranks on this machine)\n", threads_table(thread_reports, "strategies"),
                threads_table(e2e_threads, "e2e (torch loaded)").split("\n", 2)[2] if e2e_threads else "", ""]

@@ -9,7 +9,10 @@ What    One optimizer step over n float32 parameters (default 16M = 16*2**20), t
             torch, the like-for-like number) and with the default nonfinite="raise" (one
             extra read pass over the gradients);
           - torch.optim fused=True, foreach=True, and the CPU default for-loop
-            (foreach=False, fused=False);
+            (foreach=False, fused=False); and torch fused=True after
+            torch.nn.utils.get_total_norm(grads, error_if_nonfinite=True): the gradient
+            norm and the NaN/Inf error a PyTorch user adds to get what fastnn's default
+            nonfinite="raise" does (the like-for-like peer of that row);
           - NumPy, single-threaded at any t, two ways: "NumPy" in place where it can be
             (m *= b1; m += (1-b1)*g; ...: the stronger baseline, used for "x NumPy") and
             "NumPy textbook", the formulas as written (m = b1*m + (1-b1)*g: new arrays);
@@ -73,6 +76,7 @@ LR = {"Adam": 1e-3, "SGD": 1e-2}
 BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9
 TRIAD_INPLACE = "triad a += s*b (Numba)"
 TRIAD_STREAM = "STREAM triad a=b+s*c (Numba)"
+TORCH_CHECKED = "torch fused=True + get_total_norm(error_if_nonfinite=True)"
 TARGETS = (  # (optimizer, layout, against, minimum ratio)
     ("Adam", "1 tensor", "torch fused", 1.0), ("Adam", "1 tensor", "NumPy", 5.0),
     ("Adam", "1 tensor", "NumPy textbook", 5.0), ("Adam", "split", "torch fused", 1.5),
@@ -188,6 +192,16 @@ def _torch(opt: str, tensors: list[torch.Tensor], **kw):
     return torch.optim.SGD(tensors, lr=LR[opt], momentum=MOMENTUM, **kw)
 
 
+def _checked(opt: torch.optim.Optimizer, tensors: list[torch.Tensor]):
+    """The step after torch's own gradient-norm and NaN/Inf check (raises on non-finite)."""
+    grads = [t.grad for t in tensors]
+
+    def step():
+        torch.nn.utils.get_total_norm(grads, error_if_nonfinite=True)
+        opt.step()
+    return step
+
+
 def _torch_params(sizes: list[int], rng: np.random.Generator) -> list[torch.Tensor]:
     """Separate leaf tensors (torch's CPU allocator aligns each to 64 bytes), grads set."""
     out = []
@@ -219,6 +233,7 @@ def build_variants(opt: str, n: int, tensors: int, seed: int = 0) -> list[Varian
     add("1 tensor", 'fastnn fused ("ignore"), p/g 16 B off 64 B', _fastnn(opt, p16, g16, "ignore").step)
     tp = _torch_params([n], rng)
     add("1 tensor", "torch fused=True", _torch(opt, tp, fused=True).step)
+    add("1 tensor", TORCH_CHECKED, _checked(_torch(opt, tp, fused=True), tp))
     add("1 tensor", "torch foreach=True", _torch(opt, tp, foreach=True, fused=False).step)
     add("1 tensor", "torch for-loop (CPU default)", _torch(opt, tp, foreach=False, fused=False).step)
     np_p, np_g = _filled(n, rng, 0.1), _filled(n, rng)
@@ -248,6 +263,7 @@ def build_variants(opt: str, n: int, tensors: int, seed: int = 0) -> list[Varian
         add("split", f'fastnn fused (nonfinite="{nf}")', _fastnn(opt, fb.data, fb.grad, nf).step)
     tps = _torch_params(sizes, rng)
     add("split", "torch fused=True", _torch(opt, tps, fused=True).step)
+    add("split", TORCH_CHECKED, _checked(_torch(opt, tps, fused=True), tps))
     add("split", "torch foreach=True", _torch(opt, tps, foreach=True, fused=False).step)
     add("split", "torch for-loop (CPU default)", _torch(opt, tps, foreach=False, fused=False).step)
     return vs
@@ -338,6 +354,13 @@ def targets(rows: list[dict], tensors: int) -> tuple[str, list[dict]]:
                          f"| {'PASS' if ok else 'FAIL'} |")
             out.append(dict(optimizer=opt, layout=layout, against=against, minimum=minimum, threads=r["threads"],
                             nonfinite=nf.split()[0], measured=x, passed=bool(ok)))
+    checked = {(r["optimizer"], r["layout"], r["threads"]): r["median_ms"] for r in rows if r["impl"] == TORCH_CHECKED}
+    for r in rows:
+        key = (r["optimizer"], r["layout"], r["threads"])
+        if r["impl"] == 'fastnn fused (nonfinite="raise")' and key in checked:
+            where = f"{r['optimizer']} {n_label(r['n'])}" + (f", {tensors} tensors" if r["layout"] == "split" else "")
+            lines.append(f"| {where}: × torch fused with get_total_norm(error_if_nonfinite=True) (no threshold set) "
+                         f"| {r['threads']} | raise (default) | {checked[key] / r['median_ms']:.2f}× | info |")
     return "\n".join(lines), out
 
 
@@ -385,8 +408,10 @@ NOTES = """Notes
   on this machine (p and g offset, optimizer state aligned). torch's CPU allocator aligns
   tensors to 64 bytes.
 - nonfinite="ignore" does the same work as torch (no NaN/Inf check), so it is the
-  like-for-like number. The default nonfinite="raise" adds one read pass over the gradients
-  (4 B/param, not counted in GB/s).
+  like-for-like number against torch fused. The default nonfinite="raise" adds one read pass
+  over the gradients (4 B/param, not counted in GB/s) and must finish it before writing
+  anything, so that a NaN leaves parameters and state as they were; its like-for-like peer is
+  torch fused after torch.nn.utils.get_total_norm(grads, error_if_nonfinite=True).
 - "% triad" is against the in-place triad a += s*b (12 B/elem, no write-allocate, like the
   in-place optimizer updates) over the same working set in bytes, at the same t, in the same
   run. At 1 thread, one core's bandwidth is bounded by its outstanding misses rather than by
