@@ -37,13 +37,19 @@ _USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_
 _state = {"status": "not applied yet"}
 
 
-def keep_freed_memory() -> str:
-    """Apply the settings unless opted out; returns (and remembers) what happened, in words."""
+def glibc_version() -> str | None:
+    """This process's glibc version ("2.36"), or None under another C library."""
     try:
         libc, version = os.confstr("CS_GNU_LIBC_VERSION").split()
     except (AttributeError, ValueError, OSError):
-        libc, version = "", ""
-    if libc != "glibc":
+        return None
+    return version if libc == "glibc" else None
+
+
+def keep_freed_memory() -> str:
+    """Apply the settings unless opted out; returns (and remembers) what happened, in words."""
+    version = glibc_version()
+    if version is None:
         status = "not glibc: allocator left as it is"
     elif os.environ.get(OPT_OUT, "1") == "0":
         status = f"glibc {version} defaults ({OPT_OUT}=0)"
