@@ -11,7 +11,8 @@ Why     every forward and backward allocates its outputs (NumPy arrays of a few 
         17-22 % of the process's CPU time in the kernel with glibc's defaults, none with
         these settings; the median step 1.35x faster (18.3-23.9 ms -> 13.5-14.7 ms over three
         pairs), its 90th percentile 20-29 ms -> 14-19 ms (the jitter that synchronous data
-        parallelism waits for). The MLP's arrays stay under glibc's own threshold: no change.
+        parallelism waits for). The MLP's arrays stay under glibc's own threshold: 0.97x and
+        1.08x in two runs (``--model mlp``, 3 and 5 pairs), no change beyond the noise.
 What    ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` (glibc's own ceiling for its dynamic threshold)
         and ``mallopt(M_TRIM_THRESHOLD, 256 MiB)``: freed blocks up to 32 MiB stay in the heap
         and are reused, and up to 256 MiB of free heap top is kept. The process's resident
