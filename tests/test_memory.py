@@ -9,10 +9,12 @@ import sys
 
 import pytest
 
-from fastnn import sysinfo
+from fastnn import memory, sysinfo
 from fastnn.memory import OPT_OUT, allocator_status, glibc_version
 
-glibc = pytest.mark.skipif(glibc_version() is None, reason="the settings are glibc's")
+glibc = pytest.mark.skipif(glibc_version() is None,
+                           reason="mallopt thresholds are glibc's: under another C library fastnn leaves the "
+                                  "allocator alone (test_other_libc_is_left_alone covers that)")
 PAGES = 5 * (4 << 20) // os.sysconf("SC_PAGE_SIZE")     # what one round allocates
 
 STEP_LOOP = """
@@ -55,3 +57,10 @@ def test_user_malloc_settings_are_left_alone():
 
 def test_status_is_reported():
     assert allocator_status() in dict(sysinfo.report()).values()
+
+
+def test_other_libc_is_left_alone(monkeypatch):
+    monkeypatch.setattr(memory, "glibc_version", lambda: None)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a: pytest.fail("mallopt called off glibc"))
+    monkeypatch.setitem(memory._state, "status", memory._state["status"])
+    assert memory.keep_freed_memory() == "not glibc: allocator left as it is" == allocator_status()
