@@ -14,9 +14,10 @@ How     fastnn and NumPy alternate call by call, each timed, after warm-up (JIT 
         after a call (OpenBLAS); alternating exposes both libraries to it alike.
 Run     fastnn bench matmul            # full run: several minutes on 2 cores
         fastnn bench matmul --quick    # n <= 1024, fewer repeats, no sweep: about a minute
-Output  stdout and bench/results/matmul.md (tables), bench/results/matmul.json (every row with
-        its samples), bench/results/matmul.png (GFLOP/s against size with the peak lines),
-        bench/results/matmul_sweep.png (heatmap of the KC x MC sweep).
+Output  stdout and, in --out (default bench/results), matmul.md (tables), matmul.json (every
+        row with its samples), matmul.png (GFLOP/s against size with the peak lines) and
+        matmul_sweep.png (heatmap of the KC x MC sweep); --quick writes matmul_quick.md/.json/
+        .png instead, leaving the full run's files alone.
 """
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def markdown(rows, meta) -> str:
     return "\n".join(out) + "\n"
 
 
-def plots(rows, sweep, meta):
+def plots(rows, sweep, meta, out: Path, stem: str):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -160,7 +161,7 @@ def plots(rows, sweep, meta):
         ax.set_title(dt)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "matmul.png", dpi=110)
+    fig.savefig(out / f"{stem}.png", dpi=110)
     if sweep:
         kcs = sorted({r["kc"] for r in sweep})
         mcs = sorted({r["mc"] for r in sweep})
@@ -179,15 +180,17 @@ def plots(rows, sweep, meta):
         fig.colorbar(im, label="GFLOP/s")
         ax.set_title(f"{sweep[0]['dtype']} n={sweep[0]['n']}, MR x NR = {sweep[0]['mr']}x{sweep[0]['nr']}, 1 thread")
         fig.tight_layout()
-        fig.savefig(RESULTS / "matmul_sweep.png", dpi=110)
+        fig.savefig(out / f"{stem}_sweep.png", dpi=110)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"folder for the results (default {RESULTS})")
     args = p.parse_args()
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "matmul_quick" if args.quick else "matmul"
     blas = next((f"{i['internal_api']} {i['version']} ({i['architecture']})" for i in threadpool_info()
                  if i["user_api"] == "blas"), "unknown BLAS")
     peaks = {np.dtype(dt).name: {str(t): sysinfo.peak_gflops(dt, t)[0] for t in sorted({1, sysinfo.cores()})}
@@ -207,9 +210,9 @@ def main() -> int:
             sweep = do_sweep(np.float32, 1024, 3, progress=bar)
     md = markdown(rows, meta)
     print(md)
-    (RESULTS / "matmul.md").write_text(md)
-    (RESULTS / "matmul.json").write_text(json.dumps({"meta": meta, "rows": rows, "sweep": sweep}, indent=1))
-    plots(rows, sweep, meta)
+    (args.out / f"{stem}.md").write_text(md)
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "sweep": sweep}, indent=1))
+    plots(rows, sweep, meta, args.out, stem)
     return 0
 
 

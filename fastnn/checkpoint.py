@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,10 +42,12 @@ def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     if opt_state:
         arrays.update({f"state.{k}": v for k, v in opt_state["state"].items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # O_EXCL on a fresh name, mode 0666 less the umask (as any file the user writes; mkstemp gives 0600)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            np.savez(f, meta=np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8), **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,16 +62,18 @@ def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     return path
 
 
-def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None) -> dict[str, Any]:
+def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, *,
+         check_extra: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Restore what ``save`` wrote into ``model`` (and ``optimizer``, ``schedule``); returns
     ``{"step": int, "extra": dict}``. Raises ValueError naming the first mismatch (a checkpoint
-    of a different model, optimizer or dtype) and leaves everything as it was."""
+    of a different model, optimizer or dtype) and leaves everything as it was.
+    ``check_extra(extra)`` is called before anything changes; it raises to refuse the file."""
     path = Path(path)
     try:
         with np.load(path) as f:
             meta = json.loads(f["meta"].tobytes())
             arrays = {k: f[k] for k in f.files if k != "meta"}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile, EOFError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: not a readable fastnn checkpoint ({e})") from e
@@ -82,6 +87,8 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None) 
     rngs = dict(model.rngs())
     if set(rngs) != set(meta["rng"]):
         raise ValueError(f"{path}: random generators {sorted(meta['rng'])}, model has {sorted(rngs)}")
+    if check_extra is not None:
+        check_extra(meta["extra"])
 
     before = (model.flat.data.copy(), optimizer.state_dict() if optimizer else None,
               schedule.state_dict() if schedule else None, {n: g.bit_generator.state for n, g in rngs.items()})
@@ -123,3 +130,11 @@ def _check_model(path: Path, saved: dict, current: dict) -> None:
     if len(saved["params"]) != len(current["params"]) or saved["size"] != current["size"]:
         raise ValueError(f"{path}: checkpoint of a different model: {len(saved['params'])} parameters, "
                          f"the model has {len(current['params'])}")
+
+
+def _plain(value: Any) -> Any:
+    """JSON for NumPy scalars and arrays in hyperparameters (e.g. ``lr=np.float32(1e-3)``)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"checkpoint: expected JSON-able hyperparameters, got {type(value).__name__} {value!r}")
+

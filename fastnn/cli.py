@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         from .kernels.matmul.blocks import table_path
         from .tune import tune
 
-        table, _ = tune(args.n, args.repeats, write=not args.dry_run)
+        try:
+            table, _ = tune(args.n, args.repeats, write=not args.dry_run)
+        except (ValueError, OSError) as e:
+            print(f"fastnn tune: {e}", file=sys.stderr)
+            return 2
         for name, b in table.items():
             print(f"{name}: MR {b.mr} NR {b.nr} MC {b.mc} KC {b.kc} NC {b.nc}")
         print("dry run: nothing written" if args.dry_run else f"wrote {table_path()}")

@@ -315,6 +315,8 @@ def load_mnist(
                          f" got {labels.dtype} of shape {labels.shape}")
     if len(images) != len(labels):
         raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    if len(images) == 0:
+        raise ValueError(f"{images_path}: expected at least one image, got an empty data set")
     x = images.reshape(len(images), -1) if flatten else images[..., np.newaxis]
     x = x.astype(dtype)
     x /= 255

@@ -59,6 +59,17 @@ def _flat(x: np.ndarray):
     return (np.lib.stride_tricks.as_strided(x, (span,), (size,)), *strides)
 
 
+def _native(x: np.ndarray) -> np.ndarray:
+    """x in the machine's byte order (a converted copy of a byte-swapped array)."""
+    return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+
+
+def _thread_count(threads, where: str) -> int:
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"{where}: threads must be None or an int >= 1, got {threads!r}")
+    return int(threads)
+
+
 def _operand(x: np.ndarray, trans: bool):
     """(flat, row stride, col stride, rows, cols) of op(x), in elements."""
     if trans:
@@ -97,8 +108,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     a, b: 2-D float32 or float64 arrays of one dtype; op(a): (M, K), op(b): (K, N).
     out: (M, N) of that dtype, or None for a new array (then ``beta`` must be 0).
     bias: (N,) or None. activation: None, "relu", "tanh" or "sigmoid".
-    threads: Numba threads for this call (default: numba.get_num_threads()).
+    threads: Numba threads for this call, an int >= 1 (default: numba.get_num_threads(); at
+    most NUMBA_NUM_THREADS are used).
+    ``out`` may overlap ``a``, ``b`` or ``bias`` (e.g. ``x = W x`` in place): the product is
+    then computed into a temporary first, as NumPy does.
     """
+    if threads is not None:
+        threads = _thread_count(threads, "matmul")
     if type(a) is _ND and type(b) is _ND and a.dtype in _FAST:
         # Fast path for small products, where Python and dispatch are the cost. Plain products
         # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
@@ -134,6 +150,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                     return out
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
+    a, b = _native(a), _native(b)
     dt = a.dtype
     if dt != b.dtype or dt.char not in "fd":
         raise TypeError(f"matmul: expected two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
@@ -152,11 +169,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         raise ValueError(f"matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
     if bias is None:
         bias = _EMPTY[dt.char]
-    elif not isinstance(bias, np.ndarray) or bias.dtype != dt or bias.shape != (n,):
+    elif not isinstance(bias, np.ndarray) or _native(bias).dtype != dt or bias.shape != (n,):
         raise ValueError(f"matmul: bias must be a {dt} array of shape ({n},), got "
                          f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
-    elif not bias.flags.c_contiguous:
-        bias = np.ascontiguousarray(bias)
+    elif not bias.flags.c_contiguous or not bias.dtype.isnative:
+        bias = np.ascontiguousarray(bias, dt)
     if out is None:
         if beta != 0:
             raise ValueError("matmul: beta != 0 needs an out array to accumulate into")
@@ -169,15 +186,21 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     if m == 0 or n == 0:
         return out
     rows = _flat(out) if not out.flags.c_contiguous and k else None
-    if rows is not None and rows[2] == 1 and rows[1] >= n:      # rows of a wider array: write in place
+    if any(np.may_share_memory(out, x) for x in (a, b, bias)):    # read while written: a temporary
+        work = np.array(out, order="C") if beta != 0 else np.empty((m, n), dt)
+        c, ldc = work.reshape(-1), n
+    elif rows is not None and rows[2] == 1 and rows[1] >= n:      # rows of a wider array: write in place
         work, (c, ldc, _) = out, rows
     else:
         work = out if out.flags.c_contiguous else np.ascontiguousarray(out)
         c, ldc = work.reshape(-1), n
     alpha_ = _ONE[dt.char] if alpha == 1 else dt.type(alpha)      # dt.type() costs ~0.4 us a call
     beta_ = _ZERO[dt.char] if beta == 0 else dt.type(beta)
-    if k == 0:
-        c *= beta_ if beta != 0 else 0
+    if k == 0:                    # C = beta C (+ bias, act); beta = 0 does not read C, as in BLAS
+        if beta == 0:
+            c[...] = 0
+        else:
+            c *= beta_
         if bias.size or act:
             from .kernels.activation import bias_act_forward_serial
 
@@ -208,7 +231,7 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     blk = _blocks.blocks_for(dt.char)
     nthreads = 1
     if mnk >= PARALLEL_MNK:             # numba.get_num_threads() costs ~1 us: only where it matters
-        nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
+        nthreads = numba.get_num_threads() if threads is None else threads
         nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
     parallel = nthreads > 1
     mc, kc = _balanced(m, k, blk)
@@ -259,6 +282,9 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         if not isinstance(x, np.ndarray) or x.ndim != 3:
             raise ValueError(f"batched_matmul: {name} must be a 3-D numpy array (groups, rows, cols), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
+    if threads is not None:
+        threads = _thread_count(threads, "batched_matmul")
+    a, b = _native(a), _native(b)
     dt = a.dtype
     if dt != b.dtype or dt.char not in "fd":
         raise TypeError(f"batched_matmul: expected two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
@@ -275,9 +301,15 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     elif not isinstance(out, np.ndarray) or out.dtype != dt or out.shape != (G, m, n) or not out.flags.writeable:
         raise ValueError(f"batched_matmul: out must be a writeable {dt} array of shape ({G}, {m}, {n}), got "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
-    if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != dt or bias.shape != (G, n)):
+    if bias is not None and (not isinstance(bias, np.ndarray) or _native(bias).dtype != dt or bias.shape != (G, n)):
         raise ValueError(f"batched_matmul: bias must be a {dt} array of shape ({G}, {n}), got "
                          f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+    if any(x is not None and np.may_share_memory(out, x) for x in (a, b, bias)):   # read while written
+        work = out.copy() if beta != 0 else None
+        work = batched_matmul(a, b, work, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=bias,
+                              activation=activation, threads=threads)
+        out[...] = work
+        return out
     views = [_flat(x) for x in (a, b, out)]
     if G < 2 or k == 0 or None in views or views[2][3] != 1:
         for g in range(G):                 # nothing to batch, or a layout the driver cannot read
@@ -292,10 +324,10 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     (fa, ga, ra, ca), (fb, gb, rb, cb), (fc, gc, ldc, _) = views
     rsa, csa = (ca, ra) if trans_a else (ra, ca)
     rsb, csb = (cb, rb) if trans_b else (rb, cb)
-    fbias = np.ascontiguousarray(bias).reshape(-1) if bias is not None else _EMPTY[dt.char]
+    fbias = np.ascontiguousarray(bias, dt).reshape(-1) if bias is not None else _EMPTY[dt.char]
     blk = _blocks.blocks_for(dt.char)
     mc, kc = _balanced(m, k, blk)
-    nthreads = numba.get_num_threads() if threads is None else max(1, int(threads))
+    nthreads = numba.get_num_threads() if threads is None else threads
     nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS, G)
     ap, bps, tiles = _group_buffers(dt, numba.config.NUMBA_NUM_THREADS if nthreads > 1 else 1, blk)
     mod = kernel_module(dt)

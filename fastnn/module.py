@@ -73,6 +73,12 @@ class Module:
 
     def _adopt_children(self) -> None:
         """Containers: gather every parameter below into one buffer and rebind the leaves."""
+        seen: dict[int, str] = {}
+        for path, m in self.modules():
+            if id(m) in seen:
+                raise ValueError(f"layer {path!r} is the same object as layer {seen[id(m)]!r}: expected each layer "
+                                 f"once in a model ({type(m).__name__}; make a second one to use it twice)")
+            seen[id(m)] = path
         leaves = [(mp, m) for mp, m in self.modules() if m is not self and m.params]
         dtypes = {m.dtype for _, m in leaves}
         if len(dtypes) > 1:

@@ -46,7 +46,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     progress = progress and lead
     start_epoch, start_sample, step = 0, 0, 0
     if resume and checkpoint is not None and os.path.exists(checkpoint):
-        info = ckpt.load(checkpoint, model, optimizer, schedule)
+        info = ckpt.load(checkpoint, model, optimizer, schedule,
+                         check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size))
         extra = info["extra"]
         start_epoch, start_sample, step = extra["epoch"], extra["sample"], info["step"]
         if extra.get("batch_size_schedule") is not None:
@@ -140,3 +141,16 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
     finally:
         model.train(was_training)
     return total / len(x), correct / len(x)
+
+
+def _check_resume(path, extra: dict, batch_size) -> None:
+    """Refuse a checkpoint ``fit`` cannot continue: not written by ``fit``, or written with
+    another batch-size schedule."""
+    if "epoch" not in extra or "sample" not in extra:
+        raise ValueError(f"{path}: expected a checkpoint written by fit (with the data position), "
+                         f"got extra keys {sorted(extra)}")
+    saved = (extra.get("batch_size_schedule") or {}).get("schedule")
+    mine = batch_size.state_dict()["schedule"] if hasattr(batch_size, "state_dict") else None
+    if saved != mine:
+        raise ValueError(f"{path}: saved with batch_size {saved or 'a fixed int'}, expected this run's "
+                         f"{mine or batch_size}")

@@ -14,6 +14,9 @@ import numpy as np
 
 from .kernels.matmul import blocks
 
+#: the smallest product size tune times
+MIN_N = 64
+
 
 def sweep(dtype, n: int = 1024, repeats: int = 3, kcs=(96, 128, 192, 256, 384, 512), mc_factors=(0.25, 0.5, 1, 1.5, 2),
           progress=None) -> list[dict]:
@@ -52,8 +55,15 @@ def sweep(dtype, n: int = 1024, repeats: int = 3, kcs=(96, 128, 192, 256, 384, 5
 
 
 def tune(n: int = 1024, repeats: int = 3, write: bool = True, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Sweep fp32 and fp64, write the table (unless ``write`` is False); returns (table, sweep)."""
+    """Sweep fp32 and fp64, write the table (unless ``write`` is False); returns (table, sweep).
+    Bad arguments and a table folder that cannot be written fail before the sweep starts."""
     from tqdm import tqdm
+
+    if type(n) is not int or n < MIN_N or type(repeats) is not int or repeats < 1:
+        raise ValueError(f"tune: expected an int n >= {MIN_N} (smaller products time the call, not the blocks) "
+                         f"and an int repeats >= 1, got n={n!r}, repeats={repeats!r}")
+    if write:
+        blocks.check_writable(blocks.table_path())
 
     kcs, mcs = (96, 128, 192, 256, 384, 512), (0.25, 0.5, 1, 1.5, 2)
     table, everything = {}, []

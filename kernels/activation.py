@@ -13,14 +13,35 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 ACTIVATIONS = {None: 0, "linear": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
+
+
+def zero_like(x):
+    """0 of scalar x's type (typed by the overload below; x * 0 would be NaN at x = +-inf)."""
+
+
+def one_like(x):
+    """1 of scalar x's type."""
+
+
+def _constant_like(value):
+    def typed(x):
+        c = as_dtype(x).type(value)
+        return lambda x: c
+    return typed
+
+
+overload(zero_like, inline="always")(_constant_like(0))
+overload(one_like, inline="always")(_constant_like(1))
 
 
 @njit(inline="always")
 def _act(x, act):
     if act == 1:
-        return max(x, x * 0)
+        return max(x, zero_like(x))
     if act == 2:
         return np.tanh(x)
     if act == 3:
@@ -31,12 +52,12 @@ def _act(x, act):
 @njit(inline="always")
 def _dact(y, act):
     if act == 1:
-        return (y > 0) * (y * 0 + 1)
+        return one_like(y) if y > 0 else zero_like(y)
     if act == 2:
         return 1 - y * y
     if act == 3:
         return y * (1 - y)
-    return y * 0 + 1
+    return one_like(y)
 
 
 @njit(inline="always")

@@ -262,6 +262,14 @@ def test_load_mnist_count_mismatch_names_both_files(mnist_dir):
         load_mnist(directory, "test")
 
 
+def test_load_mnist_empty_set_is_a_clear_error(mnist_dir):
+    directory, _ = mnist_dir
+    write_idx(directory / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(directory / "t10k-labels-idx1-ubyte", np.zeros(0, dtype=np.uint8))
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte: expected at least one image, got an empty"):
+        load_mnist(directory, "test")
+
+
 def test_load_mnist_wrong_kind_of_file_names_it(mnist_dir):
     directory, _ = mnist_dir
     write_idx(directory / "t10k-images-idx3-ubyte", np.zeros((5, 784), dtype=np.uint8))

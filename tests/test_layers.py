@@ -113,6 +113,17 @@ def test_flat_buffer_views_and_sequential_ownership():
         d0.flat
 
 
+def test_a_layer_used_twice_in_one_model_is_rejected():
+    """Its cached forward input would be overwritten by the second use, so backward would be
+    wrong: refused before any parameter moves."""
+    d = fnn.Dense(3, 3)
+    w = d.params["weight"].copy()
+    with pytest.raises(ValueError, match="layer '1' is the same object as layer '0'"):
+        fnn.Sequential(d, d)
+    np.testing.assert_array_equal(d.params["weight"], w)
+    fnn.Sequential(d)
+
+
 def test_rehome_moves_every_parameter_and_gradient_view():
     model = fnn.Sequential(fnn.Dense(3, 4, dtype=np.float64), fnn.Sequential(fnn.Dense(4, 2, dtype=np.float64)))
     x = np.ones((2, 3))

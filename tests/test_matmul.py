@@ -2,6 +2,9 @@
 layouts, threads, block tables; the generated kernel files and their assembly."""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numba
 import numpy as np
 import pytest
@@ -303,3 +306,109 @@ def test_small_plain_products_of_every_layout_and_the_errors(dtype):
         fastnn.matmul(a, b[:8])
     with pytest.raises(ValueError, match="2-D"):
         fastnn.matmul(a[0], b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [8, 40, 300])
+def test_out_overlapping_an_operand_gives_numpys_result(dtype, n):
+    """x = W x in place (out is an operand), also with beta reading the old out and with the
+    bias inside out: computed through a temporary, as np.matmul(a, b, out=a) is."""
+    rng = np.random.default_rng(5)
+    a, b = operands(rng, n, n, n, dtype)
+    want = a @ b
+    fastnn.matmul(a, b, out=a)
+    check(a, want, dtype, n)
+    a, b = operands(rng, n, n, n, dtype)
+    want = 0.5 * (a @ b) + 2.0 * b
+    fastnn.matmul(a, b, out=b, alpha=0.5, beta=2.0)
+    check(b, want, dtype, n)
+    a, b = operands(rng, n, n, n, dtype)
+    c = rng.standard_normal((n + 1, n)).astype(dtype)
+    want = np.maximum(a @ b + c[0], 0)
+    fastnn.matmul(a, b, out=c[1:], bias=c[0], activation="relu")
+    check(c[1:], want, dtype, n)
+    g = rng.standard_normal((3, n, n)).astype(dtype)
+    want = g @ g
+    fastnn.batched_matmul(g, g, out=g)
+    check(g, want, dtype, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_inner_dimension_writes_zeros_whatever_out_held(dtype):
+    """K = 0: C = beta C (+ bias, act); beta = 0 does not read C (BLAS), so NaN in it is gone."""
+    out = np.full((3, 4), np.nan, dtype)
+    np.testing.assert_array_equal(fastnn.matmul(np.ones((3, 0), dtype), np.ones((0, 4), dtype), out), 0)
+    got = fastnn.matmul(np.ones((64, 0), dtype), np.ones((0, 64), dtype), bias=np.full(64, -1, dtype),
+                        activation="relu")
+    np.testing.assert_array_equal(got, np.zeros((64, 64)))
+
+
+@pytest.mark.parametrize("n, k", [(4, 1), (300, 1), (300, 200)])
+def test_relu_of_minus_infinity_is_zero_on_every_tile(n, k):
+    """Full tiles (the unrolled store) and edge tiles (the generic epilogue) agree with
+    np.maximum: rows of +-inf (a column of them times a row of ones) and -1 become 0 and inf."""
+    a = np.zeros((n, k), np.float32)
+    a[:, 0] = 1.0
+    a[[0, 1, n - 1], 0] = -np.inf, -1.0, np.inf
+    b = np.zeros((k, n), np.float32)
+    b[0] = 1.0
+    got = fastnn.matmul(a, b, activation="relu")
+    np.testing.assert_array_equal(got, np.maximum(a @ b, 0))
+    assert not np.signbit(got).any()
+
+
+def test_byte_swapped_operands_are_read_and_do_not_break_later_calls():
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((200, 150)).astype(np.float32)
+    b = rng.standard_normal((150, 120)).astype(np.float32)
+    swapped = fastnn.matmul(a.astype(">f4"), b.astype(">f4"), bias=np.ones(120, ">f4"))
+    assert swapped.dtype == np.float32 and swapped.dtype.isnative
+    check(swapped, a @ b + 1, np.float32, 150)
+    check(fastnn.matmul(a, b), a @ b, np.float32, 150)
+    check(fastnn.batched_matmul(a[None].astype(">f4"), b[None], threads=1)[0], a @ b, np.float32, 150)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 2.7, "2", True, None])
+def test_thread_count_must_be_a_positive_int(threads):
+    a = np.ones((200, 200), np.float32)
+    if threads is None:
+        fastnn.matmul(a, a, threads=threads)
+        return
+    for small in (False, True):
+        x = a[:4, :4] if small else a
+        with pytest.raises(ValueError, match=f"threads must be None or an int >= 1, got {threads!r}"):
+            fastnn.matmul(x, x, threads=threads)
+    with pytest.raises(ValueError, match="threads must be None or an int >= 1"):
+        fastnn.batched_matmul(a[None], a[None], threads=threads)
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"kc": 256.0}, "expected ints"), ({"kc": 100_000_000}, "expected ints"), ({"mc": True}, "expected ints"),
+    ({"nc": 60_000, "kc": 60_000}, "at most"), (None, "JSONDecodeError")])
+def test_a_bad_block_table_falls_back_with_a_warning(tmp_path, monkeypatch, entry, why):
+    monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
+    blocks.blocks_for.cache_clear()
+    default = blocks.analytic(np.float32)
+    path = blocks.table_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json" if entry is None else
+                    json.dumps({"float32": {**asdict(default), "source": "tuned", **entry}}))
+    try:
+        with pytest.warns(RuntimeWarning, match=f"ignoring the block table {path}.*{why}"):
+            got = blocks.blocks_for("f")
+        assert (got.mc, got.kc, got.nc, got.source) == (default.mc, default.kc, default.nc, "analytic")
+    finally:
+        blocks.blocks_for.cache_clear()
+
+
+def test_tune_refuses_bad_arguments_and_an_unwritable_folder_before_sweeping(tmp_path, monkeypatch, capsys):
+    from fastnn import cli
+
+    for argv in (["tune", "--n", "0"], ["tune", "--repeats", "0"]):
+        assert cli.main(argv) == 2
+        assert "expected an int n >= 64" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTNN_CACHE_DIR", str(blocker / "sub"))
+    assert cli.main(["tune", "--n", "64", "--repeats", "1"]) == 2
+    assert f"cannot write the block table in {blocker / 'sub'}" in capsys.readouterr().err

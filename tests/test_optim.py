@@ -325,3 +325,118 @@ def test_huge_finite_gradients_are_not_mistaken_for_nonfinite():
     opt = fnn.optim.SGD((np.zeros(3), g), lr=0.0, max_grad_norm=1.0)
     assert opt.step()
     assert opt.last_grad_norm == pytest.approx(np.sqrt(2) * 1e200)
+
+
+def _lockstep(make_fnn, make_torch, edits, steps=12):
+    """fastnn and torch.optim on the same two-layer model and gradients, float64, with
+    ``edits[t](groups)`` applied to both optimizers' param_groups before step t."""
+    model = fnn.Sequential(fnn.Dense(5, 4, dtype=np.float64), fnn.Dense(4, 3, dtype=np.float64))
+    names = [n for n, _ in model.named_parameters()]
+    tensors = {n: torch.tensor(v.copy(), requires_grad=True) for n, v in model.named_parameters()}
+    opt = make_fnn(model, [{"params": [n for n in names if n.startswith("1.")]}])
+    topt = make_torch([{"params": [tensors[n] for n in names if n.startswith("0.")]},
+                       {"params": [tensors[n] for n in names if n.startswith("1.")]}])
+    rng = np.random.default_rng(7)
+    grads = dict(model.named_gradients())
+    for t in range(steps):
+        if t in edits:
+            for groups in (opt.param_groups, topt.param_groups):
+                edits[t](groups)
+        for n in names:
+            grads[n][...] = rng.standard_normal(grads[n].shape)
+            tensors[n].grad = torch.tensor(grads[n].copy())
+        opt.step()
+        topt.step()
+    for n, v in model.named_parameters():
+        np.testing.assert_allclose(v, tensors[n].detach().numpy(), rtol=1e-12, atol=1e-13)
+    return opt
+
+
+def _set(**kw):
+    def edit(groups, group=None):
+        for k, g in enumerate(groups):
+            if group is None or k == group:
+                g.update(kw)
+    return edit
+
+
+def test_sgd_momentum_switched_on_later_per_group_matches_torch():
+    """momentum set above 0 after construction (torch makes the buffer then, b = g first):
+    per group, with dampening, and a buffer that must not alias the parameters."""
+    def second_group(**kw):
+        return lambda groups: _set(**kw)(groups, group=1)
+    opt = _lockstep(lambda m, pg: fnn.optim.SGD(m, lr=0.05, dampening=0.3, param_groups=pg),
+                    lambda pg: torch.optim.SGD(pg, lr=0.05, dampening=0.3),
+                    {3: second_group(momentum=0.9), 6: _set(momentum=0.5), 9: _set(momentum=0.0)})
+    assert "momentum_buffer" in opt.state
+
+
+@pytest.mark.parametrize("make_fnn,make_torch,edits", [
+    (lambda m, pg: fnn.optim.SGD(m, lr=0.05, momentum=0.9, param_groups=pg),
+     lambda pg: torch.optim.SGD(pg, lr=0.05, momentum=0.9), {4: _set(nesterov=True)}),
+    (lambda m, pg: fnn.optim.Adam(m, lr=0.05, param_groups=pg),
+     lambda pg: torch.optim.Adam(pg, lr=0.05, amsgrad=True), {0: _set(amsgrad=True), 5: _set(lr=0.01)}),
+])
+def test_global_options_edited_in_param_groups_take_effect(make_fnn, make_torch, edits):
+    _lockstep(make_fnn, make_torch, edits)
+
+
+def test_global_option_must_agree_between_groups():
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9, param_groups=[{"params": ["0.bias"]}])
+    opt.param_groups[1]["nesterov"] = True
+    before = model.flat.data.copy()
+    with pytest.raises(ValueError, match=r"nesterov: expected one value for all parameter groups, got \[False, True\]"):
+        opt.step()
+    np.testing.assert_array_equal(model.flat.data, before)
+
+
+def test_load_state_dict_adopts_saved_global_options():
+    """A state saved with nesterov=True continues with Nesterov steps in an optimizer built
+    without it, as the uninterrupted run does."""
+    n, grads = 33, _grad_seq(33, 12)
+    a = (np.ones(n), np.zeros(n))
+    opt = fnn.optim.SGD(a, lr=0.05, momentum=0.9, nesterov=True)
+    b = (np.ones(n), np.zeros(n))
+    opt2 = fnn.optim.SGD(b, lr=0.05, momentum=0.9)
+    for t, g in enumerate(grads):
+        if t == 6:
+            b[0][...] = a[0]
+            opt2.load_state_dict(opt.state_dict())
+        for p, gr in (a, b):
+            gr[...] = g
+        opt.step()
+        opt2.step()
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("damage", [lambda s: s.pop("skipped_steps"), lambda s: s["param_groups"][0].pop("eps"),
+                                    lambda s: s["param_groups"][0].update(lr=-1.0),
+                                    lambda s: s["state"].pop("exp_avg_sq")])
+def test_load_state_dict_checks_everything_before_changing_anything(damage):
+    opt = fnn.optim.Adam((np.ones(5), np.full(5, 0.5)), lr=0.1)
+    opt.step()
+    other = fnn.optim.Adam((np.ones(5), np.ones(5)), lr=5.0)
+    other.step()
+    other.step()
+    state = other.state_dict()
+    damage(state)
+    snapshot = opt.state_dict()
+    with pytest.raises(ValueError):
+        opt.load_state_dict(state)
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.step_count == 1
+    for k, v in snapshot["state"].items():
+        np.testing.assert_array_equal(opt.state[k], v)
+
+
+def test_ignore_with_clipping_lets_nan_through_like_torch():
+    """nonfinite="ignore" means no check even when clipping computes the norm: a NaN gradient
+    makes the clip coefficient and so every updated parameter NaN (torch.nn.utils.clip_grad_norm_)."""
+    p, g = np.ones(4), np.array([1.0, np.nan, 2.0, 3.0])
+    assert fnn.optim.SGD((p, g), lr=0.1, max_grad_norm=1.0, nonfinite="ignore").step()
+    t = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    t.grad = torch.tensor(g)
+    torch.nn.utils.clip_grad_norm_([t], 1.0)
+    torch.optim.SGD([t], lr=0.1).step()
+    np.testing.assert_array_equal(p, t.detach().numpy())
+    assert np.isnan(p).all()

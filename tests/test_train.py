@@ -127,6 +127,52 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         fnn.checkpoint.load(bad, fnn.Sequential(fnn.Dense(2, 2)))
 
 
+def test_damaged_checkpoint_names_its_path(tmp_path):
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    path = fnn.checkpoint.save(tmp_path / "m.npz", model, fnn.optim.Adam(model))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF                      # one flipped byte inside a stored array
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=f"{path}: not a readable fastnn checkpoint"):
+        fnn.checkpoint.load(path, model)
+    path.write_bytes(bytes(raw[:len(raw) // 2]))    # truncated
+    with pytest.raises(ValueError, match=f"{path}: not a readable fastnn checkpoint"):
+        fnn.checkpoint.load(path, model)
+
+
+def test_checkpoint_takes_numpy_hyperparameters_and_an_ordinary_file_mode(tmp_path):
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    opt = fnn.optim.Adam(model, lr=np.float32(1e-3), betas=(np.float64(0.8), 0.9))
+    path = fnn.checkpoint.save(tmp_path / "m.npz", model, opt)
+    opt2 = fnn.optim.Adam(model)
+    fnn.checkpoint.load(path, model, opt2)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3) and opt2.param_groups[0]["betas"] == (0.8, 0.9)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_resume_with_another_batch_schedule_is_refused_before_anything_changes(tmp_path):
+    x, y = fnn.data.load_digits()
+    x, y = x[:96], y[:96]
+    model = fnn.Sequential(fnn.Dense(64, 10))
+    ck = tmp_path / "run.npz"
+    fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x, y, epochs=1, progress=False, checkpoint=ck,
+                  batch_size=fnn.schedules.BatchSize(16, every_samples=32))
+    fresh = fnn.Sequential(fnn.Dense(64, 10))
+    before = fresh.flat.data.copy()
+    for other, saved in [(fnn.schedules.BatchSize(8, every_samples=32), "BatchSize"), (32, "BatchSize")]:
+        opt = fnn.optim.SGD(fresh, lr=0.1)
+        with pytest.raises(ValueError, match=f"{ck}: saved with batch_size .*{saved}.*expected this run's"):
+            fnn.train.fit(fresh, opt, x, y, epochs=2, progress=False, checkpoint=ck, resume=True, batch_size=other)
+        np.testing.assert_array_equal(fresh.flat.data, before)
+        assert opt.step_count == 0
+    plain = tmp_path / "plain.npz"
+    fnn.checkpoint.save(plain, fresh, fnn.optim.SGD(fresh))
+    with pytest.raises(ValueError, match="expected a checkpoint written by fit"):
+        fnn.train.fit(fresh, fnn.optim.SGD(fresh), x, y, epochs=1, progress=False, checkpoint=plain, resume=True)
+
+
 def test_evaluate_and_fit_reject_empty_data():
     model = fnn.Sequential(fnn.Dense(2, 2))
     with pytest.raises(ValueError, match="empty"):

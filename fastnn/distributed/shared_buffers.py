@@ -93,6 +93,8 @@ class SharedBuffers:
         model.rehome(data=params, grad=self.grad, copy=False)
         optimizer.params, optimizer.grads = flat.data, flat.grad
         optimizer.state.update(state)
+        if shard:
+            optimizer.pin_state()
 
     def fence(self) -> None:
         """Barrier with memory synchronization: every rank's writes before it are visible to

@@ -15,7 +15,7 @@ class Adam(Optimizer):
     all groups. Bias corrections are computed in float64 on the host from an int step.
     """
 
-    state_names = ("exp_avg", "exp_avg_sq")
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     global_options = ("amsgrad",)
     decoupled = False
 
@@ -24,8 +24,8 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize), **options)
 
-    def _state_to_allocate(self) -> tuple[str, ...]:
-        return self.state_names + (("max_exp_avg_sq",) if self.defaults["amsgrad"] else ())
+    def _state_to_allocate(self, groups: list[dict]) -> tuple[str, ...]:
+        return self.state_names if groups[0]["amsgrad"] else self.state_names[:2]
 
     def _check_hparams(self, group: dict, where: str) -> None:
         super()._check_hparams(group, where)
@@ -35,7 +35,7 @@ class Adam(Optimizer):
         if not group["eps"] >= 0:
             raise ValueError(f"{where}: expected eps >= 0, got {group['eps']}")
 
-    def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
+    def _update(self, grad_scale: float, step: int) -> None:
         hp = adam_hparams(self.param_groups, step, self.decoupled, grad_scale, self.params.dtype)
         vmax = self.state.get("max_exp_avg_sq", self.params[:0])
         kernel = pick(adam_step_cpu, adam_step_serial, self.params.size)

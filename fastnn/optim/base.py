@@ -37,7 +37,9 @@ class Optimizer:
     "ignore" (no check; NaN propagates into the parameters, as in torch).
     """
 
+    #: every state buffer this optimizer may hold (which ones it holds follows the options)
     state_names: tuple[str, ...] = ()
+    #: options one value of which applies to all groups; read from the groups at each step
     global_options: tuple[str, ...] = ()
 
     def __init__(self, params, defaults: dict, *, param_groups: list[dict] | None = None,
@@ -54,7 +56,9 @@ class Optimizer:
         self._starts, self._stops, self._groups = make_chunks(self._segments)
         self._share = (0, self.params.size)
         self._combine = None
-        self.state = {name: aligned_zeros(self.params.size, self.params.dtype) for name in self._state_to_allocate()}
+        self.state: dict[str, np.ndarray] = {}
+        self._state_pinned = False
+        self._new_state()
         self.step_count = 0
         self.skipped_steps = 0
         self.last_step_skipped = False
@@ -103,8 +107,32 @@ class Optimizer:
         raise ValueError(f"param_groups: the array of shape {p.shape} at element {start} is not one "
                          "of the model's parameters")
 
-    def _state_to_allocate(self) -> tuple[str, ...]:
+    def _state_to_allocate(self, groups: list[dict]) -> tuple[str, ...]:
+        """The state buffers that hyperparameter groups ``groups`` need."""
         return self.state_names
+
+    def _new_state(self) -> tuple[str, ...]:
+        """Adopt the global options the groups hold now and allocate (zeroed) the state buffers
+        they need that do not exist yet, e.g. after ``param_groups[0]["momentum"]`` was set
+        above 0 (as torch creates a buffer on first use); returns the new buffers' names."""
+        for o in self.global_options:
+            values = [g[o] for g in self.param_groups]
+            if any(v != values[0] for v in values):
+                raise ValueError(f"{o}: expected one value for all parameter groups, got {values}")
+            self.defaults[o] = values[0]
+        new = tuple(n for n in self._state_to_allocate(self.param_groups) if n not in self.state)
+        if new and self._state_pinned:
+            raise ValueError(f"optimizer state {list(new)} is needed by the options set now, but the state "
+                             "buffers were placed in shared memory when DataParallel wrapped this optimizer; "
+                             "set these options before wrapping it")
+        for n in new:
+            self.state[n] = aligned_zeros(self.params.size, self.params.dtype)
+        return new
+
+    def pin_state(self) -> None:
+        """Fix the set of state buffers from now on (they were moved, e.g. into memory shared
+        by the ranks of a data-parallel job): an option that needs another one then raises."""
+        self._state_pinned = True
 
     def _check_hparams(self, group: dict, where: str) -> None:
         if not group["lr"] >= 0:
@@ -120,9 +148,12 @@ class Optimizer:
         1/ranks here instead of rescaling the buffer); clipping sees the scaled norm.
         """
         scale = grad_scale
+        new = self._new_state()
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             norm, bad, first_bad = self._grad_norm()
-            if bad:
+            if bad and self.nonfinite != "ignore":
+                for n in new:
+                    del self.state[n]
                 self.last_step_skipped = True
                 if self.nonfinite == "skip":
                     self.skipped_steps += 1
@@ -130,14 +161,15 @@ class Optimizer:
                 raise FloatingPointError(self._nonfinite_message(bad, first_bad))
             norm *= abs(grad_scale)
             self.last_grad_norm = norm
-            if self.max_grad_norm is not None:
-                scale *= min(1.0, self.max_grad_norm / (norm + 1e-6))
-        self._update(scale, first_step=self.step_count == 0, step=self.step_count + 1)
+            if self.max_grad_norm is not None:     # a NaN norm ("ignore") makes every update NaN, as torch's clip
+                coef = self.max_grad_norm / (norm + 1e-6)
+                scale *= coef if not coef >= 1.0 else 1.0
+        self._update(scale, step=self.step_count + 1)
         self.step_count += 1
         self.last_step_skipped = False
         return True
 
-    def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
+    def _update(self, grad_scale: float, step: int) -> None:
         raise NotImplementedError
 
     def _grad_norm(self) -> tuple[float, int, int]:
@@ -196,28 +228,57 @@ class Optimizer:
                 "state": {k: v.copy() for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what ``state_dict`` returned; checked whole before anything is changed."""
+        """Restore what ``state_dict`` returned; checked whole before anything is changed. The
+        state buffers become the saved ones (a buffer the saved options did not need yet is
+        dropped and made again, zeroed, when an option needs it)."""
         if state.get("type") != type(self).__name__:
             raise ValueError(f"optimizer state: expected a {type(self).__name__} state, got {state.get('type')!r}")
-        groups = state["param_groups"]
+        missing = [k for k in ("step", "skipped_steps", "param_groups", "state") if k not in state]
+        if missing:
+            raise ValueError(f"optimizer state: expected keys {missing}, got {sorted(state)}")
+        step, skipped = int(state["step"]), int(state["skipped_steps"])
+        groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+                  for g in state["param_groups"]]
         if len(groups) != len(self.param_groups):
             raise ValueError(f"optimizer state: expected {len(self.param_groups)} parameter groups, "
                              f"got {len(groups)}")
         for k, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
-            if list(theirs["params"]) != mine["params"]:
-                raise ValueError(f"optimizer state: group {k} holds {list(theirs['params'])[:4]}..., "
+            if list(theirs.get("params", ())) != mine["params"]:
+                raise ValueError(f"optimizer state: group {k} holds {list(theirs.get('params', ()))[:4]}..., "
                                  f"expected {mine['params'][:4]}...")
-        if set(state["state"]) != set(self.state):
-            raise ValueError(f"optimizer state: expected buffers {sorted(self.state)}, got {sorted(state['state'])}")
-        for k, v in state["state"].items():
+            if set(theirs) != set(mine):
+                raise ValueError(f"optimizer state: group {k} has options {sorted(theirs)}, expected {sorted(mine)}")
+            self._check_hparams(theirs, f"optimizer state: group {k}")
+        for o in self.global_options:
+            if any(g[o] != groups[0][o] for g in groups):
+                raise ValueError(f"optimizer state: {o} differs between groups: {[g[o] for g in groups]}")
+        buffers = state["state"]
+        unknown = set(buffers) - set(self.state_names)
+        needed = set(self._state_to_allocate(groups)) - set(buffers)
+        if unknown or needed:
+            raise ValueError(f"optimizer state: expected buffers {sorted(self._state_to_allocate(groups))} (any of "
+                             f"{list(self.state_names)}), got {sorted(buffers)}")
+        if self._state_pinned and set(buffers) != set(self.state):
+            raise ValueError(f"optimizer state: expected buffers {sorted(self.state)} (pinned in shared memory), "
+                             f"got {sorted(buffers)}")
+        for k, v in buffers.items():
             if v.shape != self.params.shape or v.dtype != self.params.dtype:
                 raise ValueError(f"optimizer state {k!r}: expected {self.params.dtype}{self.params.shape}, "
                                  f"got {v.dtype}{v.shape}")
+        self._load_extra(state)
         for mine, theirs in zip(self.param_groups, groups):
-            mine.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in theirs.items() if k != "params"})
-        for k, v in state["state"].items():
-            self.state[k][...] = v
-        self.step_count, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
+            mine.update({k: v for k, v in theirs.items() if k != "params"})
+        for o in self.global_options:
+            self.defaults[o] = groups[0][o]
+        for k in [k for k in self.state if k not in buffers]:
+            del self.state[k]
+        for k, v in buffers.items():
+            self.state.setdefault(k, aligned_zeros(self.params.size, self.params.dtype))[...] = v
+        self.step_count, self.skipped_steps = step, skipped
+
+    def _load_extra(self, state: dict) -> None:
+        """A subclass's own entries of ``state`` (validated, then applied; called last before the
+        common ones are applied, so it must not fail after changing anything)."""
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v}" for k, v in self.defaults.items())

@@ -16,15 +16,19 @@ class SGD(Optimizer):
     and exactly torch.optim.SGD. ``nesterov`` applies to all groups.
     """
 
+    state_names = ("momentum_buffer",)
     global_options = ("nesterov",)
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False, **options) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize), **options)
+        #: per group: whether its part of the momentum buffer holds a value (torch: the buffer
+        #: exists); a group's first step with momentum sets b = g
+        self._buffer_started = [False] * len(self.param_groups)
 
-    def _state_to_allocate(self) -> tuple[str, ...]:
-        return ("momentum_buffer",) if any(g["momentum"] for g in self.param_groups) else ()
+    def _state_to_allocate(self, groups: list[dict]) -> tuple[str, ...]:
+        return self.state_names if any(g["momentum"] for g in groups) else ()
 
     def _check_hparams(self, group: dict, where: str) -> None:
         super()._check_hparams(group, where)
@@ -34,9 +38,24 @@ class SGD(Optimizer):
             raise ValueError(f"{where}: nesterov needs momentum > 0 and dampening = 0, "
                              f"got momentum={group['momentum']}, dampening={group['dampening']}")
 
-    def _update(self, grad_scale: float, first_step: bool, step: int) -> None:
-        hp = sgd_hparams(self.param_groups, grad_scale, self.params.dtype)
+    def _update(self, grad_scale: float, step: int) -> None:
+        if "momentum_buffer" not in self.state:
+            self._buffer_started = [False] * len(self.param_groups)
+        hp = sgd_hparams(self.param_groups, grad_scale, self._buffer_started, self.params.dtype)
         buf = self.state.get("momentum_buffer", self.params[:0])
         kernel = pick(sgd_step_cpu, sgd_step_serial, self.params.size)
-        kernel(self.params, self.grads, buf, self._starts, self._stops, self._groups, hp,
-               self.defaults["nesterov"], first_step)
+        kernel(self.params, self.grads, buf, self._starts, self._stops, self._groups, hp, self.defaults["nesterov"])
+        self._buffer_started = [s or g["momentum"] > 0 for s, g in zip(self._buffer_started, self.param_groups)]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "buffer_started": list(self._buffer_started)}
+
+    def _load_extra(self, state: dict) -> None:
+        started = state.get("buffer_started")
+        if started is None:      # a state without it: every group with momentum has stepped once it has a buffer
+            started = [bool(state["step"]) and "momentum_buffer" in state["state"] and g["momentum"] > 0
+                       for g in state["param_groups"]]
+        if len(started) != len(self.param_groups):
+            raise ValueError(f"optimizer state: expected {len(self.param_groups)} buffer_started flags, "
+                             f"got {len(started)}")
+        self._buffer_started = [bool(s) for s in started]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +35,9 @@ SMALL_K = 4096
 #: broadcasts of a step above its FMAs and spills (20 live registers of 16 on AVX2, measured
 #: 44 GFLOP/s); 4 rows keep 2*4 accumulators, 4 broadcasts and 2 row loads in registers
 MT = 4
+#: bounds a block table entry must keep (a packed block of MAX_PANEL float64 is 256 MiB)
+MAX_BLOCK = 1 << 16
+MAX_PANEL = 1 << 25
 
 @dataclass(frozen=True)
 class Blocks:
@@ -45,8 +49,11 @@ class Blocks:
     source: str = "analytic"
 
     def validated(self) -> "Blocks":
-        if min(self.mr, self.nr, self.mc, self.kc, self.nc) < 1:
-            raise ValueError(f"block sizes must be positive, got {self}")
+        sizes = dict(mr=self.mr, nr=self.nr, mc=self.mc, kc=self.kc, nc=self.nc)
+        bad = {k: v for k, v in sizes.items() if type(v) is not int or not 1 <= v <= MAX_BLOCK}
+        if bad or self.nc * self.kc > MAX_PANEL or self.mc * self.kc > MAX_PANEL:
+            raise ValueError(f"block sizes: expected ints in [1, {MAX_BLOCK}] with MC*KC and NC*KC at most "
+                             f"{MAX_PANEL} elements, got {sizes}")
         return Blocks(self.mr, self.nr, -(-self.mc // self.mr) * self.mr, self.kc,
                       -(-self.nc // self.nr) * self.nr, self.source)
 
@@ -92,6 +99,18 @@ def table_path() -> Path:
     return root / f"matmul-{key}-{caches}.json"
 
 
+def check_writable(path: Path) -> None:
+    """Raise OSError naming ``path``'s folder unless a table can be written there."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_suffix(".probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write the block table in {path.parent} ({e.strerror or e}); set FASTNN_CACHE_DIR "
+                      "to a writable folder") from e
+
+
 def save(table: dict[str, Blocks], path: Path | None = None) -> Path:
     path = table_path() if path is None else path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +132,9 @@ def blocks_for(dtype_char: str) -> Blocks:
         tuned = Blocks(**{**entry, "source": f"tuned ({path})"}).validated()
         if (tuned.mr, tuned.nr) == (default.mr, default.nr):
             return tuned
-    except (OSError, KeyError, TypeError, ValueError):
+    except FileNotFoundError:
         pass
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        warnings.warn(f"fastnn.matmul: ignoring the block table {path} ({type(e).__name__}: {e}); using the "
+                      "analytic blocks. Run `fastnn tune` to write a new one", RuntimeWarning, stacklevel=2)
     return default.validated()

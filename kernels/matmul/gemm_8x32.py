@@ -217,16 +217,26 @@ def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
                 _store(tile, c, ldc, ir, jr, min(MR, m - ir), nr, alpha, beta, True, True, bias, act)
 
 
+@njit(inline="always")
+def _overlap(x, y):
+    """Whether the bytes of contiguous arrays x and y overlap."""
+    x0 = x.ctypes.data
+    y0 = y.ctypes.data
+    return x0 < y0 + y.size * y.itemsize and y0 < x0 + x.size * x.itemsize
+
+
 @njit(**_OPTS)
 def small_into(a, b, c, bias, alpha, beta, act):
     """c = act(alpha a @ b + beta c + bias) for 2-D row-major a (M x K), b (K x N), c (M x N)
-    through gemm_small; False (nothing written) when the product is not small or a shape
-    differs. The fast path of fastnn.matmul: shapes are checked here, where a check costs
-    nothing, and the arguments are few because Numba's dispatch costs per argument."""
+    through gemm_small; False (nothing written) when the product is not small, a shape
+    differs or c overlaps an operand. The fast path of fastnn.matmul: shapes are checked here,
+    where a check costs nothing, and the arguments are few because Numba's dispatch costs per
+    argument."""
     m, k = a.shape
     n = b.shape[1]
     if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m * n * k == 0 or m * n * k > SMALL_MNK
-            or k > SMALL_K or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0):
+            or k > SMALL_K or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0
+            or _overlap(c, a) or _overlap(c, b) or _overlap(c, bias)):
         return False
     work = np.empty((2 * MR + NR) * k + MR * NR, c.dtype)
     gemm_small(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, c.dtype.type(beta),

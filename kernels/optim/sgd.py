@@ -3,7 +3,7 @@
 Math    (the lecture's momentum: Delta <- mu*Delta - grad, theta <- theta + lr*Delta,
         with b = -Delta; torch.optim.SGD semantics)
         g = grad_scale * g + wd * p
-        b = g                                   on the first step
+        b = g                                   on the group's first step with momentum
         b = mu * b + (1 - dampening) * g        afterwards
         g = g + mu * b  (nesterov)   or   g = b
         p = p - lr * g
@@ -21,12 +21,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-HP_GRAD_SCALE, HP_LR, HP_MOMENTUM, HP_ONE_MINUS_DAMPENING, HP_WD = range(5)
-N_HP = 5
+HP_GRAD_SCALE, HP_LR, HP_MOMENTUM, HP_ONE_MINUS_DAMPENING, HP_WD, HP_STARTED = range(6)
+N_HP = 6
 
 
-def sgd_hparams(groups: list[dict], grad_scale: float, dtype: np.dtype) -> np.ndarray:
-    """Per-group kernel scalars, computed in float64 then cast to the parameter dtype."""
+def sgd_hparams(groups: list[dict], grad_scale: float, started: list[bool], dtype: np.dtype) -> np.ndarray:
+    """Per-group kernel scalars, computed in float64 then cast to the parameter dtype;
+    ``started[k]``: group k's part of the momentum buffer holds a value."""
     hp = np.empty((len(groups), N_HP), dtype=np.float64)
     for k, grp in enumerate(groups):
         hp[k, HP_GRAD_SCALE] = -grad_scale if grp["maximize"] else grad_scale
@@ -34,11 +35,12 @@ def sgd_hparams(groups: list[dict], grad_scale: float, dtype: np.dtype) -> np.nd
         hp[k, HP_MOMENTUM] = grp["momentum"]
         hp[k, HP_ONE_MINUS_DAMPENING] = 1.0 - grp["dampening"]
         hp[k, HP_WD] = grp["weight_decay"]
+        hp[k, HP_STARTED] = started[k]
     return hp.astype(dtype)
 
 
 @njit(inline="always", error_model="numpy")
-def _sgd_chunk(p, g, buf, hp, k, nesterov, first_step):
+def _sgd_chunk(p, g, buf, hp, k, nesterov):
     gsc = hp[k, HP_GRAD_SCALE]
     lr = hp[k, HP_LR]
     mu = hp[k, HP_MOMENTUM]
@@ -47,7 +49,7 @@ def _sgd_chunk(p, g, buf, hp, k, nesterov, first_step):
     if mu == 0:
         for i in range(p.shape[0]):
             p[i] = p[i] - lr * (gsc * g[i] + wd * p[i])
-    elif first_step:
+    elif hp[k, HP_STARTED] == 0:
         for i in range(p.shape[0]):
             gi = gsc * g[i] + wd * p[i]
             buf[i] = gi
@@ -68,14 +70,14 @@ def _sgd_chunk(p, g, buf, hp, k, nesterov, first_step):
 
 
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True)
-def sgd_step_cpu(p, g, buf, starts, stops, groups, hp, nesterov, first_step):
+def sgd_step_cpu(p, g, buf, starts, stops, groups, hp, nesterov):
     for c in prange(starts.shape[0]):
         lo, hi = starts[c], stops[c]
-        _sgd_chunk(p[lo:hi], g[lo:hi], buf[lo:hi], hp, groups[c], nesterov, first_step)
+        _sgd_chunk(p[lo:hi], g[lo:hi], buf[lo:hi], hp, groups[c], nesterov)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def sgd_step_serial(p, g, buf, starts, stops, groups, hp, nesterov, first_step):
+def sgd_step_serial(p, g, buf, starts, stops, groups, hp, nesterov):
     for c in range(starts.shape[0]):
         lo, hi = starts[c], stops[c]
-        _sgd_chunk(p[lo:hi], g[lo:hi], buf[lo:hi], hp, groups[c], nesterov, first_step)
+        _sgd_chunk(p[lo:hi], g[lo:hi], buf[lo:hi], hp, groups[c], nesterov)
