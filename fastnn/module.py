@@ -30,6 +30,8 @@ class Module:
         self._flat: FlatBuffer | None = None
         self._parent: Module | None = None
         self._grad_hooks: list = []
+        #: samples in the last batch passed to ``model(x)`` (data parallelism weighs uneven shares)
+        self.batch_rows: int | None = None
 
     # -- structure -------------------------------------------------------------------
     def children(self) -> list[tuple[str, "Module"]]:
@@ -138,6 +140,7 @@ class Module:
 
     # -- running ---------------------------------------------------------------------
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.batch_rows = x.shape[0] if isinstance(x, np.ndarray) and x.ndim else None
         return self.forward(x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:

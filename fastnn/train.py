@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import random
 from .data import batches
 from .losses import softmax_cross_entropy
 from .module import Module
@@ -39,28 +40,40 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     checkpoints (every rank reads it on resume, so its path must be visible to all); losses
     and samples/s are over all ranks.
     """
-    from .distributed import DataParallel, allreduce_mean
+    from .distributed import DataParallel, allreduce_mean, runtime
 
     dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     progress = progress and lead
     start_epoch, start_sample, step = 0, 0, 0
     if resume and checkpoint is not None and os.path.exists(checkpoint):
+        own = _rng_states(model)
         info = ckpt.load(checkpoint, model, optimizer, schedule,
                          check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size))
         extra = info["extra"]
         start_epoch, start_sample, step = extra["epoch"], extra["sample"], info["step"]
         if extra.get("batch_size_schedule") is not None:
             batch_size.load_state_dict(extra["batch_size_schedule"])
+        if dp is not None:  # each rank's own generators: as saved by this rank, or as they were
+            saved = extra.get("rank_rngs")
+            _set_rng_states(model, saved[dp.rank] if saved and len(saved) == dp.size else own)
 
     def save(epoch: int, sample: int) -> None:
-        if checkpoint is None or not lead:
+        if checkpoint is None:
+            return
+        rank_rngs = None
+        if dp is not None:  # collective: every rank's generators (dropout masks differ by rank)
+            mine = _rng_states(model)
+            rank_rngs = runtime.guarded("gather of the random generators for the checkpoint",
+                                        lambda: dp.comm.gather(mine, root=0), dp.timeout)
+        if not lead:
             return
         bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
-                  extra={"epoch": epoch, "sample": sample, "batch_size_schedule": bss})
+                  extra={"epoch": epoch, "sample": sample, "batch_size_schedule": bss, "rank_rngs": rank_rngs})
 
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
+    sums: list[tuple[float, float]] = []  # (loss sum, steps) per epoch, this rank's
     model.train()
     began, warm_samples = None, 0
     steps_left = None
@@ -69,7 +82,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         steps_left = -(-(len(x) - start_sample) // batch_size) + (epochs - start_epoch - 1) * per_epoch
     bar = tqdm(total=max(steps_left, 0) if steps_left is not None else None, disable=not progress, unit="step",
                dynamic_ncols=True)
-    with bar, _without_input_grad(model), dp.join() if dp is not None else contextlib.nullcontext():
+    joined = optimizer.join() if isinstance(optimizer, DataParallel) else contextlib.nullcontext()
+    with bar, _without_input_grad(model), joined:
         for epoch in range(start_epoch, epochs):
             sample = start_sample if epoch == start_epoch else 0
             total, count = 0.0, 0
@@ -103,14 +117,16 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 bar.update()
                 if checkpoint_every and step % checkpoint_every == 0:
                     save(epoch, sample)
-            if dp is not None:
-                total, count = allreduce_mean([total, count])
-            history["loss"].append(total / count if count else float("nan"))
+            sums.append((total, count))
             save(epoch + 1, 0)
     history["seconds"] = time.perf_counter() - began if began is not None else 0.0
     counted = history["samples"] - warm_samples
     rate = counted / history["seconds"] if history["seconds"] > 0 else 0.0
-    history["samples_per_s"] = float(allreduce_mean(rate)[0]) * dp.size if dp is not None else rate
+    if dp is not None:  # after join: ranks with fewer steps no longer train, so no step collective is pending
+        *flat, rate = allreduce_mean([v for pair in sums for v in pair] + [rate], dp.timeout)
+        sums, rate = list(zip(flat[::2], flat[1::2])), float(rate) * dp.size
+    history["loss"] = [total / count if count else float("nan") for total, count in sums]
+    history["samples_per_s"] = rate
     return history
 
 
@@ -154,3 +170,14 @@ def _check_resume(path, extra: dict, batch_size) -> None:
     if saved != mine:
         raise ValueError(f"{path}: saved with batch_size {saved or 'a fixed int'}, expected this run's "
                          f"{mine or batch_size}")
+
+
+def _rng_states(model: Module) -> dict:
+    return {"model": {n: g.bit_generator.state for n, g in model.rngs()},
+            "global": random.generator().bit_generator.state}
+
+
+def _set_rng_states(model: Module, states: dict) -> None:
+    for n, g in model.rngs():
+        g.bit_generator.state = states["model"][n]
+    random.generator().bit_generator.state = states["global"]

@@ -2,6 +2,7 @@
 timeouts and checks them against a single-process run of the same global batch."""
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -19,6 +20,30 @@ MPIEXEC = BIN / "mpiexec"
 WORKER = Path(__file__).parent / "mpi" / "worker.py"
 if not MPIEXEC.exists():
     raise RuntimeError(f"the MPI tests need mpiexec at {MPIEXEC}: pip install fastnn[mpi] (make test installs it)")
+
+
+def _mapped_shared_memory() -> set[str]:
+    """Paths under /dev/shm that some live process maps."""
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(line.split(maxsplit=5)[5].strip() for line in maps.read_text().splitlines()
+                          if "/dev/shm/" in line)
+        except (OSError, IndexError):
+            continue
+    return mapped
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_shared_memory():
+    """A job ended by MPI_Abort leaves MPICH's shared-memory segments (2 MB each) in /dev/shm;
+    remove those this test's jobs left, once no live process maps them."""
+    pattern = "/dev/shm/mpich_shm_*"
+    before = set(glob.glob(pattern))
+    yield
+    new = set(glob.glob(pattern)) - before
+    for path in new - _mapped_shared_memory() if new else ():
+        Path(path).unlink(missing_ok=True)
 
 
 def job(n: int, case: str, out: Path, *options: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -55,6 +80,77 @@ def test_n_ranks_equal_one_process_with_the_global_batch(n, options, single, tmp
     if want == "shm" and "shard=0" not in options:
         want += "+shard"
     assert Path(f"{out}.transport").read_text() == want
+
+
+@pytest.mark.parametrize("n,options", [
+    (2, ()), (3, ("transport=mpi",)), (2, ("shard=0",)), (3, ("overlap=nonblocking",)), (3, ("deterministic=1",)),
+    (2, ("accumulate=2", "steps=40")),
+])
+def test_uneven_shares_of_the_global_batch_equal_one_process(n, options, tmp_path):
+    """A global batch of 7 splits 4/3 or 3/2/2: each rank's mean gradient is weighed by its
+    share of the samples, so the step is the mean over the global batch, as one process takes it."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    extra = [o for o in options if o.startswith(("accumulate", "steps"))]
+    r = job(0, "equivalence", ref, "steps=20", "batch=7", "opt=sgd", *extra)
+    assert r.returncode == 0, r.stderr
+    r = job(n, "equivalence", out, "steps=20", "batch=7", "opt=sgd", *options)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+
+
+def test_join_with_an_unfinished_accumulated_step_equals_one_process(tmp_path):
+    """5 micro-batches an epoch, 2 per step, a join block per epoch: the 5th micro-batch is
+    stepped on when the block ends, on 1 rank and on 2, not dropped."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    for n, path in ((0, ref), (2, out)):
+        r = job(n, "join_accumulate", path, "accumulate=2", "opt=sgd", timeout=60)
+        assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+
+
+def test_fp16_compression_divides_before_the_sum(tmp_path):
+    """Gradients of 4e4 on each of 2 ranks: their fp16 sum (8e4) would overflow, their mean
+    does not (as DDP's fp16 hook): SGD moves every parameter by lr * 4e4."""
+    fnn.manual_seed(0)
+    r = job(2, "grad_range", tmp_path / "p.npy", "opt=sgd", "compression=fp16", "transport=mpi", timeout=60)
+    assert r.returncode == 0, r.stderr
+    r0 = job(0, "grad_range", tmp_path / "one.npy", "opt=sgd", timeout=60)
+    assert r0.returncode == 0, r0.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), np.load(tmp_path / "one.npy"), rtol=0, atol=1e-9)
+
+
+def test_exception_inside_fit_ends_the_job_promptly_with_its_message(tmp_path):
+    """fit runs inside join: a rank leaving it by an exception must not shadow the others'
+    steps (that hid the message until the collective timeout, or mismatched collectives)."""
+    for transport in ("shm", "mpi"):
+        t0 = time.monotonic()
+        r = job(2, "fit", tmp_path / "p.npy", "raise_at=5", "timeout=60", f"transport={transport}", timeout=90)
+        assert r.returncode != 0
+        assert "deliberate failure on rank 1 at step 5" in r.stderr, r.stderr
+        assert time.monotonic() - t0 < 30
+
+
+def test_stall_after_the_last_step_of_fit_times_out(tmp_path):
+    """Rank 1 stops after its last step; rank 0's next collective (join's count) is watched."""
+    t0 = time.monotonic()
+    r = job(2, "fit", tmp_path / "p.npy", "epochs=1", "samples=64", "stall_at=2", "timeout=2", timeout=60)
+    assert r.returncode != 0
+    assert "[fastnn rank 0/2] collective timed out" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_resume_with_dropout_under_mpi_continues_every_ranks_stream(tmp_path):
+    """Each rank's dropout generator is saved (gathered to rank 0) and restored on its rank:
+    1 epoch + resume to 2 equals 2 epochs straight, on 2 ranks."""
+    common = ("dropout=0.3", "opt=sgd", "samples=200")
+    straight, ck = tmp_path / "a.npy", tmp_path / "run.npz"
+    r = job(2, "fit", straight, *common, "epochs=2", timeout=90)
+    assert r.returncode == 0, r.stderr
+    r = job(2, "fit", tmp_path / "half.npy", *common, "epochs=1", f"checkpoint={ck}", timeout=90)
+    assert r.returncode == 0, r.stderr
+    r = job(2, "fit", tmp_path / "b.npy", *common, "epochs=2", f"checkpoint={ck}", "resume=1", timeout=90)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.load(straight))
 
 
 def test_shared_memory_sum_is_bitwise_the_gathered_rank_order_sum(tmp_path):
@@ -143,6 +239,15 @@ def test_different_models_fail_at_wrap_time_naming_ranks(tmp_path):
            "but 0.weight (64, 33) on rank 1" in r.stderr
 
 
+def test_different_bucket_boundaries_fail_at_wrap_time(tmp_path):
+    """Two buckets on both ranks, cut at different offsets: refused before any gradient moves."""
+    r = job(2, "settings_mismatch", tmp_path / "p.npy", "mismatch=first_mb", "cap_mb=1", "transport=mpi",
+            timeout=60)
+    assert r.returncode != 0
+    assert "ranks [1] differ from rank 0: the gradient buckets (start, stop) are [(" in r.stderr
+    assert "(bucket_cap_mb or first_bucket_mb differ)" in r.stderr
+
+
 def test_different_reduction_settings_fail_at_wrap_time(tmp_path):
     r = job(2, "settings_mismatch", tmp_path / "p.npy", timeout=60)
     assert r.returncode != 0
@@ -203,6 +308,7 @@ def test_single_process_without_mpiexec_is_a_pass_through():
 
 
 @pytest.mark.parametrize("kw,match", [({"overlap": "later"}, "overlap"), ({"compression": "int8"}, "compression"),
+    ({"deterministic": True, "compression": "fp16"}, "expected one of them"),
                                       ({"accumulate_steps": 0}, "accumulate_steps"), ({"timeout": 0}, "timeout"),
                                       ({"transport": "tcp"}, "transport: expected one of"),
                                       ({"transport": "shm", "compression": "fp16"}, "takes neither compression")])

@@ -23,11 +23,12 @@ def from_bf16(bits: np.ndarray, out: np.ndarray) -> None:
     out[...] = (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def encode(kind: str, grads: np.ndarray, staging: np.ndarray) -> None:
+def encode(kind: str, grads: np.ndarray, staging: np.ndarray, scale: float = 1.0) -> None:
+    """staging <- 16-bit bits of scale * grads."""
     if kind == "fp16":
-        staging.view(np.float16)[...] = grads
+        np.multiply(grads, np.float32(scale), out=staging.view(np.float16), casting="unsafe")
     else:
-        to_bf16(grads, staging)
+        to_bf16(grads if scale == 1.0 else grads * np.float32(scale), staging)
 
 
 def decode(kind: str, staging: np.ndarray, grads: np.ndarray) -> None:

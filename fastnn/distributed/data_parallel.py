@@ -29,7 +29,6 @@ from .shared_buffers import SHM_HEADROOM, SharedBuffers, shared_memory_room, win
 
 OVERLAP_MODES = ("auto", "thread", "nonblocking", "none")
 TRANSPORTS = ("auto", "shm", "mpi")
-STARTUP_S = 120.0
 
 
 class DataParallel:
@@ -75,7 +74,7 @@ class DataParallel:
 
     def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
                  first_bucket_mb: float = 1.0, overlap: str = "auto", accumulate_steps: int = 1,
-                 compression: str | None = None, deterministic: bool = False, timeout: float = 300.0,
+                 compression: str | None = None, deterministic: bool = False, timeout: float = runtime.DEFAULT_TIMEOUT_S,
                  timeline: str | None = None, transport: str = "auto",
                  shard_optimizer: bool | None = None) -> None:
         if overlap not in OVERLAP_MODES:
@@ -89,6 +88,9 @@ class DataParallel:
             raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
         if int(accumulate_steps) != accumulate_steps or accumulate_steps < 1:
             raise ValueError(f"accumulate_steps: expected an integer >= 1, got {accumulate_steps}")
+        if deterministic and compression:
+            raise ValueError(f"deterministic=True adds full-precision buckets in rank order; compression rounds "
+                             f"every partial sum to 16 bits: expected one of them, got compression={compression!r}")
         if not timeout > 0:
             raise ValueError(f"timeout: expected a positive number of seconds, got {timeout}")
         if getattr(optimizer, "grads", None) is not model.flat.grad:
@@ -115,11 +117,11 @@ class DataParallel:
         self._micro = 0
         self._sync_off = False
         self._launched = 0
-        self._count = np.zeros(1, np.float64)
+        self._count = np.zeros(4, np.float64)     # see _set_count
+        self._rows, self._taken = 0, 0            # samples and micro-batches since the last step
+        self._m, self._pre, self._scale, self._unequal = 0.0, 1.0, 1.0, False
         self._events: list[dict] = []
-        self._inflight: tuple[str, float, float] | None = None
         if self.size > 1:
-            threading.Thread(target=self._watchdog, name="fastnn-watchdog", daemon=True).start()
             self._check_same_model()
             self._broadcast_state()
             self.transport = self._pick_transport(transport)
@@ -152,11 +154,14 @@ class DataParallel:
         (and micro-batches) and step the optimizer. Returns whether parameters changed."""
         if self._sync_off:
             raise RuntimeError("step() inside no_sync(): leave the no_sync block before stepping")
+        self._rows += self.model.batch_rows or 1
+        self._taken += 1
         if (self._micro + 1) % self.accumulate_steps:
             self._micro += 1
             return False
         if self.size == 1:
             self._micro += 1
+            self._rows, self._taken = 0, 0
             return self.optimizer.step(grad_scale=1.0 / self.accumulate_steps)
         if self.timeline_path:
             self._events.append({"name": "step() called", "ph": "i", "ts": self._us(), "pid": self.rank,
@@ -192,12 +197,19 @@ class DataParallel:
         """Let ranks with fewer batches finish first: a rank leaving the block keeps taking part
         in the others' reductions (contributing nothing, but stepping with their average, so
         every rank ends with the same parameters) until every rank has left, so uneven data
-        never hangs the job; averages count only the ranks still training."""
-        try:
-            yield
-        finally:
-            if self.size > 1:
-                self._shadow_until_all_done()
+        never hangs the job; averages count only the ranks still training. Micro-batches of an
+        unfinished accumulated step are not lost: leaving the block steps on them (with the
+        other ranks' step, or alone in one process), as a loader's end does in Accelerate.
+        A rank leaving by an exception does not shadow: the exception goes on (and, uncaught,
+        ends the job)."""
+        yield
+        if self.size > 1:
+            self._shadow_until_all_done()
+        elif self._taken:
+            self.optimizer.step(grad_scale=1.0 / self._taken)
+            self.optimizer.zero_grad()
+            self._micro = (self._micro // self.accumulate_steps + 1) * self.accumulate_steps
+            self._rows, self._taken = 0, 0
 
     # -- reduction -----------------------------------------------------------------------
     def _sync_steps(self) -> int:
@@ -215,10 +227,11 @@ class DataParallel:
     def _on_backward(self, offset: int) -> None:
         self._rest_zero = False
 
-    def _launch_through(self, k: int, active: float = 1.0) -> None:
-        """Hand buckets [launched, k) to the reducer, in order, after the active-rank count."""
+    def _launch_through(self, k: int, active: float = 1.0, current: bool = True) -> None:
+        """Hand buckets [launched, k) to the reducer, in order, after the count (``current``:
+        the micro-batch whose backward runs now is not yet counted by ``step()``)."""
         if self._launched == 0 and k > 0:
-            self._count[0] = active
+            self._set_count(active, current)
             self._submit(-1)
         while self._launched < k:
             if self.timeline_path:
@@ -227,11 +240,42 @@ class DataParallel:
             self._submit(self._launched)
             self._launched += 1
 
+    def _set_count(self, active: float, current: bool) -> None:
+        """This rank's entries of the step's count: [active, m, m^2, rows], where rows are the
+        samples of its micro-batches since the last step and m = rows per micro-batch; zeros
+        when it takes part without data (join)."""
+        rows = self._rows + ((self.model.batch_rows or 1) if current else 0)
+        taken = self._taken + (1 if current else 0)
+        m = rows / taken if active and taken else 0.0
+        self._count[:] = (active, m, m * m, rows if active else 0.0)
+        self._m = m
+
+    def _weigh(self) -> None:
+        """From the reduced count: ``_pre``, the factor this rank applies to its gradient before
+        the sum, and ``_scale``, the optimizer's grad_scale after it, so that the step uses
+        sum_r m_r G_r / sum_r rows_r (G_r: rank r's sum of micro-batch mean gradients), the
+        mean over every sample of the global batch, as one process would take it. Equal
+        micro-batches (the usual case) give _pre = 1 and _scale = 1 / (ranks * steps). Ranks
+        whose shares differ (a global batch that does not split evenly) are weighted by their
+        sizes; 16-bit compression also divides by the ranks before the sum, so that the
+        16-bit partial sums stay in range (as DDP's fp16 hook)."""
+        active, sm, sm2, rows = self._count
+        self._unequal = abs(active * sm2 - sm * sm) > 1e-12 * sm * sm
+        pre = self._m * active / sm if self._unequal else 1.0
+        scale = sm / (active * rows) if rows else 0.0
+        if self.compression:
+            pre, scale = pre / active, scale * active
+        self._pre, self._scale = pre, scale
+
     def _submit(self, index: int) -> None:
-        if self.overlap == "thread":
+        if index < 0 and self.overlap == "nonblocking":
+            self._reduce(-1)           # blocking: each bucket's factor depends on it
+        elif self.overlap == "thread":
             self._worker.submit(index)
         elif self.overlap == "nonblocking" and not (self.compression or self.deterministic):
-            buf = self._count if index < 0 else self._bucket(index)
+            buf = self._bucket(index)
+            if self._pre != 1.0:
+                buf *= self._pre
             self._requests.append((index, self.comm.Iallreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)))
         else:
             self._requests.append((index, None))
@@ -245,8 +289,7 @@ class DataParallel:
                     self._reduce(index)
                 else:
                     t0 = self._us()
-                    what = "allreduce of the active-rank count" if index < 0 else f"allreduce of bucket {index}"
-                    self._guarded(what, request.Wait)
+                    self._guarded(f"allreduce of bucket {index}", request.Wait)
                     if index >= 0 and self.timeline_path:
                         self._events.append({"name": f"allreduce bucket {index} (wait)", "ph": "X", "ts": t0,
                                              "dur": self._us() - t0, "pid": self.rank, "tid": "main",
@@ -259,14 +302,17 @@ class DataParallel:
         return self.model.flat.grad[b.start:b.stop]
 
     def _reduce(self, index: int) -> None:
-        """Blocking reduction of the active-rank count (index -1) or of one bucket, then scale."""
+        """Blocking reduction of the count (index -1) or of one bucket (weighed first)."""
         mpi = self._mpi
         if index < 0:
-            self._guarded("allreduce of the active-rank count",
+            self._guarded("allreduce of the active-rank and sample count",
                           lambda: self.comm.Allreduce(mpi.IN_PLACE, self._count, op=mpi.SUM))
+            self._weigh()
             return
         t0 = self._us()
         buf = self._bucket(index)
+        if self._pre != 1.0 and not self.compression:
+            buf *= self._pre
         if self._shared is not None:
             self._check_home()
             b = self.buckets[index]
@@ -280,7 +326,7 @@ class DataParallel:
             np.sum(gathered, axis=0, out=buf)
         elif self.compression:
             staging = self._staging[index]
-            encode(self.compression, buf, staging)
+            encode(self.compression, buf, staging, self._pre)
             self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allreduce(
                 self._mpi.IN_PLACE, [staging, self._mpi.UINT16_T], op=self._op))
             decode(self.compression, staging, buf)
@@ -296,23 +342,29 @@ class DataParallel:
         """Count the active ranks, reduce the gradients, step (sharded: each rank its share);
         None, with nothing changed, when no rank is active (the end of ``join``)."""
         if not self.shard_optimizer:
-            self._launch_through(len(self.buckets), active)
+            self._launch_through(len(self.buckets), active, current=False)
             self._wait_all()
+            self._rows, self._taken = 0, 0
             if self._count[0] == 0:
                 return None
-            return self.optimizer.step(grad_scale=1.0 / (self._count[0] * self.accumulate_steps))
+            return self.optimizer.step(grad_scale=self._scale)
         self._check_home()
-        self._count[0] = active
+        self._set_count(active, current=False)
         self._shared.win.Sync()  # the count's allreduce is also the fence: every gradient is final
         self._reduce(-1)
         self._shared.win.Sync()
+        self._rows, self._taken = 0, 0
         if self._count[0] == 0:
             return None
+        if self._unequal:                                # shares differ: weigh every row before the sum
+            if self._m:
+                self.model.flat.grad[...] *= self._pre
+            self._guarded("fence after weighing the gradients", self._shared.fence)
         t0 = self._us()
         self._shared.sum_share(0, self.model.flat.grad.size, into_all=False)
         self._rest_zero = True
         try:
-            return self.optimizer.step(grad_scale=1.0 / (self._count[0] * self.accumulate_steps))
+            return self.optimizer.step(grad_scale=self._scale)
         finally:
             self._guarded("fence after the sharded update", self._shared.fence)
             if self.timeline_path:
@@ -337,11 +389,14 @@ class DataParallel:
         """Join: run the same rounds as the training ranks (count, reduction, step, in the same
         mode) with zero gradients, so this rank's parameters stay identical to theirs (and a
         sharded rank keeps updating its share); stop after a round that counts no active rank."""
+        pending = self._micro % self.accumulate_steps != 0    # micro-batches of an unfinished step
         while True:
-            self.model.flat.grad[...] = 0
-            if self._synchronized_step(active=0.0) is None:
+            if not pending:
+                self.model.flat.grad[...] = 0
+            if self._synchronized_step(active=1.0 if pending else 0.0) is None:
                 return
-            self._micro += self.accumulate_steps
+            self._micro = (self._micro // self.accumulate_steps + 1) * self.accumulate_steps
+            pending = False
 
     # -- faults --------------------------------------------------------------------------
     def _guarded(self, what: str, call, limit: float | None = None):
@@ -349,31 +404,19 @@ class DataParallel:
         by default ``timeout``, or at least STARTUP_S during the first step (ranks load or
         compile kernels at their own pace before it)."""
         if limit is None:
-            limit = self.timeout if self._sync_steps() > 0 else max(self.timeout, STARTUP_S)
-        self._inflight = (what, time.monotonic(), limit)
-        try:
-            return call()
-        finally:
-            self._inflight = None
-
-    def _watchdog(self) -> None:
-        while True:
-            time.sleep(min(1.0, self.timeout / 4))
-            inflight = self._inflight
-            if inflight is not None and time.monotonic() - inflight[1] > inflight[2]:
-                runtime.abort(f"collective timed out: the {inflight[0]} at step "
-                              f"{self._sync_steps() + 1} did not complete within {inflight[2]:g} s "
-                              "(another rank stopped or is stuck); aborting the job")
+            limit = self.timeout if self._sync_steps() > 0 else max(self.timeout, runtime.STARTUP_S)
+        return runtime.guarded(f"{what} at step {self._sync_steps() + 1}", call, limit)
 
     def _check_same_model(self) -> None:
         flat = self.model.flat
         mine = {"dtype": str(flat.dtype), "optimizer": type(self.optimizer).__name__,
                 # what must agree for the collectives to match ("thread" and "none" both block)
-                "settings": {"buckets": len(self.buckets), "nonblocking": self.overlap == "nonblocking",
+                "settings": {"nonblocking": self.overlap == "nonblocking",
                              "transport": self.transport, "shard_optimizer": self.shard_optimizer,
                              "accumulate_steps": self.accumulate_steps, "compression": self.compression,
                              "deterministic": self.deterministic},
-                "params": [(n, list(s.shape)) for n, s in flat.slots.items()]}
+                "params": [(n, list(s.shape)) for n, s in flat.slots.items()],
+                "buckets": [(b.start, b.stop) for b in self.buckets]}
         every = self._guarded("model check (allgather)", lambda: self.comm.allgather(mine))
         bad = [r for r, sig in enumerate(every) if sig != every[0]]
         if bad:
@@ -383,7 +426,8 @@ class DataParallel:
     def _broadcast_state(self) -> None:
         self._guarded("parameter broadcast", lambda: self.comm.Bcast(self.model.flat.data, root=0))
         state = self.optimizer.state_dict()
-        meta = self.comm.bcast({k: v for k, v in state.items() if k != "state"}, root=0)
+        meta = self._guarded("optimizer state broadcast",
+                             lambda: self.comm.bcast({k: v for k, v in state.items() if k != "state"}, root=0))
         for name, buf in state["state"].items():
             self._guarded(f"optimizer state {name!r} broadcast", lambda b=buf: self.comm.Bcast(b, root=0))
         if self.rank != 0:
@@ -477,7 +521,10 @@ def _first_difference(ref: dict, other: dict, r: int) -> str:
     for i, (a, b) in enumerate(zip(ref["params"], other["params"])):
         if a != b:
             return f"parameter {i} is {a[0]} {tuple(a[1])} on rank 0 but {b[0]} {tuple(b[1])} on rank {r}"
-    return f"rank 0 has {len(ref['params'])} parameters, rank {r} has {len(other['params'])}"
+    if len(ref["params"]) != len(other["params"]):
+        return f"rank 0 has {len(ref['params'])} parameters, rank {r} has {len(other['params'])}"
+    return (f"the gradient buckets (start, stop) are {ref['buckets']} on rank 0 but {other['buckets']} on rank {r} "
+            "(bucket_cap_mb or first_bucket_mb differ)")
 
 
 def _mpi():

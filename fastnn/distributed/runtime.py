@@ -19,6 +19,13 @@ import numpy as np
 
 _state: dict = {"comm": None}
 ABORT_GRACE_S = 0.5
+#: seconds a collective may take before the job is aborted (DataParallel's ``timeout``)
+DEFAULT_TIMEOUT_S = 300.0
+#: the limit while ranks still start up (import, load or compile kernels at their own pace)
+STARTUP_S = 120.0
+WATCH_PERIOD_S = 0.25
+_inflight: dict[int, tuple[str, float, float]] = {}   # thread -> (what, since, limit)
+_watch_lock = threading.Lock()
 
 _LAUNCHER_VARS = ("PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
 
@@ -55,7 +62,8 @@ def local_size(comm) -> int:
     """How many ranks of ``comm`` share this rank's machine (collective)."""
     from mpi4py import MPI
 
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local = guarded("split by machine (ranks starting up)", lambda: comm.Split_type(MPI.COMM_TYPE_SHARED),
+                    STARTUP_S)
     n = local.Get_size()
     local.Free()
     return n
@@ -80,21 +88,50 @@ def size() -> int:
     return 1 if c is None else c.Get_size()
 
 
-def barrier() -> None:
-    if _state["comm"] is not None:
-        _state["comm"].Barrier()
+def barrier(timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    """Wait for every rank; abort the job if that takes more than ``timeout`` s."""
+    c = _state["comm"]
+    if c is not None:
+        guarded("barrier", c.Barrier, timeout)
 
 
-def allreduce_mean(values) -> np.ndarray:
-    """Mean over ranks of a float or array of floats (metrics); the value itself in one process."""
+def allreduce_mean(values, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
+    """Mean over ranks of a float or array of floats (metrics); the value itself in one
+    process. Aborts the job if the reduction takes more than ``timeout`` s."""
     buf = np.array(values, dtype=np.float64, ndmin=1)
     c = _state["comm"]
     if c is not None and c.Get_size() > 1:
         from mpi4py import MPI
 
-        c.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        guarded("allreduce of metrics", lambda: c.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), timeout)
         buf /= c.Get_size()
     return buf
+
+
+def guarded(what: str, call, timeout: float):
+    """Run the collective ``call()`` and return its result; if it has not returned within
+    ``timeout`` s (another rank stopped or is stuck), end the whole job with a message that
+    names this rank and ``what``. One watchdog thread per process watches every thread."""
+    with _watch_lock:
+        if not _state.get("watching"):
+            threading.Thread(target=_watch, name="fastnn-watchdog", daemon=True).start()
+            _state["watching"] = True
+    key = threading.get_ident()
+    _inflight[key] = (what, time.monotonic(), timeout)
+    try:
+        return call()
+    finally:
+        del _inflight[key]
+
+
+def _watch() -> None:
+    while True:
+        time.sleep(WATCH_PERIOD_S)
+        now = time.monotonic()
+        for what, since, limit in list(_inflight.values()):
+            if now - since > limit:
+                abort(f"collective timed out: the {what} did not complete within {limit:g} s "
+                      "(another rank stopped or is stuck); aborting the job")
 
 
 def abort(message: str, code: int = 1) -> None:

@@ -21,8 +21,12 @@ OPT = dict(a.split("=", 1) for a in sys.argv[3:])
 
 def build(hidden=32, dtype=np.float64):
     fnn.manual_seed(int(OPT.get("init_seed", 0)) + (fnn.distributed.rank() if CASE == "unsynced_init" else 0))
-    return fnn.Sequential(fnn.Dense(64, hidden, activation="relu", dtype=dtype),
-                          fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype), fnn.Dense(hidden, 10, dtype=dtype))
+    dropout = [fnn.Dropout(float(OPT["dropout"]))] if "dropout" in OPT else []
+    model = fnn.Sequential(fnn.Dense(64, hidden, activation="relu", dtype=dtype), *dropout,
+                           fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype), fnn.Dense(hidden, 10, dtype=dtype))
+    for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks (as fastnn train does)
+        gen.bit_generator.state = np.random.default_rng([7, fnn.distributed.rank(), i]).bit_generator.state
+    return model
 
 
 def train(model, opt, x, y, steps, comm, on_step=None):
@@ -60,7 +64,10 @@ def main() -> None:
               accumulate_steps=int(OPT.get("accumulate", 1)), timeline=OPT.get("timeline"),
               transport=OPT.get("transport", "auto"), shard_optimizer={"1": True, "0": False}.get(OPT.get("shard")))
     if CASE == "settings_mismatch" and rank == 1:
-        kw["compression"] = "fp16"
+        if OPT.get("mismatch") == "first_mb":
+            kw["first_bucket_mb"] = 0.0029  # with cap_mb=1: 2 buckets on each rank, cut at another offset
+        else:
+            kw["compression"] = "fp16"
     opt = fnn.distributed.DataParallel(model, inner, **kw)
     steps = int(OPT.get("steps", 20))
 
@@ -80,6 +87,30 @@ def main() -> None:
     if CASE == "uneven":
         with opt.join():
             train(model, opt, x, y, steps - 3 * rank, comm)
+    elif CASE == "grad_range":  # every rank's gradient 4e4: the fp16 sum of two overflows, the mean does not
+        model.flat.grad[...] = 4e4
+        opt.step()
+    elif CASE == "join_accumulate":  # 5 micro-batches an epoch, each epoch in its own join block
+        for epoch in range(int(OPT.get("epochs", 3))):
+            with opt.join():
+                for i, (xb, yb) in enumerate(fnn.data.batches(x, y, int(OPT.get("batch", 24)), seed=1, epoch=epoch,
+                                                              shard=comm)):
+                    if i == 5:
+                        break
+                    model.backward(fnn.losses.softmax_cross_entropy(model(xb), yb)[1])
+                    opt.step()
+                    opt.zero_grad()
+    elif CASE == "fit":
+        def on_step(step, loss):
+            if rank == 1 and step == int(OPT.get("raise_at", -1)):
+                raise RuntimeError(f"deliberate failure on rank 1 at step {step}")
+            if rank == 1 and step == int(OPT.get("stall_at", -1)):
+                time.sleep(600)
+
+        n = int(OPT.get("samples", 300))
+        fnn.train.fit(model, opt, x[:n], y[:n], epochs=int(OPT.get("epochs", 2)), batch_size=int(OPT.get("batch", 32)),
+                      seed=1, progress=False, checkpoint=OPT.get("checkpoint"), resume=OPT.get("resume") == "1",
+                      on_step=on_step)
     else:
         train(model, opt, x, y, steps, comm, faults)
     if CASE in ("uneven", "nan"):
