@@ -111,17 +111,25 @@ class Optimizer:
         """The state buffers that hyperparameter groups ``groups`` need."""
         return self.state_names
 
-    def _new_state(self) -> tuple[str, ...]:
+    def _new_state(self) -> list[str]:
         """Adopt the global options the groups hold now and allocate (zeroed) the state buffers
         they need that do not exist yet, e.g. after ``param_groups[0]["momentum"]`` was set
         above 0 (as torch creates a buffer on first use); returns the new buffers' names."""
+        groups = self.param_groups
         for o in self.global_options:
-            values = [g[o] for g in self.param_groups]
-            if any(v != values[0] for v in values):
-                raise ValueError(f"{o}: expected one value for all parameter groups, got {values}")
-            self.defaults[o] = values[0]
-        new = tuple(n for n in self._state_to_allocate(self.param_groups) if n not in self.state)
-        if new and self._state_pinned:
+            first = groups[0][o]
+            for g in groups:
+                if g[o] != first:
+                    raise ValueError(f"{o}: expected one value for all parameter groups, got {[g[o] for g in groups]}")
+            self.defaults[o] = first
+        state = self.state
+        for n in self._state_to_allocate(groups):
+            if n not in state:
+                break
+        else:
+            return []
+        new = [n for n in self._state_to_allocate(groups) if n not in state]
+        if self._state_pinned:
             raise ValueError(f"optimizer state {list(new)} is needed by the options set now, but the state "
                              "buffers were placed in shared memory when DataParallel wrapped this optimizer; "
                              "set these options before wrapping it")

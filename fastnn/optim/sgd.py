@@ -28,7 +28,10 @@ class SGD(Optimizer):
         self._buffer_started = [False] * len(self.param_groups)
 
     def _state_to_allocate(self, groups: list[dict]) -> tuple[str, ...]:
-        return self.state_names if any(g["momentum"] for g in groups) else ()
+        for g in groups:
+            if g["momentum"]:
+                return self.state_names
+        return ()
 
     def _check_hparams(self, group: dict, where: str) -> None:
         super()._check_hparams(group, where)
@@ -41,11 +44,14 @@ class SGD(Optimizer):
     def _update(self, grad_scale: float, step: int) -> None:
         if "momentum_buffer" not in self.state:
             self._buffer_started = [False] * len(self.param_groups)
-        hp = sgd_hparams(self.param_groups, grad_scale, self._buffer_started, self.params.dtype)
+        started = self._buffer_started
+        hp = sgd_hparams(self.param_groups, grad_scale, started, self.params.dtype)
         buf = self.state.get("momentum_buffer", self.params[:0])
         kernel = pick(sgd_step_cpu, sgd_step_serial, self.params.size)
         kernel(self.params, self.grads, buf, self._starts, self._stops, self._groups, hp, self.defaults["nesterov"])
-        self._buffer_started = [s or g["momentum"] > 0 for s, g in zip(self._buffer_started, self.param_groups)]
+        for k, g in enumerate(self.param_groups):
+            if not started[k] and g["momentum"] > 0:
+                started[k] = True
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "buffer_started": list(self._buffer_started)}
