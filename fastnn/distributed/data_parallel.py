@@ -74,8 +74,8 @@ class DataParallel:
 
     def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
                  first_bucket_mb: float = 1.0, overlap: str = "auto", accumulate_steps: int = 1,
-                 compression: str | None = None, deterministic: bool = False, timeout: float = runtime.DEFAULT_TIMEOUT_S,
-                 timeline: str | None = None, transport: str = "auto",
+                 compression: str | None = None, deterministic: bool = False,
+                 timeout: float = runtime.DEFAULT_TIMEOUT_S, timeline: str | None = None, transport: str = "auto",
                  shard_optimizer: bool | None = None) -> None:
         if overlap not in OVERLAP_MODES:
             raise ValueError(f"overlap: expected one of {OVERLAP_MODES}, got {overlap!r}")

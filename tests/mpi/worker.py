@@ -23,7 +23,8 @@ def build(hidden=32, dtype=np.float64):
     fnn.manual_seed(int(OPT.get("init_seed", 0)) + (fnn.distributed.rank() if CASE == "unsynced_init" else 0))
     dropout = [fnn.Dropout(float(OPT["dropout"]))] if "dropout" in OPT else []
     model = fnn.Sequential(fnn.Dense(64, hidden, activation="relu", dtype=dtype), *dropout,
-                           fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype), fnn.Dense(hidden, 10, dtype=dtype))
+                           fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype),
+                           fnn.Dense(hidden, 10, dtype=dtype))
     for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks (as fastnn train does)
         gen.bit_generator.state = np.random.default_rng([7, fnn.distributed.rank(), i]).bit_generator.state
     return model
