@@ -429,6 +429,18 @@ def test_load_state_dict_checks_everything_before_changing_anything(damage):
         np.testing.assert_array_equal(opt.state[k], v)
 
 
+def test_load_state_dict_takes_entries_a_schedule_added():
+    """A state saved under a schedule (groups carry initial_lr, as in torch) loads into an
+    optimizer whose schedule is made afterwards."""
+    opt = fnn.optim.SGD((np.ones(3), np.ones(3)), lr=0.1)
+    sched = fnn.schedules.Exponential(opt, gamma=0.5)
+    opt.step()
+    sched.step()
+    fresh = fnn.optim.SGD((np.ones(3), np.ones(3)), lr=0.1)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.param_groups[0]["initial_lr"] == 0.1 and fresh.param_groups[0]["lr"] == 0.05
+
+
 def test_ignore_with_clipping_lets_nan_through_like_torch():
     """nonfinite="ignore" means no check even when clipping computes the norm: a NaN gradient
     makes the clip coefficient and so every updated parameter NaN (torch.nn.utils.clip_grad_norm_)."""

@@ -254,8 +254,9 @@ class Optimizer:
             if list(theirs.get("params", ())) != mine["params"]:
                 raise ValueError(f"optimizer state: group {k} holds {list(theirs.get('params', ()))[:4]}..., "
                                  f"expected {mine['params'][:4]}...")
-            if set(theirs) != set(mine):
-                raise ValueError(f"optimizer state: group {k} has options {sorted(theirs)}, expected {sorted(mine)}")
+            if set(self.defaults) - set(theirs):     # more may come along, e.g. a schedule's initial_lr
+                raise ValueError(f"optimizer state: group {k} has options {sorted(theirs)}, expected at least "
+                                 f"{sorted(self.defaults)}")
             self._check_hparams(theirs, f"optimizer state: group {k}")
         for o in self.global_options:
             if any(g[o] != groups[0][o] for g in groups):
