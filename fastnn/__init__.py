@@ -12,7 +12,9 @@ import os
 # costs a futex wake-up of 50-130 us per parallel region (measured: a 2-thread matmul slower
 # than 1 thread). A short spin keeps back-to-back kernels at ~2 us a region and then sleeps.
 # Set only when the user chose neither.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+#: whether fastnn set GOMP_SPINCOUNT (fastnn info reports it)
+SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if SPINCOUNT_SET:
     os.environ["GOMP_SPINCOUNT"] = "20000"
 
 from . import checkpoint, data, distributed, losses, optim, random, schedules, train  # noqa: E402

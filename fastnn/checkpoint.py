@@ -22,6 +22,10 @@ from .module import Module
 FORMAT = "fastnn-checkpoint-1"
 
 
+class ResumeError(ValueError):
+    """A checkpoint that a run cannot continue from (another model, optimizer, schedule, ...)."""
+
+
 def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, *, step: int = 0,
          extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (and optionally ``optimizer``, ``schedule``, a step count and a JSON-able

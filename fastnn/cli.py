@@ -29,7 +29,8 @@ _IMPORTED = time.perf_counter()
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastnn", description="fastnn: compiled-kernel neural-network training")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a network on the digits set (or MNIST IDX files)")
+    t = sub.add_parser("train", help="train a network on the digits set (or MNIST IDX files)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a folder of MNIST IDX files")
     t.add_argument("--model", choices=MODELS, default="mlp")
     t.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="hidden layer widths")
@@ -47,12 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
-    t.add_argument("--checkpoint", default="checkpoints/{data}-{model}.npz")
+    t.add_argument("--checkpoint", default="checkpoints/{data}-{model}.npz",
+                   help="where to save; {data} and {model} are filled in (other options share the file)")
     t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     t.add_argument("--no-progress", action="store_true")
     sub.add_parser("info", help="print what this machine offers fastnn")
-    tu = sub.add_parser("tune", help="sweep GEMM block sizes on this machine and store the best")
+    tu = sub.add_parser("tune", help="sweep GEMM block sizes on this machine and store the best",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tu.add_argument("--n", type=int, default=1024, help="square product size timed per point")
     tu.add_argument("--repeats", type=int, default=3)
     tu.add_argument("--dry-run", action="store_true", help="print the winners, write nothing")
@@ -164,9 +167,15 @@ def _train(args) -> int:
 
     if not args.no_progress and rank == 0:
         model.summary(input_shape=x_train.shape[1:])
-    hist = fnn.train.fit(model, opt, x_train, y_train, epochs=args.epochs, batch_size=batch, schedule=sched,
-                         seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
-                         resume=args.resume, progress=not args.no_progress, on_step=on_step)
+    try:
+        hist = fnn.train.fit(model, opt, x_train, y_train, epochs=args.epochs, batch_size=batch, schedule=sched,
+                             seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
+                             resume=args.resume, progress=not args.no_progress, on_step=on_step)
+    except fnn.checkpoint.ResumeError as e:          # every rank reads the same file and stops alike
+        if rank == 0:
+            print(f"fastnn train: {e}; train from scratch without --resume or give another --checkpoint",
+                  file=sys.stderr)
+        return 2
     _, acc = fnn.train.evaluate(model, x_test, y_test)
     if rank != 0:
         return 0
@@ -174,9 +183,13 @@ def _train(args) -> int:
         print(f"ranks             {fnn.distributed.size()} (data parallel, global batch {args.batch_size})")
     if "s" in first:
         print(f"first step        {first['s']:.2f} s after launch")
-    print(f"final train loss  {hist['loss'][-1] if hist['loss'] else float('nan'):.4f}")
+    if hist["steps"] == 0:
+        print(f"nothing to train  {path} already holds {args.epochs} epochs (raise --epochs to go on)")
+    else:
+        print(f"final train loss  {hist['loss'][-1]:.4f}")
     print(f"test accuracy     {100 * acc:.2f}% ({len(x_test)} samples)")
-    print(f"samples/s         {hist['samples_per_s']:,.0f} ({hist['steps']} steps, {hist['skipped']} skipped)")
+    if hist["steps"]:
+        print(f"samples/s         {hist['samples_per_s']:,.0f} ({hist['steps']} steps, {hist['skipped']} skipped)")
     print(f"checkpoint        {os.path.abspath(path)}")
     return 0
 

@@ -144,8 +144,17 @@ def report() -> list[tuple[str, str]]:
     caches = ", ".join(f"{k} {v}" for k, v in cache_sizes().items()) or "unknown"
     return [("CPU", cpu_model()), ("SIMD width", f"{simd_width_bits()} bits"), ("caches", caches),
             ("cores", str(cores())), ("numba", f"{version}, threading layer {layer}, {threads} threads"),
-            ("matmul", _matmul_status()), ("allocator", allocator_status()), ("MPI", mpi_status()),
-            ("CUDA", cuda_status())]
+            ("matmul", _matmul_status()), ("allocator", allocator_status()), ("OpenMP wait", _omp_wait_status()),
+            ("MPI", mpi_status()), ("CUDA", cuda_status())]
+
+
+def _omp_wait_status() -> str:
+    import fastnn
+
+    if fastnn.SPINCOUNT_SET:
+        return "GOMP_SPINCOUNT=20000 (set by fastnn: threads spin ~2 us between kernels, then sleep)"
+    mine = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    return ", ".join(f"{k}={v}" for k, v in mine.items()) + " (yours, left alone)"
 
 
 def _matmul_status() -> str:

@@ -48,8 +48,11 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     start_epoch, start_sample, step = 0, 0, 0
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         own = _rng_states(model)
-        info = ckpt.load(checkpoint, model, optimizer, schedule,
-                         check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size))
+        try:
+            info = ckpt.load(checkpoint, model, optimizer, schedule,
+                             check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size))
+        except ValueError as e:
+            raise ckpt.ResumeError(f"cannot resume from {checkpoint}: {e}") from e
         extra = info["extra"]
         start_epoch, start_sample, step = extra["epoch"], extra["sample"], info["step"]
         if extra.get("batch_size_schedule") is not None:

@@ -193,6 +193,14 @@ def test_cli_train_and_resume(tmp_path):
     again = subprocess.run(cmd[:5] + ["4"] + cmd[6:] + ["--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "(90 steps" in again.stdout  # epochs 3 and 4 only: 2 x ceil(1437 / 32)
+    done = subprocess.run(cmd[:5] + ["4"] + cmd[6:] + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"nothing to train  {ck} already holds 4 epochs" in done.stdout and "samples/s" not in done.stdout
+    refused = subprocess.run(cmd + ["--resume", "--optimizer", "sgd"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"fastnn train: cannot resume from {ck}: optimizer state: expected a SGD "
+                                      "state, got 'Adam'; train from scratch without --resume or give another "
+                                      "--checkpoint")
 
 
 def test_cli_info():
