@@ -46,7 +46,18 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     progress = progress and lead
     start_epoch, start_sample, step = 0, 0, 0
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
+    saving = checkpoint is not None
+    resuming = bool(resume) and saving and os.path.exists(checkpoint)
+    if dp is not None:  # every rank must take the same collective path: rank 0 decides on saving
+        every = runtime.guarded("agreement on checkpoint and resume",
+                                lambda: dp.comm.allgather((saving, resuming)), dp.timeout)
+        saving = every[0][0]
+        found = [r for r, (_, res) in enumerate(every) if res]
+        if found and len(found) != dp.size:
+            raise ckpt.ResumeError(f"cannot resume: the checkpoint is found on ranks {found} only; give every "
+                                   "rank the same checkpoint path, on a file system that all of them see")
+        resuming = bool(found)
+    if resuming:
         own = _rng_states(model)
         try:
             info = ckpt.load(checkpoint, model, optimizer, schedule,
@@ -62,7 +73,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             _set_rng_states(model, saved[dp.rank] if saved and len(saved) == dp.size else own)
 
     def save(epoch: int, sample: int) -> None:
-        if checkpoint is None:
+        if not saving:
             return
         rank_rngs = None
         if dp is not None:  # collective: every rank's generators (dropout masks differ by rank)
@@ -85,7 +96,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         steps_left = -(-(len(x) - start_sample) // batch_size) + (epochs - start_epoch - 1) * per_epoch
     bar = tqdm(total=max(steps_left, 0) if steps_left is not None else None, disable=not progress, unit="step",
                dynamic_ncols=True)
-    joined = optimizer.join() if isinstance(optimizer, DataParallel) else contextlib.nullcontext()
+    joined = optimizer.join(schedule) if isinstance(optimizer, DataParallel) else contextlib.nullcontext()
     with bar, _without_input_grad(model), joined:
         for epoch in range(start_epoch, epochs):
             sample = start_sample if epoch == start_epoch else 0
@@ -101,8 +112,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                     taken = min(batch_size, len(x) - sample)
                 value, dout = loss(model(xb), yb)
                 model.backward(dout)
-                if optimizer.step():
-                    total, count = total + value, count + 1
+                if optimizer.step():  # with ranks, each adds its share of the global batch's mean loss
+                    total, count = total + (value * len(xb) * dp.size / taken if dp is not None else value), count + 1
                     if schedule is not None:
                         schedule.step()
                 elif optimizer.last_step_skipped:  # not a micro-batch of an accumulated step
@@ -121,7 +132,10 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 if checkpoint_every and step % checkpoint_every == 0:
                     save(epoch, sample)
             sums.append((total, count))
-            save(epoch + 1, 0)
+            if epoch + 1 < epochs:
+                save(epoch + 1, 0)
+    if start_epoch < epochs:  # after join, which may have stepped on an unfinished accumulated step
+        save(epochs, 0)
     history["seconds"] = time.perf_counter() - began if began is not None else 0.0
     counted = history["samples"] - warm_samples
     rate = counted / history["seconds"] if history["seconds"] > 0 else 0.0

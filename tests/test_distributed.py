@@ -108,15 +108,42 @@ def test_join_with_an_unfinished_accumulated_step_equals_one_process(tmp_path):
     np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
 
 
-def test_fp16_compression_divides_before_the_sum(tmp_path):
-    """Gradients of 4e4 on each of 2 ranks: their fp16 sum (8e4) would overflow, their mean
-    does not (as DDP's fp16 hook): SGD moves every parameter by lr * 4e4."""
-    fnn.manual_seed(0)
-    r = job(2, "grad_range", tmp_path / "p.npy", "opt=sgd", "compression=fp16", "transport=mpi", timeout=60)
+@pytest.mark.parametrize("accumulate", ["1", "2"])
+def test_fp16_compression_divides_before_the_sum(accumulate, tmp_path):
+    """Micro-batch gradients of 4e4 on each of 2 ranks: fp16 sums of two of them (8e4) would
+    overflow, their mean does not (DDP's fp16 hook divides by the ranks; with accumulation
+    the 1/steps goes before the sum too): SGD moves every parameter by lr * 4e4."""
+    r = job(2, "grad_range", tmp_path / "p.npy", "opt=sgd", "compression=fp16", "transport=mpi",
+            f"accumulate={accumulate}", timeout=60)
     assert r.returncode == 0, r.stderr
-    r0 = job(0, "grad_range", tmp_path / "one.npy", "opt=sgd", timeout=60)
+    r0 = job(0, "grad_range", tmp_path / "one.npy", "opt=sgd", f"accumulate={accumulate}", timeout=60)
     assert r0.returncode == 0, r0.stderr
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), np.load(tmp_path / "one.npy"), rtol=0, atol=1e-9)
+
+
+def test_compression_with_join_blocks_keeps_gradients_finite(tmp_path):
+    """A join round that counts no active rank reduces nothing into NaN: five epochs of join
+    blocks with fp16 on the wire stay close to one process."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    r = job(0, "join_accumulate", ref, "opt=sgd", "epochs=5", timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = job(2, "join_accumulate", out, "opt=sgd", "epochs=5", "compression=fp16", "transport=mpi", timeout=60)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-3)
+
+
+def test_fit_with_a_checkpoint_on_rank_0_only_and_uneven_shares(tmp_path):
+    """Rank 0 decides on checkpoints for all (the gather is collective); with a global batch
+    of 7 over 2 ranks, fit's per-epoch loss is the global batch's mean, as one process reports."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    common = ("opt=sgd", "samples=100", "batch=7", "epochs=2")
+    r = job(0, "fit", ref, *common, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = job(2, "fit", out, *common, f"checkpoint={tmp_path / 'ck.npz'}", "checkpoint_rank0=1", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ck.npz").exists()
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.load(f"{out}.loss.npy"), np.load(f"{ref}.loss.npy"), rtol=1e-12)
 
 
 def test_exception_inside_fit_ends_the_job_promptly_with_its_message(tmp_path):
@@ -214,9 +241,11 @@ def test_deterministic_mode_is_bitwise_reproducible(tmp_path):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-def test_uneven_data_finishes_and_ranks_agree(tmp_path):
+@pytest.mark.parametrize("options", [(), ("transport=mpi", "schedule=1")])
+def test_uneven_data_finishes_and_ranks_agree(options, tmp_path):
+    """With an LR schedule passed to join, the ranks that ran out step it with the others."""
     out = tmp_path / "p.npy"
-    r = job(3, "uneven", out, "steps=12", "batch=24", timeout=60)
+    r = job(3, "uneven", out, "steps=12", "batch=24", *options, timeout=60)
     assert r.returncode == 0, r.stderr
     params = [np.load(f"{out}.rank{k}.npy") for k in range(3)]
     for p in params[1:]:

@@ -193,7 +193,7 @@ class DataParallel:
             self._sync_off = False
 
     @contextlib.contextmanager
-    def join(self):
+    def join(self, schedule=None):
         """Let ranks with fewer batches finish first: a rank leaving the block keeps taking part
         in the others' reductions (contributing nothing, but stepping with their average, so
         every rank ends with the same parameters) until every rank has left, so uneven data
@@ -201,12 +201,15 @@ class DataParallel:
         unfinished accumulated step are not lost: leaving the block steps on them (with the
         other ranks' step, or alone in one process), as a loader's end does in Accelerate.
         A rank leaving by an exception does not shadow: the exception goes on (and, uncaught,
-        ends the job)."""
+        ends the job). ``schedule`` (an LR schedule of this optimizer) is stepped after each
+        step taken on leaving, as the training loop steps it, so the ranks' learning rates
+        stay the same."""
         yield
         if self.size > 1:
-            self._shadow_until_all_done()
+            self._shadow_until_all_done(schedule)
         elif self._taken:
-            self.optimizer.step(grad_scale=1.0 / self._taken)
+            if self.optimizer.step(grad_scale=1.0 / self._taken) and schedule is not None:
+                schedule.step()
             self.optimizer.zero_grad()
             self._micro = (self._micro // self.accumulate_steps + 1) * self.accumulate_steps
             self._rows, self._taken = 0, 0
@@ -257,14 +260,18 @@ class DataParallel:
         mean over every sample of the global batch, as one process would take it. Equal
         micro-batches (the usual case) give _pre = 1 and _scale = 1 / (ranks * steps). Ranks
         whose shares differ (a global batch that does not split evenly) are weighted by their
-        sizes; 16-bit compression also divides by the ranks before the sum, so that the
-        16-bit partial sums stay in range (as DDP's fp16 hook)."""
+        sizes; with 16-bit compression the whole factor (1 / ranks and 1 / steps included) is
+        applied before the sum, so that the 16-bit partial sums stay in range (as DDP's fp16
+        hook divides by the ranks)."""
         active, sm, sm2, rows = self._count
+        if active == 0:               # join's last round: nothing is stepped
+            self._unequal, self._pre, self._scale = False, 1.0, 0.0
+            return
         self._unequal = abs(active * sm2 - sm * sm) > 1e-12 * sm * sm
         pre = self._m * active / sm if self._unequal else 1.0
-        scale = sm / (active * rows) if rows else 0.0
-        if self.compression:
-            pre, scale = pre / active, scale * active
+        scale = sm / (active * rows)
+        if self.compression:          # the whole factor before the 16-bit sum: partial sums stay mean-sized
+            pre, scale = pre * scale, 1.0
         self._pre, self._scale = pre, scale
 
     def _submit(self, index: int) -> None:
@@ -385,7 +392,7 @@ class DataParallel:
             raise RuntimeError("DataParallel: the model's gradient buffer moved after wrapping (wrapped twice, or "
                                "rehome() called since): this wrapper's shared window no longer holds it")
 
-    def _shadow_until_all_done(self) -> None:
+    def _shadow_until_all_done(self, schedule) -> None:
         """Join: run the same rounds as the training ranks (count, reduction, step, in the same
         mode) with zero gradients, so this rank's parameters stay identical to theirs (and a
         sharded rank keeps updating its share); stop after a round that counts no active rank."""
@@ -393,8 +400,11 @@ class DataParallel:
         while True:
             if not pending:
                 self.model.flat.grad[...] = 0
-            if self._synchronized_step(active=1.0 if pending else 0.0) is None:
+            stepped = self._synchronized_step(active=1.0 if pending else 0.0)
+            if stepped is None:
                 return
+            if stepped and schedule is not None:
+                schedule.step()
             self._micro = (self._micro // self.accumulate_steps + 1) * self.accumulate_steps
             pending = False
 

@@ -88,16 +88,17 @@ def size() -> int:
     return 1 if c is None else c.Get_size()
 
 
-def barrier(timeout: float = DEFAULT_TIMEOUT_S) -> None:
-    """Wait for every rank; abort the job if that takes more than ``timeout`` s."""
+def barrier(timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+    """Wait for every rank; abort the job if that takes more than ``timeout`` s (None: wait
+    as long as it takes)."""
     c = _state["comm"]
     if c is not None:
         guarded("barrier", c.Barrier, timeout)
 
 
-def allreduce_mean(values, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
+def allreduce_mean(values, timeout: float | None = DEFAULT_TIMEOUT_S) -> np.ndarray:
     """Mean over ranks of a float or array of floats (metrics); the value itself in one
-    process. Aborts the job if the reduction takes more than ``timeout`` s."""
+    process. Aborts the job if the reduction takes more than ``timeout`` s (None: no limit)."""
     buf = np.array(values, dtype=np.float64, ndmin=1)
     c = _state["comm"]
     if c is not None and c.Get_size() > 1:
@@ -108,10 +109,13 @@ def allreduce_mean(values, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
     return buf
 
 
-def guarded(what: str, call, timeout: float):
+def guarded(what: str, call, timeout: float | None):
     """Run the collective ``call()`` and return its result; if it has not returned within
     ``timeout`` s (another rank stopped or is stuck), end the whole job with a message that
-    names this rank and ``what``. One watchdog thread per process watches every thread."""
+    names this rank and ``what`` (None: no limit). One watchdog thread per process watches
+    every thread."""
+    if timeout is None:
+        return call()
     with _watch_lock:
         if not _state.get("watching"):
             threading.Thread(target=_watch, name="fastnn-watchdog", daemon=True).start()

@@ -86,11 +86,13 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     if CASE == "uneven":
-        with opt.join():
-            train(model, opt, x, y, steps - 3 * rank, comm)
-    elif CASE == "grad_range":  # every rank's gradient 4e4: the fp16 sum of two overflows, the mean does not
-        model.flat.grad[...] = 4e4
-        opt.step()
+        sched = fnn.schedules.Exponential(opt, gamma=0.9) if OPT.get("schedule") == "1" else None
+        with opt.join(sched):
+            train(model, opt, x, y, steps - 3 * rank, comm, on_step=sched and (lambda step: sched.step()))
+    elif CASE == "grad_range":  # every micro-batch gradient 4e4: fp16 sums of two such overflow, the mean does not
+        for _ in range(int(OPT.get("accumulate", 1))):
+            model.flat.grad[...] += 4e4
+            opt.step()
     elif CASE == "join_accumulate":  # 5 micro-batches an epoch, each epoch in its own join block
         for epoch in range(int(OPT.get("epochs", 3))):
             with opt.join():
@@ -109,9 +111,12 @@ def main() -> None:
                 time.sleep(600)
 
         n = int(OPT.get("samples", 300))
-        fnn.train.fit(model, opt, x[:n], y[:n], epochs=int(OPT.get("epochs", 2)), batch_size=int(OPT.get("batch", 32)),
-                      seed=1, progress=False, checkpoint=OPT.get("checkpoint"), resume=OPT.get("resume") == "1",
-                      on_step=on_step)
+        checkpoint = None if OPT.get("checkpoint_rank0") == "1" and rank else OPT.get("checkpoint")
+        hist = fnn.train.fit(model, opt, x[:n], y[:n], epochs=int(OPT.get("epochs", 2)),
+                             batch_size=int(OPT.get("batch", 32)), seed=1, progress=False, checkpoint=checkpoint,
+                             resume=OPT.get("resume") == "1", on_step=on_step)
+        if rank == 0:
+            np.save(OUT + ".loss.npy", np.array(hist["loss"]))
     else:
         train(model, opt, x, y, steps, comm, faults)
     if CASE in ("uneven", "nan"):
