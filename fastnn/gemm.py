@@ -113,7 +113,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     ``out`` may overlap ``a``, ``b`` or ``bias`` (e.g. ``x = W x`` in place): the product is
     then computed into a temporary first, as NumPy does.
     """
-    if threads is not None:
+    if threads is not None and (type(threads) is not int or threads < 1):     # a plain int passes at no cost
         threads = _thread_count(threads, "matmul")
     if type(a) is _ND and type(b) is _ND and a.dtype in _FAST:
         # Fast path for small products, where Python and dispatch are the cost. Plain products
