@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import zlib
 from collections.abc import Iterator
@@ -113,6 +114,8 @@ def batches(
     else:
         schedule, fixed = None, _check_int(batch_size, "batch_size", 1)
     rank, size = _shard(shard)
+    if fixed is not None and fixed < size:
+        raise ValueError(f"batch_size: expected at least one sample per rank ({size} ranks), got {fixed}")
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     return _iterate(x, y, order[start_sample:], fixed, schedule, drop_last, rank, size)
 
@@ -134,6 +137,8 @@ def _iterate(x: np.ndarray, y: np.ndarray | None, order: np.ndarray, fixed: int 
     start = 0
     while start < len(order):
         size = fixed if schedule is None else _check_int(schedule.batch_size, "schedule.batch_size", 1)
+        if size < ranks:
+            raise ValueError(f"batch size: expected at least one sample per rank ({ranks} ranks), got {size}")
         idx = order[start:start + size]
         if (drop_last and len(idx) < size) or len(idx) < ranks:
             return
@@ -244,7 +249,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header, {ndim} dimensions need {header} bytes, got {len(raw)}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
-    expected = dtype.itemsize * int(np.prod(shape))
+    expected = dtype.itemsize * math.prod(shape)
     got = len(raw) - header
     if got < expected:
         raise ValueError(f"{path}: truncated IDX data, header says {shape} of {dtype.name} = {expected} bytes,"

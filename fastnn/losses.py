@@ -13,6 +13,8 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     averaged over the batch) and dlogits (N, C) = (softmax(logits) - onehot(labels)) / N,
     computed with the max subtracted first so large logits do not overflow.
     """
+    if isinstance(logits, np.ndarray) and logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy logits: expected shape (N, C), got {logits.shape}")
     check_array(logits, "softmax_cross_entropy logits", shape=(None, None))
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":

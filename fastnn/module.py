@@ -85,9 +85,10 @@ class Module:
         dtypes = {m.dtype for _, m in leaves}
         if len(dtypes) > 1:
             raise TypeError(f"all layers of a model must share one dtype, got {sorted(map(str, dtypes))}")
-        for name, child in self.children():
+        for name, child in self.children():      # all checked before any is adopted
             if child._parent is not None and child._parent is not self:
                 raise ValueError(f"layer {name} ({type(child).__name__}) already belongs to another model")
+        for _, child in self.children():
             child._parent = self
         self.dtype = dtypes.pop() if dtypes else self.dtype
         if not leaves:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastnn.data import batches, load_digits, load_mnist, read_idx, train_test_split, write_idx
+from fastnn.schedules import BatchSize
 
 
 class DoublingBatchSize:
@@ -260,6 +261,23 @@ def test_load_mnist_count_mismatch_names_both_files(mnist_dir):
     write_idx(directory / "t10k-labels-idx1-ubyte", np.zeros(4, dtype=np.uint8))
     with pytest.raises(ValueError, match="holds 5 images but .*t10k-labels-idx1-ubyte holds 4 labels"):
         load_mnist(directory, "test")
+
+
+def test_a_global_batch_smaller_than_the_ranks_is_refused():
+    x = np.arange(20.0).reshape(10, 2)
+    with pytest.raises(ValueError, match="batch_size: expected at least one sample per rank \\(4 ranks\\), got 2"):
+        batches(x, None, batch_size=2, shard=(0, 4))
+    schedule = BatchSize(2, every_samples=100)
+    with pytest.raises(ValueError, match="batch size: expected at least one sample per rank"):
+        list(batches(x, None, batch_size=schedule, shard=(1, 4)))
+    assert [len(xb) for xb, _ in batches(x, None, batch_size=4, shard=(0, 4))] == [1, 1]
+
+
+def test_idx_header_with_huge_dimensions_is_a_clear_error(tmp_path):
+    path = tmp_path / "huge-idx"
+    path.write_bytes(bytes([0, 0, 0x08, 4]) + (65536).to_bytes(4, "big") * 4 + b"\0" * 16)
+    with pytest.raises(ValueError, match=f"{path}: truncated IDX data, header says \\(65536, 65536, 65536, 65536\\)"):
+        read_idx(path)
 
 
 def test_load_mnist_empty_set_is_a_clear_error(mnist_dir):

@@ -113,6 +113,34 @@ def test_flat_buffer_views_and_sequential_ownership():
         d0.flat
 
 
+def test_a_refused_model_leaves_its_layers_free():
+    a, b, c = fnn.Dense(2, 2), fnn.Dense(2, 2), fnn.Dense(2, 2)
+    fnn.Sequential(c)
+    with pytest.raises(ValueError, match="layer 2 \\(Dense\\) already belongs to another model"):
+        fnn.Sequential(a, b, c)
+    fnn.Sequential(a, b)
+
+
+@pytest.mark.parametrize("layer, x, dy", [
+    (fnn.Dropout(0.5, seed=0), np.ones((4, 3), np.float32), np.ones((4, 1), np.float32)),
+    (fnn.Dropout(0.5, seed=0), np.ones((4, 3), np.float32), np.ones((4, 3), np.float64)),
+    (fnn.Flatten(), np.ones((2, 3, 4), np.float32), np.ones((4, 6), np.float32)),
+    (fnn.Flatten(), np.ones((2, 3, 4), np.float32), np.ones((2, 12), np.float64)),
+])
+def test_output_gradient_of_the_wrong_shape_or_dtype_is_refused(layer, x, dy):
+    layer(x)
+    with pytest.raises((ValueError, TypeError), match="output gradient: expected"):
+        layer.backward(dy)
+
+
+@pytest.mark.parametrize("layer", [fnn.ReLU(), fnn.Tanh(), fnn.Sigmoid(), fnn.Flatten(), fnn.Dropout(0.3, seed=0),
+                                   fnn.BlockDiagonalDense(4, 6, groups=2), fnn.Dense(4, 6)])
+def test_an_empty_batch_goes_through(layer):
+    y = layer(np.ones((0, 4), np.float32))
+    assert y.shape[0] == 0
+    assert layer.backward(np.ones(y.shape, np.float32)).shape == (0, 4)
+
+
 def test_a_layer_used_twice_in_one_model_is_rejected():
     """Its cached forward input would be overwritten by the second use, so backward would be
     wrong: refused before any parameter moves."""

@@ -192,6 +192,16 @@ def test_keras_mode1_layout():
     np.testing.assert_array_equal(b2, bias)
     with pytest.raises(ValueError, match="implementation=1"):
         layer.set_keras_weights([kernel[:-1], bias])
+    for bad, match in [([kernel * 2, bias[:1]], r"expected a bias of 18 values, shape \(2, 3, 3\), got \(1, 3, 3\)"),
+                       ([kernel * 2], "expected 2 arrays"), ([kernel * 2, bias, bias], "expected 2 arrays")]:
+        with pytest.raises(ValueError, match=match):        # all checked before the kernel is written
+            layer.set_keras_weights(bad)
+        np.testing.assert_array_equal(layer.get_keras_weights()[0], kernel)
+    tied = fnn.LocallyConnected2D(2, 3, (2, 3), input_shape=(4, 5), stride=(2, 1), tied_bias=True, dtype=np.float64)
+    before = tied.get_keras_weights()[0]
+    with pytest.raises(ValueError, match="tied_bias=False"):
+        tied.set_keras_weights([kernel, bias])
+    np.testing.assert_array_equal(tied.get_keras_weights()[0], before)
 
 
 CONV_CASES = [  # (N, H, W, C, O, kernel, stride, padding, dilation, groups)
@@ -329,6 +339,17 @@ def test_concat_inception_matches_googlenet_table():
     assert abs(rows[0]["params"] / 1024 - 159) <= 1 and round(rows[0]["macs"] / 1e6) == 128
     assert abs(rows[1]["params"] / 1024 - 380) <= 1 and round(rows[1]["macs"] / 1e6) == 304
     assert len(model[0].summary((28, 28, 192), print_fn=None)) == 5
+
+
+def test_concat_checks_the_gradient_before_any_branch_adds():
+    model = fnn.Sequential(fnn.Concat(fnn.Dense(5, 3), fnn.Dense(5, 2)))
+    model(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"Concat output gradient: expected shape \(4, 5\), got \(4, 6\)"):
+        model.backward(np.ones((4, 6), np.float32))
+    assert not model.flat.grad.any()
+    model.input_grad = False
+    model(np.ones((4, 5), np.float32))
+    assert model.backward(np.ones((4, 5), np.float32)) is None
 
 
 def test_concat_forward_backward():

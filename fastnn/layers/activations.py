@@ -36,7 +36,8 @@ class _Activation(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_array(x, f"{type(self).__name__} input")
         y = np.array(x, order="C", copy=True)
-        pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(y.reshape(len(y), -1), _NO_BIAS[y.dtype.char], ACTIVATIONS[self.kind])
+        rows = y.reshape(len(y), int(np.prod(y.shape[1:], dtype=np.int64)))
+        pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(rows, _NO_BIAS[y.dtype.char], ACTIVATIONS[self.kind])
         self._y = y
         return y
 

@@ -51,7 +51,7 @@ class BlockDiagonalDense(Module):
 
     def _groups(self, a: np.ndarray) -> np.ndarray:
         """(groups, N, features/groups) view of a (N, features) array: its column blocks."""
-        return a.reshape(a.shape[0], self.groups, -1).transpose(1, 0, 2)
+        return a.reshape(a.shape[0], self.groups, a.shape[1] // self.groups).transpose(1, 0, 2)
 
     def _blocks(self):
         bi, bo = self.in_features // self.groups, self.out_features // self.groups

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_array
 from ..module import Module
 from .sequential import _format_rows
 
@@ -39,16 +40,19 @@ class Concat(Module):
                 raise ValueError(f"Concat: branch {i} output shape {o.shape} does not match branch 0's "
                                  f"{outs[0].shape} except on the last (channel) axis")
         self._splits = np.cumsum([o.shape[-1] for o in outs])[:-1]
-        return np.concatenate(outs, axis=-1)
+        y = np.concatenate(outs, axis=-1)
+        self._y_shape, self._dtype = y.shape, y.dtype
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._splits is None:
             raise RuntimeError("Concat.backward called before forward")
+        check_array(dy, "Concat output gradient", dtype=self._dtype, shape=self._y_shape)   # before any branch adds
         dx = None
         for b, d in zip(self.branches, np.split(dy, self._splits, axis=-1)):
             g = b.backward(np.ascontiguousarray(d))
             dx = g if dx is None else dx + g
-        return dx
+        return dx if self.input_grad else None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [b.output_shape(input_shape) for b in self.branches]

@@ -31,7 +31,10 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        return dy if self._mask is None else dy * self._mask
+        if self._mask is None:
+            return dy
+        check_array(dy, "Dropout output gradient", dtype=self._mask.dtype, shape=self._mask.shape)
+        return dy * self._mask
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p})"

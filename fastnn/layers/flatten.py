@@ -18,12 +18,14 @@ class Flatten(Module):
         check_array(x, "Flatten input")
         if x.ndim < 1:
             raise ValueError(f"Flatten input: expected a batch axis, got shape {x.shape}")
-        self._shape = x.shape
-        return x.reshape(len(x), -1)
+        self._shape, self._dtype = x.shape, x.dtype
+        return x.reshape(len(x), int(np.prod(x.shape[1:], dtype=np.int64)))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._shape is None:
             raise RuntimeError("Flatten.backward called before forward")
+        flat = (self._shape[0], int(np.prod(self._shape[1:], dtype=np.int64)))
+        check_array(dy, "Flatten output gradient", dtype=self._dtype, shape=flat)
         return dy.reshape(self._shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -105,7 +105,7 @@ class LocallyConnected2D(Module):
         wgrad(x, dz.reshape(n, P, O), self.grads["weight"].reshape(P, K, O), self._geo, chunks)
         if "bias" in self.grads:
             gb = self.grads["bias"]
-            add_column_sums(dz.reshape(-1, O) if self.tied_bias else dz.reshape(n, -1), gb.reshape(-1))
+            add_column_sums(dz.reshape(n * P, O) if self.tied_bias else dz.reshape(n, P * O), gb.reshape(-1))
         if not self.input_grad:
             return None
         dx = np.empty_like(x)
@@ -140,16 +140,24 @@ class LocallyConnected2D(Module):
         if kernel.shape != (P, K, O):
             raise ValueError(f"{type(self).__name__}.set_keras_weights: expected kernel shape {(P, K, O)} "
                              f"(Keras implementation=1 layout), got {kernel.shape}")
-        self.params["weight"][...] = kernel.reshape(self.params["weight"].shape)
-        if len(weights) > 1:
-            if "bias" not in self.params:
-                raise ValueError(f"{type(self).__name__}.set_keras_weights: this layer has no bias")
-            b = np.asarray(weights[1]).reshape(*self.out_hw, O)
+        want = 2 if "bias" in self.params else 1
+        if len(weights) != want:
+            raise ValueError(f"{type(self).__name__}.set_keras_weights: expected {want} arrays (kernel"
+                             f"{', bias' if want == 2 else ''}), got {len(weights)}")
+        b = None
+        if want == 2:
+            b = np.asarray(weights[1])
+            if b.size != P * O:                      # (OH, OW, out); LocallyConnected1D's Keras bias is (OW, out)
+                raise ValueError(f"{type(self).__name__}.set_keras_weights: expected a bias of "
+                                 f"{P * O} values, shape {(*self.out_hw, O)}, got {b.shape}")
+            b = b.reshape(*self.out_hw, O)
             if self.tied_bias:
                 if not np.all(b == b[:1, :1]):
                     raise ValueError(f"{type(self).__name__}.set_keras_weights: the Keras bias differs between "
                                      "positions; build the layer with tied_bias=False")
                 b = b[0, 0]
+        self.params["weight"][...] = kernel.reshape(self.params["weight"].shape)   # all checked: now write
+        if b is not None:
             self.params["bias"][...] = b
 
     # -- description -------------------------------------------------------------------
