@@ -171,6 +171,13 @@ class Module:
         """Per-sample output shape for a per-sample input shape (no batch axis)."""
         return tuple(input_shape)
 
+    def _expect_input(self, input_shape: tuple[int, ...], want: tuple[int | None, ...]) -> None:
+        """ValueError unless a per-sample ``input_shape`` fits ``want`` (None: any size)."""
+        if len(input_shape) != len(want) or any(w is not None and w != s for w, s in zip(want, input_shape)):
+            shown = str(tuple("any" if w is None else w for w in want)).replace("'", "")
+            raise ValueError(f"{type(self).__name__}: expected a per-sample input of shape {shown}, "
+                             f"got {tuple(input_shape)}")
+
     def macs(self, input_shape: tuple[int, ...]) -> int:
         """Multiply-adds per sample of the forward pass."""
         return 0

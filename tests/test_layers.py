@@ -141,6 +141,21 @@ def test_an_empty_batch_goes_through(layer):
     assert layer.backward(np.ones(y.shape, np.float32)).shape == (0, 4)
 
 
+def test_summary_checks_that_the_shapes_fit():
+    """As Keras does when it builds a model: a layer given the wrong per-sample input says so."""
+    with pytest.raises(ValueError, match=r"Dense: expected a per-sample input of shape \(100,\), got \(256,\)"):
+        fnn.Sequential(fnn.Conv2D(1, 4, 3, padding="same"), fnn.Flatten(), fnn.Dense(100, 10)).summary(
+            input_shape=(8, 8, 1), print_fn=None)
+    with pytest.raises(ValueError, match=r"Conv2D: expected a per-sample input of shape \(any, any, 3\)"):
+        fnn.Sequential(fnn.Conv2D(3, 4, 3)).summary(input_shape=(8, 8, 1), print_fn=None)
+    with pytest.raises(ValueError, match=r"LocallyConnected2D: expected a per-sample input of shape \(6, 6, 2\)"):
+        fnn.Sequential(fnn.LocallyConnected2D(2, 3, 3, input_shape=(6, 6))).summary(input_shape=(6, 5, 2),
+                                                                                      print_fn=None)
+    rows = fnn.Sequential(fnn.Conv2D(1, 4, 3, padding="same"), fnn.Flatten(), fnn.Dense(256, 10)).summary(
+        input_shape=(8, 8, 1), print_fn=None)
+    assert rows[-1]["params"] == 40 + 2570
+
+
 def test_a_layer_used_twice_in_one_model_is_rejected():
     """Its cached forward input would be overwritten by the second use, so backward would be
     wrong: refused before any parameter moves."""

@@ -91,6 +91,7 @@ class BlockDiagonalDense(Module):
         return full
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._expect_input(input_shape, (self.in_features,))
         return (self.out_features,)
 
     def macs(self, input_shape: tuple[int, ...]) -> int:

@@ -97,6 +97,7 @@ class Conv2D(Module):
         return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._expect_input(input_shape, (None, None, self.in_channels))
         (oh, ow), _ = self._geometry(tuple(input_shape[:2]))
         return (oh, ow, self.out_channels)
 

@@ -59,6 +59,7 @@ class Dense(Module):
         return matmul(dz, self.params["weight"], trans_b=True) if self.input_grad else None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._expect_input(input_shape, (self.in_features,))
         return (self.out_features,)
 
     def macs(self, input_shape: tuple[int, ...]) -> int:

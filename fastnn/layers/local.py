@@ -162,6 +162,7 @@ class LocallyConnected2D(Module):
 
     # -- description -------------------------------------------------------------------
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._expect_input(input_shape, (*self.input_shape, self.in_channels))
         return (*self.out_hw, self.out_channels)
 
     def macs(self, input_shape: tuple[int, ...]) -> int:
@@ -232,6 +233,7 @@ class LocallyConnected1D(LocallyConnected2D):
         super().set_keras_weights(weights)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._expect_input(input_shape, (self.input_length, self.in_channels))
         return (self.out_hw[1], self.out_channels)
 
     def __repr__(self) -> str:

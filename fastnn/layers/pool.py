@@ -44,6 +44,7 @@ class _Pool2D(Module):
         return np.ascontiguousarray(dy)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._expect_input(input_shape, (None, None, None))
         (oh, ow), _ = self._geometry(tuple(input_shape[:2]))
         return (oh, ow, input_shape[2])
 
@@ -110,4 +111,5 @@ class GlobalAvgPool2D(Module):
         return np.ascontiguousarray(np.broadcast_to((dy / (h * w))[:, None, None, :], self._shape))
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._expect_input(input_shape, (None, None, None))
         return (input_shape[-1],)
