@@ -114,10 +114,15 @@ def batches(
     else:
         schedule, fixed = None, _check_int(batch_size, "batch_size", 1)
     rank, size = _shard(shard)
-    if fixed is not None and fixed < size:
-        raise ValueError(f"batch_size: expected at least one sample per rank ({size} ranks), got {fixed}")
+    if fixed is not None:
+        _check_per_rank(fixed, size, "batch_size")
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     return _iterate(x, y, order[start_sample:], fixed, schedule, drop_last, rank, size)
+
+
+def _check_per_rank(batch: int, ranks: int, what: str) -> None:
+    if batch < ranks:
+        raise ValueError(f"{what}: expected at least one sample per rank ({ranks} ranks), got {batch}")
 
 
 def _shard(shard) -> tuple[int, int]:
@@ -137,8 +142,7 @@ def _iterate(x: np.ndarray, y: np.ndarray | None, order: np.ndarray, fixed: int 
     start = 0
     while start < len(order):
         size = fixed if schedule is None else _check_int(schedule.batch_size, "schedule.batch_size", 1)
-        if size < ranks:
-            raise ValueError(f"batch size: expected at least one sample per rank ({ranks} ranks), got {size}")
+        _check_per_rank(size, ranks, "schedule.batch_size")
         idx = order[start:start + size]
         if (drop_last and len(idx) < size) or len(idx) < ranks:
             return

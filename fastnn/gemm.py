@@ -169,7 +169,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         raise ValueError(f"matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
     if bias is None:
         bias = _EMPTY[dt.char]
-    elif not isinstance(bias, np.ndarray) or _native(bias).dtype != dt or bias.shape != (n,):
+    elif not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (n,):
         raise ValueError(f"matmul: bias must be a {dt} array of shape ({n},), got "
                          f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
     elif not bias.flags.c_contiguous or not bias.dtype.isnative:
@@ -301,7 +301,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     elif not isinstance(out, np.ndarray) or out.dtype != dt or out.shape != (G, m, n) or not out.flags.writeable:
         raise ValueError(f"batched_matmul: out must be a writeable {dt} array of shape ({G}, {m}, {n}), got "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
-    if bias is not None and (not isinstance(bias, np.ndarray) or _native(bias).dtype != dt or bias.shape != (G, n)):
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (G, n)):
         raise ValueError(f"batched_matmul: bias must be a {dt} array of shape ({G}, {n}), got "
                          f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
     if any(x is not None and np.may_share_memory(out, x) for x in (a, b, bias)):   # read while written

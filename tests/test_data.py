@@ -268,7 +268,7 @@ def test_a_global_batch_smaller_than_the_ranks_is_refused():
     with pytest.raises(ValueError, match="batch_size: expected at least one sample per rank \\(4 ranks\\), got 2"):
         batches(x, None, batch_size=2, shard=(0, 4))
     schedule = BatchSize(2, every_samples=100)
-    with pytest.raises(ValueError, match="batch size: expected at least one sample per rank"):
+    with pytest.raises(ValueError, match="schedule.batch_size: expected at least one sample per rank"):
         list(batches(x, None, batch_size=schedule, shard=(1, 4)))
     assert [len(xb) for xb, _ in batches(x, None, batch_size=4, shard=(0, 4))] == [1, 1]
 

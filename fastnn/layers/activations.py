@@ -1,6 +1,8 @@
 """Elementwise activation layers, computed by the fused activation kernels."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fastnn.kernels.activation import (ACTIVATIONS, act_backward_cpu, act_backward_serial, bias_act_forward_cpu,
@@ -36,7 +38,7 @@ class _Activation(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_array(x, f"{type(self).__name__} input")
         y = np.array(x, order="C", copy=True)
-        rows = y.reshape(len(y), int(np.prod(y.shape[1:], dtype=np.int64)))
+        rows = y.reshape(len(y), math.prod(y.shape[1:]))
         pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(rows, _NO_BIAS[y.dtype.char], ACTIVATIONS[self.kind])
         self._y = y
         return y

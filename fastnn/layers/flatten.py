@@ -1,6 +1,8 @@
 """Flatten: (N, d1, d2, ...) -> (N, d1*d2*...)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..checks import check_array
@@ -19,13 +21,13 @@ class Flatten(Module):
         if x.ndim < 1:
             raise ValueError(f"Flatten input: expected a batch axis, got shape {x.shape}")
         self._shape, self._dtype = x.shape, x.dtype
-        return x.reshape(len(x), int(np.prod(x.shape[1:], dtype=np.int64)))
+        self._flat = (len(x), math.prod(x.shape[1:]))
+        return x.reshape(self._flat)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._shape is None:
             raise RuntimeError("Flatten.backward called before forward")
-        flat = (self._shape[0], int(np.prod(self._shape[1:], dtype=np.int64)))
-        check_array(dy, "Flatten output gradient", dtype=self._dtype, shape=flat)
+        check_array(dy, "Flatten output gradient", dtype=self._dtype, shape=self._flat)
         return dy.reshape(self._shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
