@@ -11,6 +11,24 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
 
 
+def _number(kind: type, ok, expected: str):
+    """An argparse type: ``kind(text)`` where ``ok`` holds, else a one-line usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+_POSITIVE = _number(int, lambda v: v >= 1, "an int >= 1")
+_COUNT = _number(int, lambda v: v >= 0, "an int >= 0")
+_NONNEG = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+
+
 def seconds_since_launch() -> float:
     """Wall time since this process started (from /proc), or since import where unknown."""
     try:
@@ -33,24 +51,25 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a folder of MNIST IDX files")
     t.add_argument("--model", choices=MODELS, default="mlp")
-    t.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="hidden layer widths")
-    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--hidden", type=_POSITIVE, nargs="+", default=[128, 128], help="hidden layer widths")
+    t.add_argument("--dropout", type=_number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=0.0)
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--clip", type=float, default=None, help="clip the global gradient norm to this value")
-    t.add_argument("--schedule", choices=SCHEDULES, default="inverse-time")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--grow-batch", type=int, default=None, metavar="MAX",
+    t.add_argument("--lr", type=_NONNEG, default=2e-3)
+    t.add_argument("--momentum", type=_NONNEG, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=_NONNEG, default=0.0)
+    t.add_argument("--clip", type=_number(float, lambda v: 0 < v < float("inf"), "a finite number > 0"), default=None, help="clip the global gradient norm to this value")
+    t.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="lr schedule (default: inverse-time, or constant with --grow-batch)")
+    t.add_argument("--batch-size", type=_POSITIVE, default=32)
+    t.add_argument("--grow-batch", type=_POSITIVE, default=None, metavar="MAX",
                    help="double the batch every epoch's worth of samples, up to MAX (instead of decaying lr)")
-    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--epochs", type=_COUNT, default=30)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
+    t.add_argument("--threads", type=_POSITIVE, default=None, help="Numba threads (default: all cores)")
     t.add_argument("--checkpoint", default="checkpoints/{data}-{model}.npz",
                    help="where to save; {data} and {model} are filled in (other options share the file)")
-    t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
+    t.add_argument("--checkpoint-every", type=_POSITIVE, default=None, metavar="STEPS")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     t.add_argument("--no-progress", action="store_true")
     sub.add_parser("info", help="print what this machine offers fastnn")
@@ -66,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.grow_batch is not None and args.grow_batch < args.batch_size:
+        parser.error(f"argument --grow-batch: expected a batch size >= --batch-size {args.batch_size}, "
+                     f"got {args.grow_batch}")
     if args.command == "tune":
         from .kernels.matmul.blocks import table_path
         from .tune import tune
@@ -152,11 +175,14 @@ def _train(args) -> int:
         opt = fnn.distributed.DataParallel(model, opt)
         for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks
             gen.bit_generator.state = np.random.default_rng([args.seed, rank, i]).bit_generator.state
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
-    sched = _schedule(fnn, args.schedule, opt, steps_per_epoch, args.epochs)
     batch = args.batch_size
+    steps_per_epoch = -(-len(x_train) // args.batch_size)       # of the first epoch
+    total = steps_per_epoch * args.epochs
     if args.grow_batch:
         batch = fnn.schedules.BatchSize(args.batch_size, factor=2, every_samples=len(x_train), max_batch=args.grow_batch)
+        total = batch.steps(len(x_train), args.epochs)
+    name = args.schedule or ("constant" if args.grow_batch else "inverse-time")
+    sched = _schedule(fnn, name, opt, steps_per_epoch, total)
     path = args.checkpoint.format(data=os.path.basename(os.path.normpath(args.data)), model=args.model)
 
     first = {}
@@ -194,9 +220,10 @@ def _train(args) -> int:
     return 0
 
 
-def _schedule(fnn, name: str, opt, steps_per_epoch: int, epochs: int):
+def _schedule(fnn, name: str, opt, steps_per_epoch: int, total: int):
+    """The named lr schedule, sized for ``total`` steps of the run."""
     s = fnn.schedules
-    total = steps_per_epoch * epochs
+    total = max(1, total)
     if name == "constant":
         return s.Constant(opt)
     if name == "inverse-time":

@@ -43,6 +43,16 @@ def _real(value: object, name: str, ok: Callable[[float], bool], expected: str) 
     return float(value)
 
 
+def _state(state: object, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    """``state`` if it is a dict holding ``keys``; a clear error otherwise."""
+    if not isinstance(state, dict):
+        raise TypeError(f"{what}: expected a dict from state_dict(), got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"{what}: expected keys {list(keys)}, missing {missing}")
+    return state
+
+
 def _milestones(values: Sequence[int], name: str, why: str = "") -> list[int]:
     values = [_int_at_least(m, f"{name}[{i}]", 1, why) for i, m in enumerate(values)]
     if any(b <= a for a, b in zip(values, values[1:])):
@@ -76,7 +86,7 @@ def _fmt(value: Any) -> str:
     """One-line rendering of a schedule spec (nested dicts with a "type" key)."""
     if isinstance(value, dict):
         args = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k != "type")
-        return f"{value['type']}({args})"
+        return f"{value.get('type', '?')}({args})"
     if isinstance(value, list):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     if isinstance(value, float):
@@ -97,7 +107,7 @@ class Schedule:
         self.opt = opt
         self.t = 0
         self._owner: Schedule | None = None
-        self._apply()
+        self._apply(0)
 
     # the schedule as a pure function of the step ------------------------------------------
     def _affine(self, t: int) -> tuple[float, float]:
@@ -150,14 +160,23 @@ class Schedule:
             raise RuntimeError(f"{self!r} is part of {self._owner!r}; step that schedule instead")
         if getattr(self.opt, "last_step_skipped", False):
             return False
-        self.t += 1
-        self._apply()
+        self._apply(self.t + 1)
         return True
 
-    def _apply(self) -> None:
-        f, o = self._affine(self.t)
-        for g in self.opt.param_groups:
-            g["lr"] = f * g.setdefault("initial_lr", g["lr"]) + o
+    def _apply(self, t: int, base_lrs: Sequence[float] | None = None) -> None:
+        """Move to step ``t`` (and ``base_lrs``, if given): every group's lr is computed
+        before anything changes, so an lr that overflows leaves the schedule as it was."""
+        try:
+            f, o = self._affine(t)
+        except OverflowError:
+            raise OverflowError(f"{self!r}: the lr factor overflows a float at step {t}") from None
+        groups = self.opt.param_groups
+        if base_lrs is None:
+            base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
+        for g, base in zip(groups, base_lrs):
+            g["initial_lr"] = base
+            g["lr"] = f * base + o
+        self.t = t
 
     def get_last_lr(self) -> list[float]:
         """The lr of every parameter group now."""
@@ -175,18 +194,19 @@ class Schedule:
         """Restore ``t`` and the base lrs, and set every group's lr to match.
 
         The schedule must be built as the saved one was (same type and hyperparameters).
+        Everything is checked before anything changes.
         """
+        state = _state(state, ("schedule", "t", "base_lrs"), "schedule state")
         if state["schedule"] != self._spec():
             raise ValueError(f"schedule state: saved by {_fmt(state['schedule'])}, "
                              f"expected one of {_fmt(self._spec())}")
-        groups = self.opt.param_groups
-        if len(state["base_lrs"]) != len(groups):
-            raise ValueError(f"schedule state: expected base lrs for {len(groups)} parameter groups, "
-                             f"got {len(state['base_lrs'])}")
-        self.t = _int_at_least(state["t"], "schedule state t", 0)
-        for g, base in zip(groups, state["base_lrs"]):
-            g["initial_lr"] = base
-        self._apply()
+        t = _int_at_least(state["t"], "schedule state t", 0)
+        groups, bases = self.opt.param_groups, state["base_lrs"]
+        if not isinstance(bases, (list, tuple)) or len(bases) != len(groups):
+            raise ValueError(f"schedule state base_lrs: expected a list of {len(groups)} lrs (one per parameter "
+                             f"group), got {bases!r}")
+        bases = [_real(b, f"schedule state base_lrs[{i}]", lambda v: v >= 0, ">= 0") for i, b in enumerate(bases)]
+        self._apply(t, bases)
 
     def __repr__(self) -> str:
         return _fmt({**self._spec(), "t": self.t})
@@ -369,10 +389,12 @@ class Sequential(Schedule):
 class Chain(Schedule):
     """Compose schedules: lr_t = s_n.lr_at(t, ... s_1.lr_at(t, base)) (torch ``ChainedScheduler``).
 
-    For schedules without an offset this is the product of their factors, as in torch.
-    With a Cosine ``eta_min`` the composition is still exact and order-dependent, while
-    torch's ChainedScheduler then applies each scheduler's recursive update to the running
-    lr and differs. The schedules become components: step the Chain only.
+    For schedules without an offset this is the product of their factors, which is what
+    torch gives as long as every Cosine in the chain is within its ``T_max``. torch's
+    ChainedScheduler applies each scheduler's recursive update to the running lr; past
+    ``T_max`` (and with an ``eta_min``) CosineAnnealingLR's update is additive, so torch's
+    numbers then depend on the other factors and differ. The schedules become components:
+    step the Chain only.
     """
 
     def __init__(self, schedules: Sequence[Schedule]) -> None:
@@ -423,7 +445,9 @@ class BatchSize:
     ``lr`` and ``initial_lr`` are multiplied by B_new / B_old (or its square root) in the
     ``advance`` that hands out the first batch of a new size, so that step already uses the
     scaled lr. Since LR schedules read ``initial_lr``, the two compose: lr_t = schedule(t) *
-    scale(B_t / start) (Cosine's ``eta_min`` floor is not scaled).
+    scale(B_t / start), Cosine's ``eta_min`` floor unscaled. (On the step where the batch
+    grows, ``advance`` scales that step's whole lr, floor included, since it cannot tell the
+    floor apart; the LR schedule's next ``step()`` sets the exact value again.)
     """
 
     def __init__(self, start: int, *, factor: float = 2, every_samples: int | None = None,
@@ -469,6 +493,20 @@ class BatchSize:
             return round(self.start * self.factor ** k)
         return min(round(self.start * self.factor ** min(k, self._max_growths)), self.max_batch)
 
+    def steps(self, epoch_samples: int, epochs: int) -> int:
+        """The number of batches (optimizer steps) in ``epochs`` epochs of ``epoch_samples``
+        samples each, counted from no samples seen, each epoch's last batch holding the
+        remainder (``fastnn.data.batches`` without ``drop_last``): what an LR schedule meant
+        to span the run is sized by."""
+        epoch_samples = _int_at_least(epoch_samples, "epoch_samples", 1)
+        seen = steps = 0
+        for _ in range(_int_at_least(epochs, "epochs", 0)):
+            left = epoch_samples
+            while left:
+                n = min(self.batch_size_at(seen), left)
+                seen, left, steps = seen + n, left - n, steps + 1
+        return steps
+
     @property
     def batch_size(self) -> int:
         """The size of the next batch."""
@@ -513,11 +551,13 @@ class BatchSize:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counts. The lr itself is left alone: the optimizer's (or its LR
         schedule's) checkpoint holds the scaled lr."""
+        state = _state(state, ("schedule", "samples_seen", "lr_batch"), "BatchSize state")
         if state["schedule"] != self._spec():
             raise ValueError(f"BatchSize state: saved by {_fmt(state['schedule'])}, "
                              f"expected one of {_fmt(self._spec())}")
-        self._samples = _int_at_least(state["samples_seen"], "BatchSize state samples_seen", 0)
+        samples = _int_at_least(state["samples_seen"], "BatchSize state samples_seen", 0)
         self._lr_batch = _int_at_least(state["lr_batch"], "BatchSize state lr_batch", 1)
+        self._samples = samples
 
     def __repr__(self) -> str:
         return _fmt({**self._spec(), "batch_size": self.batch_size, "samples_seen": self._samples})

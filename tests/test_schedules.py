@@ -198,8 +198,50 @@ def test_state_dict_from_another_schedule_is_rejected():
     saved = S.Cosine(fnn_sgd(), 100).state_dict()
     with pytest.raises(ValueError, match=r"saved by Cosine\(T_max=100.*expected one of Cosine\(T_max=50"):
         S.Cosine(fnn_sgd(), 50).load_state_dict(saved)
-    with pytest.raises(ValueError, match="expected base lrs for 1 parameter groups, got 2"):
+    with pytest.raises(ValueError, match=r"base_lrs: expected a list of 1 lrs \(one per parameter group\), got \[0.1, 0.01\]"):
         S.Cosine(fnn_sgd(lrs=(0.1,)), 100).load_state_dict(saved)
+
+
+def _bad(state, **change):
+    return {k: v for k, v in {**state, **change}.items() if v is not None}
+
+
+BAD_STATES = [
+    (dict(base_lrs=[0.1, "x"]), TypeError, r"base_lrs\[1\]: expected a number >= 0, got str 'x'"),
+    (dict(base_lrs=[0.1, float("nan")]), ValueError, r"base_lrs\[1\]: expected a number >= 0, got nan"),
+    (dict(base_lrs=[0.1, -1.0]), ValueError, r"base_lrs\[1\]: expected a number >= 0, got -1.0"),
+    (dict(base_lrs=0.1), ValueError, "expected a list of 2 lrs"),
+    (dict(t=-1), ValueError, "t: expected an int >= 0, got -1"),
+    (dict(t=None), ValueError, r"expected keys \['schedule', 't', 'base_lrs'\], missing \['t'\]"),
+    (dict(schedule={"T_max": 50}), ValueError, r"saved by \?\(T_max=50\), expected one of Cosine"),
+]
+
+
+@pytest.mark.parametrize("change, error, message", BAD_STATES, ids=[m[:20] for _, _, m in BAD_STATES])
+def test_bad_state_is_refused_and_changes_nothing(change, error, message):
+    opt = fnn_sgd()
+    sched = S.Cosine(opt, 50, eta_min=1e-3)
+    for _ in range(17):
+        sched.step()
+    state = sched.state_dict()
+    state["t"] = 5
+    before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(error, match=message):
+        sched.load_state_dict(_bad(state, **change))
+    assert sched.t == 17 and opt.param_groups == before
+    with pytest.raises(TypeError, match="schedule state: expected a dict from state_dict"):
+        sched.load_state_dict([1, 2])
+
+
+def test_an_overflowing_lr_raises_and_leaves_the_step_count():
+    opt = fnn_sgd()
+    sched = S.Exponential(opt, 2.0)
+    sched.t = 1022
+    sched.step()                                   # 2 ** 1023 is a float; 2 ** 1024 overflows
+    for _ in range(3):
+        with pytest.raises(OverflowError, match=r"Exponential\(gamma=2, t=1023\): the lr factor overflows a float at step 1024"):
+            sched.step()
+    assert sched.t == 1023 and sched.get_last_lr() == [0.1 * 2.0 ** 1023, 0.01 * 2.0 ** 1023]
 
 
 def test_repr_is_one_line():
@@ -305,6 +347,30 @@ def test_batch_size_state_dict_round_trip():
         S.BatchSize(16, milestones=[20, 60]).load_state_dict(bs.state_dict())
     assert repr(bs) == ("BatchSize(start=8, factor=2, every_samples=None, milestones=[20, 60], max_batch=None, "
                         "scale_lr='sqrt', batch_size=16, samples_seen=56)")
+
+
+def test_batch_size_bad_state_changes_nothing():
+    bs = S.BatchSize(8, every_samples=100)
+    bs.advance(8)
+    state = dict(bs.state_dict(), samples_seen=500, lr_batch=0)
+    with pytest.raises(ValueError, match="lr_batch: expected an int >= 1, got 0"):
+        bs.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"missing \['lr_batch'\]"):
+        bs.load_state_dict({"schedule": bs.state_dict()["schedule"], "samples_seen": 500})
+    assert (bs.samples_seen, bs.batch_size) == (8, 8)
+
+
+@pytest.mark.parametrize("make", [lambda: S.BatchSize(32, every_samples=1437, max_batch=128),
+                                  lambda: S.BatchSize(5, factor=3, milestones=[10, 400])])
+def test_batch_size_steps_counts_the_loaders_batches(make):
+    import fastnn as fnn
+
+    x, y = np.zeros((1437, 1), np.float32), np.zeros(1437, np.int64)
+    bs, drawn = make(), 0
+    for epoch in range(4):
+        drawn += sum(1 for _ in fnn.data.batches(x, y, batch_size=bs, seed=0, epoch=epoch))
+    assert make().steps(1437, 4) == drawn
+    assert make().steps(1437, 0) == 0
 
 
 BAD_BATCH = [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -180,6 +181,37 @@ def test_evaluate_and_fit_reject_empty_data():
     with pytest.raises(ValueError, match="empty"):
         fnn.train.fit(model, fnn.optim.SGD(model), np.zeros((0, 2), np.float32), np.zeros(0, np.int64),
                       epochs=1, progress=False)
+
+
+def test_cli_sizes_the_lr_schedule_for_a_growing_batch(tmp_path):
+    """--grow-batch: the cosine ends at 0 on the last step the growing batch takes (80 steps
+    of 32, 64, 128 over 3 epochs of 1437 samples), not after 3 x 45 steps of the first batch."""
+    import json
+
+    from fastnn.cli import main
+
+    ck = tmp_path / "gb.npz"
+    assert main(["train", "--epochs", "3", "--grow-batch", "128", "--schedule", "cosine", "--no-progress",
+                 "--threads", "1", "--checkpoint", str(ck)]) == 0
+    meta = json.loads(bytes(np.load(ck)["meta"]))
+    assert meta["step"] == 80
+    assert [g["lr"] for g in meta["optimizer"]["param_groups"]] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "argument --batch-size: expected an int >= 1, got '0'"),
+    (["--epochs", "-1"], "argument --epochs: expected an int >= 0, got '-1'"),
+    (["--lr", "nan"], "argument --lr: expected a finite number >= 0, got 'nan'"),
+    (["--dropout", "1"], r"argument --dropout: expected a number in \[0, 1\), got '1'"),
+    (["--grow-batch", "16"], "argument --grow-batch: expected a batch size >= --batch-size 32, got 16"),
+])
+def test_cli_train_refuses_bad_arguments(argv, message, capsys):
+    from fastnn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    assert e.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_cli_train_and_resume(tmp_path):
