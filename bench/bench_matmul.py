@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import fastnn
 from fastnn import sysinfo
+from fastnn.files import check_writable
 from fastnn.kernels.matmul.blocks import blocks_for
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,9 +64,15 @@ def _time_pair(f, g, budget_s: float, max_reps: int, threads: int):
     return tf, tg
 
 
-def run(quick: bool):
+def thread_counts() -> list[int]:
+    """1 and every core, as far as Numba's pool goes (matmul uses at most NUMBA_NUM_THREADS)."""
+    return sorted({1, min(sysinfo.cores(), numba.config.NUMBA_NUM_THREADS)})
+
+
+def run(quick: bool, peaks: dict):
+    """Rows of the benchmark; ``peaks[dtype name][str(threads)]`` in GFLOP/s, measured once."""
     sizes = [32, 64, 128, 256, 512, 1024] + ([] if quick else [2048, 4096])
-    threads_list = sorted({1, sysinfo.cores()})
+    threads_list = thread_counts()
     budget = 0.5 if quick else 2.0
     rows = []
     rng = np.random.default_rng(0)
@@ -94,7 +101,7 @@ def run(quick: bool):
             tf, tg = _time_pair(f, g, budget * (3 if flops > 1e10 else 1), reps, t)
             extra = _time_pair(f, g2, budget, reps, t)[1] if g2 else None
         np.testing.assert_allclose(c1, c2, rtol=1e-3 if dt == np.float32 else 1e-9, atol=1e-2 if dt == np.float32 else 1e-9)
-        peak, _ = sysinfo.peak_gflops(dt, t)
+        peak = peaks[np.dtype(dt).name][str(t)]
         mf, mg = float(np.median(tf)), float(np.median(tg))
         row = {"dtype": np.dtype(dt).name, "threads": t, "kind": kind, "m": m, "k": k, "n": n,
                "fastnn_gflops": flops / mf / 1e9, "numpy_gflops": flops / mg / 1e9, "ratio": mg / mf,
@@ -189,11 +196,14 @@ def main() -> int:
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"folder for the results (default {RESULTS})")
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:                                   # before the run, not after minutes of it
+        check_writable(args.out, "the results")
+    except OSError as e:
+        p.error(f"--out: {e}")
     stem = "matmul_quick" if args.quick else "matmul"
     blas = next((f"{i['internal_api']} {i['version']} ({i['architecture']})" for i in threadpool_info()
                  if i["user_api"] == "blas"), "unknown BLAS")
-    peaks = {np.dtype(dt).name: {str(t): sysinfo.peak_gflops(dt, t)[0] for t in sorted({1, sysinfo.cores()})}
+    peaks = {np.dtype(dt).name: {str(t): sysinfo.peak_gflops(dt, t)[0] for t in thread_counts()}
              for dt in (np.float32, np.float64)}
     meta = {"cpu": sysinfo.cpu_model(), "cores": sysinfo.cores(), "simd": sysinfo.simd_width_bits(), "blas": blas,
             "peak": sysinfo.peak_gflops(np.float32, 1)[1] + " (fp32, per core)", "peaks": peaks,
@@ -201,7 +211,7 @@ def main() -> int:
                                  for c in "fd" for b in [blocks_for(c)]),
             "numba": numba.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "command": "fastnn bench matmul" + (" --quick" if args.quick else "")}
-    rows = run(args.quick)
+    rows = run(args.quick, peaks)
     sweep = []
     if not (args.quick or args.no_sweep):
         from fastnn.tune import sweep as do_sweep

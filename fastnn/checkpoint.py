@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import random
+from .files import atomic_write
 from .module import Module
 
 FORMAT = "fastnn-checkpoint-1"
@@ -45,24 +45,8 @@ def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     arrays = {"params": model.flat.data}
     if opt_state:
         arrays.update({f"state.{k}": v for k, v in opt_state["state"].items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL on a fresh name, mode 0666 less the umask (as any file the user writes; mkstemp gives 0600)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    meta_bytes = np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, meta=meta_bytes, **arrays))
     return path
 
 

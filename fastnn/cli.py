@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.grow_batch is not None and args.grow_batch < args.batch_size:
         parser.error(f"argument --grow-batch: expected a batch size >= --batch-size {args.batch_size}, "
                      f"got {args.grow_batch}")
+    if args.command == "train" and args.threads is not None:
+        import numba
+
+        if args.threads > numba.config.NUMBA_NUM_THREADS:
+            parser.error(f"argument --threads: expected at most NUMBA_NUM_THREADS = {numba.config.NUMBA_NUM_THREADS}, "
+                         f"got {args.threads}")
     if args.command == "tune":
         from .kernels.matmul.blocks import table_path
         from .tune import tune
@@ -149,7 +155,12 @@ def _train(args) -> int:
         numba.set_num_threads(args.threads)
     fnn.manual_seed(args.seed)
     dtype = np.dtype(args.dtype)
-    x_train, x_test, y_train, y_test = _load(args.data, dtype)
+    try:
+        x_train, x_test, y_train, y_test = _load(args.data, dtype)
+    except (OSError, ValueError) as e:
+        if rank == 0:
+            print(f"fastnn train: --data {args.data}: {e}", file=sys.stderr)
+        return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
     if args.model == "cnn":
         from .models import as_images, small_cnn
@@ -209,14 +220,17 @@ def _train(args) -> int:
         print(f"ranks             {fnn.distributed.size()} (data parallel, global batch {args.batch_size})")
     if "s" in first:
         print(f"first step        {first['s']:.2f} s after launch")
-    if hist["steps"] == 0:
+    if args.epochs == 0:
+        print("nothing to train  --epochs 0")
+    elif hist["steps"] == 0:
         print(f"nothing to train  {path} already holds {args.epochs} epochs (raise --epochs to go on)")
     else:
         print(f"final train loss  {hist['loss'][-1]:.4f}")
     print(f"test accuracy     {100 * acc:.2f}% ({len(x_test)} samples)")
     if hist["steps"]:
         print(f"samples/s         {hist['samples_per_s']:,.0f} ({hist['steps']} steps, {hist['skipped']} skipped)")
-    print(f"checkpoint        {os.path.abspath(path)}")
+    if os.path.exists(path):
+        print(f"checkpoint        {os.path.abspath(path)}")
     return 0
 
 

@@ -359,19 +359,24 @@ def _group_buffers(dt, threads: int, b: _blocks.Blocks):
 
 def describe() -> str:
     """One line for ``fastnn info``: which micro-kernel runs and why."""
-    from .sysinfo import simd_width_bits
+    from .sysinfo import jit_features, simd_width_bits
 
     parts = []
     for ch in "fd":
         b = _blocks.blocks_for(ch)
         parts.append(f"{np.dtype(ch).name} {b.mr}x{b.nr} (MC {b.mc}, KC {b.kc}, NC {b.nc}, {b.source})")
-    bits = simd_width_bits()
-    if bits >= 512 and not _settings.wide_vectors():
+    bits, features = simd_width_bits(), jit_features()
+    if numba.config.CPU_NAME not in (None, "host"):
+        why = (f"NUMBA_CPU_NAME={numba.config.CPU_NAME}: Numba compiles for that CPU, not this one, and may emit "
+               "no FMA (kernels.matmul.settings.check_micro_kernel counts them)")
+    elif bits >= 512 and not _settings.wide_vectors():
         why = f"256-bit FMA tiles on an AVX-512 CPU: {_settings.width_note()}"
     elif bits >= 512:
         why = "512-bit FMA tiles (AVX-512); " + _settings.width_note()
-    elif bits == 256:
+    elif bits == 256 and {"+avx2", "+fma"} <= features:
         why = "256-bit FMA tiles (AVX2+FMA)"
+    elif bits == 256:
+        why = "256-bit vectors without FMA (AVX only): expect NumPy's BLAS to be faster"
     else:
         why = "no AVX2: scalar code, expect NumPy's BLAS to be faster"
     return "; ".join(parts) + f"; {why}; SLP vectorizer on only while fastnn compiles these kernels"

@@ -19,8 +19,8 @@ What    ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` (glibc's own ceiling for its dynam
         size stays near its peak instead of breathing each step. PyTorch users get the same
         effect from preloading jemalloc or tcmalloc.
 When    at ``import fastnn``, process-wide, like the Numba settings. Not applied when
-        ``FASTNN_KEEP_FREED_MEMORY=0`` or when the user set any ``MALLOC_*_`` tuning variable
-        of glibc, and a no-op where the C library is not glibc. ``fastnn info`` says which.
+        ``FASTNN_KEEP_FREED_MEMORY=0`` or when the user tuned glibc's malloc (any ``MALLOC_*_``
+        variable, or a ``glibc.malloc.*`` entry in ``GLIBC_TUNABLES``), and a no-op where the C library is not glibc. ``fastnn info`` says which.
 Oracle  tests/test_memory.py counts minor page faults of a loop that allocates and frees
         5 x 4 MiB each round, with and without the settings.
 """
@@ -54,8 +54,8 @@ def keep_freed_memory() -> str:
         status = "not glibc: allocator left as it is"
     elif os.environ.get(OPT_OUT, "1") == "0":
         status = f"glibc {version} defaults ({OPT_OUT}=0)"
-    elif any(name in os.environ for name in _USER_TUNING):
-        status = f"glibc {version}, the user's MALLOC_* settings"
+    elif any(name in os.environ for name in _USER_TUNING) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        status = f"glibc {version}, the user's malloc settings (MALLOC_* or GLIBC_TUNABLES glibc.malloc.*)"
     else:
         mallopt = ctypes.CDLL(None).mallopt
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

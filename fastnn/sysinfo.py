@@ -5,6 +5,7 @@ import os
 import platform
 import shutil
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from .memory import allocator_status
@@ -20,11 +21,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def simd_width_bits() -> int:
-    """Widest vector register the JIT may use on this CPU (from LLVM's host features)."""
+def jit_features() -> set[str]:
+    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES where set, else this host's."""
     import llvmlite.binding as llvm
+    import numba
 
-    features = set(llvm.get_host_cpu_features().flatten().split(","))
+    return set((numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()).split(","))
+
+
+def simd_width_bits() -> int:
+    """Widest vector register the JIT may use (from the features Numba compiles for)."""
+    features = jit_features()
     for bits, flag in ((512, "+avx512f"), (256, "+avx2"), (256, "+avx"), (128, "+sse2"), (128, "+neon")):
         if flag in features:
             return bits
@@ -82,10 +89,12 @@ def cuda_status() -> str:
         return f"not usable ({type(e).__name__})"
 
 
+@lru_cache(maxsize=None)
 def cpu_ghz() -> tuple[float, str]:
     """(clock in GHz, where it came from): cpufreq's maximum where the kernel exposes it, else
     a timed chain of dependent integer multiply-adds (4 cycles each on x86: imul 3 + add 1),
-    which sees the turbo clock a VM's /proc/cpuinfo hides; the larger of that and cpuinfo."""
+    which sees the turbo clock a VM's /proc/cpuinfo hides; the larger of that and cpuinfo.
+    Measured once per process, so every peak a run reports uses one clock."""
     try:
         khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
         return khz / 1e6, "cpufreq max"
@@ -132,7 +141,7 @@ def peak_gflops(dtype, threads: int | None = None) -> tuple[float, str]:
 
     ghz, source = cpu_ghz()
     lanes = max(simd_width_bits(), 64) // 8 // np.dtype(dtype).itemsize
-    units = 2
+    units = 2 if "+fma" in jit_features() else 1       # without FMA: one multiply and one add port
     n = cores() if threads is None else threads
     return ghz * lanes * units * 2 * n, (f"{ghz:.2f} GHz ({source}) x {lanes} lanes x {units} FMA units x 2 "
                                          f"x {n} cores")
@@ -140,7 +149,13 @@ def peak_gflops(dtype, threads: int | None = None) -> tuple[float, str]:
 
 def report() -> list[tuple[str, str]]:
     """Rows of ``fastnn info``."""
-    version, layer, threads = numba_threading()
+    try:
+        version, layer, threads = numba_threading()
+    except (ValueError, ImportError) as e:      # e.g. NUMBA_THREADING_LAYER=tbb without tbb installed
+        import numba
+
+        version, layer, threads = numba.__version__, f"not usable ({str(e).splitlines()[0]})", \
+            numba.config.NUMBA_NUM_THREADS
     caches = ", ".join(f"{k} {v}" for k, v in cache_sizes().items()) or "unknown"
     return [("CPU", cpu_model()), ("SIMD width", f"{simd_width_bits()} bits"), ("caches", caches),
             ("cores", str(cores())), ("numba", f"{version}, threading layer {layer}, {threads} threads"),

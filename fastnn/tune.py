@@ -12,14 +12,18 @@ import time
 
 import numpy as np
 
+from .files import check_writable
 from .kernels.matmul import blocks
 
-#: the smallest product size tune times
-MIN_N = 64
+#: the KC values and the multiples of the analytic MC that tune sweeps
+KCS = (96, 128, 192, 256, 384, 512)
+MC_FACTORS = (0.25, 0.5, 1, 1.5, 2)
+#: the product sizes tune times: below the largest KC, every larger KC runs the same single
+#: K block and the winner is noise; above MAX_N the operands alone take gigabytes
+MIN_N, MAX_N = max(KCS), 8192
 
 
-def sweep(dtype, n: int = 1024, repeats: int = 3, kcs=(96, 128, 192, 256, 384, 512), mc_factors=(0.25, 0.5, 1, 1.5, 2),
-          progress=None) -> list[dict]:
+def sweep(dtype, n: int = 1024, repeats: int = 3, kcs=KCS, mc_factors=MC_FACTORS, progress=None) -> list[dict]:
     """GFLOP/s of an n x n x n product for each (KC, MC) around the analytic defaults."""
     from . import gemm
     from .kernels.matmul.settings import slp_scope
@@ -59,17 +63,16 @@ def tune(n: int = 1024, repeats: int = 3, write: bool = True, progress: bool = T
     Bad arguments and a table folder that cannot be written fail before the sweep starts."""
     from tqdm import tqdm
 
-    if type(n) is not int or n < MIN_N or type(repeats) is not int or repeats < 1:
-        raise ValueError(f"tune: expected an int n >= {MIN_N} (smaller products time the call, not the blocks) "
-                         f"and an int repeats >= 1, got n={n!r}, repeats={repeats!r}")
+    if type(n) is not int or not MIN_N <= n <= MAX_N or type(repeats) is not int or repeats < 1:
+        raise ValueError(f"tune: expected an int n in [{MIN_N}, {MAX_N}] (a smaller product cannot tell the KC "
+                         f"candidates up to {max(KCS)} apart) and an int repeats >= 1, got n={n!r}, repeats={repeats!r}")
     if write:
-        blocks.check_writable(blocks.table_path())
+        check_writable(blocks.table_path().parent, "the block table", "; set FASTNN_CACHE_DIR to a writable folder")
 
-    kcs, mcs = (96, 128, 192, 256, 384, 512), (0.25, 0.5, 1, 1.5, 2)
     table, everything = {}, []
-    with tqdm(total=2 * len(kcs) * len(mcs), desc="fastnn tune", disable=not progress) as bar:
+    with tqdm(total=2 * len(KCS) * len(MC_FACTORS), desc="fastnn tune", disable=not progress) as bar:
         for dt in (np.float32, np.float64):
-            rows = sweep(dt, n, repeats, kcs, mcs, progress=bar)
+            rows = sweep(dt, n, repeats, progress=bar)
             best = max(rows, key=lambda r: r["gflops"])
             table[np.dtype(dt).name] = blocks.Blocks(best["mr"], best["nr"], best["mc"], best["kc"], best["nc"], "tuned")
             everything += rows

@@ -224,11 +224,12 @@ def test_slp_setting_is_restored_for_user_code():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_micro_kernel_assembly_full_width_fmas_no_spills(dtype):
-    from fastnn.sysinfo import simd_width_bits
+    from fastnn.sysinfo import jit_features, simd_width_bits
 
     bits = simd_width_bits()
-    if bits < 256:
-        pytest.skip(f"the assembly check is for the AVX2/AVX-512 micro-kernels; this CPU has {bits}-bit vectors")
+    if bits < 256 or "+fma" not in jit_features():
+        pytest.skip(f"the assembly check is for the AVX2/AVX-512 FMA micro-kernels; this CPU has {bits}-bit vectors"
+                    f"{'' if '+fma' in jit_features() else ' and no FMA'}")
     r = mm_settings.check_micro_kernel(mm.kernel_module(dtype), dtype)
     reg = "zmm_fma" if mm_settings.wide_vectors() else "ymm_fma"
     blk = blocks.blocks_for(np.dtype(dtype).char)
@@ -401,14 +402,110 @@ def test_a_bad_block_table_falls_back_with_a_warning(tmp_path, monkeypatch, entr
         blocks.blocks_for.cache_clear()
 
 
+def test_block_table_folder(tmp_path, monkeypatch):
+    """$FASTNN_CACHE_DIR (~ expanded), else an absolute $XDG_CACHE_HOME (a relative one is
+    ignored, as the XDG spec says), else ~/.cache; no home at all means no table, not a crash."""
+    monkeypatch.delenv("FASTNN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    assert blocks.table_path().parent == tmp_path / "home" / ".cache" / "fastnn"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert blocks.table_path().parent == tmp_path / "xdg" / "fastnn"
+    monkeypatch.setenv("FASTNN_CACHE_DIR", "~/tables")
+    assert blocks.table_path().parent == tmp_path / "home" / "tables"
+    monkeypatch.delenv("FASTNN_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(blocks.Path, "home", staticmethod(no_home))
+    with pytest.raises(FileNotFoundError, match="no folder for the block table .*set FASTNN_CACHE_DIR"):
+        blocks.table_path()
+    blocks.blocks_for.cache_clear()
+    try:
+        assert blocks.blocks_for("f").source == "analytic"
+        a = np.ones((200, 200), np.float32)
+        np.testing.assert_allclose(fastnn.matmul(a, a), a @ a)
+    finally:
+        blocks.blocks_for.cache_clear()
+
+
+def test_a_table_for_another_register_tile_is_ignored_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
+    default = blocks.analytic(np.float32)
+    other = blocks.Blocks(8, 32, 64, 256, 2048, "tuned")
+    blocks.save({"float32": other})
+    try:
+        with pytest.warns(RuntimeWarning, match=f"tuned for a 8x32 float32 register tile, this process compiles "
+                                                f"{default.mr}x{default.nr}"):
+            assert blocks.blocks_for("f").source == "analytic"
+    finally:
+        blocks.blocks_for.cache_clear()
+
+
+def test_concurrent_table_writers_do_not_share_a_temporary_file(tmp_path, monkeypatch):
+    """A second writer saving while the first is about to rename its file (two `fastnn tune`
+    runs): both finish and the table is whole (a fixed temporary name made the first fail)."""
+    import os
+
+    path = tmp_path / "table.json"
+    first = blocks.Blocks(6, 16, 120, 256, 4096, "tuned")
+    second = blocks.Blocks(6, 16, 60, 128, 2048, "tuned")
+    rename = os.replace
+
+    def replace_after_another_save(src, dst):
+        monkeypatch.setattr(os, "replace", rename)
+        blocks.save({"float32": second}, path)
+        rename(src, dst)
+    monkeypatch.setattr(os, "replace", replace_after_another_save)
+    blocks.save({"float32": first}, path)
+    assert json.loads(path.read_text())["float32"]["mc"] == 120
+    assert [q.name for q in tmp_path.iterdir()] == ["table.json"]
+    blocks.blocks_for.cache_clear()
+
+
+def test_info_reports_what_the_jit_targets(monkeypatch):
+    from fastnn import sysinfo
+
+    monkeypatch.setattr(sysinfo, "jit_features", lambda: {"+avx", "+sse2"})
+    assert "256-bit vectors without FMA (AVX only)" in mm.describe()
+    assert sysinfo.peak_gflops(np.float32, 1)[1].endswith("x 8 lanes x 1 FMA units x 2 x 1 cores")
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    assert "NUMBA_CPU_NAME=generic: Numba compiles for that CPU, not this one" in mm.describe()
+
+
+def test_info_survives_a_missing_threading_layer(monkeypatch):
+    from fastnn import sysinfo
+
+    def missing():
+        raise ValueError("No threading layer could be loaded.\nHINT: install tbb")
+    monkeypatch.setattr(sysinfo, "numba_threading", missing)
+    row = dict(sysinfo.report())["numba"]
+    assert "threading layer not usable (No threading layer could be loaded.)" in row
+
+
+def test_bench_refuses_an_unwritable_out_folder_before_running(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_matmul.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--out", str(blocker / "sub")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert f"--out: cannot write the results in {blocker / 'sub'}" in out.stderr and "bench matmul" not in out.stderr
+
+
 def test_tune_refuses_bad_arguments_and_an_unwritable_folder_before_sweeping(tmp_path, monkeypatch, capsys):
     from fastnn import cli
 
-    for argv in (["tune", "--n", "0"], ["tune", "--repeats", "0"]):
+    for argv in (["tune", "--n", "0"], ["tune", "--n", "511"], ["tune", "--n", "200000"], ["tune", "--repeats", "0"]):
         assert cli.main(argv) == 2
-        assert "expected an int n >= 64" in capsys.readouterr().err
+        assert "expected an int n in [512, 8192]" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("FASTNN_CACHE_DIR", str(blocker / "sub"))
-    assert cli.main(["tune", "--n", "64", "--repeats", "1"]) == 2
+    assert cli.main(["tune", "--n", "512", "--repeats", "1"]) == 2
     assert f"cannot write the block table in {blocker / 'sub'}" in capsys.readouterr().err

@@ -32,7 +32,7 @@ print(json.dumps({"faults": faults[1:], "status": fastnn.memory.allocator_status
 
 
 def step_faults(**env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != OPT_OUT}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in (OPT_OUT, "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", STEP_LOOP], capture_output=True, text=True, timeout=120,
                          env={**clean, **env}, check=True).stdout
     return json.loads(out.splitlines()[-1])
@@ -49,9 +49,10 @@ def test_freed_arrays_are_reused_without_page_faults():
 
 
 @glibc
-def test_user_malloc_settings_are_left_alone():
-    user = step_faults(MALLOC_TOP_PAD_="0")      # any MALLOC_* variable: fastnn does not call mallopt
-    assert "the user's MALLOC_* settings" in user["status"]
+@pytest.mark.parametrize("env", [{"MALLOC_TOP_PAD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}])
+def test_user_malloc_settings_are_left_alone(env):
+    user = step_faults(**env)      # any MALLOC_* variable or malloc tunable: fastnn does not call mallopt
+    assert "the user's malloc settings" in user["status"]
     assert min(user["faults"]) > PAGES // 4, user
 
 

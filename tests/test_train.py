@@ -204,6 +204,7 @@ def test_cli_sizes_the_lr_schedule_for_a_growing_batch(tmp_path):
     (["--lr", "nan"], "argument --lr: expected a finite number >= 0, got 'nan'"),
     (["--dropout", "1"], r"argument --dropout: expected a number in \[0, 1\), got '1'"),
     (["--grow-batch", "16"], "argument --grow-batch: expected a batch size >= --batch-size 32, got 16"),
+    (["--threads", "1000"], "argument --threads: expected at most NUMBA_NUM_THREADS = "),
 ])
 def test_cli_train_refuses_bad_arguments(argv, message, capsys):
     from fastnn.cli import main
@@ -212,6 +213,23 @@ def test_cli_train_refuses_bad_arguments(argv, message, capsys):
         main(["train", *argv])
     assert e.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_cli_train_reports_missing_data_in_one_line(tmp_path, capsys):
+    from fastnn.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "none"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastnn train: --data {tmp_path / 'none'}: no MNIST file found") and err.count("\n") == 1
+
+
+def test_cli_train_zero_epochs_writes_and_claims_nothing(tmp_path, capsys):
+    from fastnn.cli import main
+
+    ck = tmp_path / "e0.npz"
+    assert main(["train", "--epochs", "0", "--schedule", "exponential", "--no-progress", "--checkpoint", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train  --epochs 0" in out and "checkpoint" not in out and not ck.exists()
 
 
 def test_cli_train_and_resume(tmp_path):

@@ -90,33 +90,31 @@ def analytic(dtype, simd_bits: int | None = None, caches: dict[str, str] | None 
 
 
 def table_path() -> Path:
+    """Where ``fastnn tune`` writes this machine's table: $FASTNN_CACHE_DIR, else
+    $XDG_CACHE_HOME/fastnn (when absolute, as the XDG spec asks), else ~/.cache/fastnn.
+    FileNotFoundError when none can be named (no such variable and no home directory)."""
     from fastnn.sysinfo import cache_sizes, cpu_model
 
-    root = Path(os.environ.get("FASTNN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                            Path.home() / ".cache") / "fastnn")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.environ.get("FASTNN_CACHE_DIR"):
+        root = Path(os.environ["FASTNN_CACHE_DIR"]).expanduser()
+    elif os.path.isabs(xdg):
+        root = Path(xdg) / "fastnn"
+    else:
+        try:
+            root = Path.home() / ".cache" / "fastnn"
+        except RuntimeError as e:
+            raise FileNotFoundError(f"no folder for the block table ({e}); set FASTNN_CACHE_DIR") from None
     key = re.sub(r"[^A-Za-z0-9]+", "-", cpu_model()).strip("-").lower()
     caches = "-".join(f"{k}{v}" for k, v in cache_sizes().items() if k != "L1i").lower()
     return root / f"matmul-{key}-{caches}.json"
 
 
-def check_writable(path: Path) -> None:
-    """Raise OSError naming ``path``'s folder unless a table can be written there."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_suffix(".probe")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"cannot write the block table in {path.parent} ({e.strerror or e}); set FASTNN_CACHE_DIR "
-                      "to a writable folder") from e
-
-
 def save(table: dict[str, Blocks], path: Path | None = None) -> Path:
-    path = table_path() if path is None else path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k: asdict(v) for k, v in table.items()}, indent=1))
-    tmp.replace(path)
+    from fastnn.files import atomic_write
+
+    text = json.dumps({k: asdict(v) for k, v in table.items()}, indent=1).encode()
+    path = atomic_write(table_path() if path is None else path, lambda f: f.write(text))
     blocks_for.cache_clear()
     return path
 
@@ -126,12 +124,15 @@ def blocks_for(dtype_char: str) -> Blocks:
     """The table entry for a dtype ('f' or 'd'): the tuned JSON when present and readable."""
     name = np.dtype(dtype_char).name
     default = analytic(np.dtype(dtype_char))
-    path = table_path()
     try:
+        path = table_path()
         entry = json.loads(path.read_text())[name]
         tuned = Blocks(**{**entry, "source": f"tuned ({path})"}).validated()
         if (tuned.mr, tuned.nr) == (default.mr, default.nr):
             return tuned
+        warnings.warn(f"fastnn.matmul: the block table {path} was tuned for a {tuned.mr}x{tuned.nr} {name} register "
+                      f"tile, this process compiles {default.mr}x{default.nr} (see `fastnn info`); using the analytic "
+                      "blocks. Run `fastnn tune` in this setting to write a matching one", RuntimeWarning, stacklevel=2)
     except FileNotFoundError:
         pass
     except (OSError, KeyError, TypeError, ValueError) as e:
