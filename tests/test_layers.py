@@ -43,6 +43,23 @@ def test_dense_forward_matches_numpy():
     np.testing.assert_allclose(layer(x_nc), want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("rows", [5, 70_000])        # 70,000 x 2 outputs: the parallel column sums
+def test_dense_backward_matches_numpy_float64(activation, rows):
+    """dW = x^T dz, db = column sums of dz, dx = dz W^T, with dz = dy * act'(z), to 1e-12."""
+    fnn.manual_seed(0)
+    layer = fnn.Dense(3, 2, activation=activation, dtype=np.float64)
+    layer.params["bias"][...] = [0.1, -0.2]
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((rows, 3)), rng.standard_normal((rows, 2))
+    y = layer(x)
+    dz = dy * (y > 0) if activation == "relu" else dy
+    dx = layer.backward(dy)
+    np.testing.assert_allclose(dx, dz @ layer.params["weight"].T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["weight"], x.T @ dz, rtol=1e-12, atol=1e-12 * np.sqrt(rows))
+    np.testing.assert_allclose(layer.grads["bias"], dz.sum(axis=0), rtol=1e-12, atol=1e-12 * np.sqrt(rows))
+
+
 @pytest.mark.parametrize("cls,fn", [(fnn.ReLU, lambda x: np.maximum(x, 0)), (fnn.Tanh, np.tanh),
                                     (fnn.Sigmoid, lambda x: 1 / (1 + np.exp(-x)))])
 def test_activation_layers(cls, fn):

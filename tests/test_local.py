@@ -270,9 +270,15 @@ POOL_CASES = [  # (H, W, kernel, stride, padding)
 ]
 
 
+@pytest.mark.parametrize("kernels", ["serial", "parallel"])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("case", POOL_CASES)
-def test_pooling_matches_loops_and_gradients(case, kind):
+def test_pooling_matches_loops_and_gradients(case, kind, kernels, monkeypatch):
+    from fastnn.kernels import parallel
+
+    if kernels == "parallel":          # these inputs are below the parallel threshold
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", 1)
+        monkeypatch.setattr(fnn.layers.pool, "pick", lambda par, ser, n: par)
     h, w, k, s, pad = case
     cls = fnn.MaxPool2D if kind == "max" else fnn.AvgPool2D
     layer = cls(k, s, padding=pad)
@@ -310,6 +316,8 @@ def test_block_diagonal_dense_is_dense_with_block_diagonal_matrix(groups):
     for g in range(groups):
         si, so = slice(g * 8 // groups, (g + 1) * 8 // groups), slice(g * 12 // groups, (g + 1) * 12 // groups)
         np.testing.assert_allclose(bd.grads["weight"][g], dense.grads["weight"][si, so], rtol=1e-12)
+    np.testing.assert_allclose(bd.grads["bias"], dense.grads["bias"], rtol=1e-12)
+    np.testing.assert_allclose(dense.grads["bias"], (dy * (1 - dense(x) ** 2)).sum(axis=0), rtol=1e-12)
     assert bd.macs((8,)) == 96 // groups and bd.num_params == 96 // groups + 12
     _check_grads(bd, x)
 

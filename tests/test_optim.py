@@ -221,15 +221,17 @@ def test_results_do_not_depend_on_thread_count_or_kernel_variant(make, monkeypat
     """Parallel kernel with all threads, parallel with one thread, serial kernel: bitwise equal."""
     import numba
 
-    from fastnn.kernels import parallel
+    from fastnn.optim import adam, base, sgd
 
     n = 300_001
-    out = []
-    for threads, threshold in ((numba.config.NUMBA_NUM_THREADS, 1), (1, 1), (1, n + 1)):
+    out, ran = [], []
+    for threads, variant in ((numba.config.NUMBA_NUM_THREADS, 0), (1, 0), (numba.config.NUMBA_NUM_THREADS, 1)):
         numba.set_num_threads(threads)
-        monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", threshold)
+        for module in (adam, base, sgd):
+            monkeypatch.setattr(module, "pick", lambda *kernels, v=variant: ran.append(kernels[v].__name__) or kernels[v])
         out.append(_run(make, np.ones(n), _grad_seq(n, 5), np.float32))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert {k for k in ran if k.endswith("_cpu")} and {k for k in ran if k.endswith("_serial")}, ran
     np.testing.assert_array_equal(out[0], out[1])
     np.testing.assert_array_equal(out[0], out[2])
 
