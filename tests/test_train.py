@@ -42,13 +42,14 @@ def test_sgd_momentum_with_growing_batch_learns_digits():
     assert fnn.train.evaluate(model, xte, yte)[1] >= 0.93
 
 
-def _trajectory(tmp_path, interrupt_at=None):
-    """Train 3 epochs with dropout, Adam, warmup+cosine and a growing batch; optionally stop
-    after ``interrupt_at`` steps and resume in fresh objects from the checkpoint."""
+def _trajectory(tmp_path, interrupt_at=None, save_every=37):
+    """Train 3 epochs with dropout, Adam, warmup+cosine and a growing batch, checkpointing every
+    ``save_every`` steps; optionally stop after ``interrupt_at`` steps (the steps since the last
+    checkpoint are lost) and resume in fresh objects from the checkpoint."""
     path = tmp_path / "run.npz"
 
-    def build():
-        model, (xtr, _, ytr, _) = _digits_setup(seed=1, dropout=0.2)
+    def build(seed=1):
+        model, (xtr, _, ytr, _) = _digits_setup(seed=seed, dropout=0.2)
         opt = fnn.optim.AdamW(model, lr=3e-3, max_grad_norm=5.0)
         s = fnn.schedules
         sched = s.Sequential(opt, [s.Warmup(opt, 10), s.Cosine(opt, T_max=200)], milestones=[10])
@@ -63,21 +64,25 @@ def _trajectory(tmp_path, interrupt_at=None):
             raise Stop
 
     model, opt, sched, grow, xtr, ytr = build()
-    kw = dict(epochs=3, seed=5, checkpoint=path, checkpoint_every=interrupt_at or 10**9, progress=False)
+    kw = dict(epochs=3, seed=5, checkpoint=path, checkpoint_every=save_every, progress=False)
     try:
-        fnn.train.fit(model, opt, xtr, ytr, batch_size=grow, schedule=sched, on_step=stopper, **kw)
+        hist = fnn.train.fit(model, opt, xtr, ytr, batch_size=grow, schedule=sched, on_step=stopper, **kw)
     except Stop:
-        model, opt, sched, grow, xtr, ytr = build()
-        fnn.manual_seed(123)  # the checkpoint, not the fresh seed, must decide what follows
-        fnn.train.fit(model, opt, xtr, ytr, batch_size=grow, schedule=sched, resume=True, **kw)
-    return model.flat.data.copy(), opt.step_count, sched.get_last_lr()
+        # other initial weights and dropout seeds: only the checkpoint can give the same result
+        model, opt, sched, grow, xtr, ytr = build(seed=2)
+        fnn.manual_seed(123)
+        hist = fnn.train.fit(model, opt, xtr, ytr, batch_size=grow, schedule=sched, resume=True, **kw)
+    return model.flat.data.copy(), opt.step_count, sched.get_last_lr(), hist["steps"]
 
 
 def test_resume_equals_uninterrupted(tmp_path):
     full = _trajectory(tmp_path / "a")
-    resumed = _trajectory(tmp_path / "b", interrupt_at=37)
+    resumed = _trajectory(tmp_path / "b", interrupt_at=41)
     np.testing.assert_array_equal(full[0], resumed[0])
-    assert full[1:] == resumed[1:]
+    assert full[1:3] == resumed[1:3]
+    # the resumed run took only the steps after the last checkpoint: the one at the end of
+    # epoch 1, step 39 (32 batches of 32, then the batch grows to 64: 7 more for 1437 samples)
+    assert resumed[3] == full[3] - 39
 
 
 def test_checkpoint_of_a_different_model_is_rejected_and_nothing_changes(tmp_path):

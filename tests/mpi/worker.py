@@ -6,6 +6,7 @@ Writes rank 0's final flat parameters to OUT (.npy). Used by tests/test_distribu
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -26,14 +27,37 @@ def build(hidden=32, dtype=np.float64):
                            fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype),
                            fnn.Dense(hidden, 10, dtype=dtype))
     for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks (as fastnn train does)
-        gen.bit_generator.state = np.random.default_rng([7, fnn.distributed.rank(), i]).bit_generator.state
+        seed = [7 + int(OPT.get("init_seed", 0)), fnn.distributed.rank(), i]
+        gen.bit_generator.state = np.random.default_rng(seed).bit_generator.state
     return model
 
 
-def train(model, opt, x, y, steps, comm, on_step=None):
+class CountingComm:
+    """The communicator, counting the collectives called through it (which path really ran)."""
+
+    def __init__(self, comm):
+        self._comm, self.calls = comm, {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._comm, name)
+        if not (callable(attr) and name[:1].isupper()):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+        return call
+
+
+def train(model, opt, x, y, steps, comm, on_step=None, start=0):
+    """``steps`` steps counted from the first batch of epoch 0; the first ``start`` are skipped
+    (a run resumed from a checkpoint of step ``start``)."""
     step = 0
     for epoch in range(100):
         for xb, yb in fnn.data.batches(x, y, batch_size=int(OPT.get("batch", 32)), seed=1, epoch=epoch, shard=comm):
+            if step < start:
+                step += 1
+                continue
             loss, d = fnn.losses.softmax_cross_entropy(model(xb), yb)
             model.backward(d)
             opt.step()
@@ -64,18 +88,20 @@ def main() -> None:
               deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
               accumulate_steps=int(OPT.get("accumulate", 1)), timeline=OPT.get("timeline"),
               transport=OPT.get("transport", "auto"), shard_optimizer={"1": True, "0": False}.get(OPT.get("shard")))
+    start = fnn.checkpoint.load(OPT["resume_from"], model, inner)["step"] if "resume_from" in OPT else 0
     if CASE == "settings_mismatch" and rank == 1:
         if OPT.get("mismatch") == "first_mb":
             kw["first_bucket_mb"] = 0.0029  # with cap_mb=1: 2 buckets on each rank, cut at another offset
         else:
             kw["compression"] = "fp16"
     opt = fnn.distributed.DataParallel(model, inner, **kw)
+    opt.comm = CountingComm(opt.comm)
     steps = int(OPT.get("steps", 20))
 
     def faults(step):
         if CASE == "raise" and rank == 1 and step == 3:
             raise RuntimeError("deliberate failure on rank 1 at step 3")
-        if CASE == "nan" and rank == 1 and step == 3:
+        if CASE == "nan" and rank == int(OPT.get("nan_rank", 1)) and step == 3:
             model.flat.grad[model.flat.grad.size // 2] = np.nan  # the next step sees it (after zero_grad)
         if CASE == "stall" and rank == 1 and step == 3:
             time.sleep(600)
@@ -117,8 +143,10 @@ def main() -> None:
                              resume=OPT.get("resume") == "1", on_step=on_step)
         if rank == 0:
             np.save(OUT + ".loss.npy", np.array(hist["loss"]))
+            with open(OUT + ".steps", "w") as f:
+                f.write(str(hist["steps"]))
     else:
-        train(model, opt, x, y, steps, comm, faults)
+        train(model, opt, x, y, steps, comm, faults, start)
     if CASE in ("uneven", "nan"):
         np.save(f"{OUT}.rank{rank}.npy", model.flat.data)
     if CASE == "nan":
@@ -127,6 +155,8 @@ def main() -> None:
         np.save(OUT, model.flat.data)
         with open(OUT + ".transport", "w") as f:
             f.write(opt.transport + ("+shard" if opt.shard_optimizer else ""))
+        with open(OUT + ".calls.json", "w") as f:
+            json.dump(opt.comm.calls, f)
         if "timeline" in OPT:
             opt.write_timeline(OPT["timeline"])
 
