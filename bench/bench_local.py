@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in args.threads:
             print(f"[{time.perf_counter() - start:6.1f}s] {name}: {t} thread(s)", file=sys.stderr, flush=True)
             run_rounds(vs, t, args.repeats, args.warmup)
-            rows += summarize(vs, t, memory)
+            rows += summarize(vs, t, memory if t == max(args.threads) else {})   # measured at that count
         del vs
         gc.collect()
     elapsed = time.perf_counter() - start

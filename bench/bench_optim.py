@@ -269,6 +269,26 @@ def build_variants(opt: str, n: int, tensors: int, seed: int = 0) -> list[Varian
     return vs
 
 
+def check_agreement(opt: str, n: int = 10_007, steps: int = 5) -> float:
+    """Largest |fastnn - torch fused| over the parameters after ``steps`` steps from the same
+    start, untimed; raises when they disagree, so a wrong kernel never posts a speed."""
+    rng = np.random.default_rng(1)
+    p0 = rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)
+    grads = [rng.standard_normal(n, dtype=np.float32) for _ in range(steps)]
+    p, g = p0.copy(), np.zeros(n, np.float32)
+    ours = _fastnn(opt, p, g, "raise")
+    t = torch.from_numpy(p0.copy())
+    t.grad = torch.zeros(n)
+    theirs = _torch(opt, [t], fused=True)
+    for gs in grads:
+        g[:] = gs
+        ours.step()
+        t.grad.copy_(torch.from_numpy(gs))
+        theirs.step()
+    np.testing.assert_allclose(p, t.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{opt}: fastnn and torch fused disagree")
+    return float(np.abs(p - t.numpy()).max())
+
+
 # -- timing ----------------------------------------------------------------------------
 def set_threads(t: int) -> None:
     numba.set_num_threads(t)
@@ -445,8 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     loadavg_start = list(os.getloadavg())
     start = time.perf_counter()
     rows: list[dict] = []
+    agreement = {}
     for opt in args.optimizers:
-        print(f"[{time.perf_counter() - start:6.1f}s] {opt}: allocating n={args.n:,}", file=sys.stderr, flush=True)
+        agreement[opt] = check_agreement(opt)
+        print(f"[{time.perf_counter() - start:6.1f}s] {opt}: agrees with torch fused (max |diff| "
+              f"{agreement[opt]:.1e} after 5 steps); allocating n={args.n:,}", file=sys.stderr, flush=True)
         vs = build_variants(opt, args.n, args.tensors)
         for t in args.threads:
             print(f"[{time.perf_counter() - start:6.1f}s] {opt}: {t} thread(s), {len(vs)} variants x "
@@ -460,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.threads, loadavg_start)
     info["loadavg_end"] = list(os.getloadavg())
     info["wall_s"] = elapsed
+    info["max_abs_diff_vs_torch_fused_after_5_steps"] = agreement
     table = results_table(rows, args.tensors)
     target_md, target_rows = targets(rows, args.tensors)
     head = (f"# Optimizer step, n = {args.n:,} float32 parameters ({n_label(args.n)}), "
