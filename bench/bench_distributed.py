@@ -287,7 +287,7 @@ def e2e_table(rows) -> str:
              "| × no-allreduce | × torch |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         lines.append(f"| {r['model'].upper()} | {r['name']} | {r['ranks']} | {r['global_batch']} "
-                     f"| {r['samples_per_s']:.0f} | {r['spread']:.0%} | {r['blocks']} | {f(r['weak_scaling'], '.2f')} "
+                     f"| {r['samples_per_s']:.0f} | {r['spread']:.0%} | {r['blocks']} | {f(r['weak_scaling'], '.3f')} "
                      f"| {f(r['x_local'], '.2f')} | {f(r['x_ddp'], '.2f', '×')} |")
     return "\n".join(lines)
 
@@ -351,7 +351,7 @@ def targets_table(rows) -> str:
     lines = ["| target | measured | result |", "|---|--:|---|"]
     for r in rows:
         m = r["measured"]
-        ms = "—" if m is None else (f"{m:.1%} idle CPU" if r["target"].startswith("threads") else f"{m:.2f}")
+        ms = "—" if m is None else (f"{m:.1%} idle CPU" if r["target"].startswith("threads") else f"{m:.3f}")
         result = "info" if r["passed"] is None else ("PASS" if r["passed"] else "FAIL")
         lines.append(f"| {r['target']} | {ms} | {result} |")
     return "\n".join(lines)

@@ -8,7 +8,10 @@ Math    sumsq[c] = sum_{i in chunk c} g[i]^2, accumulated in float64. The caller
 Shapes  g: 1-D contiguous float; starts, stops: int64[c]; sumsq: float64[c].
 Speed   the per-chunk sum may be reassociated (fastmath "reassoc") so LLVM vectorizes it;
         without that the float64 add chain runs scalar, one element per add latency, and
-        the check costs more than the Adam update itself. Reassociation keeps the result
+        the check costs more than the Adam update itself. Each chunk is read as four
+        quarters side by side: one core keeps more misses in flight on four streams than on
+        one (16M float32 from memory: 4.9 -> 3.6 ms on 1 thread, 13.8 -> 18.6 GB/s; 8
+        streams gave no more), which is what the read-only pass is bound by. Reassociation keeps the result
         deterministic for one build and one chunk layout; NaN/Inf semantics are kept.
 Threads ``*_cpu`` runs chunks in parallel, ``*_serial`` (same arguments) in the calling thread.
         add_column_sums(a, out): out[j] += sum_i a[i, j], a (R, C) C-contiguous, summed in
@@ -27,8 +30,16 @@ _REASSOC = {"reassoc", "contract"}
 
 @njit(inline="always", fastmath=_REASSOC)
 def _sumsq(g):
-    acc = 0.0
-    for i in range(g.shape[0]):
+    q = g.shape[0] // 4                  # four quarters read side by side: four streams in flight
+    a0 = a1 = a2 = a3 = 0.0
+    for i in range(q):
+        x0, x1, x2, x3 = np.float64(g[i]), np.float64(g[q + i]), np.float64(g[2 * q + i]), np.float64(g[3 * q + i])
+        a0 += x0 * x0
+        a1 += x1 * x1
+        a2 += x2 * x2
+        a3 += x3 * x3
+    acc = (a0 + a1) + (a2 + a3)
+    for i in range(4 * q, g.shape[0]):
         x = np.float64(g[i])
         acc += x * x
     return acc
