@@ -210,7 +210,10 @@ def _train(args) -> int:
                              resume=args.resume, progress=not args.no_progress, on_step=on_step)
     except fnn.checkpoint.ResumeError as e:          # every rank reads the same file and stops alike
         if rank == 0:
-            print(f"fastnn train: {e}; train from scratch without --resume or give another --checkpoint",
+            hint = (" (it was trained with another lr schedule: pass the --schedule, --epochs, --batch-size and "
+                    "--grow-batch it used; with --grow-batch the default schedule is constant)"
+                    if "schedule state" in str(e) else "")
+            print(f"fastnn train: {e}{hint}; train from scratch without --resume or give another --checkpoint",
                   file=sys.stderr)
         return 2
     _, acc = fnn.train.evaluate(model, x_test, y_test)

@@ -15,7 +15,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """Call ``write(f)`` on a new binary file and move it to ``path`` in one step; returns the path.
 
     The file gets mode 0666 less the umask, as any file the user writes (mkstemp gives 0600).
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was; once the
+    rename is done, syncing the folder is best effort (it may not be readable).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,9 +31,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:                            # make the rename durable; best effort (a folder may not be readable)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
     try:
         os.fsync(dir_fd)
+    except OSError:
+        pass
     finally:
         os.close(dir_fd)
     return path

@@ -173,9 +173,12 @@ class Schedule:
         groups = self.opt.param_groups
         if base_lrs is None:
             base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
-        for g, base in zip(groups, base_lrs):
+        lrs = [f * base + o for base in base_lrs]
+        if not all(math.isfinite(lr) for lr in lrs):
+            raise OverflowError(f"{self!r}: the lr overflows a float at step {t} (got {lrs})")
+        for g, base, lr in zip(groups, base_lrs, lrs):
             g["initial_lr"] = base
-            g["lr"] = f * base + o
+            g["lr"] = lr
         self.t = t
 
     def get_last_lr(self) -> list[float]:
@@ -202,7 +205,7 @@ class Schedule:
                              f"expected one of {_fmt(self._spec())}")
         t = _int_at_least(state["t"], "schedule state t", 0)
         groups, bases = self.opt.param_groups, state["base_lrs"]
-        if not isinstance(bases, (list, tuple)) or len(bases) != len(groups):
+        if isinstance(bases, (str, bytes, dict)) or not hasattr(bases, "__len__") or len(bases) != len(groups):
             raise ValueError(f"schedule state base_lrs: expected a list of {len(groups)} lrs (one per parameter "
                              f"group), got {bases!r}")
         bases = [_real(b, f"schedule state base_lrs[{i}]", lambda v: v >= 0, ">= 0") for i, b in enumerate(bases)]

@@ -26,7 +26,8 @@ def jit_features() -> set[str]:
     import llvmlite.binding as llvm
     import numba
 
-    return set((numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()).split(","))
+    features = numba.config.CPU_FEATURES                  # "" (e.g. NUMBA_CPU_NAME=generic): none at all
+    return set((llvm.get_host_cpu_features().flatten() if features is None else features).split(",")) - {""}
 
 
 def simd_width_bits() -> int:
@@ -141,7 +142,9 @@ def peak_gflops(dtype, threads: int | None = None) -> tuple[float, str]:
 
     ghz, source = cpu_ghz()
     lanes = max(simd_width_bits(), 64) // 8 // np.dtype(dtype).itemsize
-    units = 2 if "+fma" in jit_features() else 1       # without FMA: one multiply and one add port
+    features = jit_features()
+    # x86 without FMA: one multiply and one add port; NEON's FMA is not a separate feature
+    units = 1 if "+sse2" in features and "+fma" not in features else 2
     n = cores() if threads is None else threads
     return ghz * lanes * units * 2 * n, (f"{ghz:.2f} GHz ({source}) x {lanes} lanes x {units} FMA units x 2 "
                                          f"x {n} cores")

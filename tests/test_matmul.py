@@ -419,6 +419,11 @@ def test_block_table_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTNN_CACHE_DIR")
     monkeypatch.delenv("XDG_CACHE_HOME")
 
+    monkeypatch.setenv("FASTNN_CACHE_DIR", "~nosuchuser-fastnn/cache")     # nobody's home to expand to
+    with pytest.raises(FileNotFoundError, match="no folder for the block table .*set FASTNN_CACHE_DIR"):
+        blocks.table_path()
+    monkeypatch.delenv("FASTNN_CACHE_DIR")
+
     def no_home():
         raise RuntimeError("Could not determine home directory.")
     monkeypatch.setattr(blocks.Path, "home", staticmethod(no_home))
@@ -473,8 +478,33 @@ def test_info_reports_what_the_jit_targets(monkeypatch):
     monkeypatch.setattr(sysinfo, "jit_features", lambda: {"+avx", "+sse2"})
     assert "256-bit vectors without FMA (AVX only)" in mm.describe()
     assert sysinfo.peak_gflops(np.float32, 1)[1].endswith("x 8 lanes x 1 FMA units x 2 x 1 cores")
+    monkeypatch.setattr(sysinfo, "jit_features", lambda: {"+neon", "+fp-armv8"})     # NEON: FMA is built in
+    assert sysinfo.peak_gflops(np.float32, 1)[1].endswith("x 4 lanes x 2 FMA units x 2 x 1 cores")
+    monkeypatch.undo()
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "")              # what NUMBA_CPU_NAME=generic sets
+    assert sysinfo.jit_features() == set() and sysinfo.simd_width_bits() == 64
     monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
     assert "NUMBA_CPU_NAME=generic: Numba compiles for that CPU, not this one" in mm.describe()
+
+
+def test_atomic_write_is_done_once_renamed_even_if_the_folder_cannot_be_synced(tmp_path, monkeypatch):
+    """A folder with write but no read permission: the rename is the write; fsync of the
+    folder is best effort and must not turn a finished save into an error."""
+    import os
+
+    from fastnn import files
+
+    target = tmp_path / "t.bin"
+    target.write_bytes(b"old")
+    real_open = os.open
+
+    def no_read_on_folders(path, flags, *mode):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+    monkeypatch.setattr(files.os, "open", no_read_on_folders)
+    assert files.atomic_write(target, lambda f: f.write(b"new")) == target
+    assert target.read_bytes() == b"new" and sorted(q.name for q in tmp_path.iterdir()) == ["t.bin"]
 
 
 def test_info_survives_a_missing_threading_layer(monkeypatch):

@@ -242,6 +242,20 @@ def test_an_overflowing_lr_raises_and_leaves_the_step_count():
         with pytest.raises(OverflowError, match=r"Exponential\(gamma=2, t=1023\): the lr factor overflows a float at step 1024"):
             sched.step()
     assert sched.t == 1023 and sched.get_last_lr() == [0.1 * 2.0 ** 1023, 0.01 * 2.0 ** 1023]
+    big = S.Exponential(fnn_sgd(lrs=(10.0,)), 2.0)         # a finite factor, an lr beyond float range
+    big.t = 1019
+    big.step()
+    with pytest.raises(OverflowError, match=r"the lr overflows a float at step 1021 \(got \[inf\]\)"):
+        big.step()
+    assert big.t == 1020 and big.get_last_lr() == [10.0 * 2.0 ** 1020]
+
+
+def test_base_lrs_may_come_as_a_numpy_array():
+    opt = fnn_sgd()
+    sched = S.Cosine(opt, 50)
+    state = dict(sched.state_dict(), t=3, base_lrs=np.array([0.2, 0.02]))
+    sched.load_state_dict(state)
+    assert sched.base_lrs == [0.2, 0.02] and sched.t == 3
 
 
 def test_repr_is_one_line():

@@ -237,6 +237,17 @@ def test_cli_train_zero_epochs_writes_and_claims_nothing(tmp_path, capsys):
     assert "nothing to train  --epochs 0" in out and "checkpoint" not in out and not ck.exists()
 
 
+def test_cli_resume_with_another_schedule_names_the_options(tmp_path, capsys):
+    from fastnn.cli import main
+
+    ck = str(tmp_path / "s.npz")
+    assert main(["train", "--epochs", "1", "--schedule", "constant", "--no-progress", "--checkpoint", ck]) == 0
+    assert main(["train", "--epochs", "2", "--schedule", "cosine", "--no-progress", "--checkpoint", ck,
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "saved by Constant(), expected one of Cosine(" in err and "pass the --schedule, --epochs" in err
+
+
 def test_cli_train_and_resume(tmp_path):
     ck = tmp_path / "ck.npz"
     cmd = [sys.executable, "-m", "fastnn.cli", "train", "--epochs", "2", "--no-progress", "--threads", "1",

@@ -96,15 +96,15 @@ def table_path() -> Path:
     from fastnn.sysinfo import cache_sizes, cpu_model
 
     xdg = os.environ.get("XDG_CACHE_HOME", "")
-    if os.environ.get("FASTNN_CACHE_DIR"):
-        root = Path(os.environ["FASTNN_CACHE_DIR"]).expanduser()
-    elif os.path.isabs(xdg):
-        root = Path(xdg) / "fastnn"
-    else:
-        try:
+    try:
+        if os.environ.get("FASTNN_CACHE_DIR"):
+            root = Path(os.environ["FASTNN_CACHE_DIR"]).expanduser()
+        elif os.path.isabs(xdg):
+            root = Path(xdg) / "fastnn"
+        else:
             root = Path.home() / ".cache" / "fastnn"
-        except RuntimeError as e:
-            raise FileNotFoundError(f"no folder for the block table ({e}); set FASTNN_CACHE_DIR") from None
+    except RuntimeError as e:           # "~" or "~user" with no home directory to expand to
+        raise FileNotFoundError(f"no folder for the block table ({e}); set FASTNN_CACHE_DIR to a full path") from None
     key = re.sub(r"[^A-Za-z0-9]+", "-", cpu_model()).strip("-").lower()
     caches = "-".join(f"{k}{v}" for k, v in cache_sizes().items() if k != "L1i").lower()
     return root / f"matmul-{key}-{caches}.json"
