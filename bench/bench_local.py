@@ -92,6 +92,73 @@ class Variant:
 
 
 # -- cases -------------------------------------------------------------------------------
+def lc_torch(x, wt, bt, k: int):
+    """torch's locally connected layer: x (N, C, H, W), wt (P, C*k*k, O), bt (O, OH, OW)."""
+    n, o, oh, ow = x.shape[0], wt.shape[2], bt.shape[1], bt.shape[2]
+    cols = F.unfold(x, k)                                    # (N, K, P)   im2col
+    y = torch.bmm(cols.permute(2, 0, 1), wt)                 # (P, N, O)   one GEMM per position
+    return y.permute(1, 2, 0).reshape(n, o, oh, ow) + bt
+
+
+def bd_torch(x, wt, bt):
+    """torch's block-diagonal dense layer: x (N, F), wt (G, F/G, F/G), bt (F,)."""
+    n, gr, bi = x.shape[0], wt.shape[0], wt.shape[1]
+    xb = x.view(n, gr, bi).transpose(0, 1)                   # (G, N, i)
+    return torch.bmm(xb, wt).transpose(0, 1).reshape(n, gr * wt.shape[2]) + bt
+
+
+def agreement(batch: int = 4, seed: int = 1) -> dict[str, float]:
+    """Untimed: each fastnn layer against its torch peer on the same weights, input and output
+    gradient (float32), the largest difference of y, dx and the weight gradient relative to
+    the largest entry; raises when they disagree, so a wrong kernel never posts a speed."""
+    rng = np.random.default_rng(seed)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).requires_grad_()  # noqa: E731
+    nchw, nhwc = (0, 3, 1, 2), (0, 2, 3, 1)
+    out = {}
+
+    def compare(name, layer, x, y_t, x_t, w_t, to_ours):
+        y = layer.forward(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = layer.backward(dy)
+        y_t.backward(torch.from_numpy(to_ours(dy, inverse=True)))
+        pairs = [(y, to_ours(y_t.detach().numpy())), (dx, to_ours(x_t.grad.numpy(), x=True)),
+                 (layer.grads["weight"], to_ours(w_t.grad.numpy(), w=True))]
+        out[name] = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in pairs)
+        if not out[name] < 1e-4:
+            raise AssertionError(f"{name}: fastnn and torch disagree (relative difference {out[name]:.2e})")
+
+    h, w, c, o, k = 32, 32, 16, 16, 3
+    fnn.manual_seed(seed)
+    lc = fnn.LocallyConnected2D(c, o, k, input_shape=(h, w))
+    x = rng.standard_normal((batch, h, w, c)).astype(np.float32)
+    W = lc.params["weight"]                                  # (OH, OW, k, k, C, O)
+    P = W.shape[0] * W.shape[1]
+    w_t = t(W.reshape(P, k, k, c, o).transpose(0, 3, 1, 2, 4).reshape(P, c * k * k, o))
+    x_t = t(x.transpose(nchw))
+    y_t = lc_torch(x_t, w_t, t(lc.params["bias"].reshape(W.shape[0], W.shape[1], o).transpose(2, 0, 1)), k)
+
+    def lc_map(a, inverse=False, x=False, w=False):
+        if w:
+            return a.reshape(P, c, k, k, o).transpose(0, 2, 3, 1, 4).reshape(W.shape)
+        return a.transpose(nchw if inverse else nhwc)
+    compare("LocallyConnected2D", lc, x, y_t, x_t, w_t, lc_map)
+
+    conv = fnn.Conv2D(c, o, k, padding="same")
+    cb = rng.standard_normal(o).astype(np.float32)
+    conv.params["bias"][...] = cb
+    w_t, x_t = t(conv.params["weight"].transpose(3, 2, 0, 1)), t(x.transpose(nchw))
+    y_t = F.conv2d(x_t, w_t, t(cb), padding=1)
+    compare("Conv2D", conv, x, y_t, x_t, w_t,
+            lambda a, inverse=False, x=False, w=False: a.transpose(2, 3, 1, 0) if w else a.transpose(nchw if inverse else nhwc))
+
+    bd = fnn.BlockDiagonalDense(1024, 1024, 4)
+    xb = rng.standard_normal((4 * batch, 1024)).astype(np.float32)
+    w_t, x_t = t(bd.params["weight"]), t(xb)
+    compare("BlockDiagonalDense", bd, xb, bd_torch(x_t, w_t, t(bd.params["bias"])), x_t, w_t,
+            lambda a, inverse=False, x=False, w=False: a)
+    return out
+
+
 def lc_case(batch: int, seed: int = 0) -> dict[str, Callable[[], Callable[[], object]]]:
     """Builders (setup -> step function) of the locally connected case's implementations."""
     n, h, w, c, o, k = batch, 32, 32, 16, 16, 3
@@ -122,9 +189,7 @@ def lc_case(batch: int, seed: int = 0) -> dict[str, Callable[[], Callable[[], ob
             x.grad, wt.grad, bt.grad = torch.zeros_like(x), torch.zeros_like(wt), torch.zeros_like(bt)
 
         def forward():
-            cols = F.unfold(x, k)                               # (N, K, P)   im2col
-            y = torch.bmm(cols.permute(2, 0, 1), wt)             # (P, N, O)   one GEMM per position
-            return y.permute(1, 2, 0).reshape(n, o, oh, ow) + bt
+            return lc_torch(x, wt, bt, k)
 
         def step():
             if forward_only:
@@ -198,9 +263,7 @@ def bd_case(batch: int, groups: int, features: int = 1024, seed: int = 0):
         x.grad, wt.grad, bt.grad = torch.zeros_like(x), torch.zeros_like(wt), torch.zeros_like(bt)
 
         def step():
-            xb = x.view(n, gr, bi).transpose(0, 1)              # (G, N, i)
-            y = torch.bmm(xb, wt).transpose(0, 1).reshape(n, f) + bt
-            y.backward(dy)
+            bd_torch(x, wt, bt).backward(dy)
         return step
 
     return {"fastnn": fastnn_step, "torch bmm": torch_step}
@@ -458,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
 
     loadavg_start = list(os.getloadavg())
     start = time.perf_counter()
+    agrees = agreement()
+    print("fastnn agrees with torch (largest relative difference of y, dx, dW): "
+          + ", ".join(f"{k} {v:.1e}" for k, v in agrees.items()), file=sys.stderr, flush=True)
     prefix = {"lc": "Locally", "conv": "Conv2D", "bd": "BlockDiagonal"}
     cases = [c for c in all_cases(args.batch) if any(c[0].startswith(prefix[k]) for k in args.cases)]
     memory: dict = {}
@@ -484,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.threads, loadavg_start)
     info["loadavg_end"] = list(os.getloadavg())
     info["wall_s"] = elapsed
+    info["relative_difference_vs_torch"] = agrees
     table = results_table(rows)
     target_md, target_rows = targets(rows)
     head = (f"# Local layers, float32, forward + backward, median of {args.repeats} interleaved rounds\n\n"

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--grow-batch", type=_POSITIVE, default=None, metavar="MAX",
                    help="double the batch every epoch's worth of samples, up to MAX (instead of decaying lr)")
     t.add_argument("--epochs", type=_COUNT, default=30)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_COUNT, default=0)
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--threads", type=_POSITIVE, default=None, help="Numba threads (default: all cores)")
     t.add_argument("--checkpoint", default="checkpoints/{data}-{model}.npz",

@@ -210,6 +210,7 @@ def test_cli_sizes_the_lr_schedule_for_a_growing_batch(tmp_path):
     (["--dropout", "1"], r"argument --dropout: expected a number in \[0, 1\), got '1'"),
     (["--grow-batch", "16"], "argument --grow-batch: expected a batch size >= --batch-size 32, got 16"),
     (["--threads", "1000"], "argument --threads: expected at most NUMBA_NUM_THREADS = "),
+    (["--seed", "-1"], "argument --seed: expected an int >= 0, got '-1'"),
 ])
 def test_cli_train_refuses_bad_arguments(argv, message, capsys):
     from fastnn.cli import main
