@@ -3,11 +3,13 @@
     python bench/bench_allocator.py [--model cnn|mlp] [--pairs 3] [--steps 100]
 
 Each measurement is a fresh process (the settings are process-wide and applied at import):
-``FASTNN_KEEP_FREED_MEMORY=1`` (the default) and ``=0`` alternate, ``--pairs`` times. A process
+``FASTNN_KEEP_FREED_MEMORY=1`` (the default) and ``=0`` alternate, ``--pairs`` times, the order
+within a pair swapped from pair to pair. A process
 builds the data-parallel benchmark's model (bench/distributed/worker.py), one thread, batch
 64, Adam, warms up 20 steps, then times ``--steps`` steps. Prints per run the median and
 90th-percentile step and the share of the process's CPU time spent in the kernel (page
-faults), then the median over pairs of default / kept step time.
+faults), then the median over pairs of default / kept step time; writes the same to
+bench/results/allocator.{md,json} (``--out`` for another folder).
 """
 from __future__ import annotations
 
@@ -57,16 +59,35 @@ def main() -> None:
     ap.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = ap.parse_args()
-    ratios = []
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fastnn.files import check_writable
+
+    try:
+        check_writable(a.out, "the results")
+    except OSError as e:
+        ap.error(f"--out: {e}")
+    ratios, lines, pairs = [], [], []
     for pair in range(a.pairs):
-        runs = {keep: measure(a.model, a.steps, keep) for keep in (True, False)}
-        for keep, r in runs.items():
-            print(f"pair {pair + 1} {'kept   ' if keep else 'default'}: median {r['median_ms']:6.2f} ms, "
-                  f"p90 {r['p90_ms']:6.2f} ms, {r['system_share']:4.0%} of CPU time in the kernel  ({r['status']})")
+        order = (True, False) if pair % 2 == 0 else (False, True)
+        runs = {keep: measure(a.model, a.steps, keep) for keep in order}
+        for keep in order:
+            r = runs[keep]
+            lines.append(f"pair {pair + 1} {'kept   ' if keep else 'default'}: median {r['median_ms']:6.2f} ms, "
+                         f"p90 {r['p90_ms']:6.2f} ms, {r['system_share']:4.0%} of CPU time in the kernel  "
+                         f"({r['status']})")
+            print(lines[-1], flush=True)
         ratios.append(runs[False]["median_ms"] / runs[True]["median_ms"])
-    print(f"{a.model}: glibc defaults / kept, median step time over {a.pairs} pairs: {np.median(ratios):.2f}x "
-          f"(pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
+        pairs.append({"kept": runs[True], "default": runs[False]})
+    lines.append(f"{a.model}: glibc defaults / kept, median step time over {a.pairs} pairs: {np.median(ratios):.2f}x "
+                 f"(pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(lines[-1])
+    (a.out / "allocator.md").write_text(f"# `python bench/bench_allocator.py --model {a.model} --pairs {a.pairs} "
+                                        f"--steps {a.steps}`\n\n```\n" + "\n".join(lines) + "\n```\n")
+    (a.out / "allocator.json").write_text(json.dumps({"model": a.model, "steps": a.steps, "pairs": pairs,
+                                                      "ratios": ratios, "median_ratio": float(np.median(ratios))},
+                                                     indent=1))
 
 
 if __name__ == "__main__":
