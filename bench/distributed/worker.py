@@ -235,6 +235,20 @@ def run_allreduce(a) -> None:
 
     variants = {"raw mpi4py Allreduce (1 buffer)": lambda: comm.Allreduce(MPI.IN_PLACE, raw, op=MPI.SUM),
                 **{name: fastnn_reduce(dp) for name, dp in dps.items()}}
+    # untimed: each fastnn reduction of rank-dependent gradients gives their sum (the averaging
+    # is the optimizer's), so a wrong reduction never posts a bandwidth
+    agreement = {}
+    for name, dp in dps.items():
+        grad = dp.model.flat.grad
+        same = grad.copy()
+        grad[:] = same * np.float32(rank + 1)
+        variants[name]()
+        want = same * np.float32(size * (size + 1) / 2)
+        agreement[name] = float(np.abs(grad - want).max() / np.abs(want).max())
+        if not agreement[name] < 1e-5:
+            raise AssertionError(f"{name}: the reduced gradient is not the ranks' sum "
+                                 f"(relative difference {agreement[name]:.1e})")
+        grad[:] = same
     names = list(variants)
     for name in names:  # warm-up: first touches, MPI's shared-memory setup, thread start
         for _ in range(a.warmup):
@@ -260,7 +274,7 @@ def run_allreduce(a) -> None:
             "params": int(dp0.model.num_params), "elements": int(elements), "bytes": int(elements * 4),
             "buckets": [{"index": b.index, "elements": int(b.size), "names": list(b.names)}
                         for b in dp0.buckets],
-            "samples_s": slowest, "cpu": cpu, "threads": threads})
+            "samples_s": slowest, "cpu": cpu, "threads": threads, "relative_difference_vs_sum": agreement})
 
 
 # -- strategies ------------------------------------------------------------------------------
