@@ -11,6 +11,23 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``fastnn train: error: ...``), exit code 2; --help shows usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _threads(text: str) -> int:
+    import numba
+
+    n = _POSITIVE(text)
+    if n > numba.config.NUMBA_NUM_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most NUMBA_NUM_THREADS = {numba.config.NUMBA_NUM_THREADS}, "
+                                         f"got {n}")
+    return n
+
+
 def _number(kind: type, ok, expected: str):
     """An argparse type: ``kind(text)`` where ``ok`` holds, else a one-line usage error."""
     def parse(text: str):
@@ -45,7 +62,7 @@ _IMPORTED = time.perf_counter()
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastnn", description="fastnn: compiled-kernel neural-network training")
+    p = _Parser(prog="fastnn", description="fastnn: compiled-kernel neural-network training")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a network on the digits set (or MNIST IDX files)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -56,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     t.add_argument("--lr", type=_NONNEG, default=2e-3)
     t.add_argument("--momentum", type=_NONNEG, default=0.9, help="SGD momentum")
-    t.add_argument("--weight-decay", type=_NONNEG, default=0.0)
+    t.add_argument("--weight-decay", type=_NONNEG, default=None,
+                   help="L2 decay (Adam, SGD) or decoupled decay (AdamW) of the weights (default: 0.01 for "
+                        "adamw, as torch's AdamW, else 0)")
     t.add_argument("--clip", type=_number(float, lambda v: 0 < v < float("inf"), "a finite number > 0"), default=None, help="clip the global gradient norm to this value")
     t.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="lr schedule (default: inverse-time, or constant with --grow-batch)")
@@ -66,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_COUNT, default=30)
     t.add_argument("--seed", type=_COUNT, default=0)
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--threads", type=_POSITIVE, default=None, help="Numba threads (default: all cores)")
+    t.add_argument("--threads", type=_threads, default=None, help="Numba threads (default: all cores)")
     t.add_argument("--checkpoint", default="checkpoints/{data}-{model}.npz",
                    help="where to save; {data} and {model} are filled in (other options share the file)")
     t.add_argument("--checkpoint-every", type=_POSITIVE, default=None, metavar="STEPS")
@@ -88,14 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "train" and args.grow_batch is not None and args.grow_batch < args.batch_size:
-        parser.error(f"argument --grow-batch: expected a batch size >= --batch-size {args.batch_size}, "
-                     f"got {args.grow_batch}")
-    if args.command == "train" and args.threads is not None:
-        import numba
-
-        if args.threads > numba.config.NUMBA_NUM_THREADS:
-            parser.error(f"argument --threads: expected at most NUMBA_NUM_THREADS = {numba.config.NUMBA_NUM_THREADS}, "
-                         f"got {args.threads}")
+        parser.exit(2, f"fastnn train: error: argument --grow-batch: expected a batch size >= --batch-size "
+                       f"{args.batch_size}, got {args.grow_batch} (see fastnn train --help)\n")
     if args.command == "tune":
         from .kernels.matmul.blocks import table_path
         from .tune import tune
@@ -177,7 +190,8 @@ def _train(args) -> int:
         model = fnn.Sequential(*layers, fnn.Dense(widths[-1], classes, dtype=dtype))
     decay = [v for n, v in model.named_parameters() if n.endswith("bias")]
     groups = [{"params": decay, "weight_decay": 0.0}]
-    common = dict(lr=args.lr, weight_decay=args.weight_decay, param_groups=groups, max_grad_norm=args.clip)
+    wd = args.weight_decay if args.weight_decay is not None else 1e-2 if args.optimizer == "adamw" else 0.0
+    common = dict(lr=args.lr, weight_decay=wd, param_groups=groups, max_grad_norm=args.clip)
     if args.optimizer == "sgd":
         opt = fnn.optim.SGD(model, momentum=args.momentum, **common)
     else:
@@ -220,13 +234,16 @@ def _train(args) -> int:
     if rank != 0:
         return 0
     if comm is not None:
-        print(f"ranks             {fnn.distributed.size()} (data parallel, global batch {args.batch_size})")
+        grows = f", growing to {args.grow_batch}" if args.grow_batch else ""
+        print(f"ranks             {fnn.distributed.size()} (data parallel, global batch {args.batch_size}{grows})")
     if "s" in first:
         print(f"first step        {first['s']:.2f} s after launch")
     if args.epochs == 0:
         print("nothing to train  --epochs 0")
     elif hist["steps"] == 0:
-        print(f"nothing to train  {path} already holds {args.epochs} epochs (raise --epochs to go on)")
+        more = ("raise --epochs to go on" if name in ("constant", "inverse-time") else
+                f"its {name} schedule spans exactly these epochs: a longer run needs a new --checkpoint")
+        print(f"nothing to train  {path} has reached --epochs {args.epochs} ({more})")
     else:
         print(f"final train loss  {hist['loss'][-1]:.4f}")
     print(f"test accuracy     {100 * acc:.2f}% ({len(x_test)} samples)")

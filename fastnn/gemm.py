@@ -115,7 +115,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     """
     if threads is not None and (type(threads) is not int or threads < 1):     # a plain int passes at no cost
         threads = _thread_count(threads, "matmul")
-    if type(a) is _ND and type(b) is _ND and a.dtype in _FAST:
+    if type(a) is _ND and type(b) is _ND and a.dtype in _FAST and b.dtype is a.dtype:     # native, one dtype
         # Fast path for small products, where Python and dispatch are the cost. Plain products
         # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
         # transposed operands are copied row-major and the 7-argument kernel checks the shapes.
@@ -127,9 +127,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                 c = plain_new(a, b)
                 if c is not None:
                     return c
-            elif type(out) is _ND and plain_into(a, b, out):
+            elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
                 return out
-        elif (b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
+        elif (a.ndim == 2 and b.ndim == 2
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype))
               and (activation is None or type(activation) is str)):
             fast = _FAST[a.dtype]

@@ -370,6 +370,11 @@ def test_byte_swapped_operands_are_read_and_do_not_break_later_calls():
     check(swapped, a @ b + 1, np.float32, 150)
     check(fastnn.matmul(a, b), a @ b, np.float32, 150)
     check(fastnn.batched_matmul(a[None].astype(">f4"), b[None], threads=1)[0], a @ b, np.float32, 150)
+    for n in (8, 64, 120):          # the small fast path too, with only b swapped; a swapped out is refused
+        x, y = a[:n, :n].copy(), b[:n, :n].copy()
+        check(fastnn.matmul(x, y.astype(">f4")), x @ y, np.float32, n)
+        with pytest.raises(ValueError, match=rf"out must be a float32 array of shape \({n}, {n}\), got >f4"):
+            fastnn.matmul(x, y, np.zeros((n, n), ">f4"))
 
 
 @pytest.mark.parametrize("threads", [0, -1, 2.7, "2", True, None])

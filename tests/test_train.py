@@ -218,7 +218,21 @@ def test_cli_train_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", *argv])
     assert e.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert err.startswith("fastnn train: error: argument ") and err.count("\n") == 1, err     # one line
+    assert re.search(message, err)
+
+
+def test_cli_adamw_decays_the_weights_by_default_as_torch(tmp_path):
+    import json
+
+    from fastnn.cli import main
+
+    for opt, want in (("adamw", 1e-2), ("adam", 0.0)):
+        ck = tmp_path / f"{opt}.npz"
+        assert main(["train", "--epochs", "1", "--optimizer", opt, "--no-progress", "--checkpoint", str(ck)]) == 0
+        groups = json.loads(bytes(np.load(ck)["meta"]))["optimizer"]["param_groups"]
+        assert [g["weight_decay"] for g in groups] == [want, 0.0]        # biases are kept out of decay
 
 
 def test_cli_train_reports_missing_data_in_one_line(tmp_path, capsys):
@@ -262,7 +276,8 @@ def test_cli_train_and_resume(tmp_path):
     assert "(90 steps" in again.stdout  # epochs 3 and 4 only: 2 x ceil(1437 / 32)
     done = subprocess.run(cmd[:5] + ["4"] + cmd[6:] + ["--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"nothing to train  {ck} already holds 4 epochs" in done.stdout and "samples/s" not in done.stdout
+    assert (f"nothing to train  {ck} has reached --epochs 4 (raise --epochs to go on)" in done.stdout
+            and "samples/s" not in done.stdout)
     refused = subprocess.run(cmd + ["--resume", "--optimizer", "sgd"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
     assert refused.stderr.strip() == (f"fastnn train: cannot resume from {ck}: optimizer state: expected a SGD "
