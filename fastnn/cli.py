@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=_NONNEG, default=None,
                    help="L2 decay (Adam, SGD) or decoupled decay (AdamW) of the weights (default: 0.01 for "
                         "adamw, as torch's AdamW, else 0)")
-    t.add_argument("--clip", type=_number(float, lambda v: 0 < v < float("inf"), "a finite number > 0"), default=None, help="clip the global gradient norm to this value")
+    t.add_argument("--clip", type=_number(float, lambda v: 0 < v < float("inf"), "a finite number > 0"), default=None,
+                   help="clip the global gradient norm to this value")
     t.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="lr schedule (default: inverse-time, or constant with --grow-batch)")
     t.add_argument("--batch-size", type=_POSITIVE, default=32)

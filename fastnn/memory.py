@@ -20,7 +20,8 @@ What    ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` (glibc's own ceiling for its dynam
         effect from preloading jemalloc or tcmalloc.
 When    at ``import fastnn``, process-wide, like the Numba settings. Not applied when
         ``FASTNN_KEEP_FREED_MEMORY=0`` or when the user tuned glibc's malloc (any ``MALLOC_*_``
-        variable, or a ``glibc.malloc.*`` entry in ``GLIBC_TUNABLES``), and a no-op where the C library is not glibc. ``fastnn info`` says which.
+        variable, or a ``glibc.malloc.*`` entry in ``GLIBC_TUNABLES``), and a no-op where the
+        C library is not glibc. ``fastnn info`` says which.
 Oracle  tests/test_memory.py counts minor page faults of a loop that allocates and frees
         5 x 4 MiB each round, with and without the settings.
 """
