@@ -17,7 +17,7 @@ SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in 
 if SPINCOUNT_SET:
     os.environ["GOMP_SPINCOUNT"] = "20000"
 
-from . import checkpoint, data, distributed, losses, optim, random, schedules, train  # noqa: E402
+from . import checkpoint, data, distributed, losses, models, optim, random, schedules, train  # noqa: E402
 from .layers import Dense, Dropout, Flatten, ReLU, Sequential, Sigmoid, Tanh  # noqa: E402
 from .layers import (AvgPool2D, BlockDiagonalDense, Concat, Conv2D, GlobalAvgPool2D,  # noqa: E402
                      LocallyConnected1D, LocallyConnected2D, MaxPool2D)
@@ -32,5 +32,5 @@ keep_freed_memory()  # glibc keeps freed activations for the next step instead o
 
 __version__ = "0.1.0"
 __all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
-           "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses",
+           "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses", "models",
            "batched_matmul", "manual_seed", "matmul", "optim", "random", "schedules", "train"]

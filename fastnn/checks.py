@@ -32,3 +32,12 @@ def check_flat(x: object, what: str) -> np.ndarray:
     if not x.flags.writeable:
         raise ValueError(f"{what}: expected a writeable array, got a read-only one")
     return x
+
+
+def check_int(value: object, what: str, minimum: int) -> int:
+    """``value`` as an int if it is one (not a bool) and at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what}: expected an int >= {minimum}, got {value}")
+    return int(value)

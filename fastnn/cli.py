@@ -150,9 +150,12 @@ def _load(spec: str, dtype):
 
     if spec == "digits":
         x, y = data.load_digits(dtype)
-        return data.train_test_split(x, y, test_fraction=0.2, seed=0)
-    x_train, y_train = data.load_mnist(spec, "train", dtype)
-    x_test, y_test = data.load_mnist(spec, "test", dtype)
+        return data.train_test_split(x.reshape(len(x), 8, 8, 1), y, test_fraction=0.2, seed=0)
+    x_train, y_train = data.load_mnist(spec, "train", dtype, flatten=False)
+    x_test, y_test = data.load_mnist(spec, "test", dtype, flatten=False)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"expected training and test images of one size, got {x_train.shape[1:3]} and "
+                         f"{x_test.shape[1:3]}")
     return x_train, x_test, y_train, y_test
 
 
@@ -177,11 +180,16 @@ def _train(args) -> int:
         return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
     if args.model == "cnn":
-        from .models import as_images, small_cnn
+        from .models import small_cnn
 
-        x_train, x_test = as_images(x_train), as_images(x_test)
-        model = small_cnn(x_train.shape[1:], classes, dtype=dtype, dropout=args.dropout)
+        try:
+            model = small_cnn(x_train.shape[1:], classes, dtype=dtype, dropout=args.dropout)
+        except ValueError as e:
+            if rank == 0:
+                print(f"fastnn train: --model cnn on --data {args.data}: {e}", file=sys.stderr)
+            return 2
     else:
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
         widths = [x_train.shape[1], *args.hidden]
         layers = []
         for a, b in zip(widths, widths[1:]):

@@ -19,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .checks import check_int
+
 __all__ = [
     "BatchSizeSchedule", "batches", "train_test_split", "load_digits",
     "read_idx", "write_idx", "load_mnist",
@@ -35,14 +37,6 @@ class BatchSizeSchedule(Protocol):
 
     def advance(self, n_samples: int) -> None:
         """Count ``n_samples`` more samples as seen."""
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{what}: expected an int >= {minimum}, got {value}")
-    return int(value)
 
 
 def _n_samples(x: object, y: object) -> int:
@@ -104,15 +98,15 @@ def batches(
     checked as it is read.
     """
     n = _n_samples(x, y)
-    seed = _check_int(seed, "seed", 0)
-    epoch = _check_int(epoch, "epoch", 0)
-    start_sample = _check_int(start_sample, "start_sample", 0)
+    seed = check_int(seed, "seed", 0)
+    epoch = check_int(epoch, "epoch", 0)
+    start_sample = check_int(start_sample, "start_sample", 0)
     if start_sample > n:
         raise ValueError(f"start_sample: expected 0..{n} (the number of samples), got {start_sample}")
     if isinstance(batch_size, BatchSizeSchedule):
         schedule, fixed = batch_size, None
     else:
-        schedule, fixed = None, _check_int(batch_size, "batch_size", 1)
+        schedule, fixed = None, check_int(batch_size, "batch_size", 1)
     rank, size = _shard(shard)
     if fixed is not None:
         _check_per_rank(fixed, size, "batch_size")
@@ -141,7 +135,7 @@ def _iterate(x: np.ndarray, y: np.ndarray | None, order: np.ndarray, fixed: int 
              ranks: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     start = 0
     while start < len(order):
-        size = fixed if schedule is None else _check_int(schedule.batch_size, "schedule.batch_size", 1)
+        size = fixed if schedule is None else check_int(schedule.batch_size, "schedule.batch_size", 1)
         _check_per_rank(size, ranks, "schedule.batch_size")
         idx = order[start:start + size]
         if (drop_last and len(idx) < size) or len(idx) < ranks:
@@ -171,7 +165,7 @@ def train_test_split(
     where depends on ``seed`` only; both parts keep the original order.
     """
     n = _n_samples(x, y)
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
     n_test = int(np.ceil(test_fraction * n))

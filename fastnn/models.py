@@ -20,6 +20,8 @@ def small_cnn(image_shape: tuple[int, int, int], classes: int, *, dtype=np.float
     """Conv 3x3 (16) -> max pool 2 -> locally connected 3x3 (32, untied weights per
     position, 'same') -> dense: the demo's CNN for the 8x8 digits (or 28x28 MNIST)."""
     h, w, c = image_shape
+    if h < 2 or w < 2:
+        raise ValueError(f"small_cnn: expected images of at least 2x2 pixels (it pools by 2), got {h}x{w}")
     conv = Conv2D(c, 16, 3, padding="same", activation="relu", dtype=dtype)
     pool = MaxPool2D(2)
     ph, pw = h // 2, w // 2

@@ -7,11 +7,19 @@ the model's optimizer step, allreduce and checkpoint each touch a single array.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from .flat import FlatBuffer
+
+
+class StateKeys(NamedTuple):
+    """What ``load_state_dict`` did not match: the model's names missing from the state, and
+    the state's names the model does not have (as torch's ``load_state_dict`` returns)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class Module:
@@ -47,6 +55,39 @@ class Module:
     def named_parameters(self) -> list[tuple[str, np.ndarray]]:
         """``(qualified name, view)`` for every parameter, in buffer order ("0.weight", ...)."""
         return [(f"{mp}.{n}" if mp else n, v) for mp, m in self.modules() for n, v in m.params.items()]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter by qualified name, in buffer order: a snapshot that later
+        training does not change (the weights alone; ``fastnn.checkpoint`` saves a whole run)."""
+        return {n: v.copy() for n, v in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> StateKeys:
+        """Copy ``state`` (name -> array, e.g. from ``state_dict``) into the parameters, cast
+        to the model's dtype; shapes must match exactly. ``strict``: the names must be exactly
+        the model's. Everything is checked before any value is written, so a refused state
+        leaves the model as it was. Returns the model's names missing from ``state`` and the
+        names of ``state`` the model does not have."""
+        own = dict(self.named_parameters())
+        missing = [n for n in own if n not in state]
+        unexpected = [n for n in state if n not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: expected the model's parameter names, got {len(missing)} missing "
+                           f"{missing[:5]} and {len(unexpected)} unexpected {unexpected[:5]}")
+        values = {}
+        for n in own.keys() & state.keys():
+            v = np.asarray(state[n])
+            if v.shape != own[n].shape:
+                raise ValueError(f"load_state_dict: {n}: expected shape {own[n].shape}, got {v.shape}")
+            if v.dtype.kind not in "iuf":
+                raise TypeError(f"load_state_dict: {n}: expected real numbers, got dtype {v.dtype}")
+            with np.errstate(over="ignore"):
+                cast = v.astype(own[n].dtype, copy=False)
+            if cast is not v and np.isfinite(v).all() and not np.isfinite(cast).all():
+                raise ValueError(f"load_state_dict: {n}: values beyond the range of the model's {own[n].dtype}")
+            values[n] = cast
+        for n, v in values.items():
+            own[n][...] = v
+        return StateKeys(missing, unexpected)
 
     @property
     def flat(self) -> FlatBuffer:

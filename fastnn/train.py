@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import random
-from .data import batches
+from .checks import check_int
+from .data import BatchSizeSchedule, batches
 from .losses import softmax_cross_entropy
 from .module import Module
 
@@ -42,6 +43,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     """
     from .distributed import DataParallel, allreduce_mean, runtime
 
+    if not isinstance(batch_size, BatchSizeSchedule):
+        batch_size = check_int(batch_size, "fit: batch_size", 1)
     dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     progress = progress and lead
@@ -159,21 +162,31 @@ def _without_input_grad(model: Module):
 
 def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,
              loss: LossFn = softmax_cross_entropy) -> tuple[float, float]:
-    """Mean loss and accuracy (fraction of argmax(logits) == y) in eval mode; restores the mode."""
+    """Mean loss and accuracy in eval mode; restores the mode. Accuracy is the fraction of
+    samples whose argmax(output) is the label: ``y`` integer class labels (N,), or one-hot or
+    probability targets of the outputs' shape (argmax of each row); NaN for other targets
+    (regression with ``mean_squared_error``)."""
     if len(x) == 0:
         raise ValueError("evaluate: expected a non-empty data set, got 0 samples")
+    batch_size = check_int(batch_size, "evaluate: batch_size", 1)
     was_training = model.training
     model.eval()
-    total, correct = 0.0, 0
+    total, correct, labelled = 0.0, 0, True
     try:
         for i in range(0, len(x), batch_size):
             out = model(x[i:i + batch_size])
-            value, _ = loss(out, y[i:i + batch_size])
+            yb = y[i:i + batch_size]
+            value, _ = loss(out, yb)
             total += value * len(out)
-            correct += int(np.sum(np.argmax(out, axis=1) == y[i:i + batch_size]))
+            if yb.shape == out.shape and out.ndim == 2 and out.shape[1] > 1:
+                yb = np.argmax(yb, axis=1)
+            elif not (yb.ndim == 1 and yb.dtype.kind in "iu" and out.ndim == 2):
+                labelled = False
+                continue
+            correct += int(np.sum(np.argmax(out, axis=1) == yb))
     finally:
         model.train(was_training)
-    return total / len(x), correct / len(x)
+    return total / len(x), correct / len(x) if labelled else float("nan")
 
 
 def _check_resume(path, extra: dict, batch_size) -> None:

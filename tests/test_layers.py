@@ -143,6 +143,7 @@ def test_a_refused_model_leaves_its_layers_free():
     (fnn.Dropout(0.5, seed=0), np.ones((4, 3), np.float32), np.ones((4, 3), np.float64)),
     (fnn.Flatten(), np.ones((2, 3, 4), np.float32), np.ones((4, 6), np.float32)),
     (fnn.Flatten(), np.ones((2, 3, 4), np.float32), np.ones((2, 12), np.float64)),
+    (fnn.GlobalAvgPool2D(), np.ones((2, 3, 3, 4)), np.ones((2, 4), np.float32)),
 ])
 def test_output_gradient_of_the_wrong_shape_or_dtype_is_refused(layer, x, dy):
     layer(x)
@@ -209,6 +210,44 @@ def test_rehome_moves_every_parameter_and_gradient_view():
     assert model.flat.grad is grad and model.flat.data is data  # nothing moved on error
 
 
+def test_state_dict_round_trip_between_models():
+    fnn.manual_seed(0)
+    a = fnn.Sequential(fnn.Dense(3, 4, activation="relu"), fnn.Sequential(fnn.Dense(4, 2)))
+    fnn.manual_seed(1)
+    b = fnn.Sequential(fnn.Dense(3, 4, activation="relu"), fnn.Sequential(fnn.Dense(4, 2)))
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    state = a.state_dict()
+    assert list(state) == ["0.weight", "0.bias", "1.0.weight", "1.0.bias"]
+    assert not any(np.shares_memory(v, a.flat.data) for v in state.values())  # a snapshot
+    assert not np.array_equal(a(x), b(x))
+    assert b.load_state_dict(state) == ([], [])
+    np.testing.assert_array_equal(b(x), a(x))
+    a.flat.data[:] += 1  # changing a later changes neither the snapshot nor b
+    np.testing.assert_array_equal(state["0.bias"], b.layers[0].params["bias"])
+    assert not np.array_equal(a(x), b(x))
+
+
+def test_load_state_dict_casts_and_checks_everything_first():
+    model = fnn.Sequential(fnn.Dense(3, 4), fnn.Dense(4, 2))
+    state = {n: np.full(v.shape, 0.5, np.float64) for n, v in model.named_parameters()}
+    model.load_state_dict(state)
+    assert model.flat.data.dtype == np.float32 and np.all(model.layers[1].params["weight"] == 0.5)
+    before = model.flat.data.copy()
+    for bad, exc, match in [
+            ({**state, "1.weight": np.zeros((2, 4))}, ValueError, r"1.weight: expected shape \(4, 2\), got \(2, 4\)"),
+            ({k: v for k, v in state.items() if k != "0.bias"}, KeyError, r"1 missing \['0.bias'\]"),
+            ({**state, "2.weight": np.zeros(1)}, KeyError, r"1 unexpected \['2.weight'\]"),
+            ({**state, "1.bias": np.array(["a", "b"])}, TypeError, "1.bias: expected real numbers, got dtype <U1"),
+            ({**state, "1.bias": np.array([1e300, 0.0])}, ValueError, "1.bias: values beyond the range of the model's float32")]:
+        bad = {**bad, "0.weight": np.zeros((3, 4))}  # a valid entry that must not land either
+        with pytest.raises(exc, match=match):
+            model.load_state_dict(bad)
+        np.testing.assert_array_equal(model.flat.data, before)
+    partial = {"1.bias": np.array([1.0, 2.0]), "extra": np.zeros(3)}
+    assert model.load_state_dict(partial, strict=False) == (["0.weight", "0.bias", "1.weight"], ["extra"])
+    np.testing.assert_array_equal(model.layers[1].params["bias"], [1.0, 2.0])
+
+
 def test_backward_accumulates_until_zero_grad():
     model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
     x = np.ones((2, 3))
@@ -230,6 +269,9 @@ def test_summary_rows():
         ("0", (128,), 64 * 128 + 128, 64 * 128), ("1", (128,), 0, 0), ("2", (10,), 1290, 1280),
         ("total", (10,), 8320 + 1290, 8192 + 1280)]
     assert "9,610" in lines[0]
+    nested = fnn.Sequential(fnn.Sequential(fnn.Dense(5, 3)), fnn.ReLU())
+    assert nested.summary(print_fn=None)[-1] == {"name": "total", "type": "", "output_shape": (3,),
+                                                 "params": 18, "macs": 15}
 
 
 @pytest.mark.parametrize("call,exc,match", [
@@ -242,6 +284,15 @@ def test_summary_rows():
     (lambda m: fnn.Dense(3, 2, activation="gelu"), ValueError, "activation"),
     (lambda m: fnn.Sequential(fnn.Dense(2, 2), fnn.Dense(2, 2, dtype=np.float64)), TypeError, "one dtype"),
     (lambda m: fnn.Dense(2, 2).backward(np.ones((1, 2), np.float32)), RuntimeError, "before forward"),
+    (lambda m: fnn.Dense(2.5, 2), TypeError, "Dense in_features: expected an int >= 1, got float 2.5"),
+    (lambda m: fnn.Dense(2, 0), ValueError, "Dense out_features: expected an int >= 1, got 0"),
+    (lambda m: fnn.Conv2D("3", 4, 3), TypeError, "Conv2D in_channels: expected an int >= 1, got str '3'"),
+    (lambda m: fnn.BlockDiagonalDense(4, 4, True), TypeError, "BlockDiagonalDense groups: expected an int >= 1, got bool"),
+    (lambda m: fnn.LocallyConnected2D(1, -1, 3, input_shape=(4, 4)), ValueError, "LocallyConnected2D out_channels"),
+    (lambda m: fnn.LocallyConnected1D(2, 3, 3, input_length=8, padding=(0, 2)), TypeError,
+     r"LocallyConnected1D padding: expected an int or a string, got \(0, 2\)"),
+    (lambda m: fnn.Concat(fnn.Conv2D(3, 4, 1), fnn.Conv2D(3, 4, 3)).output_shape((5, 5, 3)), ValueError,
+     r"Concat: the branches' outputs must differ only in the last axis, got \[\(5, 5, 4\), \(3, 3, 4\)\]"),
 ])
 def test_bad_input_is_a_clear_error(call, exc, match):
     model = fnn.Sequential(fnn.Dense(4, 3))

@@ -329,18 +329,11 @@ def test_block_diagonal_dense_lecture_example():
     assert fnn.Sequential(fnn.Dense(8, 4, bias=False)).summary(print_fn=None)[0]["macs"] == 32
 
 
-def _inception(c_in, n1, r3, n3, r5, n5, pp):
-    conv = lambda i, o, k: fnn.Conv2D(i, o, k, padding="same", activation="relu", bias=False)  # noqa: E731
-    return fnn.Concat(conv(c_in, n1, 1),
-                      fnn.Sequential(conv(c_in, r3, 1), conv(r3, n3, 3)),
-                      fnn.Sequential(conv(c_in, r5, 1), conv(r5, n5, 5)),
-                      fnn.Sequential(fnn.MaxPool2D(3, 1, padding="same"), conv(c_in, pp, 1)))
-
-
 def test_concat_inception_matches_googlenet_table():
     """GoogLeNet (Szegedy et al. 2015, Table 1), inception (3a) and (3b) at 28x28:
     159K / 128M and 380K / 304M (params in units of 1024, multiply-adds in millions)."""
-    model = fnn.Sequential(_inception(192, 64, 96, 128, 16, 32, 32), _inception(256, 128, 128, 192, 32, 96, 64))
+    model = fnn.Sequential(fnn.models.inception(192, 64, 96, 128, 16, 32, 32, bias=False),
+                           fnn.models.inception(256, 128, 128, 192, 32, 96, 64, bias=False))
     rows = model.summary(input_shape=(28, 28, 192), print_fn=None)
     assert rows[0]["output_shape"] == (28, 28, 256) and rows[1]["output_shape"] == (28, 28, 480)
     # the paper's K are units of 1024 rounded either way (3a: 159.5K, 3b: 379.0K), its M are 1e6 MACs

@@ -454,3 +454,19 @@ def test_ignore_with_clipping_lets_nan_through_like_torch():
     torch.optim.SGD([t], lr=0.1).step()
     np.testing.assert_array_equal(p, t.detach().numpy())
     assert np.isnan(p).all()
+
+
+def test_an_optimizer_of_a_model_later_nested_refuses_to_step():
+    body = fnn.Sequential(fnn.Dense(4, 8, activation="relu"), fnn.Dense(8, 3))
+    opt = fnn.optim.SGD(body, lr=0.1)
+    model = fnn.Sequential(body, fnn.Dense(3, 2))
+    _, d = fnn.losses.softmax_cross_entropy(model(np.ones((2, 4), np.float32)), np.array([0, 1]))
+    model.backward(d)
+    before = model.flat.data.copy()
+    for call in (opt.step, opt.zero_grad):
+        with pytest.raises(RuntimeError, match="parameters moved to another buffer after this optimizer was made"):
+            call()
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert model.flat.grad.any() and opt.step_count == 0
+    outer = fnn.optim.SGD(model, lr=0.1)
+    assert outer.step() and not np.array_equal(model.flat.data, before)

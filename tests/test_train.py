@@ -290,3 +290,51 @@ def test_cli_info():
     assert out.returncode == 0, out.stderr
     for key in ("CPU", "SIMD width", "caches", "cores", "numba", "MPI", "CUDA"):
         assert key in out.stdout
+
+
+def test_cli_trains_the_cnn_on_non_square_images_and_refuses_tiny_ones(tmp_path, capsys):
+    from fastnn.cli import main
+
+    rng = np.random.default_rng(0)
+    for folder, (h, w) in (("wide", (6, 10)), ("tiny", (1, 1))):
+        (tmp_path / folder).mkdir()
+        for prefix, n in (("train", 40), ("t10k", 10)):
+            labels = rng.integers(0, 3, n).astype(np.uint8)
+            images = (rng.random((n, h, w)) * 60 + labels[:, None, None] * 60).astype(np.uint8)
+            fnn.data.write_idx(tmp_path / folder / f"{prefix}-images-idx3-ubyte", images)
+            fnn.data.write_idx(tmp_path / folder / f"{prefix}-labels-idx1-ubyte", labels)
+    args = ["train", "--model", "cnn", "--epochs", "1", "--no-progress", "--checkpoint", str(tmp_path / "c.npz")]
+    assert main([*args, "--data", str(tmp_path / "wide")]) == 0
+    assert "test accuracy" in capsys.readouterr().out and (tmp_path / "c.npz").exists()
+    assert main([*args, "--data", str(tmp_path / "tiny")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected images of at least 2x2 pixels (it pools by 2), got 1x1" in err
+
+
+def test_evaluate_accuracy_follows_the_targets():
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    x = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    labels = np.argmax(model(x), axis=1)
+    labels[:10] = (labels[:10] + 1) % 3
+    assert fnn.train.evaluate(model, x, labels, batch_size=7)[1] == pytest.approx(0.8)
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    loss, acc = fnn.train.evaluate(model, x, onehot, loss=fnn.losses.mean_squared_error, batch_size=7)
+    assert acc == pytest.approx(0.8) and loss == pytest.approx(fnn.losses.mean_squared_error(model(x), onehot)[0])
+    small = fnn.Sequential(fnn.Dense(4, 1))
+    assert np.isnan(fnn.train.evaluate(small, x, np.zeros((50, 1), np.float32), loss=fnn.losses.mean_squared_error)[1])
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises((TypeError, ValueError), match="evaluate: batch_size: expected an int >= 1"):
+            fnn.train.evaluate(model, x, labels, batch_size=bad)
+
+
+def test_fit_refuses_a_bad_batch_size_before_touching_the_checkpoint(tmp_path):
+    model, (xtr, _, ytr, _) = _digits_setup()
+    opt = fnn.optim.SGD(model, lr=0.1)
+    ck = tmp_path / "ck.npz"
+    fnn.train.fit(model, opt, xtr[:64], ytr[:64], epochs=1, batch_size=32, checkpoint=ck, progress=False)
+    before = model.flat.data.copy()
+    model.flat.data[:] = 0
+    with pytest.raises(ValueError, match="fit: batch_size: expected an int >= 1, got 0"):
+        fnn.train.fit(model, opt, xtr, ytr, epochs=2, batch_size=0, checkpoint=ck, resume=True, progress=False)
+    assert not model.flat.data.any() and not np.array_equal(before, model.flat.data)   # nothing was loaded

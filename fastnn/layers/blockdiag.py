@@ -7,7 +7,7 @@ from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array
+from ..checks import check_array, check_int
 from ..gemm import batched_matmul
 from ..module import Module
 from .activations import activation_grad
@@ -27,17 +27,16 @@ class BlockDiagonalDense(Module):
     def __init__(self, in_features: int, out_features: int, groups: int, activation: str | None = None, *,
                  bias: bool = True, dtype: np.dtype | type = np.float32):
         super().__init__()
-        if int(in_features) < 1 or int(out_features) < 1:
-            raise ValueError(f"BlockDiagonalDense: expected positive sizes, got in={in_features}, out={out_features}")
-        if not isinstance(groups, (int, np.integer)) or groups < 1:
-            raise ValueError(f"BlockDiagonalDense: groups must be a positive int, got {groups!r}")
+        in_features = check_int(in_features, "BlockDiagonalDense in_features", 1)
+        out_features = check_int(out_features, "BlockDiagonalDense out_features", 1)
+        groups = check_int(groups, "BlockDiagonalDense groups", 1)
         if in_features % groups or out_features % groups:
             raise ValueError(f"BlockDiagonalDense: groups={groups} must divide in_features={in_features} and "
                              f"out_features={out_features}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"BlockDiagonalDense: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
                              f"got {activation!r}")
-        self.in_features, self.out_features, self.groups = int(in_features), int(out_features), int(groups)
+        self.in_features, self.out_features, self.groups = in_features, out_features, groups
         self.activation, self._act = activation, ACTIVATIONS[activation]
         self.dtype = np.dtype(dtype)
         bi, bo = self.in_features // groups, self.out_features // groups

@@ -56,6 +56,9 @@ class Concat(Module):
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [b.output_shape(input_shape) for b in self.branches]
+        if any(s[:-1] != shapes[0][:-1] for s in shapes):
+            raise ValueError(f"Concat: the branches' outputs must differ only in the last axis, got {shapes} "
+                             f"for input {tuple(input_shape)}")
         return (*shapes[0][:-1], sum(s[-1] for s in shapes))
 
     def macs(self, input_shape: tuple[int, ...]) -> int:

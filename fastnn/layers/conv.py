@@ -9,7 +9,7 @@ from fastnn.kernels.local.conv2d import (conv2d_forward_cpu, conv2d_forward_seri
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array
+from ..checks import check_array, check_int
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, threads_for, weight_bound
@@ -31,17 +31,16 @@ class Conv2D(Module):
         super().__init__()
         if strides is not None:
             stride = strides
-        if int(in_channels) < 1 or int(out_channels) < 1:
-            raise ValueError(f"Conv2D: expected positive channel counts, got in={in_channels}, out={out_channels}")
-        if not isinstance(groups, (int, np.integer)) or groups < 1:
-            raise ValueError(f"Conv2D: groups must be a positive int, got {groups!r}")
+        in_channels = check_int(in_channels, "Conv2D in_channels", 1)
+        out_channels = check_int(out_channels, "Conv2D out_channels", 1)
+        groups = check_int(groups, "Conv2D groups", 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2D: groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"Conv2D: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
                              f"got {activation!r}")
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
         self.dilation = pair(dilation, "Conv2D dilation")

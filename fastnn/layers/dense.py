@@ -7,7 +7,7 @@ from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array
+from ..checks import check_array, check_int
 from ..gemm import matmul
 from ..module import Module
 from .activations import activation_grad
@@ -26,12 +26,12 @@ class Dense(Module):
     def __init__(self, in_features: int, out_features: int, activation: str | None = None, *,
                  bias: bool = True, dtype: np.dtype | type = np.float32):
         super().__init__()
-        if int(in_features) < 1 or int(out_features) < 1:
-            raise ValueError(f"Dense: expected positive sizes, got in={in_features}, out={out_features}")
+        in_features = check_int(in_features, "Dense in_features", 1)
+        out_features = check_int(out_features, "Dense out_features", 1)
         if activation not in ACTIVATIONS:
             raise ValueError(f"Dense: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
                              f"got {activation!r}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = in_features, out_features
         self.activation, self._act = activation, ACTIVATIONS[activation]
         self.dtype = np.dtype(dtype)
         fan = 6.0 / in_features if activation == "relu" else 6.0 / (in_features + out_features)

@@ -10,7 +10,7 @@ from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array
+from ..checks import check_array, check_int
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, threads_for, weight_bound
@@ -42,12 +42,12 @@ class LocallyConnected2D(Module):
         name = type(self).__name__
         if strides is not None:
             stride = strides
-        if int(in_channels) < 1 or int(out_channels) < 1:
-            raise ValueError(f"{name}: expected positive channel counts, got in={in_channels}, out={out_channels}")
+        in_channels = check_int(in_channels, f"{name} in_channels", 1)
+        out_channels = check_int(out_channels, f"{name} out_channels", 1)
         if activation not in ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
                              f"got {activation!r}")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, f"{name} kernel_size")
         self.stride = pair(stride, f"{name} stride")
         self.dilation = pair(dilation, f"{name} dilation")
@@ -189,12 +189,13 @@ class LocallyConnected1D(LocallyConnected2D):
                  tied_bias: bool = False, strides=None, dtype: np.dtype | type = np.float32):
         if strides is not None:
             stride = strides
+        for v, what in ((kernel_size, "kernel_size"), (input_length, "input_length"), (stride, "stride"),
+                        (dilation, "dilation"), (padding, "padding")):
+            if isinstance(v, (tuple, list)):
+                raise TypeError(f"LocallyConnected1D {what}: expected an int{' or a string' if what == 'padding' else ''}"
+                                f", got {v!r}")
         if not isinstance(padding, str):
             padding = (0, pair(padding, "LocallyConnected1D padding", minimum=0)[0])
-        for v, what in ((kernel_size, "kernel_size"), (input_length, "input_length"), (stride, "stride"),
-                        (dilation, "dilation")):
-            if isinstance(v, (tuple, list)):
-                raise TypeError(f"LocallyConnected1D {what}: expected an int, got {v!r}")
         super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length), (1, stride), padding,
                          (1, dilation), activation, bias=bias, tied_bias=tied_bias, dtype=dtype)
         # drop the height-1 axes: weight (OL, K, in, out), untied bias (OL, out)

@@ -100,14 +100,14 @@ class GlobalAvgPool2D(Module):
         check_array(x, "GlobalAvgPool2D input")
         if x.ndim != 4:
             raise ValueError(f"GlobalAvgPool2D input: expected NHWC shape (N, H, W, C), got {x.shape}")
-        self._shape = x.shape
+        self._shape, self._dtype = x.shape, x.dtype
         return x.mean(axis=(1, 2))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._shape is None:
             raise RuntimeError("GlobalAvgPool2D.backward called before forward")
         n, h, w, c = self._shape
-        check_array(dy, "GlobalAvgPool2D output gradient", shape=(n, c))
+        check_array(dy, "GlobalAvgPool2D output gradient", dtype=self._dtype, shape=(n, c))
         return np.ascontiguousarray(np.broadcast_to((dy / (h * w))[:, None, None, :], self._shape))
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -75,6 +75,8 @@ class Sequential(Module):
         (no batch axis); when None it is taken from a first layer with ``in_features``."""
         if input_shape is None:
             first = self.layers[0]
+            while isinstance(first, Sequential):
+                first = first.layers[0]
             if not hasattr(first, "in_features"):
                 raise ValueError("summary: the first layer does not fix the input shape; pass input_shape")
             input_shape = (first.in_features,)

@@ -49,6 +49,7 @@ class Optimizer:
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm: expected a positive number or None, got {max_grad_norm}")
         self.params, self.grads, self._slots = _resolve(params)
+        self._model = params if isinstance(params, Module) else None
         self.defaults = dict(defaults)
         self._check_hparams(self.defaults, "defaults")
         self.max_grad_norm, self.nonfinite = max_grad_norm, nonfinite
@@ -155,6 +156,7 @@ class Optimizer:
         ``grad_scale`` multiplies the gradient inside the kernel (data parallelism passes
         1/ranks here instead of rescaling the buffer); clipping sees the scaled norm.
         """
+        self._check_buffers()
         scale = grad_scale
         new = self._new_state()
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
@@ -179,6 +181,17 @@ class Optimizer:
 
     def _update(self, grad_scale: float, step: int) -> None:
         raise NotImplementedError
+
+    def _check_buffers(self) -> None:
+        """RuntimeError when the model's parameters moved since this optimizer was made (the model
+        was put inside another one, which gathers every parameter into its own buffer): the
+        update would go to the old buffer, which the model no longer reads."""
+        m = self._model
+        if m is not None and (m._flat is None or m._flat.data is not self.params or m._flat.grad is not self.grads):
+            raise RuntimeError(f"{type(self).__name__}: the model's parameters moved to another buffer after this "
+                               "optimizer was made (it became part of a larger model, or rehome() was called); "
+                               "make the optimizer from the model as it is now (for a nested model: the outer "
+                               "one)")
 
     def _grad_norm(self) -> tuple[float, int, int]:
         """(L2 norm of the gradient, count of non-finite elements, index of the first one),
@@ -225,6 +238,7 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (one pass over the flat gradient buffer)."""
+        self._check_buffers()
         self.grads.fill(0)
 
     # -- state -----------------------------------------------------------------------
