@@ -23,7 +23,10 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 demo: $(VENV)/.demo
 	$(BIN)/mpiexec -n 2 $(BIN)/fastnn train
 
+# fastnn compile first: the kernels compile in one process per core (a cold cache costs
+# minutes of compiling), and the suite then loads them
 test: $(VENV)/.test
+	$(BIN)/fastnn compile
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test

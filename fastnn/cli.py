@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--n", type=int, default=1024, help="square product size timed per point")
     tu.add_argument("--repeats", type=int, default=3)
     tu.add_argument("--dry-run", action="store_true", help="print the winners, write nothing")
+    co = sub.add_parser("compile", help="compile the kernels into Numba's cache ahead of time (e.g. before mpiexec)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    co.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32", "float64"])
+    co.add_argument("--jobs", type=_POSITIVE, default=None, help="worker processes (default: one per core)")
     be = sub.add_parser("bench", help="run a benchmark from bench/ (e.g. fastnn bench matmul --quick)")
     be.add_argument("what", choices=("matmul",))
     be.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
@@ -122,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, b in table.items():
             print(f"{name}: MR {b.mr} NR {b.nr} MC {b.mc} KC {b.kc} NC {b.nc}")
         print("dry run: nothing written" if args.dry_run else f"wrote {table_path()}")
+        return 0
+    if args.command == "compile":
+        from .precompile import precompile
+
+        began = time.perf_counter()
+        for dtype, part, seconds in precompile(tuple(args.dtype), args.jobs):
+            print(f"{dtype:8s} {part:8s} {seconds:6.1f} s")
+        print(f"kernels cached in {time.perf_counter() - began:.1f} s")
         return 0
     if args.command == "bench":
         import runpy
