@@ -32,5 +32,6 @@ keep_freed_memory()  # glibc keeps freed activations for the next step instead o
 
 __version__ = "0.1.0"
 __all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
-           "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses", "models",
-           "batched_matmul", "manual_seed", "matmul", "optim", "random", "schedules", "train"]
+           "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "Module", "ReLU", "Sequential",
+           "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses", "models", "batched_matmul",
+           "manual_seed", "matmul", "optim", "random", "schedules", "train"]

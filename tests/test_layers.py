@@ -238,7 +238,8 @@ def test_load_state_dict_casts_and_checks_everything_first():
             ({k: v for k, v in state.items() if k != "0.bias"}, KeyError, r"1 missing \['0.bias'\]"),
             ({**state, "2.weight": np.zeros(1)}, KeyError, r"1 unexpected \['2.weight'\]"),
             ({**state, "1.bias": np.array(["a", "b"])}, TypeError, "1.bias: expected real numbers, got dtype <U1"),
-            ({**state, "1.bias": np.array([1e300, 0.0])}, ValueError, "1.bias: values beyond the range of the model's float32")]:
+            ({**state, "1.bias": np.array([1e300, 0.0])}, ValueError,
+             "1.bias: values beyond the range of the model's float32")]:
         bad = {**bad, "0.weight": np.zeros((3, 4))}  # a valid entry that must not land either
         with pytest.raises(exc, match=match):
             model.load_state_dict(bad)
@@ -287,7 +288,8 @@ def test_summary_rows():
     (lambda m: fnn.Dense(2.5, 2), TypeError, "Dense in_features: expected an int >= 1, got float 2.5"),
     (lambda m: fnn.Dense(2, 0), ValueError, "Dense out_features: expected an int >= 1, got 0"),
     (lambda m: fnn.Conv2D("3", 4, 3), TypeError, "Conv2D in_channels: expected an int >= 1, got str '3'"),
-    (lambda m: fnn.BlockDiagonalDense(4, 4, True), TypeError, "BlockDiagonalDense groups: expected an int >= 1, got bool"),
+    (lambda m: fnn.BlockDiagonalDense(4, 4, True), TypeError,
+     "BlockDiagonalDense groups: expected an int >= 1, got bool"),
     (lambda m: fnn.LocallyConnected2D(1, -1, 3, input_shape=(4, 4)), ValueError, "LocallyConnected2D out_channels"),
     (lambda m: fnn.LocallyConnected1D(2, 3, 3, input_length=8, padding=(0, 2)), TypeError,
      r"LocallyConnected1D padding: expected an int or a string, got \(0, 2\)"),

@@ -192,8 +192,8 @@ class LocallyConnected1D(LocallyConnected2D):
         for v, what in ((kernel_size, "kernel_size"), (input_length, "input_length"), (stride, "stride"),
                         (dilation, "dilation"), (padding, "padding")):
             if isinstance(v, (tuple, list)):
-                raise TypeError(f"LocallyConnected1D {what}: expected an int{' or a string' if what == 'padding' else ''}"
-                                f", got {v!r}")
+                kind = "an int or a string" if what == "padding" else "an int"
+                raise TypeError(f"LocallyConnected1D {what}: expected {kind}, got {v!r}")
         if not isinstance(padding, str):
             padding = (0, pair(padding, "LocallyConnected1D padding", minimum=0)[0])
         super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length), (1, stride), padding,
