@@ -235,17 +235,10 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
     parallel = nthreads > 1
     mc, kc = _balanced(m, k, blk)
-    nsplit = 1
-    if parallel:
-        nmb = -(-m // blk.mc)
-        if m >= nthreads * blk.mr * 8:
-            nmb = -(-nmb // nthreads) * nthreads          # a multiple of the thread count
-            mc = -(-(-(-m // nmb)) // blk.mr) * blk.mr    # balanced, a multiple of MR
-        else:
-            nsplit = nthreads
+    nsplit = nthreads if parallel and m < nthreads * blk.mr * 8 else 1   # few rows: threads split the columns
     ap, bp, tiles = _buffers(dt, numba.config.NUMBA_NUM_THREADS if parallel else 1, blk)
     args = (m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, mc, kc, blk.nc, nsplit,
-            4 * nthreads if parallel else 1, ap, bp, tiles)
+            4 * nthreads if parallel else 1, nthreads, ap, bp, tiles)
     if parallel:
         old = numba.get_num_threads()
         if old != nthreads:

@@ -2602,13 +2602,18 @@ def micro_direct_t(kc, nt, a, lda, b, ldb, c, ldc):
 
 
 @njit(parallel=True, **_OPTS)
-def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit, ap,
-             bp, tiles):
-    """C = act(alpha A B + beta C + bias) with blocks mcb x kcb x ncb (mcb a multiple of MR,
-    ncb of NR); each row block's B panels are split into nsplit items, and B is packed in
-    bsplit pieces. ap: (threads,
-    mcb*kcb), bp: ceil(ncb/NR)*NR*kcb, tiles: (threads, MR*NR)."""
+def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit,
+             nthreads, ap, bp, tiles):
+    """C = act(alpha A B + beta C + bias) with blocks of at most mcb x kcb x ncb (mcb a multiple
+    of MR, ncb of NR); each row block's B panels are split into nsplit items, and B is packed in
+    bsplit pieces. Rows go to blocks by whole MR panels, evenly (block sizes differ by one
+    panel at most); with nsplit 1 the block count is a multiple of nthreads, so each
+    thread's contiguous share of the items holds the same number of panels give or take one
+    per block. ap: (threads, mcb*kcb), bp: ceil(ncb/NR)*NR*kcb, tiles: (threads, MR*NR)."""
+    npm = (m + MR - 1) // MR
     nmb = (m + mcb - 1) // mcb
+    if nsplit == 1 and (nmb + nthreads - 1) // nthreads * nthreads <= npm:
+        nmb = (nmb + nthreads - 1) // nthreads * nthreads
     for jc in range(0, n, ncb):
         nc = min(ncb, n - jc)
         npan = (nc + NR - 1) // NR
@@ -2627,8 +2632,8 @@ def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, 
                 q1 = min(npan, q0 + per)
                 if q0 < q1:
                     t = get_thread_id()
-                    r0 = ib * mcb
-                    mc = min(mcb, m - r0)
+                    r0 = ib * npm // nmb * MR
+                    mc = min(m, (ib + 1) * npm // nmb * MR) - r0
                     apt = ap[t]
                     pack_a(a, rsa, csa, r0, pc, mc, kc, apt)
                     macro(kc, mc, min(nc - q0 * NR, (q1 - q0) * NR), apt, bp[q0 * NR * kc:], c, ldc, r0,
@@ -2645,17 +2650,22 @@ def gemm_cpu_groups(G, m, n, k, alpha, a, rsa, csa, ga, b, rsb, csb, gb, beta, c
         t = get_thread_id()
         bg = bias[g * gbias:g * gbias + n] if bias.shape[0] > 0 else bias
         gemm_serial(m, n, k, alpha, a[g * ga:], rsa, csa, b[g * gb:], rsb, csb, beta, c[g * gc:], ldc, bg, act,
-                    mcb, kcb, ncb, 1, 1, ap[t:t + 1], bps[t], tiles[t:t + 1])
+                    mcb, kcb, ncb, 1, 1, 1, ap[t:t + 1], bps[t], tiles[t:t + 1])
 
 
 @njit(parallel=False, **_OPTS)
-def gemm_serial(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit, ap,
-             bp, tiles):
-    """C = act(alpha A B + beta C + bias) with blocks mcb x kcb x ncb (mcb a multiple of MR,
-    ncb of NR); each row block's B panels are split into nsplit items, and B is packed in
-    bsplit pieces. ap: (threads,
-    mcb*kcb), bp: ceil(ncb/NR)*NR*kcb, tiles: (threads, MR*NR)."""
+def gemm_serial(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit,
+             nthreads, ap, bp, tiles):
+    """C = act(alpha A B + beta C + bias) with blocks of at most mcb x kcb x ncb (mcb a multiple
+    of MR, ncb of NR); each row block's B panels are split into nsplit items, and B is packed in
+    bsplit pieces. Rows go to blocks by whole MR panels, evenly (block sizes differ by one
+    panel at most); with nsplit 1 the block count is a multiple of nthreads, so each
+    thread's contiguous share of the items holds the same number of panels give or take one
+    per block. ap: (threads, mcb*kcb), bp: ceil(ncb/NR)*NR*kcb, tiles: (threads, MR*NR)."""
+    npm = (m + MR - 1) // MR
     nmb = (m + mcb - 1) // mcb
+    if nsplit == 1 and (nmb + nthreads - 1) // nthreads * nthreads <= npm:
+        nmb = (nmb + nthreads - 1) // nthreads * nthreads
     for jc in range(0, n, ncb):
         nc = min(ncb, n - jc)
         npan = (nc + NR - 1) // NR
@@ -2674,8 +2684,8 @@ def gemm_serial(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, ac
                 q1 = min(npan, q0 + per)
                 if q0 < q1:
                     t = 0
-                    r0 = ib * mcb
-                    mc = min(mcb, m - r0)
+                    r0 = ib * npm // nmb * MR
+                    mc = min(m, (ib + 1) * npm // nmb * MR) - r0
                     apt = ap[t]
                     pack_a(a, rsa, csa, r0, pc, mc, kc, apt)
                     macro(kc, mc, min(nc - q0 * NR, (q1 - q0) * NR), apt, bp[q0 * NR * kc:], c, ldc, r0,
@@ -2692,4 +2702,4 @@ def gemm_serial_groups(G, m, n, k, alpha, a, rsa, csa, ga, b, rsb, csb, gb, beta
         t = 0
         bg = bias[g * gbias:g * gbias + n] if bias.shape[0] > 0 else bias
         gemm_serial(m, n, k, alpha, a[g * ga:], rsa, csa, b[g * gb:], rsb, csb, beta, c[g * gc:], ldc, bg, act,
-                    mcb, kcb, ncb, 1, 1, ap[t:t + 1], bps[t], tiles[t:t + 1])
+                    mcb, kcb, ncb, 1, 1, 1, ap[t:t + 1], bps[t], tiles[t:t + 1])
