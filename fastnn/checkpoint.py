@@ -58,15 +58,23 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     ``check_extra(extra)`` is called before anything changes; it raises to refuse the file."""
     path = Path(path)
     try:
-        with np.load(path) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with f:
             meta = json.loads(f["meta"].tobytes())
             arrays = {k: f[k] for k in f.files if k != "meta"}
     except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile, EOFError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: not a readable fastnn checkpoint ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: expected format {FORMAT!r}, got {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: expected format {FORMAT!r}, got "
+                         f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
+    keys = ("model", "step", "optimizer", "schedule", "rng", "global_rng", "extra")
+    if any(k not in meta for k in keys) or "params" not in arrays:
+        raise ValueError(f"{path}: not a complete fastnn checkpoint: expected {[*keys, 'params']}, got "
+                         f"{sorted(meta)} and arrays {sorted(arrays)}")
     _check_model(path, meta["model"], _signature(model))
     if optimizer is not None and meta["optimizer"] is None:
         raise ValueError(f"{path}: holds no optimizer state, but an optimizer was given")

@@ -7,7 +7,11 @@ counter ``t`` and sets ``lr = lr_at(t, base)``, where ``base`` is the group's
 in the base lr, ``lr_at(t, base) = factor(t) * base + offset(t)``; the offset is zero except
 for Cosine's absolute floor ``eta_min``. A step the optimizer skipped (non-finite
 gradients, ``opt.last_step_skipped``) does not advance the schedule, so a skip delays the
-schedule instead of silently dropping one of its values (huggingface/accelerate#4243).
+schedule instead of silently dropping one of its values (huggingface/accelerate#4243); a
+schedule stepped less often (once an epoch) still advances when the optimizer took any real
+step since the schedule's last one. The schedule owns ``lr``: an edit of a group's ``lr`` lasts
+until the next ``step()`` (torch's chainable schedulers continue from the edited value);
+change ``initial_lr``, the base, to move the whole schedule.
 
 ``BatchSize`` grows the batch with the number of samples seen (Smith et al. 2018, "Don't
 decay the learning rate, increase the batch size") and can rescale the lr to match.
@@ -107,6 +111,8 @@ class Schedule:
         self.opt = opt
         self.t = 0
         self._owner: Schedule | None = None
+        #: the optimizer's step_count at this schedule's last step (None: unknown, after a load)
+        self._stepped_at = getattr(opt, "step_count", None)
         self._apply(0)
 
     # the schedule as a pure function of the step ------------------------------------------
@@ -154,13 +160,16 @@ class Schedule:
     def step(self) -> bool:
         """Advance one step and set every group's lr; call after ``opt.step()``.
 
-        Returns False, changing nothing, when the optimizer skipped its last step.
+        Returns False, changing nothing, when the optimizer skipped its last step and took no
+        real step since this schedule's last one.
         """
         if self._owner is not None:
             raise RuntimeError(f"{self!r} is part of {self._owner!r}; step that schedule instead")
-        if getattr(self.opt, "last_step_skipped", False):
+        count = getattr(self.opt, "step_count", None)
+        if getattr(self.opt, "last_step_skipped", False) and (self._stepped_at is None or count == self._stepped_at):
             return False
         self._apply(self.t + 1)
+        self._stepped_at = count
         return True
 
     def _apply(self, t: int, base_lrs: Sequence[float] | None = None) -> None:
@@ -210,6 +219,7 @@ class Schedule:
                              f"group), got {bases!r}")
         bases = [_real(b, f"schedule state base_lrs[{i}]", lambda v: v >= 0, ">= 0") for i, b in enumerate(bases)]
         self._apply(t, bases)
+        self._stepped_at = None
 
     def __repr__(self) -> str:
         return _fmt({**self._spec(), "t": self.t})

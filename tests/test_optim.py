@@ -262,7 +262,8 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     opt.step()
     other = fnn.optim.Adam((np.ones(6), np.ones(6)), lr=0.2)
     snapshot = opt.state_dict()
-    with pytest.raises(ValueError, match="expected float64\\(5,\\)"):
+    with pytest.raises(ValueError, match=r"saved for other parameter shapes, expected \[name, offset, size\] "
+                                         r"\['params', 0, 5\], got \['params', 0, 6\]"):
         opt.load_state_dict(other.state_dict())
     with pytest.raises(ValueError, match="expected a Adam state"):
         opt.load_state_dict(fnn.optim.SGD((np.ones(5), np.ones(5))).state_dict())
@@ -470,3 +471,84 @@ def test_an_optimizer_of_a_model_later_nested_refuses_to_step():
     assert model.flat.grad.any() and opt.step_count == 0
     outer = fnn.optim.SGD(model, lr=0.1)
     assert outer.step() and not np.array_equal(model.flat.data, before)
+
+
+@pytest.mark.parametrize("make, switch", [
+    (lambda m: fnn.optim.SGD(m, lr=0.1), ("momentum", 0.9)),
+    (lambda m: fnn.optim.Adam(m, lr=0.01), ("amsgrad", True)),
+])
+def test_a_state_saved_before_a_switched_on_buffer_exists_round_trips(make, switch):
+    fnn.manual_seed(0)
+    models = [fnn.Sequential(fnn.Dense(3, 4), fnn.Dense(4, 2)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [make(m) for m in models]
+    models[0].flat.grad[:] = 1.0
+    opts[0].step()
+    opts[0].param_groups[0][switch[0]] = switch[1]
+    opts[0].load_state_dict(opts[0].state_dict())      # the same optimizer
+    opts[1].load_state_dict(opts[0].state_dict())      # and another one
+    models[1].load_state_dict(models[0].state_dict())
+    grads = np.random.default_rng(0).standard_normal(models[0].flat.grad.shape).astype(np.float32)
+    for m, o in zip(models, opts):
+        for _ in range(3):
+            m.flat.grad[:] = grads
+            o.step()
+    for (n, v), w in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        np.testing.assert_array_equal(v, w, err_msg=n)
+
+
+def test_a_state_of_other_parameter_shapes_is_refused():
+    a = fnn.Sequential(fnn.Dense(5, 7), fnn.Dense(7, 3))
+    b = fnn.Sequential(fnn.Dense(5, 8), fnn.Dense(8, 3))
+    assert a.flat.data.size == b.flat.data.size                # the same padded length and names
+    oa, ob = fnn.optim.Adam(a), fnn.optim.Adam(b)
+    a.flat.grad[:] = 1.0
+    oa.step()
+    with pytest.raises(ValueError, match=r"saved for other parameter shapes, expected \[name, offset, size\] "
+                                         r"\['0.weight', 0, 40\], got \['0.weight', 0, 35\]"):
+        ob.load_state_dict(oa.state_dict())
+    assert ob.step_count == 0 and not ob.state["exp_avg"].any()
+
+
+def _torch_twin(model):
+    return {n: torch.tensor(v.copy(), requires_grad=True) for n, v in model.named_parameters()}
+
+
+def test_nesterov_with_a_group_without_momentum_steps_as_torch():
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(3, 4), fnn.Dense(4, 2))
+    tensors = _torch_twin(model)
+    biases = [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9, nesterov=True, param_groups=[{"params": biases, "momentum": 0.0}])
+    ref = torch.optim.SGD([{"params": [t for n, t in tensors.items() if n not in biases]},
+                           {"params": [tensors[n] for n in biases], "momentum": 0.0}], lr=0.1, momentum=0.9,
+                          nesterov=True)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        model.flat.grad[:] = 0
+        for n, g in model.named_gradients():
+            g[...] = rng.standard_normal(g.shape)
+            tensors[n].grad = torch.tensor(g.copy())
+        opt.step()
+        ref.step()
+    for n, v in model.named_parameters():
+        np.testing.assert_allclose(v, tensors[n].detach().numpy(), rtol=1e-6, atol=1e-7, err_msg=n)
+    with pytest.raises(ValueError, match="nesterov needs momentum > 0 and dampening = 0, got momentum=0"):
+        fnn.optim.SGD(model, nesterov=True)
+
+
+def test_clipping_an_infinite_gradient_under_ignore_scales_by_zero_as_torch():
+    p, g = np.ones(4), np.array([np.inf, 1.0, 1.0, 1.0])
+    fnn.optim.SGD((p, g), lr=0.1, max_grad_norm=1.0, nonfinite="ignore").step()
+    t = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    t.grad = torch.tensor(g)
+    torch.nn.utils.clip_grad_norm_([t], 1.0)
+    torch.optim.SGD([t], lr=0.1).step()
+    np.testing.assert_array_equal(p, t.detach().numpy())           # [nan, 1, 1, 1]: only the Inf element
+
+
+def test_a_group_may_name_one_parameter_without_a_list():
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    for one in ("0.bias", model.layers[0].params["bias"]):
+        opt = fnn.optim.SGD(model, lr=0.1, weight_decay=0.1, param_groups=[{"params": one, "weight_decay": 0.0}])
+        assert opt.param_groups[1]["params"] == ["0.bias"] and opt.param_groups[0]["params"] == ["0.weight"]

@@ -157,6 +157,17 @@ def test_skipped_optimizer_step_does_not_advance():
     assert sched.t == 2 and sched.get_last_lr() == [0.025, 0.0025]
 
 
+def test_a_schedule_stepped_each_epoch_advances_after_a_skipped_last_batch():
+    opt = fnn_sgd(nonfinite="skip")
+    sched = S.Step(opt, step_size=1, gamma=0.5)
+    for epoch in range(2):
+        for batch in range(3):
+            opt.grads[:] = np.nan if (epoch, batch) == (0, 2) else 0.0   # the epoch's last batch is skipped
+            opt.step()
+        assert sched.step()
+    assert sched.t == 2 and sched.get_last_lr() == [0.025, 0.0025]
+
+
 def test_composite_skips_and_parts_cannot_be_stepped():
     opt = fnn_sgd(nonfinite="skip")
     warm = S.Warmup(opt, 4)

@@ -133,6 +133,35 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         fnn.checkpoint.load(bad, fnn.Sequential(fnn.Dense(2, 2)))
 
 
+def test_files_that_are_not_checkpoints_are_a_clear_error(tmp_path):
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    np.savez(tmp_path / "b.npz", meta=np.frombuffer(b'{"format": "fastnn-checkpoint-1"}', np.uint8))
+    np.savez(tmp_path / "c.npz", meta=np.frombuffer(b"[1, 2]", np.uint8))
+    for name, match in (("a.npy", "not a readable fastnn checkpoint .a single .npy array"),
+                        ("b.npz", "not a complete fastnn checkpoint: expected .'model', 'step'"),
+                        ("c.npz", "expected format 'fastnn-checkpoint-1', got 'list'")):
+        with pytest.raises(ValueError, match=match):
+            fnn.checkpoint.load(tmp_path / name, model)
+
+
+def test_a_refused_checkpoint_restores_an_optimizer_whose_momentum_came_later(tmp_path):
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+    path = fnn.checkpoint.save(tmp_path / "r.npz", model, opt, fnn.schedules.Cosine(opt, T_max=10))
+    other = fnn.Sequential(fnn.Dense(3, 2))
+    opt2 = fnn.optim.SGD(other, lr=0.1)
+    other.flat.grad[:] = 1.0
+    opt2.step()
+    opt2.param_groups[0]["momentum"] = 0.5       # its buffer comes at the next step
+    sched2 = fnn.schedules.Step(opt2, 3)
+    before = opt2.state_dict()
+    with pytest.raises(ValueError, match="schedule state: saved by Cosine"):
+        fnn.checkpoint.load(path, other, opt2, sched2)
+    after = opt2.state_dict()
+    assert after["step"] == 1 and after["param_groups"] == before["param_groups"] and after["state"] == {}
+
+
 def test_damaged_checkpoint_names_its_path(tmp_path):
     model = fnn.Sequential(fnn.Dense(4, 3))
     path = fnn.checkpoint.save(tmp_path / "m.npz", model, fnn.optim.Adam(model))

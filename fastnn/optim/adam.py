@@ -16,6 +16,7 @@ class Adam(Optimizer):
     """
 
     state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    lazy_state = ("max_exp_avg_sq",)
     global_options = ("amsgrad",)
     decoupled = False
 

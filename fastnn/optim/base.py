@@ -39,6 +39,9 @@ class Optimizer:
 
     #: every state buffer this optimizer may hold (which ones it holds follows the options)
     state_names: tuple[str, ...] = ()
+    #: state buffers an option switched on after a step creates, zeroed, at the next step (a state
+    #: saved in between lacks them)
+    lazy_state: tuple[str, ...] = ()
     #: options one value of which applies to all groups; read from the groups at each step
     global_options: tuple[str, ...] = ()
 
@@ -81,7 +84,8 @@ class Optimizer:
                 raise ValueError(f"param_groups[{k - 1}]: {fixed} must be the same for all groups")
             group = {**self.defaults, **{o: v for o, v in spec.items() if o != "params"}}
             self._check_hparams(group, f"param_groups[{k - 1}]")
-            for p in spec["params"]:
+            params = spec["params"]
+            for p in [params] if isinstance(params, (str, np.ndarray)) else params:   # one, as torch takes one tensor
                 i = self._slot_index(p)
                 if owner[i]:
                     raise ValueError(f"parameter {self._slots[i][0]!r} is in two parameter groups")
@@ -204,9 +208,10 @@ class Optimizer:
         g = self.grads[self._share[0]:self._share[1]]
         bad = ~np.isfinite(g)
         count = int(self._global(bad.sum(), "sum"))
-        if count:
+        if count:           # an Inf without a NaN makes the norm Inf (torch's clip then scales by 0)
             first = self._global(self._share[0] + np.argmax(bad) if bad.any() else self.grads.size, "min")
-            return math.nan, count, int(first)
+            nan = self._global(float(np.isnan(g).any()), "max")
+            return math.nan if nan else math.inf, count, int(first)
         peak = self._global(float(np.max(np.abs(g))) if g.size else 0.0, "max")  # the squares overflow
         return peak * math.sqrt(self._global(float(np.sum(np.square(g / peak))), "sum")), 0, -1
 
@@ -247,7 +252,11 @@ class Optimizer:
         flat state buffers."""
         return {"type": type(self).__name__, "step": self.step_count, "skipped_steps": self.skipped_steps,
                 "param_groups": [dict(g, params=list(g["params"])) for g in self.param_groups],
-                "state": {k: v.copy() for k, v in self.state.items()}}
+                "slots": self._slot_list(), "state": {k: v.copy() for k, v in self.state.items()}}
+
+    def _slot_list(self) -> list[list]:
+        """[name, first element, size] of each parameter in the flat buffer."""
+        return [[name, start, size] for name, start, _, size in self._slots]
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned; checked whole before anything is changed. The
@@ -275,10 +284,16 @@ class Optimizer:
         for o in self.global_options:
             if any(g[o] != groups[0][o] for g in groups):
                 raise ValueError(f"optimizer state: {o} differs between groups: {[g[o] for g in groups]}")
+        if "slots" in state:     # states saved before slots were recorded are checked by name and size only
+            saved = [[n, int(a), int(z)] for n, a, z in state["slots"]]
+            diff = next((pair for pair in zip(saved, self._slot_list()) if pair[0] != pair[1]), None)
+            if diff or len(saved) != len(self._slots):
+                raise ValueError(f"optimizer state: saved for other parameter shapes, expected [name, offset, size] "
+                                 f"{diff[1] if diff else len(self._slots)}, got {diff[0] if diff else len(saved)}")
         buffers = state["state"]
         unknown = set(buffers) - set(self.state_names)
-        needed = set(self._state_to_allocate(groups)) - set(buffers)
-        if unknown or needed:
+        needed = set(self._state_to_allocate(groups)) - set(self.lazy_state) - set(buffers)
+        if unknown or needed:   # a lazy one the state lacks (switched on after the last step) comes zeroed
             raise ValueError(f"optimizer state: expected buffers {sorted(self._state_to_allocate(groups))} (any of "
                              f"{list(self.state_names)}), got {sorted(buffers)}")
         if self._state_pinned and set(buffers) != set(self.state):

@@ -17,10 +17,14 @@ class SGD(Optimizer):
     """
 
     state_names = ("momentum_buffer",)
+    lazy_state = state_names
     global_options = ("nesterov",)
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False, **options) -> None:
+        if nesterov and (not momentum > 0 or dampening != 0):   # the defaults only, as torch: a group with
+            raise ValueError(f"nesterov needs momentum > 0 and dampening = 0, "   # momentum 0 steps as plain SGD
+                             f"got momentum={momentum}, dampening={dampening}")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize), **options)
         #: per group: whether its part of the momentum buffer holds a value (torch: the buffer
@@ -37,9 +41,6 @@ class SGD(Optimizer):
         super()._check_hparams(group, where)
         if not group["momentum"] >= 0:
             raise ValueError(f"{where}: expected momentum >= 0, got {group['momentum']}")
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError(f"{where}: nesterov needs momentum > 0 and dampening = 0, "
-                             f"got momentum={group['momentum']}, dampening={group['dampening']}")
 
     def _update(self, grad_scale: float, step: int) -> None:
         if "momentum_buffer" not in self.state:
