@@ -130,7 +130,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
             elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
                 return out
         elif (a.ndim == 2 and b.ndim == 2
-              and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype))
+              and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1))
               and (activation is None or type(activation) is str)):
             fast = _FAST[a.dtype]
             if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
@@ -145,10 +145,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                         c = np.empty((a.shape[0], b.shape[1]), a.dtype)
                         if fast(a, b, c, *args):
                             return c
-                elif (type(out) is np.ndarray and out.dtype is a.dtype and out.flags.c_contiguous
+                elif (type(out) is np.ndarray and out.ndim == 2 and out.dtype is a.dtype and out.flags.c_contiguous
                       and out.flags.writeable and fast(a, b, out, *args)):
                     return out
-    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+    if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
     a, b = _native(a), _native(b)
     dt = a.dtype
@@ -178,7 +178,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         if beta != 0:
             raise ValueError("matmul: beta != 0 needs an out array to accumulate into")
         out = np.empty((m, n), dt)
-    elif not isinstance(out, np.ndarray) or out.dtype != dt or out.shape != (m, n):
+    elif not isinstance(out, np.ndarray) or out.dtype.newbyteorder("=") != dt or out.shape != (m, n):
         raise ValueError(f"matmul: out must be a {dt} array of shape ({m}, {n}), got "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     elif not out.flags.writeable:
@@ -186,8 +186,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     if m == 0 or n == 0:
         return out
     rows = _flat(out) if not out.flags.c_contiguous and k else None
-    if any(np.may_share_memory(out, x) for x in (a, b, bias)):    # read while written: a temporary
-        work = np.array(out, order="C") if beta != 0 else np.empty((m, n), dt)
+    if not out.dtype.isnative or any(np.may_share_memory(out, x) for x in (a, b, bias)):   # byte-swapped, or
+        work = np.array(out, dt, order="C") if beta != 0 else np.empty((m, n), dt)       # read while written
         c, ldc = work.reshape(-1), n
     elif rows is not None and rows[2] == 1 and rows[1] >= n:      # rows of a wider array: write in place
         work, (c, ldc, _) = out, rows
@@ -272,7 +272,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     default numba.get_num_threads()), each on the packed GEMM: no Python per group.
     """
     for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, np.ndarray) or x.ndim != 3:
+        if not isinstance(x, np.ndarray) or isinstance(x, np.matrix) or x.ndim != 3:
             raise ValueError(f"batched_matmul: {name} must be a 3-D numpy array (groups, rows, cols), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
     if threads is not None:
@@ -291,14 +291,19 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         if beta != 0:
             raise ValueError("batched_matmul: beta != 0 needs an out array to accumulate into")
         out = np.empty((G, m, n), dt)
-    elif not isinstance(out, np.ndarray) or out.dtype != dt or out.shape != (G, m, n) or not out.flags.writeable:
-        raise ValueError(f"batched_matmul: out must be a writeable {dt} array of shape ({G}, {m}, {n}), got "
+    elif not isinstance(out, np.ndarray) or out.dtype.newbyteorder("=") != dt or out.shape != (G, m, n):
+        raise ValueError(f"batched_matmul: out must be a {dt} array of shape ({G}, {m}, {n}), got "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    elif not out.flags.writeable:
+        raise ValueError("batched_matmul: out is read-only")
     if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (G, n)):
         raise ValueError(f"batched_matmul: bias must be a {dt} array of shape ({G}, {n}), got "
                          f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
-    if any(x is not None and np.may_share_memory(out, x) for x in (a, b, bias)):   # read while written
-        work = out.copy() if beta != 0 else None
+    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
+    if act < 0:
+        raise ValueError(f"batched_matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
+    if not out.dtype.isnative or any(x is not None and np.may_share_memory(out, x) for x in (a, b, bias)):
+        work = np.array(out, dt) if beta != 0 else None                # byte-swapped, or read while written
         work = batched_matmul(a, b, work, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=bias,
                               activation=activation, threads=threads)
         out[...] = work
@@ -309,9 +314,6 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
             matmul(a[g], b[g], out[g], trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
                    bias=None if bias is None else bias[g], activation=activation, threads=threads)
         return out
-    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
-    if act < 0:
-        raise ValueError(f"batched_matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
     if m == 0 or n == 0:
         return out
     (fa, ga, ra, ca), (fb, gb, rb, cb), (fc, gc, ldc, _) = views

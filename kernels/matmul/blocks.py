@@ -31,6 +31,9 @@ import numpy as np
 #: thread (no packing of full panels; its work buffer grows with k)
 SMALL_MNK = 96 ** 3
 SMALL_K = 4096
+#: the direct kernel sums K in runs of this many terms in registers, each run then added to C:
+#: one running sum over all of K would be about 10x less accurate than BLAS at K = 4096 (fp32)
+SMALL_KC = 512
 #: rows of the transposed micro-kernel's tile (micro_direct_t): with MR rows LLVM hoists the MR
 #: broadcasts of a step above its FMAs and spills (20 live registers of 16 on AVX2, measured
 #: 44 GFLOP/s); 4 rows keep 2*4 accumulators, 4 broadcasts and 2 row loads in registers
