@@ -238,7 +238,7 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     nsplit = nthreads if parallel and m < nthreads * blk.mr * 8 else 1   # few rows: threads split the columns
     ap, bp, tiles = _buffers(dt, numba.config.NUMBA_NUM_THREADS if parallel else 1, blk)
     args = (m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, mc, kc, blk.nc, nsplit,
-            4 * nthreads if parallel else 1, nthreads, ap, bp, tiles)
+            4 * nthreads if parallel else 1, ap, bp, tiles)
     if parallel:
         old = numba.get_num_threads()
         if old != nthreads:

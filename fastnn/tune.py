@@ -43,7 +43,7 @@ def sweep(dtype, n: int = 1024, repeats: int = 3, kcs=KCS, mc_factors=MC_FACTORS
             blk = blocks.Blocks(base.mr, base.nr, mc, kc, base.nc)
             ap, bp, tiles = gemm._buffers(dt, 1, blk)
             args = (n, n, n, one, a.reshape(-1), n, 1, b.reshape(-1), n, 1, zero, c.reshape(-1), n, empty, 0,
-                    mc, kc, base.nc, 1, 1, 1, ap, bp, tiles)
+                    mc, kc, base.nc, 1, 1, ap, bp, tiles)
             with slp_scope():
                 mod.gemm_serial(*args)
             times = []

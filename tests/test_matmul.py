@@ -172,7 +172,7 @@ def test_random_shapes_and_block_tables(m, k, n, mcb, kc, ncb, nsplit, bsplit, d
     t = np.dtype(dtype).type
     with mm_settings.slp_scope():
         mod.gemm_serial(m, n, k, t(1.0), a.reshape(-1), k, 1, b.reshape(-1), n, 1, t(first_beta), c.reshape(-1), n,
-                        np.empty(0, dtype), 0, mc, kc, nc, nsplit, bsplit, 1, ap, bp, tiles)
+                        np.empty(0, dtype), 0, mc, kc, nc, nsplit, bsplit, ap, bp, tiles)
     check(c, matmul_ref(a, b, c0, beta=first_beta), dtype, k)
 
 
