@@ -241,8 +241,9 @@ def test_a_byte_swapped_out_is_written_as_numpy_writes_it():
 
 @pytest.mark.parametrize("k", [512, 4096])
 def test_the_direct_path_is_as_accurate_as_blas_at_large_k(k):
-    """Small M, N with large K take the direct path: its error stays within a small factor of
-    OpenBLAS's (a running sum over all of K was about 10x worse at K = 4096)."""
+    """Small M, N with long K: the error stays within a small factor of OpenBLAS's (the direct
+    kernel's one running sum over all of K was about 10x worse at K = 4096; longer K than
+    SMALL_K now takes the packed path, which adds K blocks)."""
     rng = np.random.default_rng(0)
     errs = []
     for _ in range(5):

@@ -30,10 +30,10 @@ import numpy as np
 #: products with m*n*k at most this, and k at most SMALL_K, run the direct kernel in the calling
 #: thread (no packing of full panels; its work buffer grows with k)
 SMALL_MNK = 96 ** 3
-SMALL_K = 4096
-#: the direct kernel sums K in runs of this many terms in registers, each run then added to C:
-#: one running sum over all of K would be about 10x less accurate than BLAS at K = 4096 (fp32)
-SMALL_KC = 512
+#: the direct kernel sums all of K in one running sum per output: at K = 4096 that was 10x less
+#: accurate than OpenBLAS in fp32, while the packed path adds K blocks of at most KC = 512 (and
+#: summing runs of 512 inside the direct kernel cost 5-10 % at n <= 64), so longer K goes packed
+SMALL_K = 512
 #: rows of the transposed micro-kernel's tile (micro_direct_t): with MR rows LLVM hoists the MR
 #: broadcasts of a step above its FMAs and spills (20 live registers of 16 on AVX2, measured
 #: 44 GFLOP/s); 4 rows keep 2*4 accumulators, 4 broadcasts and 2 row loads in registers

@@ -17,7 +17,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange, uint64
 
 from fastnn.kernels.activation import _act
-from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_KC, SMALL_MNK
+from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_MNK
 from fastnn.kernels.prefetch import prefetch
 from fastnn.kernels.transpose import transpose_block
 
@@ -182,8 +182,7 @@ def macro(kc, mc, ncw, ap, bp, c, ldc, r0, c0, alpha, beta, first, last, bias, a
 def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
     """Direct path for small products of row-major A (lda) and B (ldb): the micro-kernel reads
     both in place; the last m % MR rows are copied once into zero-padded rows, and only the
-    last n % NR columns are packed. K is summed in runs of SMALL_KC, each added to C (as the
-    packed path's K blocks). work holds (2*MR + NR)*k + MR*NR elements."""
+    last n % NR columns are packed. work holds (2*MR + NR)*k + MR*NR elements."""
     sr = work[:MR * k]
     sa = work[MR * k:2 * MR * k]
     sb = work[2 * MR * k:(2 * MR + NR) * k]
@@ -205,23 +204,17 @@ def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
         bslice = bias[jr:] if bias.shape[0] > 0 else bias
         if nr == NR:
             for ir in range(0, mfull, MR):
-                for p0 in range(0, k, SMALL_KC):
-                    kc = min(SMALL_KC, k - p0)
-                    micro_direct(kc, a[ir * lda + p0:], lda, b[p0 * ldb + jr:], ldb, tile)
-                    store_c(tile, c[ir * ldc + jr:], ldc, alpha, beta, p0 == 0, p0 + kc >= k, bslice, act)
+                micro_direct(k, a[ir * lda:], lda, b[jr:], ldb, tile)
+                store_c(tile, c[ir * ldc + jr:], ldc, alpha, beta, True, True, bslice, act)
             if rest:
-                for p0 in range(0, k, SMALL_KC):
-                    kc = min(SMALL_KC, k - p0)
-                    micro_direct(kc, sr[p0:], k, b[p0 * ldb + jr:], ldb, tile)
-                    _store(tile, c, ldc, mfull, jr, rest, NR, alpha, beta, p0 == 0, p0 + kc >= k, bias, act)
+                micro_direct(k, sr, k, b[jr:], ldb, tile)
+                _store(tile, c, ldc, mfull, jr, rest, NR, alpha, beta, True, True, bias, act)
         else:
             pack_b_panel(b, ldb, 1, 0, jr, 0, nr, k, sb)
             for ir in range(0, m, MR):
                 pack_a(a, lda, 1, ir, 0, min(MR, m - ir), k, sa)
-                for p0 in range(0, k, SMALL_KC):
-                    kc = min(SMALL_KC, k - p0)
-                    micro(kc, sa[p0 * MR:], sb[p0 * NR:], tile)
-                    _store(tile, c, ldc, ir, jr, min(MR, m - ir), nr, alpha, beta, p0 == 0, p0 + kc >= k, bias, act)
+                micro(k, sa, sb, tile)
+                _store(tile, c, ldc, ir, jr, min(MR, m - ir), nr, alpha, beta, True, True, bias, act)
 
 
 @njit(inline="always")
