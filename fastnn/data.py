@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import math
+import numbers
 import os
 import zlib
 from collections.abc import Iterator
@@ -124,10 +125,12 @@ def _shard(shard) -> tuple[int, int]:
         return 0, 1
     if hasattr(shard, "Get_rank"):
         return shard.Get_rank(), shard.Get_size()
-    rank, size = shard
-    if not 0 <= rank < size:
+    if not isinstance(shard, (tuple, list)) or len(shard) != 2:
+        raise TypeError(f"shard: expected None, a communicator or a (rank, size) pair of ints, got {shard!r}")
+    rank, size = check_int(shard[0], "shard rank", 0), check_int(shard[1], "shard size", 1)
+    if rank >= size:
         raise ValueError(f"shard: expected (rank, size) with 0 <= rank < size, got {shard!r}")
-    return int(rank), int(size)
+    return rank, size
 
 
 def _iterate(x: np.ndarray, y: np.ndarray | None, order: np.ndarray, fixed: int | None,
@@ -164,8 +167,13 @@ def train_test_split(
     agree between the parts to within one sample per class. Which samples go
     where depends on ``seed`` only; both parts keep the original order.
     """
+    if y is None:
+        raise TypeError("train_test_split: expected a y array, got None")
     n = _n_samples(x, y)
     seed = check_int(seed, "seed", 0)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise TypeError(f"test_fraction: expected a number in (0, 1), got {type(test_fraction).__name__} "
+                        f"{test_fraction!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
     n_test = int(np.ceil(test_fraction * n))
@@ -215,6 +223,8 @@ def load_digits(dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.nda
 _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _IDX_CODES = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
+#: the most dimensions an IDX header may declare here: NumPy's limit on an array's rank
+_MAX_DIMS = 64
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -240,8 +250,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
         raise ValueError(f"{path}: unknown IDX type code 0x{code:02X}, expected one of {known}")
-    if ndim == 0:
-        raise ValueError(f"{path}: IDX header declares 0 dimensions, expected at least 1")
+    if not 1 <= ndim <= _MAX_DIMS:
+        raise ValueError(f"{path}: IDX header declares {ndim} dimensions, expected 1 to {_MAX_DIMS} (NumPy's limit)")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise ValueError(f"{path}: truncated IDX header, {ndim} dimensions need {header} bytes, got {len(raw)}")
@@ -260,7 +270,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` (1 to 255 dimensions, each < 2**32; dtype uint8, int8,
+    """Write ``array`` (at least 1 dimension, each < 2**32; dtype uint8, int8,
     int16, int32, float32 or float64) as an IDX file, gzip-compressed when
     ``path`` ends in ``.gz``. Checks everything before creating the file.
     """
@@ -269,8 +279,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     if code is None:
         raise TypeError(f"write_idx: expected dtype uint8, int8, int16, int32, float32 or float64,"
                         f" got {array.dtype}")
-    if not 1 <= array.ndim <= 255:
-        raise ValueError(f"write_idx: expected 1 to 255 dimensions, got shape {array.shape}")
+    if array.ndim == 0:
+        raise ValueError(f"write_idx: expected at least 1 dimension, got shape {array.shape}")
     if max(array.shape) >= 2**32:
         raise ValueError(f"write_idx: every dimension must be < 2**32, got shape {array.shape}")
     payload = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()

@@ -440,6 +440,9 @@ class Chain(Schedule):
 # -- batch-size schedule -----------------------------------------------------------------------
 
 _LR_SCALINGS = ("linear", "sqrt")
+#: without max_batch the size stops growing here (beyond any data set; start * factor**k would
+#: overflow a float after enough growths)
+_UNCAPPED_BATCH = 2 ** 62
 
 
 class BatchSize:
@@ -447,7 +450,8 @@ class BatchSize:
 
     Growth comes every ``every_samples`` samples, or at each of ``milestones`` (sample
     counts; give exactly one of the two): with k growths so far, the batch size is
-    ``min(round(start * factor**k), max_batch)``. Everything counts samples, not steps, so
+    ``min(round(start * factor**k), max_batch)`` (without ``max_batch`` it stops at 2**62,
+    beyond any data set). Everything counts samples, not steps, so
     the schedule survives a change of batch size, of rank count, and checkpoints.
     Growing the batch by ``factor`` cuts SGD's noise scale ``lr * N / B`` as decaying the lr
     by ``factor`` would (Smith et al. 2018), with fewer parameter updates.
@@ -480,18 +484,17 @@ class BatchSize:
             raise ValueError("BatchSize: scale_lr and opt go together; got "
                              f"scale_lr={scale_lr!r} and opt={'None' if opt is None else type(opt).__name__}")
         self.scale_lr, self.opt = scale_lr, opt
+        self._cap = self.max_batch if self.max_batch is not None else max(_UNCAPPED_BATCH, self.start)
         self._max_growths = self._growths_to_cap()
         self._samples = 0
         self._lr_batch = self.start  # the batch size the optimizer's lr is scaled for
 
-    def _growths_to_cap(self) -> int | None:
-        """The number of growths after which the size stays at max_batch (None: no cap)."""
-        if self.max_batch is None:
-            return None
+    def _growths_to_cap(self) -> int:
+        """The number of growths after which the size stays at its cap."""
         if self.factor == 1:
             return 0
-        k = max(0, math.ceil(math.log(self.max_batch / self.start) / math.log(self.factor)) - 1)
-        while self.start * self.factor ** k < self.max_batch:
+        k = max(0, math.ceil(math.log(self._cap / self.start) / math.log(self.factor)) - 1)
+        while self.start * self.factor ** k < self._cap:
             k += 1
         return k
 
@@ -502,9 +505,7 @@ class BatchSize:
             k = samples // self.every_samples
         else:
             k = bisect_right(self.milestones, samples)
-        if self._max_growths is None:
-            return round(self.start * self.factor ** k)
-        return min(round(self.start * self.factor ** min(k, self._max_growths)), self.max_batch)
+        return min(round(self.start * self.factor ** min(k, self._max_growths)), self._cap)
 
     def steps(self, epoch_samples: int, epochs: int) -> int:
         """The number of batches (optimizer steps) in ``epochs`` epochs of ``epoch_samples``

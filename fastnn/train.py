@@ -14,7 +14,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from . import random
 from .checks import check_int
-from .data import BatchSizeSchedule, batches
+from .data import BatchSizeSchedule, _n_samples, batches
 from .losses import softmax_cross_entropy
 from .module import Module
 
@@ -45,6 +45,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
 
     if not isinstance(batch_size, BatchSizeSchedule):
         batch_size = check_int(batch_size, "fit: batch_size", 1)
+    epochs = check_int(epochs, "fit: epochs", 0)
+    if checkpoint_every is not None:
+        checkpoint_every = check_int(checkpoint_every, "fit: checkpoint_every", 1)
     dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     progress = progress and lead
@@ -89,6 +92,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
                   extra={"epoch": epoch, "sample": sample, "batch_size_schedule": bss, "rank_rngs": rank_rngs})
 
+    drawn = batch_size if isinstance(batch_size, int) else _Counted(batch_size)
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
     sums: list[tuple[float, float]] = []  # (loss sum, steps) per epoch, this rank's
     model.train()
@@ -105,14 +109,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             sample = start_sample if epoch == start_epoch else 0
             total, count = 0.0, 0
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            seen = getattr(batch_size, "samples_seen", 0)
-            for xb, yb in batches(x, y, batch_size, seed=seed, epoch=epoch, start_sample=sample, shard=shard):
-                if dp is None:  # samples of the epoch's permutation this step took, on all ranks
-                    taken = len(xb)
-                elif hasattr(batch_size, "samples_seen"):  # the loader advanced it by the global batch
-                    taken, seen = batch_size.samples_seen - seen, batch_size.samples_seen
-                else:
-                    taken = min(batch_size, len(x) - sample)
+            for xb, yb in batches(x, y, drawn, seed=seed, epoch=epoch, start_sample=sample, shard=shard):
+                # samples of the epoch's permutation this step took, on all ranks
+                taken = drawn.last if drawn is not batch_size else min(batch_size, len(x) - sample)
                 value, dout = loss(model(xb), yb)
                 model.backward(dout)
                 if optimizer.step():  # with ranks, each adds its share of the global batch's mean loss
@@ -150,6 +149,22 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     return history
 
 
+class _Counted:
+    """A batch-size schedule as the loader sees it, remembering the size of the last batch it
+    handed out (the global batch, over all ranks)."""
+
+    def __init__(self, schedule: BatchSizeSchedule) -> None:
+        self.schedule, self.last = schedule, 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.schedule.batch_size
+
+    def advance(self, n_samples: int) -> None:
+        self.schedule.advance(n_samples)
+        self.last = n_samples
+
+
 @contextlib.contextmanager
 def _without_input_grad(model: Module):
     """Training needs no gradient with respect to the data: let the first layer skip it."""
@@ -166,9 +181,10 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
     samples whose argmax(output) is the label: ``y`` integer class labels (N,), or one-hot or
     probability targets of the outputs' shape (argmax of each row); NaN for other targets
     (regression with ``mean_squared_error``)."""
-    if len(x) == 0:
-        raise ValueError("evaluate: expected a non-empty data set, got 0 samples")
     batch_size = check_int(batch_size, "evaluate: batch_size", 1)
+    if y is None:
+        raise TypeError("evaluate: expected a y array of targets, got None")
+    _n_samples(x, y)
     was_training = model.training
     model.eval()
     total, correct, labelled = 0.0, 0, True

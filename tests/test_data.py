@@ -141,6 +141,17 @@ def test_split_is_disjoint_complete_stratified_and_seeded():
     assert not np.array_equal(train_test_split(x, y, test_fraction=0.2, seed=8)[1], x_test)
 
 
+@pytest.mark.parametrize("args, error, match", [
+    ((np.zeros((5, 2)), np.zeros(5), "0.2"), TypeError, "test_fraction: expected a number in \\(0, 1\\), got str '0.2'"),
+    ((np.zeros((5, 2)), np.zeros(5), None), TypeError, "test_fraction: .* got NoneType None"),
+    ((np.zeros((5, 2)), np.zeros(5), True), TypeError, "test_fraction: .* got bool True"),
+    ((np.zeros((5, 2)), None), TypeError, "expected a y array, got None"),
+])
+def test_train_test_split_rejects_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        train_test_split(*args)
+
+
 def test_stratified_leftover_places_go_to_the_largest_remainders():
     y = np.repeat([0, 1, 2], [5, 3, 3])  # 11 samples, 4 test places: ideal 1.82, 1.09, 1.09
     _, _, _, y_test = train_test_split(np.arange(11), y, test_fraction=4 / 11 - 1e-9)
@@ -205,6 +216,7 @@ HEADER = bytes.fromhex("00000801" "00000003")  # ubyte, 1 dimension of size 3
     (b"\x01\x00\x08\x01" + bytes.fromhex("00000003") + b"abc", "bad IDX magic"),
     (b"\x00\x00\x0a\x01" + bytes.fromhex("00000003") + b"abc", "unknown IDX type code 0x0A"),
     (b"\x00\x00\x08\x00", "0 dimensions"),
+    (b"\x00\x00\x08\x46" + bytes(4 * 70), "declares 70 dimensions, expected 1 to 64"),
     (b"\x00\x00\x08\x02" + bytes.fromhex("00000003"), "truncated IDX header"),
     (HEADER + b"ab", "truncated IDX data.*3 bytes, got 2"),
     (HEADER + b"abcd", "1 trailing bytes"),
@@ -331,3 +343,17 @@ def test_sharded_batches_partition_each_global_batch():
             np.testing.assert_array_equal(np.concatenate([s[k] for s in shards]), whole)
     with pytest.raises(ValueError, match="rank < size"):
         batches(x, shard=(2, 2))
+
+
+@pytest.mark.parametrize("shard, error, match", [
+    ((0, 1.5), TypeError, "shard size: expected an int >= 1, got float 1.5"),
+    ((0.5, 2), TypeError, "shard rank: expected an int >= 0, got float 0.5"),
+    ((True, 2), TypeError, "shard rank: expected an int >= 0, got bool True"),
+    ((-1, 2), ValueError, "shard rank: expected an int >= 0, got -1"),
+    ((0, 0), ValueError, "shard size: expected an int >= 1, got 0"),
+    (5, TypeError, r"shard: expected None, a communicator or a \(rank, size\) pair of ints, got 5"),
+    ((0, 1, 2), TypeError, "pair of ints, got \\(0, 1, 2\\)"),
+])
+def test_shard_must_be_a_pair_of_ints(shard, error, match):
+    with pytest.raises(error, match=match):
+        batches(np.arange(10), None, 4, shard=shard)

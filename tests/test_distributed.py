@@ -145,6 +145,19 @@ def test_fit_with_a_checkpoint_on_rank_0_only_and_uneven_shares(tmp_path):
     np.testing.assert_allclose(np.load(f"{out}.loss.npy"), np.load(f"{ref}.loss.npy"), rtol=1e-12)
 
 
+def test_fit_with_a_minimal_batch_size_schedule_matches_one_process(tmp_path):
+    """A schedule with only batch_size and advance (no samples_seen): fit still counts each
+    global batch's samples and reports the global mean loss."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    common = ("opt=sgd", "samples=100", "grow=1", "epochs=2")
+    r = job(0, "fit", ref, *common, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = job(2, "fit", out, *common, timeout=60)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.load(f"{out}.loss.npy"), np.load(f"{ref}.loss.npy"), rtol=1e-12)
+
+
 def test_exception_inside_fit_ends_the_job_promptly_with_its_message(tmp_path):
     """fit runs inside join: a rank leaving it by an exception must not shadow the others'
     steps (that hid the message until the collective timeout, or mismatched collectives)."""

@@ -319,6 +319,13 @@ def test_batch_size_every_samples_with_cap():
     assert S.BatchSize(10, factor=3, every_samples=5, max_batch=100).batch_size_at(15) == 100  # 270 capped
 
 
+def test_batch_size_without_cap_stops_growing_instead_of_overflowing():
+    bs = S.BatchSize(1, every_samples=1)
+    assert bs.batch_size_at(10) == 1024
+    assert bs.batch_size_at(1100) == bs.batch_size_at(10**9) == 2 ** 62      # 2.0**1100 overflows a float
+    assert S.BatchSize(3, factor=1.5, every_samples=1).batch_size_at(10**6) == 2 ** 62
+
+
 def test_batch_size_milestones_and_counting():
     bs = S.BatchSize(16, factor=4, milestones=[100, 500])
     assert [bs.batch_size_at(n) for n in (0, 99, 100, 499, 500, 10**9)] == [16, 16, 64, 64, 256, 256]

@@ -217,6 +217,32 @@ def test_evaluate_and_fit_reject_empty_data():
                       epochs=1, progress=False)
 
 
+def test_evaluate_refuses_targets_of_another_length():
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    x = np.zeros((50, 4), np.float32)
+    for batch_size in (10, 50, 1024):          # 10 and 50 used to ignore the 30 extra labels
+        with pytest.raises(ValueError, match="x and y: expected the same number of samples, got 50 and 80"):
+            fnn.train.evaluate(model, x, np.zeros(80, np.int64), batch_size=batch_size)
+    with pytest.raises(TypeError, match="expected a y array of targets, got None"):
+        fnn.train.evaluate(model, x, None)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(epochs=2.5), TypeError, "fit: epochs: expected an int >= 0, got float 2.5"),
+    (dict(epochs=-1), ValueError, "fit: epochs: expected an int >= 0, got -1"),
+    (dict(epochs=True), TypeError, "fit: epochs: expected an int >= 0, got bool True"),
+    (dict(checkpoint_every=2.5), TypeError, "fit: checkpoint_every: expected an int >= 1, got float 2.5"),
+    (dict(checkpoint_every=0), ValueError, "fit: checkpoint_every: expected an int >= 1, got 0"),
+])
+def test_fit_checks_epochs_and_checkpoint_every(kwargs, error, match):
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    before = model.flat.data.copy()
+    with pytest.raises(error, match=match):
+        fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), np.ones((10, 2), np.float32), np.zeros(10, np.int64),
+                      **{"epochs": 1, **kwargs}, progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
+
+
 def test_cli_sizes_the_lr_schedule_for_a_growing_batch(tmp_path):
     """--grow-batch: the cosine ends at 0 on the last step the growing batch takes (80 steps
     of 32, 64, 128 over 3 epochs of 1437 samples), not after 3 x 45 steps of the first batch."""

@@ -136,10 +136,18 @@ def main() -> None:
             if rank == 1 and step == int(OPT.get("stall_at", -1)):
                 time.sleep(600)
 
+        class Grow:  # a batch-size schedule with only what fastnn.data.BatchSizeSchedule asks for
+            seen = 0
+            batch_size = property(lambda self: 8 if self.seen < 40 else 14)
+
+            def advance(self, n):
+                self.seen += n
+
         n = int(OPT.get("samples", 300))
         checkpoint = None if OPT.get("checkpoint_rank0") == "1" and rank else OPT.get("checkpoint")
+        batch = Grow() if OPT.get("grow") == "1" else int(OPT.get("batch", 32))
         hist = fnn.train.fit(model, opt, x[:n], y[:n], epochs=int(OPT.get("epochs", 2)),
-                             batch_size=int(OPT.get("batch", 32)), seed=1, progress=False, checkpoint=checkpoint,
+                             batch_size=batch, seed=1, progress=False, checkpoint=checkpoint,
                              resume=OPT.get("resume") == "1", on_step=on_step)
         if rank == 0:
             np.save(OUT + ".loss.npy", np.array(hist["loss"]))
