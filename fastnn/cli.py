@@ -68,16 +68,19 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a folder of MNIST IDX files")
     t.add_argument("--model", choices=MODELS, default="mlp")
-    t.add_argument("--hidden", type=_POSITIVE, nargs="+", default=[128, 128], help="hidden layer widths")
+    t.add_argument("--hidden", type=_POSITIVE, nargs="+", default=None,
+                   help="hidden layer widths of the mlp (default: 128 128)")
     t.add_argument("--dropout", type=_number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=0.0)
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     t.add_argument("--lr", type=_NONNEG, default=2e-3)
-    t.add_argument("--momentum", type=_NONNEG, default=0.9, help="SGD momentum")
+    t.add_argument("--momentum", type=_NONNEG, default=None, help="SGD momentum (default: 0.9)")
     t.add_argument("--weight-decay", type=_NONNEG, default=None,
                    help="L2 decay (Adam, SGD) or decoupled decay (AdamW) of the weights (default: 0.01 for "
                         "adamw, as torch's AdamW, else 0)")
     t.add_argument("--clip", type=_number(float, lambda v: 0 < v < float("inf"), "a finite number > 0"), default=None,
                    help="clip the global gradient norm to this value")
+    t.add_argument("--nonfinite", choices=("raise", "skip"), default="raise",
+                   help="a step whose gradient holds NaN or Inf: stop with an error, or skip it and count it")
     t.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="lr schedule (default: inverse-time, or constant with --grow-batch)")
     t.add_argument("--batch-size", type=_POSITIVE, default=32)
@@ -111,9 +114,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.grow_batch is not None and args.grow_batch < args.batch_size:
-        parser.exit(2, f"fastnn train: error: argument --grow-batch: expected a batch size >= --batch-size "
-                       f"{args.batch_size}, got {args.grow_batch} (see fastnn train --help)\n")
+    if args.command == "train":
+        _check_train_args(parser, args)
     if args.command == "tune":
         from .kernels.matmul.blocks import table_path
         from .tune import tune
@@ -157,6 +159,26 @@ def main(argv: list[str] | None = None) -> int:
     return _train(args)
 
 
+def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
+    """Arguments that only make sense together; fills in args.checkpoint's fields."""
+    def error(message: str) -> None:
+        parser.exit(2, f"fastnn train: error: {message} (see fastnn train --help)\n")
+
+    if args.grow_batch is not None and args.grow_batch < args.batch_size:
+        error(f"argument --grow-batch: expected a batch size >= --batch-size {args.batch_size}, got {args.grow_batch}")
+    if args.hidden is not None and args.model != "mlp":
+        error(f"argument --hidden: sets the mlp's widths, got --model {args.model}")
+    if args.momentum is not None and args.optimizer != "sgd":
+        error(f"argument --momentum: sets SGD's momentum, got --optimizer {args.optimizer}")
+    try:
+        args.checkpoint = args.checkpoint.format(data=os.path.basename(os.path.normpath(args.data)), model=args.model)
+    except (KeyError, IndexError, ValueError) as e:
+        error(f"argument --checkpoint: expected a path whose only fields are {{data}} and {{model}}, got "
+              f"{args.checkpoint!r} ({type(e).__name__}: {e})")
+    if not args.checkpoint:
+        error("argument --checkpoint: expected a file path, got ''")
+
+
 def _load(spec: str, dtype):
     from . import data
 
@@ -176,12 +198,20 @@ def _train(args) -> int:
 
     import fastnn as fnn
 
+    from .files import check_file_target
+
     comm = fnn.distributed.init(threads_per_rank=args.threads) if fnn.distributed.launched_under_mpi() else None
     rank = fnn.distributed.rank()
     if args.threads and comm is None:
         import numba
 
         numba.set_num_threads(args.threads)
+    try:                      # on every rank, so that all of them stop alike
+        check_file_target(args.checkpoint, "the checkpoint")
+    except OSError as e:
+        if rank == 0:
+            print(f"fastnn train: --checkpoint: {e}", file=sys.stderr)
+        return 2
     fnn.manual_seed(args.seed)
     dtype = np.dtype(args.dtype)
     try:
@@ -202,7 +232,7 @@ def _train(args) -> int:
             return 2
     else:
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
-        widths = [x_train.shape[1], *args.hidden]
+        widths = [x_train.shape[1], *(args.hidden or (128, 128))]
         layers = []
         for a, b in zip(widths, widths[1:]):
             layers.append(fnn.Dense(a, b, activation="relu", dtype=dtype))
@@ -212,9 +242,9 @@ def _train(args) -> int:
     decay = [v for n, v in model.named_parameters() if n.endswith("bias")]
     groups = [{"params": decay, "weight_decay": 0.0}]
     wd = args.weight_decay if args.weight_decay is not None else 1e-2 if args.optimizer == "adamw" else 0.0
-    common = dict(lr=args.lr, weight_decay=wd, param_groups=groups, max_grad_norm=args.clip)
+    common = dict(lr=args.lr, weight_decay=wd, param_groups=groups, max_grad_norm=args.clip, nonfinite=args.nonfinite)
     if args.optimizer == "sgd":
-        opt = fnn.optim.SGD(model, momentum=args.momentum, **common)
+        opt = fnn.optim.SGD(model, momentum=0.9 if args.momentum is None else args.momentum, **common)
     else:
         opt = (fnn.optim.AdamW if args.optimizer == "adamw" else fnn.optim.Adam)(model, **common)
     if comm is not None:  # mpiexec -n N fastnn train: synchronous data parallelism
@@ -229,7 +259,7 @@ def _train(args) -> int:
         total = batch.steps(len(x_train), args.epochs)
     name = args.schedule or ("constant" if args.grow_batch else "inverse-time")
     sched = _schedule(fnn, name, opt, steps_per_epoch, total)
-    path = args.checkpoint.format(data=os.path.basename(os.path.normpath(args.data)), model=args.model)
+    path = args.checkpoint
 
     first = {}
 
@@ -243,6 +273,10 @@ def _train(args) -> int:
         hist = fnn.train.fit(model, opt, x_train, y_train, epochs=args.epochs, batch_size=batch, schedule=sched,
                              seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
                              resume=args.resume, progress=not args.no_progress, on_step=on_step)
+    except FloatingPointError as e:                  # the reduced gradient: every rank stops alike
+        if rank == 0:
+            print(f"fastnn train: {e} (here: --nonfinite skip; or lower --lr, or set --clip)", file=sys.stderr)
+        return 2
     except fnn.checkpoint.ResumeError as e:          # every rank reads the same file and stops alike
         if rank == 0:
             hint = (" (it was trained with another lr schedule: pass the --schedule, --epochs, --batch-size and "

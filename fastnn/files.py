@@ -55,3 +55,13 @@ def check_writable(folder: str | os.PathLike, what: str, hint: str = "") -> None
         probe.unlink()
     except OSError as e:
         raise OSError(f"cannot write {what} in {folder} ({e.strerror or e}){hint}") from e
+
+
+def check_file_target(path: str | os.PathLike, what: str) -> None:
+    """Raise OSError, naming ``what`` and ``path``, unless ``path`` can be written as a file:
+    not a folder, in a folder where a file can be written (created if needed)."""
+    if not str(path):
+        raise OSError(f"cannot write {what}: expected a file path, got ''")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"cannot write {what} to {path}: it is a folder, expected a file path")
+    check_writable(Path(path).parent, what)

@@ -15,6 +15,7 @@ from . import checkpoint as ckpt
 from . import random
 from .checks import check_int
 from .data import BatchSizeSchedule, _n_samples, batches
+from .files import check_file_target
 from .losses import softmax_cross_entropy
 from .module import Module
 
@@ -63,6 +64,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             raise ckpt.ResumeError(f"cannot resume: the checkpoint is found on ranks {found} only; give every "
                                    "rank the same checkpoint path, on a file system that all of them see")
         resuming = bool(found)
+    if saving and lead:     # before any work: a run that cannot save fails now, not after its first epoch
+        check_file_target(checkpoint, "the checkpoint")
     if resuming:
         own = _rng_states(model)
         try:

@@ -172,6 +172,8 @@ def test_lc1d_matches_loops_and_keras_layout():
     other = fnn.LocallyConnected1D(3, 4, 3, input_length=9, stride=2, padding="same", dtype=np.float64)
     other.set_keras_weights([kernel, bias])
     np.testing.assert_array_equal(other(x), layer(x))
+    with pytest.raises(ValueError, match=r"expected bias shape \(5, 4\) .*, got \(1, 5, 4\)"):
+        other.set_keras_weights([kernel, bias[None]])
     _check_grads(fnn.LocallyConnected1D(2, 3, 2, input_length=5, dtype=np.float64), RNG(3).standard_normal((2, 5, 2)))
 
 
@@ -192,9 +194,17 @@ def test_keras_mode1_layout():
     np.testing.assert_array_equal(b2, bias)
     with pytest.raises(ValueError, match="implementation=1"):
         layer.set_keras_weights([kernel[:-1], bias])
-    for bad, match in [([kernel * 2, bias[:1]], r"expected a bias of 18 values, shape \(2, 3, 3\), got \(1, 3, 3\)"),
-                       ([kernel * 2], "expected 2 arrays"), ([kernel * 2, bias, bias], "expected 2 arrays")]:
-        with pytest.raises(ValueError, match=match):        # all checked before the kernel is written
+    for bad, error, match in [
+            ([kernel * 2, bias[:1]], ValueError, r"expected bias shape \(2, 3, 3\) .*, got \(1, 3, 3\)"),
+            ([kernel * 2, np.ascontiguousarray(bias.transpose(2, 0, 1))], ValueError,    # 18 values, other layout
+             r"expected bias shape \(2, 3, 3\) .*, got \(3, 2, 3\)"),
+            ([kernel * 2, bias.reshape(-1)], ValueError, r"got \(18,\)"),
+            ([kernel * 2], ValueError, "expected a list of 2 arrays"), ([], ValueError, "got 0 arrays"),
+            ([kernel * 2, bias, bias], ValueError, "expected a list of 2 arrays"),
+            ((kernel * 2).astype(complex), TypeError, "expected a list of 2 arrays"),
+            ([(kernel * 2).astype(complex), bias], TypeError, "real-valued kernel, got dtype complex128"),
+            ([kernel > 0, bias], TypeError, "real-valued kernel, got dtype bool")]:
+        with pytest.raises(error, match=match):        # all checked before the kernel is written
             layer.set_keras_weights(bad)
         np.testing.assert_array_equal(layer.get_keras_weights()[0], kernel)
     tied = fnn.LocallyConnected2D(2, 3, (2, 3), input_shape=(4, 5), stride=(2, 1), tied_bias=True, dtype=np.float64)
@@ -386,6 +396,9 @@ def test_bad_input_is_a_clear_error():
         fnn.Conv2D(1, 1, 3, stride=0)
     with pytest.raises(ValueError, match="stride"):
         fnn.MaxPool2D(2, stride=-1)
+    assert fnn.Conv2D(1, 1, 3, strides=2).stride == fnn.Conv2D(1, 1, 3, stride=2, strides=2).stride == (2, 2)
+    assert fnn.LocallyConnected1D(1, 1, 3, input_length=8, strides=2).stride == (1, 2)
+    assert fnn.Conv2D(1, 1, 3).stride == (1, 1)
     with pytest.raises(ValueError, match="groups=3 must divide"):
         fnn.Conv2D(4, 6, 3, groups=3)
     with pytest.raises(ValueError, match="groups=3 must divide"):

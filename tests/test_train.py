@@ -266,6 +266,12 @@ def test_cli_sizes_the_lr_schedule_for_a_growing_batch(tmp_path):
     (["--grow-batch", "16"], "argument --grow-batch: expected a batch size >= --batch-size 32, got 16"),
     (["--threads", "1000"], "argument --threads: expected at most NUMBA_NUM_THREADS = "),
     (["--seed", "-1"], "argument --seed: expected an int >= 0, got '-1'"),
+    (["--model", "cnn", "--hidden", "3"], "argument --hidden: sets the mlp's widths, got --model cnn"),
+    (["--momentum", "0.5"], "argument --momentum: sets SGD's momentum, got --optimizer adam"),
+    (["--checkpoint", "x{foo}.npz"], r"argument --checkpoint: expected a path whose only fields are \{data\} and "
+                                     r"\{model\}, got 'x\{foo\}.npz' \(KeyError"),
+    (["--checkpoint", "x{.npz"], r"argument --checkpoint: .* got 'x\{.npz' \(ValueError"),
+    (["--checkpoint", ""], "argument --checkpoint: expected a file path, got ''"),
 ])
 def test_cli_train_refuses_bad_arguments(argv, message, capsys):
     from fastnn.cli import main
@@ -276,6 +282,42 @@ def test_cli_train_refuses_bad_arguments(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith("fastnn train: error: argument ") and err.count("\n") == 1, err     # one line
     assert re.search(message, err)
+
+
+def test_cli_train_refuses_a_folder_as_checkpoint_before_training(tmp_path, capsys):
+    from fastnn.cli import main
+
+    assert main(["train", "--checkpoint", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fastnn train: --checkpoint: cannot write the checkpoint to {tmp_path}: it is a folder, " \
+                  "expected a file path\n"
+
+
+def test_fit_refuses_an_unwritable_checkpoint_before_the_first_step(tmp_path):
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    before = model.flat.data.copy()
+    x, y = np.ones((10, 2), np.float32), np.zeros(10, np.int64)
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x, y, epochs=1, progress=False, checkpoint=tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="cannot write the checkpoint in .*file"):
+        fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x, y, epochs=1, progress=False,
+                      checkpoint=tmp_path / "file" / "ck.npz")
+    np.testing.assert_array_equal(model.flat.data, before)
+
+
+def test_cli_diverging_run_stops_in_one_line_or_skips(tmp_path, capsys):
+    from fastnn.cli import main
+
+    argv = ["train", "--optimizer", "sgd", "--lr", "1000", "--epochs", "1", "--no-progress",
+            "--checkpoint", str(tmp_path / "d.npz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastnn train: gradient has ") and err.endswith("(here: --nonfinite skip; or lower --lr, "
+                                                                          "or set --clip)\n")
+    assert err.count("\n") == 1
+    assert main([*argv, "--nonfinite", "skip"]) == 0
+    assert re.search(r"samples/s .*\(45 steps, [1-9]\d* skipped\)", capsys.readouterr().out)
 
 
 def test_cli_adamw_decays_the_weights_by_default_as_torch(tmp_path):

@@ -17,6 +17,14 @@ def pair(value, what: str, *, minimum: int = 1) -> tuple[int, int]:
     return int(vals[0]), int(vals[1])
 
 
+def stride_arg(stride, strides, what: str):
+    """The stride given as ``stride`` (torch's name) or ``strides`` (Keras's), 1 when neither is;
+    both given and different is an error."""
+    if stride is not None and strides is not None and stride != strides:
+        raise ValueError(f"{what}: got stride={stride!r} and strides={strides!r}; give one of them")
+    return next((s for s in (stride, strides) if s is not None), 1)
+
+
 def check_padding(padding, what: str):
     """'valid', 'same', or explicit symmetric zero padding (an int or a pair, torch style)."""
     if isinstance(padding, str):

@@ -12,7 +12,7 @@ from .. import random
 from ..checks import check_array, check_int
 from ..module import Module
 from .activations import activation_grad
-from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, threads_for, weight_bound
+from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
 
 
 class Conv2D(Module):
@@ -25,12 +25,11 @@ class Conv2D(Module):
     independent convolutions (output channels ``g*O/G ...`` see input channels ``g*C/G ...``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="valid", dilation=1,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=None, padding="valid", dilation=1,
                  groups: int = 1, activation: str | None = None, *, bias: bool = True, strides=None,
                  dtype: np.dtype | type = np.float32):
         super().__init__()
-        if strides is not None:
-            stride = strides
+        stride = stride_arg(stride, strides, "Conv2D")
         in_channels = check_int(in_channels, "Conv2D in_channels", 1)
         out_channels = check_int(out_channels, "Conv2D out_channels", 1)
         groups = check_int(groups, "Conv2D groups", 1)

@@ -1,6 +1,8 @@
 """Inverted dropout with its own seeded generator (saved in checkpoints)."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .. import random
@@ -15,6 +17,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
         super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(f"Dropout: expected a number 0 <= p < 1, got {type(p).__name__} {p!r}")
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: expected 0 <= p < 1, got {p}")
         self.p = float(p)

@@ -13,7 +13,7 @@ from .. import random
 from ..checks import check_array, check_int
 from ..module import Module
 from .activations import activation_grad
-from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, threads_for, weight_bound
+from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
 
 
 class LocallyConnected2D(Module):
@@ -35,13 +35,12 @@ class LocallyConnected2D(Module):
     (deterministic, no atomics).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, input_shape, stride=1, padding="valid",
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, input_shape, stride=None, padding="valid",
                  dilation=1, activation: str | None = None, *, bias: bool = True, tied_bias: bool = False,
                  strides=None, dtype: np.dtype | type = np.float32):
         super().__init__()
         name = type(self).__name__
-        if strides is not None:
-            stride = strides
+        stride = stride_arg(stride, strides, name)
         in_channels = check_int(in_channels, f"{name} in_channels", 1)
         out_channels = check_int(out_channels, f"{name} out_channels", 1)
         if activation not in ACTIVATIONS:
@@ -57,6 +56,8 @@ class LocallyConnected2D(Module):
                                        self.padding, a, name) for a in (0, 1))
         self.out_hw, self._pad = (oh, ow), (pt, pl)
         self.activation, self._act = activation, ACTIVATIONS[activation]
+        if not isinstance(tied_bias, (bool, np.bool_)):
+            raise TypeError(f"{name} tied_bias: expected a bool, got {type(tied_bias).__name__} {tied_bias!r}")
         self.tied_bias = bool(tied_bias)
         self.dtype = np.dtype(dtype)
         kh, kw = self.kernel_size
@@ -133,23 +134,33 @@ class LocallyConnected2D(Module):
             out.append(np.broadcast_to(self.params["bias"], (*self.out_hw, O)).copy())
         return out
 
+    def _keras_bias_shape(self) -> tuple[int, ...]:
+        return (*self.out_hw, self.out_channels)
+
     def set_keras_weights(self, weights: list[np.ndarray]) -> None:
         """Load Keras 2 ``implementation=1`` weights: [kernel (OH*OW, KH*KW*in, out)[, bias (OH, OW, out)]]."""
         P, K, O = self._pkc
-        kernel = np.asarray(weights[0])
-        if kernel.shape != (P, K, O):
-            raise ValueError(f"{type(self).__name__}.set_keras_weights: expected kernel shape {(P, K, O)} "
-                             f"(Keras implementation=1 layout), got {kernel.shape}")
+        where = f"{type(self).__name__}.set_keras_weights"
         want = 2 if "bias" in self.params else 1
+        expected = f"a list of {want} arrays (kernel{', bias' if want == 2 else ''})"
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"{where}: expected {expected}, got {type(weights).__name__}")
         if len(weights) != want:
-            raise ValueError(f"{type(self).__name__}.set_keras_weights: expected {want} arrays (kernel"
-                             f"{', bias' if want == 2 else ''}), got {len(weights)}")
+            raise ValueError(f"{where}: expected {expected}, got {len(weights)} arrays")
+        arrays = [np.asarray(w) for w in weights]
+        for what, w in zip(("kernel", "bias"), arrays):
+            if w.dtype.kind not in "iuf":
+                raise TypeError(f"{where}: expected a real-valued {what}, got dtype {w.dtype}")
+        kernel = arrays[0]
+        if kernel.shape != (P, K, O):
+            raise ValueError(f"{where}: expected kernel shape {(P, K, O)} (Keras implementation=1 layout), "
+                             f"got {kernel.shape}")
         b = None
         if want == 2:
-            b = np.asarray(weights[1])
-            if b.size != P * O:                      # (OH, OW, out); LocallyConnected1D's Keras bias is (OW, out)
-                raise ValueError(f"{type(self).__name__}.set_keras_weights: expected a bias of "
-                                 f"{P * O} values, shape {(*self.out_hw, O)}, got {b.shape}")
+            b, shape = arrays[1], self._keras_bias_shape()
+            if b.shape != shape:
+                raise ValueError(f"{where}: expected bias shape {shape} (Keras implementation=1 layout), "
+                                 f"got {b.shape}")
             b = b.reshape(*self.out_hw, O)
             if self.tied_bias:
                 if not np.all(b == b[:1, :1]):
@@ -184,11 +195,10 @@ class LocallyConnected1D(LocallyConnected2D):
     (OL, K*in, out), bias (OL, out). Computed as a 2-D layer of height 1.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_length: int, stride: int = 1,
-                 padding="valid", dilation: int = 1, activation: str | None = None, *, bias: bool = True,
-                 tied_bias: bool = False, strides=None, dtype: np.dtype | type = np.float32):
-        if strides is not None:
-            stride = strides
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_length: int,
+                 stride: int | None = None, padding="valid", dilation: int = 1, activation: str | None = None, *,
+                 bias: bool = True, tied_bias: bool = False, strides=None, dtype: np.dtype | type = np.float32):
+        stride = stride_arg(stride, strides, "LocallyConnected1D")
         for v, what in ((kernel_size, "kernel_size"), (input_length, "input_length"), (stride, "stride"),
                         (dilation, "dilation"), (padding, "padding")):
             if isinstance(v, (tuple, list)):
@@ -228,6 +238,9 @@ class LocallyConnected1D(LocallyConnected2D):
         """[kernel (OL, K*in, out), bias (OL, out)] as Keras 2 ``LocallyConnected1D(implementation=1)``."""
         out = super().get_keras_weights()
         return out[:1] + [b.reshape(self.out_hw[1], self.out_channels) for b in out[1:]]
+
+    def _keras_bias_shape(self) -> tuple[int, ...]:
+        return (self.out_hw[1], self.out_channels)
 
     def set_keras_weights(self, weights: list[np.ndarray]) -> None:
         """Load Keras 2 ``implementation=1`` weights: [kernel (OL, K*in, out)[, bias (OL, out)]]."""
