@@ -170,7 +170,8 @@ class Module:
     def register_grad_ready_hook(self, hook) -> None:
         """Call ``hook(offset)`` during ``backward`` whenever every gradient at flat-buffer
         offsets >= ``offset`` is final for this step (data parallelism starts reducing
-        those buckets while the rest of backward runs)."""
+        those buckets while the rest of backward runs); first with ``offset`` = the size of
+        the gradient buffer, before a backward writes anything."""
         self._grad_hooks.append(hook)
 
     def remove_grad_ready_hook(self, hook) -> None:

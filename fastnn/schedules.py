@@ -160,13 +160,15 @@ class Schedule:
     def step(self) -> bool:
         """Advance one step and set every group's lr; call after ``opt.step()``.
 
-        Returns False, changing nothing, when the optimizer skipped its last step and took no
-        real step since this schedule's last one.
+        Returns False, changing nothing, when the optimizer skipped its last step, or only
+        counted a micro-batch of an accumulated step (``fastnn.distributed.DataParallel`` with
+        ``accumulate_steps``), and took no real step since this schedule's last one.
         """
         if self._owner is not None:
             raise RuntimeError(f"{self!r} is part of {self._owner!r}; step that schedule instead")
         count = getattr(self.opt, "step_count", None)
-        if getattr(self.opt, "last_step_skipped", False) and (self._stepped_at is None or count == self._stepped_at):
+        idle = getattr(self.opt, "last_step_skipped", False) or getattr(self.opt, "accumulating", False)
+        if idle and (self._stepped_at is None or count == self._stepped_at):
             return False
         self._apply(self.t + 1)
         self._stepped_at = count

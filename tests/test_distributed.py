@@ -355,6 +355,46 @@ def test_timeline_records_overlapped_buckets_or_the_sharded_step(tmp_path):
             assert len({e["name"] for e in spans}) >= 2  # several buckets per step
 
 
+@pytest.mark.parametrize("overlap", ["thread", "none"])
+def test_second_backward_before_step_is_refused(overlap, tmp_path):
+    """As Horovod does: in every overlap mode (thread mode used to reduce the first backward's
+    buckets while the second one wrote into them: the ranks' parameters differed)."""
+    r = job(2, "twice", tmp_path / "p.npy", f"overlap={overlap}", "transport=mpi", timeout=60)
+    assert r.returncode != 0
+    assert "backward() ran again before step()" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("transport", ["mpi", "auto"])
+def test_wrapping_a_model_again_retires_the_first_wrapper(transport, tmp_path):
+    """The first wrapper's backward hook used to stay: with thread overlap both reduced the
+    gradients, and the ranks' parameters differed from each other and from one process."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    r = job(0, "rewrap", ref, "opt=sgd", "batch=24", timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = job(2, "rewrap", out, "opt=sgd", "overlap=thread", f"transport={transport}", "batch=24", timeout=90)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+
+
+def test_a_step_that_raised_on_a_nonfinite_gradient_is_over(tmp_path):
+    """With accumulate_steps, a FloatingPointError left the step half-counted on several ranks:
+    zero_grad kept the sum and every later step raised again (one process went on)."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    common = ("opt=sgd", "accumulate=2")
+    r = job(0, "nan_accumulate", ref, *common, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for transport in ("mpi", "shm"):
+        r = job(2, "nan_accumulate", out, *common, f"transport={transport}", timeout=90)
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+
+
+def test_a_communicator_given_without_init_sets_up_the_runtime(tmp_path):
+    r = job(2, "comm_arg", tmp_path / "p.npy", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(line for line in r.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2", "rank 1 of 2"]
+
+
 def test_single_process_without_mpiexec_is_a_pass_through():
     model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
     opt = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.1), accumulate_steps=2)
@@ -370,9 +410,80 @@ def test_single_process_without_mpiexec_is_a_pass_through():
     np.testing.assert_allclose(model.flat.data[real], before[real] - 0.1 * 2.0)
 
 
+def test_single_process_wrapper_forwards_writes_and_refuses_what_many_ranks_refuse():
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    plain, wrapped = fnn.optim.SGD(model, lr=1.0), None
+    wrapped = fnn.distributed.DataParallel(model, plain)
+    wrapped.max_grad_norm = 0.01                       # set on the wrapped optimizer, as reading reads it there
+    assert plain.max_grad_norm == 0.01
+    before = model.flat.data.copy()
+    model.flat.grad[:] = 10.0
+    wrapped.step()
+    assert np.abs(model.flat.data - before).max() <= 0.01 + 1e-12
+    x = np.ones((4, 3))
+    model.backward(model(x))
+    with pytest.raises(RuntimeError, match="backward\\(\\) ran again before step\\(\\)"):
+        model.backward(model(x))
+    wrapped.step()
+    newer = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.5))
+    with pytest.raises(RuntimeError, match="replaced by a newer DataParallel"):
+        wrapped.step()
+    model.backward(model(x))
+    assert newer.step() is True
+
+
+def test_schedule_on_an_accumulating_wrapper_counts_optimizer_steps():
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    opt = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=1.0), accumulate_steps=4)
+    sched = fnn.schedules.Step(opt, step_size=1, gamma=0.5)
+    for _ in range(8):
+        model.flat.grad[:] = 1.0
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    assert opt.step_count == 2 and sched.t == 2 and opt.param_groups[0]["lr"] == 0.25
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    ({"bucket_cap_mb": "25"}, TypeError, "bucket_cap_mb: expected a number of megabytes > 0, got str '25'"),
+    ({"first_bucket_mb": None}, TypeError, "first_bucket_mb: .* got NoneType None"),
+    ({"bucket_cap_mb": 0}, ValueError, "bucket_cap_mb: expected a number of megabytes > 0, got 0"),
+    ({"timeout": "10"}, TypeError, "DataParallel timeout: expected a number of seconds > 0 or None, got str '10'"),
+    ({"comm": "world"}, TypeError, "comm: expected an MPI communicator"),
+    ({"deterministic": "no"}, TypeError, "deterministic: expected a bool, got str 'no'"),
+    ({"shard_optimizer": "yes"}, TypeError, "shard_optimizer: expected True, False or None, got str 'yes'"),
+    ({"accumulate_steps": 2.5}, TypeError, "accumulate_steps: expected an int >= 1, got float 2.5"),
+    ({"shard_optimizer": True, "compression": "fp16"}, ValueError, "shard_optimizer=True needs the shared-memory"),
+    ({"shard_optimizer": True, "transport": "mpi"}, ValueError, "shard_optimizer=True needs the shared-memory"),
+])
+def test_bad_argument_types(kw, error, match):
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    with pytest.raises(error, match=match):
+        fnn.distributed.DataParallel(model, fnn.optim.SGD(model), **kw)
+
+
+def test_timeouts_and_init_are_checked_before_anything_changes():
+    from mpi4py import MPI
+
+    from fastnn.distributed import runtime
+
+    for bad, error in (("5", TypeError), (0, ValueError), (-1, ValueError), (True, TypeError)):
+        for call in (lambda: runtime.barrier(timeout=bad), lambda: runtime.allreduce_mean(1.0, timeout=bad)):
+            with pytest.raises(error, match="timeout: expected a number of seconds > 0 or None"):
+                call()
+    hooks = sys.excepthook
+    for threads, error in ((-1, ValueError), (0, ValueError), ("2", TypeError)):
+        with pytest.raises(error, match="init: threads_per_rank: expected an int >= 1"):
+            fnn.distributed.init(MPI.COMM_SELF, threads_per_rank=threads)
+    with pytest.raises(TypeError, match="init: expected an MPI communicator or None, got str"):
+        fnn.distributed.init("world")
+    assert not fnn.distributed.is_initialized() and sys.excepthook is hooks
+
+
 @pytest.mark.parametrize("kw,match", [({"overlap": "later"}, "overlap"), ({"compression": "int8"}, "compression"),
     ({"deterministic": True, "compression": "fp16"}, "expected one of them"),
                                       ({"accumulate_steps": 0}, "accumulate_steps"), ({"timeout": 0}, "timeout"),
+                                      ({"timeout": -1.0}, "timeout"),
                                       ({"transport": "tcp"}, "transport: expected one of"),
                                       ({"transport": "shm", "compression": "fp16"}, "takes neither compression")])
 def test_bad_arguments(kw, match):

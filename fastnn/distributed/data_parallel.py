@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import queue
 import threading
 import time
+import weakref
 
 import numpy as np
 
+from ..checks import check_int
 from ..module import Module
 from . import runtime
 from .buckets import plan_buckets
@@ -65,11 +68,14 @@ class DataParallel:
       everywhere), so write gradients only by backward, or zero them with ``model.zero_grad()``.
     timeout: seconds a collective may take before the job is aborted with the rank, bucket
       and step named (at least 120 s at wrap time and in the first step, while ranks still
-      load or compile kernels at different speeds).
+      load or compile kernels at different speeds); None: no limit.
     timeline: path of a Chrome trace (chrome://tracing, Perfetto) written by ``write_timeline``
       with, per step and bucket, when it was ready, started and finished.
-    Attribute access not defined here (param_groups, step_count, state_dict, ...) goes to the
-    wrapped optimizer, so schedules and checkpoints take a DataParallel like an optimizer.
+    Attribute access not defined here (param_groups, step_count, state_dict, max_grad_norm,
+    ...) goes to the wrapped optimizer, reads and writes, so schedules and checkpoints take a
+    DataParallel like an optimizer. As in Horovod, each ``backward`` outside ``no_sync`` needs
+    its ``step()`` before the next one. Wrapping a model again retires the previous wrapper
+    (its ``step()`` raises).
     """
 
     def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
@@ -84,19 +90,37 @@ class DataParallel:
         if transport == "shm" and (compression or overlap == "nonblocking"):
             raise ValueError(f"transport='shm' sums in place in shared memory: it takes neither compression "
                              f"nor overlap='nonblocking' (got compression={compression!r}, overlap={overlap!r})")
+        if shard_optimizer and (transport == "mpi" or compression or overlap == "nonblocking"):
+            raise ValueError("shard_optimizer=True needs the shared-memory transport, which takes neither "
+                             f"transport='mpi', compression nor overlap='nonblocking' (got transport={transport!r}, "
+                             f"compression={compression!r}, overlap={overlap!r}); pass shard_optimizer=None or False")
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
-        if int(accumulate_steps) != accumulate_steps or accumulate_steps < 1:
-            raise ValueError(f"accumulate_steps: expected an integer >= 1, got {accumulate_steps}")
+        accumulate_steps = check_int(accumulate_steps, "accumulate_steps", 1)
+        for name, value in (("bucket_cap_mb", bucket_cap_mb), ("first_bucket_mb", first_bucket_mb)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name}: expected a number of megabytes > 0, got {type(value).__name__} {value!r}")
+            if not value > 0:
+                raise ValueError(f"{name}: expected a number of megabytes > 0, got {value}")
+        for name, value, allowed in (("deterministic", deterministic, (bool, np.bool_)),
+                                     ("shard_optimizer", shard_optimizer, (bool, np.bool_, type(None)))):
+            if not isinstance(value, allowed):
+                raise TypeError(f"{name}: expected {'True, False or None' if type(None) in allowed else 'a bool'}, "
+                                f"got {type(value).__name__} {value!r}")
         if deterministic and compression:
             raise ValueError(f"deterministic=True adds full-precision buckets in rank order; compression rounds "
                              f"every partial sum to 16 bits: expected one of them, got compression={compression!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout}")
+        timeout = runtime.check_timeout(timeout, "DataParallel timeout")
+        if comm is not None and not (hasattr(comm, "Get_rank") and hasattr(comm, "Get_size")):
+            raise TypeError(f"comm: expected an MPI communicator (e.g. MPI.COMM_WORLD) or None, got "
+                            f"{type(comm).__name__} {comm!r}")
         if getattr(optimizer, "grads", None) is not model.flat.grad:
             raise ValueError("DataParallel: the optimizer must be built on this model (fnn.optim.X(model, ...))")
         self.model, self.optimizer = model, optimizer
-        self.comm = comm if comm is not None else (runtime.comm() or runtime.init())
+        if comm is None:
+            self.comm = runtime.comm() or runtime.init()
+        else:               # rank(), size(), the abort hooks and threads then follow this communicator
+            self.comm = comm if runtime.is_initialized() else runtime.init(comm)
         self.size = 1 if self.comm is None else self.comm.Get_size()
         self.rank = 0 if self.comm is None else self.comm.Get_rank()
         if overlap == "auto":
@@ -104,7 +128,7 @@ class DataParallel:
 
             overlap = "thread" if numba.get_num_threads() >= 2 else "none"
         self.overlap, self.accumulate_steps = overlap, int(accumulate_steps)
-        self.compression, self.deterministic, self.timeout = compression, deterministic, float(timeout)
+        self.compression, self.deterministic, self.timeout = compression, bool(deterministic), timeout
         self.timeline_path = timeline
         self.transport = transport
         self.shard_optimizer = shard_optimizer
@@ -117,18 +141,19 @@ class DataParallel:
         self._micro = 0
         self._sync_off = False
         self._launched = 0
+        self._backward_ran = False                # a backward (outside no_sync) since the last step()
         self._count = np.zeros(4, np.float64)     # see _set_count
         self._rows, self._taken = 0, 0            # samples and micro-batches since the last step
         self._m, self._pre, self._scale, self._unequal = 0.0, 1.0, 1.0, False
         self._events: list[dict] = []
-        if self.size > 1:
+        if self.size > 1:          # the checks and the transport choice before anything changes
             self._check_same_model()
-            self._broadcast_state()
             self.transport = self._pick_transport(transport)
             if shard_optimizer and self.transport != "shm":
                 raise ValueError("shard_optimizer=True needs the shared-memory transport, but it resolved "
-                                 f"to {self.transport!r} (ranks on several machines, compression or "
-                                 "overlap='nonblocking'); pass shard_optimizer=None or False")
+                                 f"to {self.transport!r} (ranks on several machines); pass shard_optimizer=None "
+                                 "or False")
+            self._broadcast_state()
             self.shard_optimizer = self.transport == "shm" and shard_optimizer is not False
             self._mpi = _mpi()
             if self.transport == "shm":
@@ -141,7 +166,14 @@ class DataParallel:
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
             self._worker = _Worker(self) if overlap == "thread" and not self.shard_optimizer else None
             self._requests: list = []
-            model.register_grad_ready_hook(self._on_backward if self.shard_optimizer else self._on_grads_ready)
+        previous = _WRAPPERS.get(model)          # a model has one live wrapper: the newest
+        if previous is not None:
+            model.remove_grad_ready_hook(previous._on_grads_ready)
+            previous._retired = True
+        _WRAPPERS[model] = self
+        model.register_grad_ready_hook(self._on_grads_ready)
+        self._retired = False
+        self._ready = True
 
     # -- the optimizer interface ---------------------------------------------------------
     def __getattr__(self, name):
@@ -149,11 +181,31 @@ class DataParallel:
             raise AttributeError(name)
         return getattr(self.__dict__["optimizer"], name)
 
+    def __setattr__(self, name, value) -> None:
+        """After wrapping, an attribute of the wrapped optimizer (``max_grad_norm``, ...) is set
+        there, as reading it reads it there."""
+        inner = self.__dict__.get("optimizer")
+        if ("_ready" in self.__dict__ and name not in self.__dict__ and not hasattr(type(self), name)
+                and hasattr(inner, name)):
+            setattr(inner, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    @property
+    def accumulating(self) -> bool:
+        """True between the micro-batches of one accumulated step: the last ``step()`` only
+        counted a micro-batch (LR schedules do not advance then)."""
+        return self._micro % self.accumulate_steps != 0
+
     def step(self) -> bool:
         """Count a micro-batch; on every ``accumulate_steps``-th, average gradients over ranks
         (and micro-batches) and step the optimizer. Returns whether parameters changed."""
         if self._sync_off:
             raise RuntimeError("step() inside no_sync(): leave the no_sync block before stepping")
+        if self._retired:
+            raise RuntimeError("DataParallel: this wrapper was replaced by a newer DataParallel of the same model; "
+                               "step the newer one")
+        self._backward_ran = False
         self._rows += self.model.batch_rows or 1
         self._taken += 1
         if (self._micro + 1) % self.accumulate_steps:
@@ -166,9 +218,10 @@ class DataParallel:
         if self.timeline_path:
             self._events.append({"name": "step() called", "ph": "i", "ts": self._us(), "pid": self.rank,
                                  "tid": "main", "s": "t", "args": {"step": self._sync_steps() + 1}})
-        stepped = self._synchronized_step(active=1.0)
-        self._micro += 1
-        return stepped
+        try:
+            return self._synchronized_step(active=1.0)
+        finally:       # also after an error (a non-finite gradient), so that zero_grad() clears the sum
+            self._micro += 1
 
     def zero_grad(self) -> None:
         """Zero the gradients, except between the micro-batches of one accumulated step. After
@@ -220,15 +273,24 @@ class DataParallel:
         return self._micro // self.accumulate_steps
 
     def _on_grads_ready(self, offset: int) -> None:
+        if offset >= self.model.flat.grad.size:     # a backward begins, before it writes anything
+            if self._backward_ran:
+                raise RuntimeError(
+                    "DataParallel: backward() ran again before step(); the previous one's gradients are already "
+                    "handed to the reduction. Call step() after each backward (accumulate_steps=k steps once "
+                    "every k), or run the extra backward passes first, inside no_sync()")
+            self._backward_ran = not self._sync_off
+        if self.size == 1:
+            return
+        if self.shard_optimizer:
+            self._rest_zero = False
+            return
         if self._sync_off or (self._micro + 1) % self.accumulate_steps:
             return
         k = self._launched
         while k < len(self.buckets) and self.buckets[k].start >= offset:
             k += 1
         self._launch_through(k)
-
-    def _on_backward(self, offset: int) -> None:
-        self._rest_zero = False
 
     def _launch_through(self, k: int, active: float = 1.0, current: bool = True) -> None:
         """Hand buckets [launched, k) to the reducer, in order, after the count (``current``:
@@ -413,7 +475,7 @@ class DataParallel:
         """Run a collective under the watchdog and return its result: abort after ``limit`` s;
         by default ``timeout``, or at least STARTUP_S during the first step (ranks load or
         compile kernels at their own pace before it)."""
-        if limit is None:
+        if limit is None and self.timeout is not None:
             limit = self.timeout if self._sync_steps() > 0 else max(self.timeout, runtime.STARTUP_S)
         return runtime.guarded(f"{what} at step {self._sync_steps() + 1}", call, limit)
 
@@ -535,6 +597,10 @@ def _first_difference(ref: dict, other: dict, r: int) -> str:
         return f"rank 0 has {len(ref['params'])} parameters, rank {r} has {len(other['params'])}"
     return (f"the gradient buckets (start, stop) are {ref['buckets']} on rank 0 but {other['buckets']} on rank {r} "
             "(bucket_cap_mb or first_bucket_mb differ)")
+
+
+#: model -> its live DataParallel (wrapping a model again retires the previous wrapper)
+_WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _mpi():

@@ -9,6 +9,7 @@ machine do not oversubscribe it.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import threading
@@ -16,6 +17,8 @@ import time
 import traceback
 
 import numpy as np
+
+from ..checks import check_int
 
 _state: dict = {"comm": None}
 ABORT_GRACE_S = 0.5
@@ -42,6 +45,10 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     ``threads_per_rank``: Numba and BLAS threads for this rank; default: the cores of this
     machine divided by the ranks on it (at least 1).
     """
+    if threads_per_rank is not None:
+        threads_per_rank = check_int(threads_per_rank, "init: threads_per_rank", 1)
+    if comm is not None and not (hasattr(comm, "Get_rank") and hasattr(comm, "Get_size")):
+        raise TypeError(f"init: expected an MPI communicator or None, got {type(comm).__name__} {comm!r}")
     if _state["comm"] is not None:
         return _state["comm"]
     if comm is None and not launched_under_mpi():
@@ -51,10 +58,10 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     except ImportError as e:
         raise ImportError("fastnn.distributed needs mpi4py and an MPI: pip install fastnn[mpi]") from e
     comm = comm if comm is not None else MPI.COMM_WORLD
+    _set_threads(threads_per_rank or max(1, _cores() // local_size(comm)))
     _state["comm"] = comm
     if abort_on_exception:
         _install_abort_hooks(comm)
-    _set_threads(threads_per_rank or max(1, _cores() // local_size(comm)))
     return comm
 
 
@@ -91,6 +98,7 @@ def size() -> int:
 def barrier(timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
     """Wait for every rank; abort the job if that takes more than ``timeout`` s (None: wait
     as long as it takes)."""
+    timeout = check_timeout(timeout, "barrier timeout")
     c = _state["comm"]
     if c is not None:
         guarded("barrier", c.Barrier, timeout)
@@ -99,6 +107,7 @@ def barrier(timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
 def allreduce_mean(values, timeout: float | None = DEFAULT_TIMEOUT_S) -> np.ndarray:
     """Mean over ranks of a float or array of floats (metrics); the value itself in one
     process. Aborts the job if the reduction takes more than ``timeout`` s (None: no limit)."""
+    timeout = check_timeout(timeout, "allreduce_mean timeout")
     buf = np.array(values, dtype=np.float64, ndmin=1)
     c = _state["comm"]
     if c is not None and c.Get_size() > 1:
@@ -109,11 +118,23 @@ def allreduce_mean(values, timeout: float | None = DEFAULT_TIMEOUT_S) -> np.ndar
     return buf
 
 
+def check_timeout(timeout: object, what: str) -> float | None:
+    """``timeout`` as a float of seconds > 0, or None (no limit)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"{what}: expected a number of seconds > 0 or None, got {type(timeout).__name__} {timeout!r}")
+    if not timeout > 0:
+        raise ValueError(f"{what}: expected a number of seconds > 0 or None, got {timeout}")
+    return float(timeout)
+
+
 def guarded(what: str, call, timeout: float | None):
     """Run the collective ``call()`` and return its result; if it has not returned within
     ``timeout`` s (another rank stopped or is stuck), end the whole job with a message that
     names this rank and ``what`` (None: no limit). One watchdog thread per process watches
     every thread."""
+    timeout = check_timeout(timeout, f"timeout of the {what}")
     if timeout is None:
         return call()
     with _watch_lock:

@@ -42,6 +42,8 @@ class Sequential(Module):
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._grad_hooks:
+            self._grads_ready_from(self.flat.grad.size)
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy)
             if self._grad_hooks and self._ready_from[i] is not None:

@@ -70,6 +70,13 @@ def train(model, opt, x, y, steps, comm, on_step=None, start=0):
 
 
 def main() -> None:
+    if CASE == "comm_arg":  # a communicator given to DataParallel, without init(): the runtime follows it
+        from mpi4py import MPI
+
+        model = build()
+        fnn.distributed.DataParallel(model, fnn.optim.SGD(model), comm=MPI.COMM_WORLD)
+        print(f"rank {fnn.distributed.rank()} of {fnn.distributed.size()}", flush=True)
+        return
     comm = fnn.distributed.init()
     rank = fnn.distributed.rank()
     x, y = fnn.data.load_digits(np.float64)
@@ -115,6 +122,31 @@ def main() -> None:
         sched = fnn.schedules.Exponential(opt, gamma=0.9) if OPT.get("schedule") == "1" else None
         with opt.join(sched):
             train(model, opt, x, y, steps - 3 * rank, comm, on_step=sched and (lambda step: sched.step()))
+    elif CASE == "twice":  # a second backward before step() is refused before it writes anything
+        for _ in range(2):
+            model.backward(fnn.losses.softmax_cross_entropy(model(x[:32]), y[:32])[1])
+    elif CASE == "rewrap":  # a second wrapper of the model (a new optimizer for a second phase) retires the first
+        train(model, opt, x, y, 3, comm)
+        old, opt = opt, fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.05), **kw)
+        opt.comm = CountingComm(opt.comm)
+        try:
+            old.step()
+            raise AssertionError("the retired wrapper stepped")
+        except RuntimeError as e:
+            assert "replaced by a newer DataParallel" in str(e), e
+        train(model, opt, x, y, 6, comm)
+    elif CASE == "nan_accumulate":  # a step that raised on a NaN gradient is over: zero_grad clears it
+        for i, (xb, yb) in enumerate(fnn.data.batches(x, y, 16, seed=1, shard=comm)):
+            if i == 12:
+                break
+            model.backward(fnn.losses.softmax_cross_entropy(model(xb), yb)[1])
+            if i == 3 and rank == 0:
+                model.flat.grad[5] = np.nan
+            try:
+                opt.step()
+            except FloatingPointError:
+                assert i == 3
+            opt.zero_grad()
     elif CASE == "grad_range":  # every micro-batch gradient 4e4: fp16 sums of two such overflow, the mean does not
         for _ in range(int(OPT.get("accumulate", 1))):
             model.flat.grad[...] += 4e4
