@@ -5,11 +5,13 @@ import math
 
 import numpy as np
 
+from .checks import check_array
 from .layers import Concat, Conv2D, Dense, Dropout, Flatten, LocallyConnected2D, MaxPool2D, Sequential
 
 
 def as_images(x: np.ndarray) -> np.ndarray:
     """(N, side*side) row-major pixel rows -> (N, side, side, 1) NHWC images."""
+    check_array(x, "as_images input", shape=(None, None))
     side = math.isqrt(x.shape[1])
     if side * side != x.shape[1]:
         raise ValueError(f"as_images: {x.shape[1]} features are not a square image")

@@ -82,7 +82,7 @@ class Module:
                 raise TypeError(f"load_state_dict: {n}: expected real numbers, got dtype {v.dtype}")
             with np.errstate(over="ignore"):
                 cast = v.astype(own[n].dtype, copy=False)
-            if cast is not v and np.isfinite(v).all() and not np.isfinite(cast).all():
+            if cast is not v and (np.isfinite(v) & ~np.isfinite(cast)).any():
                 raise ValueError(f"load_state_dict: {n}: values beyond the range of the model's {own[n].dtype}")
             values[n] = cast
         for n, v in values.items():
@@ -155,14 +155,19 @@ class Module:
             if new is None:
                 continue
             old = getattr(flat, name)
-            if new.shape != old.shape or new.dtype != old.dtype or not new.flags.c_contiguous:
-                raise ValueError(f"rehome {name}: expected a contiguous {old.dtype}{old.shape} buffer, "
-                                 f"got {new.dtype}{new.shape} (contiguous={new.flags.c_contiguous})")
-        for name, new in (("data", data), ("grad", grad)):
-            if new is not None:
-                if copy:
-                    new[...] = getattr(flat, name)
-                setattr(flat, name, new)
+            if not isinstance(new, np.ndarray):
+                raise TypeError(f"rehome {name}: expected a numpy.ndarray, got {type(new).__name__}")
+            if (new.shape != old.shape or new.dtype != old.dtype or not new.flags.c_contiguous
+                    or not new.flags.writeable):
+                raise ValueError(f"rehome {name}: expected a contiguous, writeable {old.dtype}{old.shape} buffer, "
+                                 f"got {new.dtype}{new.shape} (contiguous={new.flags.c_contiguous}, "
+                                 f"writeable={new.flags.writeable})")
+        moves = [(name, new) for name, new in (("data", data), ("grad", grad)) if new is not None]
+        if copy:                  # every copy before anything moves
+            for name, new in moves:
+                new[...] = getattr(flat, name)
+        for name, new in moves:
+            setattr(flat, name, new)
         for prefix, m in self.modules():
             if m.params:
                 m._bind(flat, f"{prefix}." if prefix else "")

@@ -203,10 +203,15 @@ def test_rehome_moves_every_parameter_and_gradient_view():
     np.testing.assert_allclose(grad, 2 * once)
     data[:] = 0
     assert not model(x).any()  # the layers read the new buffer
-    with pytest.raises(ValueError, match=r"rehome grad: expected a contiguous float64\(\d+,\) buffer, got float32"):
+    with pytest.raises(ValueError, match=r"rehome grad: expected a contiguous, writeable float64\(\d+,\) buffer, "
+                                         r"got float32"):
         model.rehome(data=np.zeros(once.size), grad=np.zeros(once.size, np.float32))
     with pytest.raises(ValueError, match="rehome data: .*contiguous=False"):
         model.rehome(data=np.zeros(2 * once.size)[::2])
+    read_only = np.zeros(once.size)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="rehome grad: .*writeable=False"):   # data used to move, grad not
+        model.rehome(data=np.zeros(once.size), grad=read_only)
     assert model.flat.grad is grad and model.flat.data is data  # nothing moved on error
 
 
@@ -239,6 +244,8 @@ def test_load_state_dict_casts_and_checks_everything_first():
             ({**state, "2.weight": np.zeros(1)}, KeyError, r"1 unexpected \['2.weight'\]"),
             ({**state, "1.bias": np.array(["a", "b"])}, TypeError, "1.bias: expected real numbers, got dtype <U1"),
             ({**state, "1.bias": np.array([1e300, 0.0])}, ValueError,
+             "1.bias: values beyond the range of the model's float32"),
+            ({**state, "1.bias": np.array([np.nan, 1e300])}, ValueError,      # a NaN beside used to hide it
              "1.bias: values beyond the range of the model's float32")]:
         bad = {**bad, "0.weight": np.zeros((3, 4))}  # a valid entry that must not land either
         with pytest.raises(exc, match=match):
@@ -321,6 +328,58 @@ FIRST_LAYERS = [  # (first layer, input shape without the batch)
     (lambda: fnn.LocallyConnected2D(2, 3, 2, input_shape=(4, 5), activation="tanh", dtype=F64), (4, 5, 2)),
     (lambda: fnn.LocallyConnected1D(2, 3, 2, input_length=6, dtype=F64), (6, 2)),
 ]
+
+
+@pytest.mark.parametrize("lead, shape", [([fnn.Flatten], (3, 2)), ([fnn.ReLU], (6,)),
+                                         ([fnn.Flatten, lambda: fnn.Dropout(0.0)], (3, 2))])
+def test_input_grad_off_reaches_past_parameter_free_first_layers(lead, shape):
+    model = fnn.Sequential(*[make() for make in lead], fnn.Dense(6, 2, dtype=F64))
+    x, dy = np.random.default_rng(0).standard_normal((4, *shape)), np.ones((4, 2))
+    model(x)
+    assert model.backward(dy).shape == x.shape
+    full = model.flat.grad.copy()
+    model.zero_grad()
+    model.input_grad = False
+    assert model.layers[-1].input_grad is False
+    model(x)
+    assert model.backward(dy) is None
+    np.testing.assert_array_equal(model.flat.grad, full)
+
+
+def test_a_slice_of_a_sequential_runs_its_layers():
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(4, 3, activation="relu", dtype=F64), fnn.Dense(3, 3, dtype=F64), fnn.ReLU(),
+                           fnn.Dense(3, 2, dtype=F64))
+    x = np.random.default_rng(1).standard_normal((5, 4))
+    head = model[:2]
+    assert len(head) == 2 and head[1] is model.layers[1] and len(model[1:][1:]) == 2
+    want = np.maximum(x @ model.layers[0].params["weight"] + model.layers[0].params["bias"], 0)
+    want = want @ model.layers[1].params["weight"] + model.layers[1].params["bias"]
+    np.testing.assert_allclose(head(x), want, rtol=1e-12)
+    np.testing.assert_allclose(model[2:](head(x)), model(x), rtol=1e-12)
+    dy = np.ones((5, 3))
+    head.backward(dy)                            # gradients land in the model's buffer
+    np.testing.assert_allclose(model.layers[1].grads["bias"], dy.sum(0))
+    assert model[-1:][0] is model.layers[-1]
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: fnn.ReLU()(np.array(1.0)), ValueError, r"ReLU input: expected a batch axis, got shape \(\)"),
+    (lambda: fnn.Sequential(fnn.Dense(4, 2)).summary(input_shape=4, print_fn=None), TypeError,
+     "summary: input_shape must be a tuple of ints .*got int 4"),
+    (lambda: fnn.models.as_images(np.ones(16, np.float32)), ValueError, r"as_images input: expected shape \(N, N\)"),
+    (lambda: fnn.models.as_images([[1.0] * 4]), TypeError, "as_images input: expected a numpy.ndarray"),
+])
+def test_more_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_flatten_keeps_no_parameter_buffer():
+    f = fnn.Flatten()
+    f(np.ones((2, 3, 1), np.float32))
+    with pytest.raises(AttributeError, match="Flatten has no parameters"):   # was its output shape, a tuple
+        f.flat
 
 
 @pytest.mark.parametrize("first, shape", FIRST_LAYERS)

@@ -37,6 +37,8 @@ class _Activation(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_array(x, f"{type(self).__name__} input")
+        if x.ndim < 1:
+            raise ValueError(f"{type(self).__name__} input: expected a batch axis, got shape {x.shape}")
         y = np.array(x, order="C", copy=True)
         rows = y.reshape(len(y), math.prod(y.shape[1:]))
         pick(bias_act_forward_cpu, bias_act_forward_serial, y.size)(rows, _NO_BIAS[y.dtype.char], ACTIVATIONS[self.kind])

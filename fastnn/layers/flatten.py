@@ -21,13 +21,13 @@ class Flatten(Module):
         if x.ndim < 1:
             raise ValueError(f"Flatten input: expected a batch axis, got shape {x.shape}")
         self._shape, self._dtype = x.shape, x.dtype
-        self._flat = (len(x), math.prod(x.shape[1:]))
-        return x.reshape(self._flat)
+        self._out_shape = (len(x), math.prod(x.shape[1:]))
+        return x.reshape(self._out_shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._shape is None:
             raise RuntimeError("Flatten.backward called before forward")
-        check_array(dy, "Flatten output gradient", dtype=self._dtype, shape=self._flat)
+        check_array(dy, "Flatten output gradient", dtype=self._dtype, shape=self._out_shape)
         return dy.reshape(self._shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -30,7 +30,11 @@ class Sequential(Module):
     def children(self) -> list[tuple[str, Module]]:
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
-    def __getitem__(self, i: int) -> Module:
+    def __getitem__(self, i: int | slice) -> "Module | Slice":
+        """Layer ``i``, or for a slice a runnable ``Slice`` of the layers (as ``torch``'s
+        ``model[:-1]``), whose parameters stay in this model's buffer."""
+        if isinstance(i, slice):
+            return Slice(self.layers[i])
         return self.layers[i]
 
     def __len__(self) -> int:
@@ -41,13 +45,15 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
         if self._grad_hooks:
             self._grads_ready_from(self.flat.grad.size)
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy)
             if self._grad_hooks and self._ready_from[i] is not None:
                 self._grads_ready_from(self._ready_from[i])
+            if dy is None:        # input_grad off: the layers before have no parameters to update
+                return None
         return dy
 
     @property
@@ -56,8 +62,12 @@ class Sequential(Module):
 
     @input_grad.setter
     def input_grad(self, value: bool) -> None:
-        """Off: the first layer skips its input gradient (``backward`` returns None)."""
-        self.layers[0].input_grad = value
+        """Off: the first layer with parameters skips its input gradient and the parameter-free
+        layers before it are not run backward (``backward`` returns None)."""
+        for layer in self.layers:
+            layer.input_grad = value
+            if layer.named_parameters():
+                break
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         for layer in self.layers:
@@ -75,6 +85,10 @@ class Sequential(Module):
         """Print and return one row per layer: name, type, per-sample output shape, parameter
         count and multiply-adds per sample, then a "total" row. ``input_shape`` is per sample
         (no batch axis); when None it is taken from a first layer with ``in_features``."""
+        if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in input_shape)):
+            raise TypeError(f"summary: input_shape must be a tuple of ints (per sample, no batch axis), got "
+                            f"{type(input_shape).__name__} {input_shape!r}")
         if input_shape is None:
             first = self.layers[0]
             while isinstance(first, Sequential):
@@ -107,3 +121,39 @@ def _format_rows(rows: list[dict]) -> str:
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     rule = "-" * len(line(head))
     return "\n".join([line(head), rule, *map(line, body[:-1]), rule, line(body[-1])])
+
+
+class Slice:
+    """Consecutive layers of a ``Sequential`` (``model[i:j]``), run in order: forward and
+    backward as the model runs them (gradients accumulate in the model's buffer). It owns
+    nothing: train it through the model and its optimizer."""
+
+    def __init__(self, layers: list[Module]) -> None:
+        self.layers = layers
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+            if dy is None:
+                return None
+        return dy
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int | slice) -> "Module | Slice":
+        return Slice(self.layers[i]) if isinstance(i, slice) else self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        return "Slice(" + ", ".join(repr(layer) for layer in self.layers) + ")"
