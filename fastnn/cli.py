@@ -133,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         from .precompile import precompile
 
         began = time.perf_counter()
-        for dtype, part, seconds in precompile(tuple(args.dtype), args.jobs):
-            print(f"{dtype:8s} {part:8s} {seconds:6.1f} s")
+        try:
+            for dtype, part, seconds in precompile(tuple(args.dtype), args.jobs):
+                print(f"{dtype:8s} {part:8s} {seconds:6.1f} s", flush=True)
+        except RuntimeError as e:
+            print(f"fastnn compile: {e}", file=sys.stderr)
+            return 2
         print(f"kernels cached in {time.perf_counter() - began:.1f} s")
         return 0
     if args.command == "bench":

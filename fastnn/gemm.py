@@ -16,7 +16,7 @@ from .flat import aligned_zeros
 from .kernels.activation import ACTIVATIONS
 from .kernels.matmul import blocks as _blocks
 from .kernels.matmul import module_for
-from .kernels.matmul.fast import plain_into, plain_new
+from .kernels.matmul.fast import options_into, plain_into, plain_new
 from .kernels.matmul import settings as _settings
 from .kernels.matmul.blocks import SMALL_K, SMALL_MNK
 
@@ -27,8 +27,8 @@ _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 _ONE = {"f": np.float32(1), "d": np.float64(1)}
 _ZERO = {"f": np.float32(0), "d": np.float64(0)}
 _ACT = dict(ACTIVATIONS)
-#: dtype -> small_into, once it and the plain entries (kernels/matmul/fast.py) are compiled with SLP
-_FAST: dict = {}
+#: the dtypes whose small-product entries (kernels/matmul/fast.py) are compiled with SLP
+_FAST: set = set()
 _ND = np.ndarray
 _compiled: set = set()
 _local = threading.local()
@@ -38,7 +38,10 @@ _local = threading.local()
 kernel_module = module_for
 
 
-def _call(fn, key, *args):
+def _call(fn, key, arrays, *args):
+    """fn(*args), compiled with SLP on for each new type of its ``arrays`` arguments (Numba
+    types differ by read-only and alignment flags, and each new type compiles anew)."""
+    key = (key, *(x.flags.behaved or (x.flags.writeable, x.flags.aligned) for x in arrays))
     if key in _compiled:
         return fn(*args)
     with _settings.slp_scope():
@@ -118,7 +121,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     if type(a) is _ND and type(b) is _ND and a.dtype in _FAST and b.dtype is a.dtype:     # native, one dtype
         # Fast path for small products, where Python and dispatch are the cost. Plain products
         # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
-        # transposed operands are copied row-major and the 7-argument kernel checks the shapes.
+        # transposed operands are copied row-major and options_into (typed the same way, 7
+        # arguments) checks the rest.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
         # (Float literals: Python's float == float is a specialized fast compare, float == int
         # is not; with _ND these checks cost ~0.2 us instead of ~0.35.)
@@ -132,7 +136,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         elif (a.ndim == 2 and b.ndim == 2
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1))
               and (activation is None or type(activation) is str)):
-            fast = _FAST[a.dtype]
             if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
                 a = np.ascontiguousarray(a.T) if trans_a else a
                 b = np.ascontiguousarray(b.T) if trans_b else b
@@ -143,10 +146,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                 if out is None:
                     if beta == 0:
                         c = np.empty((a.shape[0], b.shape[1]), a.dtype)
-                        if fast(a, b, c, *args):
+                        if options_into(a, b, c, *args):
                             return c
-                elif (type(out) is np.ndarray and out.ndim == 2 and out.dtype is a.dtype and out.flags.c_contiguous
-                      and out.flags.writeable and fast(a, b, out, *args)):
+                elif type(out) is np.ndarray and out.dtype is a.dtype and options_into(a, b, out, *args):
                     return out
     if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
@@ -218,15 +220,15 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     if mnk <= SMALL_MNK and k <= SMALL_K and csa == 1 and csb == 1:
         blk = _blocks.blocks_for(dt.char)
         work = np.empty((2 * blk.mr + blk.nr) * k + blk.mr * blk.nr, dt)
-        _call(mod.gemm_small, ("small", mod, dt.char), m, n, k, alpha, fa, rsa, fb, rsb, beta, c, ldc, bias,
-              act, work)
+        _call(mod.gemm_small, ("small", mod, dt.char), (fa, fb, c, bias), m, n, k, alpha, fa, rsa, fb, rsb, beta,
+              c, ldc, bias, act, work)
         if dt not in _FAST:
             one = np.ones((1, 1), dt)
             with _settings.slp_scope():
-                mod.small_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
+                options_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
                 plain_into(one, one, one.copy())
                 plain_new(one, one)
-            _FAST[dt] = mod.small_into
+            _FAST.add(dt)
         return
     blk = _blocks.blocks_for(dt.char)
     nthreads = 1
@@ -244,12 +246,12 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         if old != nthreads:
             numba.set_num_threads(nthreads)
         try:
-            _call(mod.gemm_cpu, ("cpu", mod, dt.char), *args)
+            _call(mod.gemm_cpu, ("cpu", mod, dt.char), (fa, fb, c, bias), *args)
         finally:
             if old != nthreads:
                 numba.set_num_threads(old)
     else:
-        _call(mod.gemm_serial, ("serial", mod, dt.char), *args)
+        _call(mod.gemm_serial, ("serial", mod, dt.char), (fa, fb, c, bias), *args)
 
 
 def _balanced(m: int, k: int, blk: _blocks.Blocks) -> tuple[int, int]:
@@ -332,11 +334,11 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         old = numba.get_num_threads()
         numba.set_num_threads(nthreads)
         try:
-            _call(mod.gemm_cpu_groups, ("cpu_groups", mod, dt.char), *args)
+            _call(mod.gemm_cpu_groups, ("cpu_groups", mod, dt.char), (fa, fb, fc, fbias), *args)
         finally:
             numba.set_num_threads(old)
     else:
-        _call(mod.gemm_serial_groups, ("serial_groups", mod, dt.char), *args)
+        _call(mod.gemm_serial_groups, ("serial_groups", mod, dt.char), (fa, fb, fc, fbias), *args)
     return out
 
 

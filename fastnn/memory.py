@@ -19,7 +19,7 @@ What    ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` (glibc's own ceiling for its dynam
         size stays near its peak instead of breathing each step. PyTorch users get the same
         effect from preloading jemalloc or tcmalloc.
 When    at ``import fastnn``, process-wide, like the Numba settings. Not applied when
-        ``FASTNN_KEEP_FREED_MEMORY=0`` or when the user tuned glibc's malloc (any ``MALLOC_*_``
+        ``FASTNN_KEEP_FREED_MEMORY=0`` or when the user tuned glibc's malloc (any ``MALLOC_*``
         variable, or a ``glibc.malloc.*`` entry in ``GLIBC_TUNABLES``), and a no-op where the
         C library is not glibc. ``fastnn info`` says which.
 Oracle  tests/test_memory.py counts minor page faults of a loop that allocates and frees
@@ -34,7 +34,6 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 256 << 20
 OPT_OUT = "FASTNN_KEEP_FREED_MEMORY"
-_USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 _state = {"status": "not applied yet"}
 
@@ -55,7 +54,8 @@ def keep_freed_memory() -> str:
         status = "not glibc: allocator left as it is"
     elif os.environ.get(OPT_OUT, "1") == "0":
         status = f"glibc {version} defaults ({OPT_OUT}=0)"
-    elif any(name in os.environ for name in _USER_TUNING) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    elif (any(name.startswith("MALLOC_") for name in os.environ)
+          or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         status = f"glibc {version}, the user's malloc settings (MALLOC_* or GLIBC_TUNABLES glibc.malloc.*)"
     else:
         mallopt = ctypes.CDLL(None).mallopt

@@ -14,7 +14,9 @@ Run   fastnn compile                      # float32 and float64, one worker per 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 import numpy as np
@@ -92,9 +94,10 @@ def _run(task: tuple[str, str]) -> tuple[str, str, float]:
     return dtype, part, time.perf_counter() - began
 
 
-def precompile(dtypes: tuple[str, ...] = DTYPES, jobs: int | None = None) -> list[tuple[str, str, float]]:
+def precompile(dtypes: tuple[str, ...] = DTYPES, jobs: int | None = None) -> Iterator[tuple[str, str, float]]:
     """Compile (or load) the kernels for ``dtypes`` in ``jobs`` worker processes (None: one per
-    core, at most one per task); returns (dtype, part, seconds) per task, in task order."""
+    core, at most one per task); yields (dtype, part, seconds) per task, in task order, as they
+    finish. A task that fails (or whose worker dies) raises RuntimeError naming it."""
     from .sysinfo import cores
 
     bad = [d for d in dtypes if d not in DTYPES]
@@ -104,5 +107,16 @@ def precompile(dtypes: tuple[str, ...] = DTYPES, jobs: int | None = None) -> lis
     jobs = min(len(tasks), cores() if jobs is None else jobs)
     if jobs < 1:
         raise ValueError(f"precompile: expected jobs >= 1, got {jobs}")
+    return _results(tasks, jobs)
+
+
+def _results(tasks: list[tuple[str, str]], jobs: int) -> Iterator[tuple[str, str, float]]:
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        return list(pool.map(_run, tasks))
+        futures = [pool.submit(_run, task) for task in tasks]
+        for (dtype, part), future in zip(tasks, futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"the worker compiling {dtype} {part} died ({e}; out of memory or killed?)") from e
+            except Exception as e:
+                raise RuntimeError(f"compiling {dtype} {part} failed: {type(e).__name__}: {e}") from e

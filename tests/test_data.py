@@ -142,7 +142,8 @@ def test_split_is_disjoint_complete_stratified_and_seeded():
 
 
 @pytest.mark.parametrize("args, error, match", [
-    ((np.zeros((5, 2)), np.zeros(5), "0.2"), TypeError, "test_fraction: expected a number in \\(0, 1\\), got str '0.2'"),
+    ((np.zeros((5, 2)), np.zeros(5), "0.2"), TypeError,
+     "test_fraction: expected a number in \\(0, 1\\), got str '0.2'"),
     ((np.zeros((5, 2)), np.zeros(5), None), TypeError, "test_fraction: .* got NoneType None"),
     ((np.zeros((5, 2)), np.zeros(5), True), TypeError, "test_fraction: .* got bool True"),
     ((np.zeros((5, 2)), None), TypeError, "expected a y array, got None"),

@@ -3,6 +3,7 @@ layouts, threads, block tables; the generated kernel files and their assembly.""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 
 import numba
@@ -291,6 +292,59 @@ def test_micro_kernel_assembly_full_width_fmas_no_spills(dtype):
     assert r["spills"] == 0, r
 
 
+SLP_PROBE = r"""
+import json, os, numba, numpy as np, fastnn
+from numba.core import event
+from numba.core.caching import NullCache
+from fastnn import gemm as mm
+from fastnn.kernels.matmul import settings
+
+compiled = []                                  # (function, SLP setting as its compilation ended)
+
+
+class Listener(event.Listener):
+    def on_start(self, e):
+        pass
+
+    def on_end(self, e):
+        fn = e.data["dispatcher"].py_func
+        if fn.__module__ == mod.__name__:      # the generated GEMM kernels (not the typed declines)
+            compiled.append((fn.__name__, numba.config.SLP_VECTORIZE))
+
+
+mod = mm.kernel_module(np.dtype(np.float32))
+event.register("numba:compile", Listener())
+a, b = np.random.rand(64, 96).astype(np.float32), np.random.rand(96, 64).astype(np.float32)
+fastnn.matmul(a, b, alpha=2.0)                 # the small path for writeable operands (from the cache)
+mod.gemm_small._cache = NullCache()            # what follows really compiles (and is not cached)
+os.environ["NUMBA_FASTNN_PROBE"] = "1"         # an environment change: Numba's compiler reloads its config
+a.flags.writeable = False                      # another Numba type: compiled anew
+np.testing.assert_allclose(fastnn.matmul(a, b, alpha=2.0), 2 * (a @ b), rtol=1e-5)
+os.environ["NUMBA_FASTNN_PROBE"] = "2"
+print(json.dumps({"compiled": compiled, "micro": settings.check_micro_kernel(mod, np.float32)}))
+"""
+
+
+def test_every_kernel_variant_is_compiled_with_slp():
+    """A read-only operand is another Numba type, compiled (and cached) anew: it used to compile
+    outside the SLP scope (3.5 instead of 71 GFLOP/s at 64x96x64). A NUMBA_* variable changed
+    after import makes Numba's compiler reload its config, which used to reset SLP inside the
+    scope (the micro-kernel then compiled to 96 scalar FMAs and 238 spills)."""
+    import subprocess
+    import sys
+
+    from fastnn.sysinfo import jit_features, simd_width_bits
+
+    if simd_width_bits() < 256 or "+fma" not in jit_features():
+        pytest.skip("the assembly check is for the AVX2/AVX-512 FMA micro-kernels")
+    r = subprocess.run([sys.executable, "-c", SLP_PROBE], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert ["gemm_small", 1] in got["compiled"], got
+    assert all(slp == 1 for _, slp in got["compiled"]), got
+    assert got["micro"]["scalar_fma"] == 0 and got["micro"]["spills"] == 0, got
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("threads", [1, 2])
@@ -444,14 +498,14 @@ def test_thread_count_must_be_a_positive_int(threads):
 
 @pytest.mark.parametrize("entry, why", [
     ({"kc": 256.0}, "expected ints"), ({"kc": 100_000_000}, "expected ints"), ({"mc": True}, "expected ints"),
-    ({"nc": 60_000, "kc": 60_000}, "at most"), (None, "JSONDecodeError")])
+    ({"nc": 60_000, "kc": 60_000}, "at most"), (None, "JSONDecodeError"), ("deep", "RecursionError")])
 def test_a_bad_block_table_falls_back_with_a_warning(tmp_path, monkeypatch, entry, why):
     monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
     blocks.blocks_for.cache_clear()
     default = blocks.analytic(np.float32)
     path = blocks.table_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("{not json" if entry is None else
+    path.write_text("{not json" if entry is None else "[" * 200_000 if entry == "deep" else
                     json.dumps({"float32": {**asdict(default), "source": "tuned", **entry}}))
     try:
         with pytest.warns(RuntimeWarning, match=f"ignoring the block table {path}.*{why}"):

@@ -49,7 +49,8 @@ def test_freed_arrays_are_reused_without_page_faults():
 
 
 @glibc
-@pytest.mark.parametrize("env", [{"MALLOC_TOP_PAD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}])
+@pytest.mark.parametrize("env", [{"MALLOC_TOP_PAD_": "0"}, {"MALLOC_ARENA_MAX": "2"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}])
 def test_user_malloc_settings_are_left_alone(env):
     user = step_faults(**env)      # any MALLOC_* variable or malloc tunable: fastnn does not call mallopt
     assert "the user's malloc settings" in user["status"]

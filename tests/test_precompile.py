@@ -48,3 +48,10 @@ def test_cli_compile_reports_each_task(capsys):
 def test_precompile_refuses_bad_arguments(dtypes, jobs, match):
     with pytest.raises(ValueError, match=match):
         precompile(dtypes, jobs)
+
+
+def test_a_failing_task_is_named():
+    from fastnn.precompile import _results
+
+    with pytest.raises(RuntimeError, match="compiling float32 nonexistent failed: KeyError"):
+        list(_results([("float32", "nonexistent")], 1))

@@ -138,7 +138,7 @@ def blocks_for(dtype_char: str) -> Blocks:
                       "blocks. Run `fastnn tune` in this setting to write a matching one", RuntimeWarning, stacklevel=2)
     except FileNotFoundError:
         pass
-    except (OSError, KeyError, TypeError, ValueError) as e:
+    except (OSError, KeyError, TypeError, ValueError, RecursionError) as e:
         warnings.warn(f"fastnn.matmul: ignoring the block table {path} ({type(e).__name__}: {e}); using the "
                       "analytic blocks. Run `fastnn tune` to write a new one", RuntimeWarning, stacklevel=2)
     return default.validated()

@@ -2,17 +2,22 @@
 
 Math    plain_into(a, b, c) -> bool:  c = a @ b, True; or nothing written, False
         plain_new(a, b) -> array | None: a new c = a @ b, or None
-        a: (M, K), b: (K, N), c: (M, N), C-contiguous 2-D arrays of one float dtype (c
-        writeable), M*N*K <= SMALL_MNK and K <= SMALL_K; the generated small_into does the work
-        (no packing of full panels, no threads).
+        options_into(a, b, c, bias, alpha, beta, act) -> bool: c = act(alpha a @ b + beta c +
+        bias), True; or nothing written, False
+        a: (M, K), b: (K, N), c: (M, N), C-contiguous, aligned, writeable 2-D arrays of one
+        float dtype, bias (N,) or (0,) likewise, M*N*K <= SMALL_MNK and K <= SMALL_K; the
+        generated small_into does the work (no packing of full panels, no threads).
 Why     At n <= 64 a product costs 1-7 us and Python's checks and Numba's dispatch are a good
         part of the call (measured: ~1.1 us of checks in fastnn.matmul's general fast path).
         Here the checks are Numba's typing: each argument-type combination compiles once, to
         the kernel for the types above and to a constant False / None for any other (other
-        dtypes, layouts, ranks, read-only arrays), which sends fastnn.matmul down its general
-        path (where errors are raised). The caller checks only that the operands are ndarrays.
+        dtypes, layouts, ranks, read-only or unaligned arrays), which sends fastnn.matmul down
+        its general path (where errors are raised). The caller checks only that the operands
+        are ndarrays.
 SLP     The kernel must be compiled inside settings.slp_scope(); fastnn.matmul calls these
-        only for dtypes it has compiled that way (gemm._FAST).
+        only for dtypes it has compiled that way (gemm._FAST). The types it compiles there are
+        the only ones that reach the kernel: any other compiles (outside the scope) to the
+        constant decline, so no kernel is ever compiled without SLP here.
 Oracle  tests/test_matmul.py (every small shape and the fallbacks against NumPy).
 Bench   fastnn bench matmul   (the n <= 64 rows)
 """
@@ -25,9 +30,16 @@ from . import module_for
 
 def _fits(*arrays) -> bool:
     """True for C-contiguous 2-D float32/float64 arrays of one dtype, all writeable."""
-    return (all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.mutable for x in arrays)
+    return (all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.mutable and x.aligned
+                for x in arrays)
             and arrays[0].dtype in (types.float32, types.float64)
             and all(x.dtype == arrays[0].dtype for x in arrays))
+
+
+def _fits_bias(bias, a) -> bool:
+    """True for a C-contiguous, aligned, writeable 1-D array of a's dtype."""
+    return (isinstance(bias, types.Array) and bias.ndim == 1 and bias.layout == "C" and bias.mutable
+            and bias.aligned and bias.dtype == a.dtype)
 
 
 def _into(a, b, c):
@@ -35,6 +47,10 @@ def _into(a, b, c):
 
 
 def _new(a, b):
+    """Typed by the overload below."""
+
+
+def _options(a, b, c, bias, alpha, beta, act):
     """Typed by the overload below."""
 
 
@@ -60,6 +76,15 @@ def _new_typed(a, b):
     return new
 
 
+@overload(_options)
+def _options_typed(a, b, c, bias, alpha, beta, act):
+    if not (_fits(a, b, c) and _fits_bias(bias, a) and isinstance(alpha, types.Float)
+            and isinstance(beta, types.Float) and isinstance(act, types.Integer)):
+        return lambda a, b, c, bias, alpha, beta, act: False
+    kernel = module_for(np.dtype(str(c.dtype))).small_into
+    return lambda a, b, c, bias, alpha, beta, act: kernel(a, b, c, bias, alpha, beta, act)
+
+
 @njit(cache=True)
 def plain_into(a, b, c):
     """c = a @ b for small row-major operands; False (nothing written) otherwise."""
@@ -70,3 +95,10 @@ def plain_into(a, b, c):
 def plain_new(a, b):
     """A new a @ b for small row-major operands; None otherwise."""
     return _new(a, b)
+
+
+@njit(cache=True)
+def options_into(a, b, c, bias, alpha, beta, act):
+    """c = act(alpha a @ b + beta c + bias) for small row-major operands; False (nothing
+    written) otherwise (small_into's checks, and the types above)."""
+    return _options(a, b, c, bias, alpha, beta, act)

@@ -6,6 +6,9 @@ SLP      The micro-kernels hold their MR x NR tile in scalar variables that only
          optimizes a library. So ``slp_scope()`` switches it on only while fastnn compiles its
          own GEMM kernels (under Numba's compiler lock) and restores it: user code keeps the
          user's setting. Cached kernels were compiled inside the scope, so loading them is safe.
+         Numba's compiler reloads its config from the environment when a NUMBA_* variable
+         changed since the last compile, which would reset the setting mid-scope (measured:
+         3.5 instead of 81 GFLOP/s, and cached so): the scope reloads first, then sets it.
 Width    On AVX-512 CPUs LLVM's ``prefer-256-bit`` keeps vectorized code at ymm width. The
          feature string is fixed when Numba creates its code generator, once per process, so
          ``apply_process_settings()`` (run at ``import fastnn``) adds ``-prefer-256-bit`` only
@@ -20,6 +23,8 @@ import re
 import numba
 
 _WIDTH_NOTE = ""
+#: the CPU feature string fastnn chose (None: it chose none), set again after a config reload
+_STATE: dict = {"features": None}
 
 
 def _codegen_created() -> bool:
@@ -42,7 +47,7 @@ def apply_process_settings() -> None:
     elif _codegen_created():
         _WIDTH_NOTE = "Numba compiled before fastnn was imported: prefer-256-bit stays on"
     else:
-        numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
+        numba.config.CPU_FEATURES = _STATE["features"] = features + ",-prefer-256-bit"
         _WIDTH_NOTE = "fastnn removed LLVM's prefer-256-bit (process-wide; import fastnn first to get it)"
 
 
@@ -60,6 +65,9 @@ def slp_scope():
     from numba.core.compiler_lock import global_compiler_lock
 
     with global_compiler_lock:
+        numba.core.config.reload_config()       # so that the compiler's own reload changes nothing
+        if _STATE["features"] is not None and numba.config.CPU_FEATURES is None and not _codegen_created():
+            numba.config.CPU_FEATURES = _STATE["features"]
         old = numba.config.SLP_VECTORIZE
         numba.config.SLP_VECTORIZE = 1
         try:
