@@ -1,6 +1,8 @@
 """Input checks shared by layers, losses and optimizers: clear errors naming expected and actual."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -41,3 +43,15 @@ def check_int(value: object, what: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{what}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def check_real(value: object, what: str, minimum: float | None, below: float | None = None) -> float:
+    """``value`` if it is a real number (not a bool, not NaN), >= ``minimum`` and < ``below``
+    where given."""
+    bounds = [f"{op} {v:g}" for op, v in ((">=", minimum), ("<", below)) if v is not None]
+    expected = " ".join(["a number", " and ".join(bounds)]).strip()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}: expected {expected}, got {type(value).__name__} {value!r}")
+    if value != value or (minimum is not None and not value >= minimum) or (below is not None and not value < below):
+        raise ValueError(f"{what}: expected {expected}, got {value}")
+    return value

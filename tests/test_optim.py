@@ -154,16 +154,19 @@ def test_param_groups_by_name_and_per_group_lr():
     np.testing.assert_allclose(model[0].params["bias"], b - 0.5)
 
 
-def test_padding_between_tensors_stays_zero():
+@pytest.mark.parametrize("eps", [0.1, 0.0])       # eps = 0 made the padding 0 / (0 + 0) = NaN
+def test_padding_between_tensors_stays_zero(eps):
     model = fnn.Sequential(fnn.Dense(3, 5), fnn.Dense(5, 3))
-    opt = fnn.optim.Adam(model, lr=0.1, weight_decay=0.1)
+    opt = fnn.optim.Adam(model, lr=0.1, weight_decay=0.1, eps=eps)
     real = np.zeros(model.flat.data.size, bool)
     for s in model.flat.slots.values():
         real[s.start:s.start + s.size] = True
+    assert not real.all()
     for _ in range(3):
         model.flat.grad[real] = 1.0
         opt.step()
     assert not model.flat.data[~real].any()
+    assert np.isfinite(model.flat.data[real]).all()
 
 
 def test_clipping_by_global_norm():
@@ -278,7 +281,20 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     (lambda: fnn.optim.SGD((np.ones(6)[::2], np.ones(3))), "contiguous"),
     (lambda: fnn.optim.SGD((np.ones(3, np.int64), np.ones(3, np.int64))), "float32 or float64"),
     (lambda: fnn.optim.SGD(np.ones(3)), "model or a \\(params, grads\\) pair"),
-    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=-1), "lr >= 0"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=-1), "lr: expected a number >= 0, got -1"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr="0.1"), "lr: expected a number >= 0, got str '0.1'"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=True), "lr: expected a number >= 0, got bool True"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), eps="1e-8"), "eps: expected a number >= 0, got str"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), maximize="False"),
+     "expected maximize True or False, got str 'False'"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), amsgrad=1), "expected amsgrad True or False, got int 1"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas="ab"), "betas a pair of numbers"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), dampening="0.1"), "dampening: expected a number, got str"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), momentum=float("nan")), "momentum: expected a number >= 0"),
+    (lambda: fnn.optim.SGD(fnn.Sequential(fnn.Dense(2, 2)), param_groups=[{"params": None}]),
+     r"param_groups\[0\]\['params'\]: expected a list of parameter names"),
+    (lambda: fnn.optim.SGD(fnn.Sequential(fnn.Dense(2, 2)), param_groups=[{"params": ["0.bias", "0.bias"]}]),
+     r"'0.bias' is listed twice in param_groups\[0\]"),
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), nesterov=True), "nesterov"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas=(1.0, 0.9)), "betas"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), nonfinite="maybe"), "nonfinite"),
@@ -287,6 +303,22 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
 def test_bad_input_is_a_clear_error(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_a_grad_scale_that_overflows_the_gradient_is_a_non_finite_step(policy):
+    p, g = np.zeros(4), np.full(4, 1e300)
+    opt = fnn.optim.SGD((p, g), lr=0.1, nonfinite=policy)
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match="gradient times grad_scale=1e\\+10 overflows float64"):
+            opt.step(grad_scale=1e10)
+    else:
+        assert opt.step(grad_scale=1e10) is False and opt.skipped_steps == 1
+    assert not p.any() and opt.step_count == 0
+    for bad in (float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match="step: expected a finite number grad_scale"):
+            opt.step(grad_scale=bad)
+    assert opt.step(grad_scale=1e-300) is True                # finite scaled steps go on
 
 
 def test_read_only_params_rejected():

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastnn.kernels.optim.adam import adam_hparams, adam_step_cpu, adam_step_serial
 from fastnn.kernels.parallel import pick
 
+from ..checks import check_real
 from .base import Optimizer
 
 
@@ -30,11 +31,12 @@ class Adam(Optimizer):
 
     def _check_hparams(self, group: dict, where: str) -> None:
         super()._check_hparams(group, where)
-        betas = tuple(group["betas"])
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"{where}: expected betas in [0, 1), got {group['betas']}")
-        if not group["eps"] >= 0:
-            raise ValueError(f"{where}: expected eps >= 0, got {group['eps']}")
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{where}: expected betas a pair of numbers in [0, 1), got {betas!r}")
+        for i, b in enumerate(betas):
+            check_real(b, f"{where}: betas[{i}]", 0.0, 1.0)
+        check_real(group["eps"], f"{where}: eps", 0.0)
 
     def _update(self, grad_scale: float, step: int) -> None:
         hp = adam_hparams(self.param_groups, step, self.decoupled, grad_scale, self.params.dtype)
@@ -42,6 +44,8 @@ class Adam(Optimizer):
         kernel = pick(adam_step_cpu, adam_step_serial, self.params.size)
         kernel(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], vmax,
                self._starts, self._stops, self._groups, hp, self.defaults["amsgrad"])
+        if any(g["eps"] == 0 for g in self.param_groups):     # 0 / (0 + 0) in the padding: keep it zero
+            self.params[self._padding] = 0
 
 
 class AdamW(Adam):

@@ -8,6 +8,7 @@ chunk table that kernel walks, so one call updates every group.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -16,7 +17,7 @@ from fastnn.kernels.chunks import make_chunks
 from fastnn.kernels.parallel import pick
 from fastnn.kernels.reduce import sumsq_cpu, sumsq_serial
 
-from ..checks import check_flat
+from ..checks import check_flat, check_real
 from ..flat import aligned_zeros
 from ..module import Module
 
@@ -52,6 +53,9 @@ class Optimizer:
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm: expected a positive number or None, got {max_grad_norm}")
         self.params, self.grads, self._slots = _resolve(params)
+        #: the flat buffer's alignment padding between tensors (kept zero)
+        self._padding = np.concatenate([np.arange(start + size, stop, dtype=np.int64)
+                                        for _, start, stop, size in self._slots] or [np.empty(0, np.int64)])
         self._model = params if isinstance(params, Module) else None
         self.defaults = dict(defaults)
         self._check_hparams(self.defaults, "defaults")
@@ -85,8 +89,13 @@ class Optimizer:
             group = {**self.defaults, **{o: v for o, v in spec.items() if o != "params"}}
             self._check_hparams(group, f"param_groups[{k - 1}]")
             params = spec["params"]
+            if not isinstance(params, (list, tuple, str, np.ndarray)):
+                raise TypeError(f"param_groups[{k - 1}]['params']: expected a list of parameter names or arrays "
+                                f"(or one), got {type(params).__name__} {params!r}")
             for p in [params] if isinstance(params, (str, np.ndarray)) else params:   # one, as torch takes one tensor
                 i = self._slot_index(p)
+                if owner[i] == k:
+                    raise ValueError(f"parameter {self._slots[i][0]!r} is listed twice in param_groups[{k - 1}]")
                 if owner[i]:
                     raise ValueError(f"parameter {self._slots[i][0]!r} is in two parameter groups")
                 owner[i] = k
@@ -148,10 +157,12 @@ class Optimizer:
         self._state_pinned = True
 
     def _check_hparams(self, group: dict, where: str) -> None:
-        if not group["lr"] >= 0:
-            raise ValueError(f"{where}: expected lr >= 0, got {group['lr']}")
-        if not group["weight_decay"] >= 0:
-            raise ValueError(f"{where}: expected weight_decay >= 0, got {group['weight_decay']}")
+        for key in ("lr", "weight_decay"):
+            check_real(group[key], f"{where}: {key}", 0.0)
+        for key in ("maximize", "amsgrad", "nesterov"):
+            if key in group and not isinstance(group[key], (bool, np.bool_)):
+                raise TypeError(f"{where}: expected {key} True or False, got {type(group[key]).__name__} "
+                                f"{group[key]!r}")
 
     # -- stepping --------------------------------------------------------------------
     def step(self, grad_scale: float = 1.0) -> bool:
@@ -161,18 +172,29 @@ class Optimizer:
         1/ranks here instead of rescaling the buffer); clipping sees the scaled norm.
         """
         self._check_buffers()
+        if isinstance(grad_scale, (bool, np.bool_)) or not isinstance(grad_scale, numbers.Real) \
+                or not math.isfinite(grad_scale):
+            raise ValueError(f"step: expected a finite number grad_scale, got {grad_scale!r}")
         scale = grad_scale
         new = self._new_state()
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             norm, bad, first_bad = self._grad_norm()
-            if bad and self.nonfinite != "ignore":
+            message = self._nonfinite_message(bad, first_bad) if bad else None
+            if not bad and abs(grad_scale) > 1 and norm * abs(grad_scale) > np.finfo(self.params.dtype).max:
+                peak = self._global(float(np.max(np.abs(self.grads[self._share[0]:self._share[1]]), initial=0.0)),
+                                    "max")
+                if peak * abs(grad_scale) > np.finfo(self.params.dtype).max:      # a scaled element overflows
+                    message = (f"gradient times grad_scale={grad_scale:g} overflows {self.params.dtype} (largest "
+                               f"|gradient| {peak:.3g}). Parameters and optimizer state are unchanged; pass "
+                               "nonfinite='skip' to skip such steps instead")
+            if message is not None and self.nonfinite != "ignore":
                 for n in new:
                     del self.state[n]
                 self.last_step_skipped = True
                 if self.nonfinite == "skip":
                     self.skipped_steps += 1
                     return False
-                raise FloatingPointError(self._nonfinite_message(bad, first_bad))
+                raise FloatingPointError(message)
             norm *= abs(grad_scale)
             self.last_grad_norm = norm
             if self.max_grad_norm is not None:     # a NaN norm ("ignore") makes every update NaN, as torch's clip

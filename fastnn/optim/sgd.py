@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastnn.kernels.optim.sgd import sgd_hparams, sgd_step_cpu, sgd_step_serial
 from fastnn.kernels.parallel import pick
 
+from ..checks import check_real
 from .base import Optimizer
 
 
@@ -39,8 +40,8 @@ class SGD(Optimizer):
 
     def _check_hparams(self, group: dict, where: str) -> None:
         super()._check_hparams(group, where)
-        if not group["momentum"] >= 0:
-            raise ValueError(f"{where}: expected momentum >= 0, got {group['momentum']}")
+        check_real(group["momentum"], f"{where}: momentum", 0.0)
+        check_real(group["dampening"], f"{where}: dampening", None)
 
     def _update(self, grad_scale: float, step: int) -> None:
         if "momentum_buffer" not in self.state:
