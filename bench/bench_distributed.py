@@ -28,8 +28,8 @@ What    Four measurements, each an ``mpiexec -n K python bench/distributed/worke
            (same per-rank batch, no allreduce). Overlap = the share of reduction time (from
            each wrapper's timeline) that ran before ``step()`` was called.
         3. End to end, the same MLP and a small CNN (conv3x3x16-pool-conv3x3x32-pool-
-           dense128-dense10, if fnn.Conv2D exists), per-rank batch 64, Adam lr 1e-3, one
-           thread per rank for both frameworks: samples/s of fastnn DataParallel and of
+           dense128-dense10, if fnn.Conv2D exists), per-rank batch 64, Adam lr 1e-3 (torch:
+           Adam(fused=True), its fastest CPU step), one thread per rank for both frameworks: samples/s of fastnn DataParallel and of
            torch DistributedDataParallel (gloo; ranks read PMI_RANK/PMI_SIZE, MASTER_ADDR
            127.0.0.1, a free MASTER_PORT) at 2 ranks. In the same 2-rank job, interleaved
            with those: each framework's plain single-process loop (no wrapper) on rank 0
@@ -48,7 +48,11 @@ Run     python bench/bench_distributed.py            # full, ~2.5 min on 2 cores
         python bench/bench_distributed.py --timeline /tmp/dp_trace.json   # also save a trace
 
 Columns allreduce: ms = median time of one full reduction (slowest rank); busbw GB/s =
-        2(n-1)/n x bytes / ms; x raw = raw median time / this median time.
+        2(n-1)/n x bytes / ms; x raw = raw median time / this median time. The raw peer is
+        one mpi4py Allreduce of the whole buffer, as the issue defines it; at 128 MiB MPICH
+        allocates a 64 MiB temporary each call, above glibc's mmap threshold, so each call
+        also pays ~16k page faults (about half its time here): against an Allreduce spared
+        them (MALLOC_MMAP_THRESHOLD_ above 64 MiB) the "x raw" of 128 MiB is about half.
         strategies: step ms = median over rounds of a block's mean step time (forward,
         loss, backward, step, zero_grad; data slicing included); spread = (p75 - p25) /
         median of single steps; x after-bw = "one allreduce after backward" step ms / this

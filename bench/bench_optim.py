@@ -63,10 +63,10 @@ from typing import Callable
 
 import numba
 import numpy as np
-import torch
 from numba import njit, prange
 
-import fastnn as fnn
+import fastnn as fnn  # noqa: I001 - before torch: its OpenMP runtime then starts with fastnn's GOMP_SPINCOUNT
+import torch
 from fastnn.flat import FlatBuffer, aligned_zeros
 from fastnn.kernels.chunks import make_chunks
 

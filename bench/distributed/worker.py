@@ -428,7 +428,7 @@ def run_e2e(a) -> None:
                 net = build_torch(kind, torch)
                 if wrap:
                     net = torch.nn.parallel.DistributedDataParallel(net)
-                topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+                topt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)   # torch's fastest CPU step
                 F = torch.nn.functional
 
                 def step(xb, yb, net=net, topt=topt, kind=kind):
