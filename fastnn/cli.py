@@ -11,11 +11,20 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
 
 
+def _launched_rank() -> int:
+    """This process's rank from the MPI launcher's environment (0 without one), before MPI starts."""
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (``fastnn train: error: ...``), exit code 2; --help shows usage."""
+    """Usage errors in one line (``fastnn train: error: ...``), exit code 2, printed by rank 0
+    only under mpiexec (every rank exits alike); --help shows usage."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if _launched_rank() == 0 else None)
 
 
 def _threads(text: str) -> int:
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
     """Arguments that only make sense together; fills in args.checkpoint's fields."""
     def error(message: str) -> None:
-        parser.exit(2, f"fastnn train: error: {message} (see fastnn train --help)\n")
+        parser.exit(2, f"fastnn train: error: {message} (see fastnn train --help)\n" if _launched_rank() == 0 else None)
 
     if args.grow_batch is not None and args.grow_batch < args.batch_size:
         error(f"argument --grow-batch: expected a batch size >= --batch-size {args.batch_size}, got {args.grow_batch}")
@@ -210,12 +219,6 @@ def _train(args) -> int:
         import numba
 
         numba.set_num_threads(args.threads)
-    try:                      # on every rank, so that all of them stop alike
-        check_file_target(args.checkpoint, "the checkpoint")
-    except OSError as e:
-        if rank == 0:
-            print(f"fastnn train: --checkpoint: {e}", file=sys.stderr)
-        return 2
     fnn.manual_seed(args.seed)
     dtype = np.dtype(args.dtype)
     try:
@@ -223,6 +226,12 @@ def _train(args) -> int:
     except (OSError, ValueError) as e:
         if rank == 0:
             print(f"fastnn train: --data {args.data}: {e}", file=sys.stderr)
+        return 2
+    try:                      # on every rank, so that all of them stop alike
+        check_file_target(args.checkpoint, "the checkpoint")
+    except OSError as e:
+        if rank == 0:
+            print(f"fastnn train: --checkpoint: {e}", file=sys.stderr)
         return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
     if args.model == "cnn":
@@ -283,7 +292,8 @@ def _train(args) -> int:
         return 2
     except fnn.checkpoint.ResumeError as e:          # every rank reads the same file and stops alike
         if rank == 0:
-            hint = (" (it was trained with another lr schedule: pass the --schedule, --epochs, --batch-size and "
+            hint = (" (it was not written by fastnn train)" if "holds no" in str(e) else
+                    " (it was trained with another lr schedule: pass the --schedule, --epochs, --batch-size and "
                     "--grow-batch it used; with --grow-batch the default schedule is constant)"
                     if "schedule state" in str(e) else "")
             print(f"fastnn train: {e}{hint}; train from scratch without --resume or give another --checkpoint",

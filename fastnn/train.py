@@ -53,6 +53,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     progress = progress and lead
     start_epoch, start_sample, step = 0, 0, 0
+    resumed_sums = (0.0, 0)     # the loss sum and steps of the epoch a resumed run continues
     saving = checkpoint is not None
     resuming = bool(resume) and saving and os.path.exists(checkpoint)
     if dp is not None:  # every rank must take the same collective path: rank 0 decides on saving
@@ -80,20 +81,27 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         if dp is not None:  # each rank's own generators: as saved by this rank, or as they were
             saved = extra.get("rank_rngs")
             _set_rng_states(model, saved[dp.rank] if saved and len(saved) == dp.size else own)
+        sums_saved = extra.get("epoch_loss")   # each rank's loss sum and steps of the unfinished epoch
+        if start_sample and sums_saved and len(sums_saved) == (dp.size if dp is not None else 1):
+            resumed_sums = tuple(sums_saved[dp.rank if dp is not None else 0])
 
-    def save(epoch: int, sample: int) -> None:
+    def save(epoch: int, sample: int, running: tuple[float, int] = (0.0, 0)) -> None:
+        """``running``: this rank's loss sum and steps so far in the unfinished epoch."""
         if not saving:
             return
-        rank_rngs = None
-        if dp is not None:  # collective: every rank's generators (dropout masks differ by rank)
-            mine = _rng_states(model)
-            rank_rngs = runtime.guarded("gather of the random generators for the checkpoint",
-                                        lambda: dp.comm.gather(mine, root=0), dp.timeout)
+        rank_rngs, rank_sums = None, [list(running)]
+        if dp is not None:  # collective: every rank's generators (dropout masks differ by rank) and sums
+            mine = (_rng_states(model), list(running))
+            every = runtime.guarded("gather of the random generators for the checkpoint",
+                                    lambda: dp.comm.gather(mine, root=0), dp.timeout)
+            if lead:
+                rank_rngs, rank_sums = [e[0] for e in every], [e[1] for e in every]
         if not lead:
             return
         bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
-                  extra={"epoch": epoch, "sample": sample, "batch_size_schedule": bss, "rank_rngs": rank_rngs})
+                  extra={"epoch": epoch, "sample": sample, "batch_size_schedule": bss, "rank_rngs": rank_rngs,
+                         "epoch_loss": rank_sums})
 
     drawn = batch_size if isinstance(batch_size, int) else _Counted(batch_size)
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
@@ -110,7 +118,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     with bar, _without_input_grad(model), joined:
         for epoch in range(start_epoch, epochs):
             sample = start_sample if epoch == start_epoch else 0
-            total, count = 0.0, 0
+            total, count = resumed_sums if epoch == start_epoch else (0.0, 0)
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
             for xb, yb in batches(x, y, drawn, seed=seed, epoch=epoch, start_sample=sample, shard=shard):
                 # samples of the epoch's permutation this step took, on all ranks
@@ -135,7 +143,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                     bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
                 bar.update()
                 if checkpoint_every and step % checkpoint_every == 0:
-                    save(epoch, sample)
+                    save(epoch, sample, (total, count))
             sums.append((total, count))
             if epoch + 1 < epochs:
                 save(epoch + 1, 0)

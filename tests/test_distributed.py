@@ -390,6 +390,15 @@ def test_a_step_that_raised_on_a_nonfinite_gradient_is_over(tmp_path):
         np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
 
 
+def test_cli_usage_errors_print_once_under_mpiexec(tmp_path):
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    for argv in (["--batch-size", "0"], ["--grow-batch", "8"]):
+        r = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN / "fastnn"), "train", *argv], capture_output=True,
+                           text=True, timeout=120, env=env, cwd=tmp_path)
+        assert r.returncode == 2
+        assert r.stderr.count("fastnn train: error: argument") == 1, r.stderr       # rank 0's, not every rank's
+
+
 def test_a_communicator_given_without_init_sets_up_the_runtime(tmp_path):
     r = job(2, "comm_arg", tmp_path / "p.npy", timeout=60)
     assert r.returncode == 0, r.stderr

@@ -85,6 +85,32 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert resumed[3] == full[3] - 39
 
 
+def test_a_run_resumed_mid_epoch_reports_that_epochs_whole_loss(tmp_path):
+    """The checkpoint keeps the unfinished epoch's loss sum: the resumed run's mean for that
+    epoch is the uninterrupted run's (it used to cover only the steps after the resume)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((200, 8)).astype(np.float32), rng.integers(0, 3, 200)
+
+    def run(path, stop_at=None):
+        fnn.manual_seed(0)
+        model = fnn.Sequential(fnn.Dense(8, 16, activation="relu"), fnn.Dense(16, 3))
+        opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+
+        def on_step(step, loss):
+            if step == stop_at:
+                raise KeyboardInterrupt
+        kw = dict(epochs=2, batch_size=16, seed=3, checkpoint=path, checkpoint_every=4, progress=False)
+        try:
+            return fnn.train.fit(model, opt, x, y, on_step=on_step, **kw), model
+        except KeyboardInterrupt:       # steps 14-26 are epoch 1; the last checkpoint is step 16's
+            return fnn.train.fit(model, opt, x, y, resume=True, **kw), model
+
+    (full, a), (resumed, b) = run(tmp_path / "a.npz"), run(tmp_path / "b.npz", stop_at=19)
+    np.testing.assert_array_equal(a.flat.data, b.flat.data)
+    assert resumed["steps"] == 26 - 16
+    assert resumed["loss"] == full["loss"][1:]
+
+
 def test_checkpoint_of_a_different_model_is_rejected_and_nothing_changes(tmp_path):
     a = fnn.Sequential(fnn.Dense(4, 3), fnn.Dense(3, 2))
     path = fnn.checkpoint.save(tmp_path / "a.npz", a, fnn.optim.Adam(a))
@@ -332,12 +358,26 @@ def test_cli_adamw_decays_the_weights_by_default_as_torch(tmp_path):
         assert [g["weight_decay"] for g in groups] == [want, 0.0]        # biases are kept out of decay
 
 
-def test_cli_train_reports_missing_data_in_one_line(tmp_path, capsys):
+def test_cli_train_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatch):
     from fastnn.cli import main
 
+    monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", str(tmp_path / "none"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fastnn train: --data {tmp_path / 'none'}: no MNIST file found") and err.count("\n") == 1
+    assert not (tmp_path / "checkpoints").exists()          # refused before anything is written
+
+
+def test_cli_resume_from_a_checkpoint_fastnn_train_did_not_write(tmp_path, capsys):
+    from fastnn.cli import main
+
+    model = fnn.Sequential(fnn.Dense(64, 128, activation="relu"), fnn.Dense(128, 128, activation="relu"),
+                           fnn.Dense(128, 10))
+    fnn.checkpoint.save(tmp_path / "plain.npz", model, fnn.optim.Adam(model), step=0)
+    assert main(["train", "--epochs", "1", "--no-progress", "--resume", "--checkpoint", str(tmp_path / "plain.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no schedule state" in err and "(it was not written by fastnn train)" in err
+    assert "--schedule" not in err                                # no hint towards options that cannot help
 
 
 def test_cli_train_zero_epochs_writes_and_claims_nothing(tmp_path, capsys):
