@@ -57,17 +57,7 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     of a different model, optimizer or dtype) and leaves everything as it was.
     ``check_extra(extra)`` is called before anything changes; it raises to refuse the file."""
     path = Path(path)
-    try:
-        f = np.load(path, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with f:
-            meta = json.loads(f["meta"].tobytes())
-            arrays = {k: f[k] for k in f.files if k != "meta"}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile, EOFError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a readable fastnn checkpoint ({e})") from e
+    meta, arrays = _read(path, arrays=True)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: expected format {FORMAT!r}, got "
                          f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
@@ -108,6 +98,26 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         raise
     random.generator().bit_generator.state = meta["global_rng"]
     return {"step": meta["step"], "extra": meta["extra"]}
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata ``save`` wrote (step, model signature, optimizer and schedule settings,
+    extra), without the arrays; ValueError for a file that is not a readable checkpoint."""
+    return _read(Path(path), arrays=False)[0]
+
+
+def _read(path: Path, arrays: bool) -> tuple[Any, dict[str, np.ndarray]]:
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with f:
+            meta = json.loads(f["meta"].tobytes())
+            return meta, {k: f[k] for k in f.files if k != "meta"} if arrays else {}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable fastnn checkpoint ({e})") from e
 
 
 def _signature(model: Module) -> dict:

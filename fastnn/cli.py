@@ -280,6 +280,12 @@ def _train(args) -> int:
         if not first:
             first["s"] = seconds_since_launch()
 
+    changed = _changed_settings(fnn, path, opt) if args.resume else None
+    if changed:                                      # every rank reads the same file and stops alike
+        if rank == 0:
+            print(f"fastnn train: --resume from {path}: it was trained with other optimizer settings ({changed}); "
+                  "pass the options it used, or train from scratch without --resume", file=sys.stderr)
+        return 2
     if not args.no_progress and rank == 0:
         model.summary(input_shape=x_train.shape[1:])
     try:
@@ -321,6 +327,32 @@ def _train(args) -> int:
     if os.path.exists(path):
         print(f"checkpoint        {os.path.abspath(path)}")
     return 0
+
+
+def _changed_settings(fnn, path: str, opt) -> str | None:
+    """The optimizer settings of this run (lr as the schedule's base, weight decay, momentum,
+    ...) that differ from those the checkpoint at ``path`` was trained with, in words; None
+    when they agree, or when there is no readable checkpoint there (fit reports that)."""
+    try:
+        saved = fnn.checkpoint.read_meta(path)["optimizer"]["param_groups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    mine = opt.state_dict()["param_groups"]
+    if not isinstance(saved, list) or len(saved) != len(mine):
+        return None
+    diffs = []
+    for i, (was, now) in enumerate(zip(saved, mine)):
+        if not isinstance(was, dict):
+            return None
+        for key, new in now.items():       # lr itself moves with the schedule: its base is initial_lr
+            if key not in ("lr", "params") and key in was and _plain(was[key]) != _plain(new):
+                diffs.append(f"{key} {was[key]!r} -> {new!r} in group {i}")
+    return "; ".join(diffs) or None
+
+
+def _plain(value):
+    """Lists and tuples alike (JSON turns tuples into lists)."""
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def _schedule(fnn, name: str, opt, steps_per_epoch: int, total: int):

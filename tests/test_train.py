@@ -368,6 +368,22 @@ def test_cli_train_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "checkpoints").exists()          # refused before anything is written
 
 
+def test_cli_resume_refuses_other_optimizer_settings(tmp_path, capsys):
+    """--lr and --weight-decay on --resume used to be dropped silently (the checkpoint's won)."""
+    from fastnn.cli import main
+
+    ck = str(tmp_path / "m.npz")
+    assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", ck]) == 0
+    capsys.readouterr()
+    for extra, changed in ((["--lr", "0.1"], "initial_lr 0.002 -> 0.1 in group 0"),
+                           (["--weight-decay", "0.1"], "weight_decay 0.0 -> 0.1 in group 0")):
+        assert main(["train", "--epochs", "2", "--no-progress", "--resume", "--checkpoint", ck, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fastnn train: --resume from {ck}: it was trained with other optimizer settings (")
+        assert changed in err and err.count("\n") == 1
+    assert main(["train", "--epochs", "2", "--no-progress", "--resume", "--checkpoint", ck]) == 0
+
+
 def test_cli_resume_from_a_checkpoint_fastnn_train_did_not_write(tmp_path, capsys):
     from fastnn.cli import main
 
