@@ -139,6 +139,33 @@ def test_prefetch_emits_a_prefetch_and_changes_nothing():
         assert "prefetch" in asm
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_copy_run_against_numpy_slices(dtype):
+    from numba import njit, uint64
+
+    from fastnn.kernels.copy import copy_run
+
+    @njit
+    def run(src, s0, dst, d0, n):
+        copy_run(src, s0, dst, d0, n)
+
+    @njit
+    def run16(src, s0, dst, d0):            # a constant count: expanded inline
+        copy_run(src, uint64(s0), dst, d0, 16)
+
+    src = np.arange(100, dtype=dtype)
+    for s0, d0, n in [(0, 0, 0), (3, 5, 1), (7, 2, 16), (1, 0, 99), (40, 60, 37)]:
+        dst = np.full(120, -1, dtype)
+        run(src, s0, dst, d0, n)
+        np.testing.assert_array_equal(dst[d0:d0 + n], src[s0:s0 + n])
+        assert (dst[:d0] == -1).all() and (dst[d0 + n:] == -1).all()
+    dst = np.full(40, -1, dtype)
+    run16(src, 77, dst, 9)
+    np.testing.assert_array_equal(dst[9:25], src[77:93])
+    assert (dst[:9] == -1).all() and (dst[25:] == -1).all()
+    assert "memcpy" in run.inspect_llvm(run.signatures[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transpose_block_against_numpy(dtype):
     from numba import njit

@@ -19,12 +19,15 @@ import numpy as np
 from numba import get_thread_id, njit, prange, uint64
 
 from fastnn.kernels.activation import _act
+from fastnn.kernels.copy import copy_run
 from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_MNK
 from fastnn.kernels.prefetch import prefetch
 from fastnn.kernels.transpose import transpose_block
 
 MR = __MR__
 NR = __NR__
+#: rows of B per run when packing row-major B panels (pack_b)
+PACK_ROWS = 8
 _OPTS = dict(error_model="numpy", boundscheck=False, nogil=True, cache=True)
 
 
@@ -114,18 +117,18 @@ def pack_b_panel(b, rs, cs, p0, c0, q, nc, kc, bp):
 
 @njit(**_OPTS)
 def pack_b(b, rs, cs, p0, c0, q0, q1, nc, kc, bp):
-    """Panels q0 <= q < q1 as pack_b_panel does; row-major B is read row by row (a stream of
-    memory, not one page per row per panel) with full panels copied NR at a time."""
+    """Panels q0 <= q < q1 as pack_b_panel does. Full panels of row-major B are copied NR
+    elements at a time (one memcpy, vector moves), PACK_ROWS rows of B at a time: each run
+    of rows touches that many pages of B and, per panel, one contiguous run of bp. Row by
+    row (a page of bp per panel per row) took 0.48 ns per float32 at KC x NC = 512 x 1024,
+    panel by panel (a page of B per row) 0.34, runs of 8 rows 0.19 (NumPy's copy: 0.13)."""
     qf = min(q1, nc // NR)
     if cs == 1 and q0 < qf:
         rsu = uint64(rs)
-        for p in range(kc):
-            src = b[uint64(p0 + p) * rsu + uint64(c0):]
+        for pb in range(0, kc, PACK_ROWS):
             for q in range(q0, qf):
-                s = src[q * NR:q * NR + NR]
-                d = bp[q * NR * kc + p * NR:q * NR * kc + p * NR + NR]
-                for j in range(NR):
-                    d[j] = s[j]
+                for p in range(pb, min(kc, pb + PACK_ROWS)):
+                    copy_run(b, uint64(p0 + p) * rsu + uint64(c0 + q * NR), bp, q * NR * kc + p * NR, NR)
         q0 = qf
     for q in range(q0, q1):
         pack_b_panel(b, rs, cs, p0, c0, q, nc, kc, bp)
