@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from .flat import aligned_zeros
+from .kernels.affinity import keep_off
 from .kernels.activation import ACTIVATIONS
 from .kernels.matmul import blocks as _blocks
 from .kernels.matmul import module_for
@@ -242,6 +243,7 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     args = (m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, mc, kc, blk.nc, nsplit,
             4 * nthreads if parallel else 1, ap, bp, tiles)
     if parallel:
+        keep_off(nthreads)
         old = numba.get_num_threads()
         if old != nthreads:
             numba.set_num_threads(nthreads)
@@ -331,6 +333,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     args = (G, m, n, k, dt.type(alpha), fa, rsa, csa, ga, fb, rsb, csb, gb, dt.type(beta), fc, ldc, gc, fbias,
             n, act, mc, kc, blk.nc, ap, bps, tiles)
     if nthreads > 1:
+        keep_off(nthreads)
         old = numba.get_num_threads()
         numba.set_num_threads(nthreads)
         try:

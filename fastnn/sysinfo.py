@@ -163,6 +163,7 @@ def report() -> list[tuple[str, str]]:
     return [("CPU", cpu_model()), ("SIMD width", f"{simd_width_bits()} bits"), ("caches", caches),
             ("cores", str(cores())), ("numba", f"{version}, threading layer {layer}, {threads} threads"),
             ("matmul", _matmul_status()), ("allocator", allocator_status()), ("OpenMP wait", _omp_wait_status()),
+            ("threads", _affinity_status()),
             ("MPI", mpi_status()), ("CUDA", cuda_status())]
 
 
@@ -170,9 +171,18 @@ def _omp_wait_status() -> str:
     import fastnn
 
     if fastnn.SPINCOUNT_SET:
-        return "GOMP_SPINCOUNT=20000 (set by fastnn: threads spin ~2 us between kernels, then sleep)"
+        return "GOMP_SPINCOUNT=20000 (set by fastnn: idle threads spin briefly, then sleep)"
     mine = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
     return ", ".join(f"{k}={v}" for k, v in mine.items()) + " (yours, left alone)"
+
+
+def _affinity_status() -> str:
+    from .kernels import affinity
+
+    try:
+        return affinity.describe()
+    except (ValueError, ImportError) as e:      # no usable threading layer
+        return f"not pinned ({str(e).splitlines()[0]})"
 
 
 def _matmul_status() -> str:

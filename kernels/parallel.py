@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import numba
 
+from .affinity import keep_off
+
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
 def pick(parallel_kernel, serial_kernel, n_elements: int):
-    """The parallel kernel when ``n_elements`` is large enough and more than one thread is set."""
-    if n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
-        return parallel_kernel
+    """The parallel kernel when ``n_elements`` is large enough and more than one thread is set
+    (its threads then pinned: kernels/affinity.py)."""
+    if n_elements >= PARALLEL_MIN_ELEMENTS:
+        threads = numba.get_num_threads()
+        if threads > 1:
+            keep_off(threads)
+            return parallel_kernel
     return serial_kernel

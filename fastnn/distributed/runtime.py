@@ -58,22 +58,45 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     except ImportError as e:
         raise ImportError("fastnn.distributed needs mpi4py and an MPI: pip install fastnn[mpi]") from e
     comm = comm if comm is not None else MPI.COMM_WORLD
-    _set_threads(threads_per_rank or max(1, _cores() // local_size(comm)))
+    from ..kernels import affinity
+
+    local_rank, local_n = local_layout(comm)
+    threads = threads_per_rank or max(1, _cores() // local_n)
+    _set_threads(threads)
+    affinity.configure(_share(local_rank, local_n, threads))
     _state["comm"] = comm
     if abort_on_exception:
         _install_abort_hooks(comm)
     return comm
 
 
-def local_size(comm) -> int:
-    """How many ranks of ``comm`` share this rank's machine (collective)."""
+def local_layout(comm) -> tuple[int, int]:
+    """(this rank's index among the ranks of ``comm`` on its machine, how many there are)
+    (collective)."""
     from mpi4py import MPI
 
     local = guarded("split by machine (ranks starting up)", lambda: comm.Split_type(MPI.COMM_TYPE_SHARED),
                     STARTUP_S)
-    n = local.Get_size()
+    layout = local.Get_rank(), local.Get_size()
     local.Free()
-    return n
+    return layout
+
+
+def local_size(comm) -> int:
+    """How many ranks of ``comm`` share this rank's machine (collective)."""
+    return local_layout(comm)[1]
+
+
+def _share(local_rank: int, local_n: int, threads: int) -> list[int]:
+    """The CPUs this rank's threads are pinned to (kernels/affinity.py): its slice of the
+    machine's CPUs; all of its own when the launcher already bound it to fewer (mpiexec
+    -bind-to); none (no pinning) when the ranks' threads outnumber the CPUs."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < (os.cpu_count() or 0):         # bound by the launcher: these CPUs are this rank's
+        return cpus[:threads] if len(cpus) >= threads else []
+    if len(cpus) >= local_n * threads:
+        return cpus[local_rank * threads:(local_rank + 1) * threads]
+    return []
 
 
 def is_initialized() -> bool:

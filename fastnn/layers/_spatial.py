@@ -70,10 +70,17 @@ def geometry(stride, pad_before, dilation, kernel, out_hw, in_hw) -> np.ndarray:
 
 
 def threads_for(work: int) -> int:
-    """Chunks to split a kernel call into: all threads for big work, 1 (serial) for small."""
+    """Chunks to split a kernel call into: all threads for big work (then pinned:
+    kernels/affinity.py), 1 (serial) for small."""
+    from fastnn.kernels.affinity import keep_off
     from fastnn.kernels.parallel import PARALLEL_MIN_ELEMENTS
 
-    return numba.get_num_threads() if work >= PARALLEL_MIN_ELEMENTS else 1
+    if work < PARALLEL_MIN_ELEMENTS:
+        return 1
+    threads = numba.get_num_threads()
+    if threads > 1:
+        keep_off(threads)
+    return threads
 
 
 def weight_bound(fan_in: int, fan_out: int, activation) -> float:
