@@ -4,20 +4,22 @@ Why     On the 2-core VMs here the scheduler often put the calling thread and th
         worker on one CPU, where one waits (spinning) for the other while the second CPU idles:
         2-thread matmuls of 128^3-512^3 then ran 2-10x slower for whole runs of calls (in
         bench/bench_matmul.py's 2-thread rows, 256^3 read 0.13-0.15x OpenBLAS in two runs).
-        Measured in blocks of 8 calls after a quiet gap, 36 blocks each (median of the block
-        medians; blocks slower than twice the best): unpinned 128^3 fp64 1192 us (22 of 36
-        slow), 256^3 fp32 1576 us (20), 512^3 fp32 3163 us (12); workers pinned and the caller
-        kept off their CPUs 219 us (2), 448 (4), 2442 (1). OMP_PROC_BIND=true did as well, but it
-        pins the calling thread (Python's main thread) for good, and every thread and process
-        started from it later inherits that one CPU: mpiexec run from a test, torch's pool,
-        fastnn compile's workers, DataParallel's communication thread.
-How     pin(): one parallel kernel reports the OS thread id of each of Numba's threads (gettid),
-        then worker t (t >= 1) is bound to CPU cpus[t] (os.sched_setaffinity on its id);
-        thread 0, the caller, is never bound. Before each parallel kernel, keep_off(): when the caller runs on a worker's CPU
-        (sched_getcpu, ~0.2 us through ctypes), it is moved to the CPUs left for it and its
-        own mask is restored at once (two system calls, a few us, only then). Workers are
-        pinned lazily at the first parallel kernel, for the thread count Numba has then; a
-        rank of ``fastnn.distributed`` pins within its share of the machine's CPUs.
+        Measured in blocks of 8 calls after a quiet gap, 36 blocks each, runs with and without
+        FASTNN_PIN_THREADS=0 alternated (median of the block medians; blocks slower than twice
+        the best): unpinned 128^3 fp64 276 us (20 of 36 slow), 256^3 fp32 549 us (14), 512^3
+        fp32 3563 us (16); pinned 196 us (5), 460 (6), 2517 (2). OMP_PROC_BIND=true did as well
+        in its own runs (217 us (5), 444 (8), 2525 (5)), but it pins the calling thread
+        (Python's main thread) for good, and every thread and process started from it later
+        inherits that one CPU: mpiexec run from a test, torch's pool, fastnn compile's workers,
+        DataParallel's communication thread.
+How     pin(): one parallel kernel reports the OS thread id of each of Numba's threads
+        (gettid), then worker t (t >= 1) is bound to CPU cpus[t] (os.sched_setaffinity on its
+        id); thread 0, the caller, is never bound. Before each parallel kernel, keep_off():
+        when the caller runs on a CPU other than those left for it (sched_getcpu, ~0.2 us
+        through ctypes), it is moved there and its own mask is restored at once (two system
+        calls, a few us, only then). Workers are pinned lazily at the first parallel kernel,
+        for the thread count it uses (again if a later one uses more); a rank of
+        ``fastnn.distributed`` pins within its share of the machine's CPUs.
 Off     with FASTNN_PIN_THREADS=0, when you set OMP_PROC_BIND, OMP_PLACES or GOMP_CPU_AFFINITY
         (your binding, left alone), with one thread, a threading layer other than OpenMP, more
         threads than CPUs, or where the system calls do not exist (not Linux).
