@@ -17,12 +17,16 @@ How     pin(): one parallel kernel reports the OS thread id of each of Numba's t
         id); thread 0, the caller, is never bound. Before each parallel kernel, keep_off():
         when the caller runs on a CPU other than those left for it (sched_getcpu, ~0.2 us
         through ctypes), it is moved there and its own mask is restored at once (two system
-        calls, a few us, only then). Workers are pinned lazily at the first parallel kernel,
-        for the thread count it uses (again if a later one uses more); a rank of
+        calls, a few us, only then; restored even if Ctrl-C lands between them; a caller you
+        bound to the workers' CPUs stays). Workers are pinned lazily at the first parallel
+        kernel, for the team it runs, and again for a larger team or when libgomp replaced
+        workers after a smaller one (it ends the workers past a smaller team); each Python
+        thread that starts parallel kernels has its own workers, so its own pinning. A rank of
         ``fastnn.distributed`` pins within its share of the machine's CPUs.
-Off     with FASTNN_PIN_THREADS=0, when you set OMP_PROC_BIND, OMP_PLACES or GOMP_CPU_AFFINITY
-        (your binding, left alone), with one thread, a threading layer other than OpenMP, more
-        threads than CPUs, or where the system calls do not exist (not Linux).
+Off     with FASTNN_PIN_THREADS=0, when you set OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY or
+        KMP_AFFINITY (your binding, left alone), with one thread, a threading layer other than
+        OpenMP, where the system calls do not exist (not Linux; glibc < 2.30 has no gettid);
+        a team larger than the CPUs keeps the workers pinned so far.
 Oracle  tests/test_affinity.py (each worker's own mask, the caller's mask unchanged, moved off).
 Bench   python bench/bench_matmul.py  (the 2-thread rows)
 """
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -40,7 +44,7 @@ from numba import get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_USER_BINDING = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
+_USER_BINDING = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
 
 
 def _getcpu_fn():
@@ -55,6 +59,10 @@ def _getcpu_fn():
 
 
 _getcpu = _getcpu_fn()
+try:
+    _HAS_GETTID = hasattr(ctypes.CDLL(None), "gettid")      # glibc >= 2.30; without it the kernel
+except OSError:                                            # below would not link (an abort)
+    _HAS_GETTID = False
 
 
 @intrinsic
@@ -76,19 +84,47 @@ def _worker_tids(tids):
 
 @dataclass
 class Pinning:
-    """What pin() did for ``threads`` threads: ``cpus[t]`` is worker t's CPU (t >= 1; cpus[0]
-    = -1, the caller is not bound), ``tids[t]`` its OS thread id; ``caller_cpus`` where
-    keep_off() moves the caller; ``reason`` why nothing was pinned (then cpus is empty)."""
+    """What pin() did for one calling thread: workers 1..threads-1 bound, ``cpus[t]`` worker
+    t's CPU (cpus[0] = -1: the caller is never bound) and ``tids[t]`` its OS thread id;
+    ``caller_cpus`` where keep_off() moves the caller. ``limit``: the largest team that can be
+    pinned (0: none, for ``reason``); ``smallest``: the smallest team run since (libgomp ends
+    the workers past a smaller team and starts new ones for a larger)."""
     threads: int
+    limit: int
     cpus: list[int]
     tids: list[int]
     caller_cpus: frozenset
     reason: str = ""
+    smallest: int = 0
+    generation: int = 0
 
 
-_state: dict = {"pinning": None, "share": None}
+#: the share set by configure() (None: the caller's affinity) and a generation that retires
+#: every thread's pinning (configure, fork)
+_shared: dict = {"cpus": None, "generation": 0}
+#: each calling thread has its own OpenMP workers (libgomp keeps a pool per thread that starts
+#: parallel regions), so each has its own Pinning
+_local = threading.local()
+
+
+def _retire() -> None:
+    _shared["generation"] += 1
+
+
 if hasattr(os, "register_at_fork"):      # a forked child has none of the parent's workers
-    os.register_at_fork(after_in_child=lambda: _state.update(pinning=None))
+    os.register_at_fork(after_in_child=_retire)
+
+
+def _current() -> Pinning | None:
+    p = getattr(_local, "pinning", None)
+    return p if p is not None and p.generation == _shared["generation"] else None
+
+
+def _keep(p: Pinning) -> Pinning:
+    p.smallest = p.threads
+    p.generation = _shared["generation"]
+    _local.pinning = p
+    return p
 
 
 def _enabled() -> str:
@@ -98,39 +134,41 @@ def _enabled() -> str:
     mine = [k for k in _USER_BINDING if k in os.environ]
     if mine:
         return f"{', '.join(mine)} set (your binding, left alone)"
-    if _getcpu is None or not hasattr(os, "sched_setaffinity"):
-        return "no sched_setaffinity on this system"
+    if _getcpu is None or not _HAS_GETTID or not hasattr(os, "sched_setaffinity"):
+        return "no sched_setaffinity, sched_getcpu or gettid on this system"
     return ""
 
 
 def configure(share: list[int] | None) -> None:
     """Pin within ``share`` (CPU numbers, the first for the calling thread; None: the calling
-    thread's affinity; []: pin nothing) at the next parallel kernel: fastnn.distributed calls
-    it with each rank's share of the machine."""
-    _state["share"] = None if share is None else list(share)
-    _state["pinning"] = None
+    thread's affinity; []: pin nothing) from the next parallel kernel on: fastnn.distributed
+    calls it with each rank's share of the machine."""
+    _shared["cpus"] = None if share is None else list(share)
+    _retire()
 
 
 def pin(threads: int | None = None) -> Pinning:
-    """Bind Numba's workers 1..threads-1 (default: numba.get_num_threads()) each to a CPU of
-    the share, in order after the caller's; returns (and keeps) what was done."""
-    old = numba.get_num_threads()         # also starts Numba's threading layer
-    threads = old if threads is None else threads
-    share = _state["share"] if _state["share"] is not None else sorted(os.sched_getaffinity(0))
+    """Bind Numba's workers 1..threads-1 (default: numba.get_num_threads()) of the calling
+    thread each to a CPU of the share, in order after the caller's; returns (and keeps, for
+    this thread) what was done. Past the share's size it keeps what is pinned."""
     reason = _enabled()
-    final = bool(reason)                 # nothing to retry with more threads
-    if not reason:
-        if not share:
-            reason, final = "this rank's share of the CPUs is empty (more ranks x threads than CPUs)", True
-        elif threads < 2:
-            reason = "one thread"
-        elif threads > len(share):
-            reason = f"{threads} threads on {len(share)} CPUs"
-        elif numba.threading_layer() != "omp":
-            reason, final = f"threading layer {numba.threading_layer()} (workers are not fixed threads)", True
     if reason:
-        _state["pinning"] = Pinning(sys.maxsize if final else threads, [], [], frozenset(), reason)
-        return _state["pinning"]
+        return _keep(Pinning(0, 0, [], [], frozenset(), reason))
+    old = numba.get_num_threads()         # also starts Numba's threading layer
+    threads = min(old if threads is None else threads, numba.config.NUMBA_NUM_THREADS)
+    share = _shared["cpus"] if _shared["cpus"] is not None else sorted(os.sched_getaffinity(0))
+    if not share:
+        return _keep(Pinning(0, 0, [], [], frozenset(), "this rank's share of the CPUs is empty "
+                                                        "(ranks' CPUs overlap, or more threads than CPUs)"))
+    if numba.threading_layer() != "omp":
+        return _keep(Pinning(0, 0, [], [], frozenset(),
+                             f"threading layer {numba.threading_layer()} (workers are not fixed threads)"))
+    prev = _current()
+    if threads > len(share) or threads < 2:
+        if prev is not None and prev.cpus:
+            return prev
+        why = "one thread" if threads < 2 else f"{threads} threads on {len(share)} CPUs"
+        return _keep(Pinning(0, len(share), [], [], frozenset(), why))
     tids = np.zeros(threads, np.int64)
     numba.set_num_threads(threads)
     try:
@@ -140,37 +178,54 @@ def pin(threads: int | None = None) -> Pinning:
                 break
     finally:
         numba.set_num_threads(old)
+    bound = []
     try:
         if not (tids[1:] != 0).all():
             raise OSError("a worker ran no iteration")
         for t in range(1, threads):
             os.sched_setaffinity(int(tids[t]), {share[t]})
+            bound.append(int(tids[t]))
     except OSError as e:
-        _state["pinning"] = Pinning(sys.maxsize, [], [], frozenset(), f"a worker could not be bound ({e})")
-    else:
-        _state["pinning"] = Pinning(threads, [-1] + share[1:threads], tids.tolist(),
-                                    frozenset(share[:1] + share[threads:]))
-    return _state["pinning"]
+        for tid in bound:                # leave no worker half-pinned
+            try:
+                os.sched_setaffinity(tid, set(share))
+            except OSError:
+                pass
+        return _keep(Pinning(0, 0, [], [], frozenset(), f"a worker could not be bound ({e})"))
+    return _keep(Pinning(threads, len(share), [-1] + share[1:threads], tids.tolist(),
+                         frozenset(share[:1] + share[threads:])))
 
 
 def keep_off(threads: int) -> None:
-    """Before a parallel kernel on ``threads`` threads: pin the workers (once, or again for
-    more threads); move the calling thread off their CPUs."""
-    p = _state["pinning"]
-    if p is None or threads > p.threads:
+    """Before a parallel kernel on ``threads`` threads: pin the workers (once; again for a
+    larger team, or when libgomp replaced them); move the calling thread off their CPUs."""
+    p = _current()
+    if p is None or p.threads < threads <= p.limit:
         p = pin(threads)
-    if p.cpus and _getcpu() not in p.caller_cpus:
-        mask = os.sched_getaffinity(0)
-        try:
-            os.sched_setaffinity(0, p.caller_cpus)
-        except OSError:                  # none of them allowed to this thread: stay
-            return
+    elif p.cpus and threads > p.smallest:
+        gone = [tid for tid in p.tids[p.smallest:threads] if not os.path.exists(f"/proc/self/task/{tid}")]
+        p = pin(p.threads) if gone else p
+        p.smallest = min(threads, p.threads)
+    if not p.cpus:
+        return
+    p.smallest = min(p.smallest, threads)
+    if _getcpu() in p.caller_cpus:
+        return
+    mask = os.sched_getaffinity(0)
+    target = p.caller_cpus & mask
+    if not target:                       # you bound this thread to the workers' CPUs: stay
+        return
+    try:
+        os.sched_setaffinity(0, target)
+    except OSError:
+        pass
+    finally:                             # restored even if a signal (Ctrl-C) lands in between
         os.sched_setaffinity(0, mask)
 
 
 def describe() -> str:
     """One line for ``fastnn info``."""
-    p = _state["pinning"] or pin()
+    p = _current() or pin()
     if not p.cpus:
         return f"not pinned: {p.reason}"
     workers = ", ".join(f"{t} -> CPU {c}" for t, c in enumerate(p.cpus) if t)

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
-                                reason="needs Linux and at least 2 CPUs")
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+    or os.environ.get("NUMBA_NUM_THREADS", "2") == "1" or os.environ.get("NUMBA_THREADING_LAYER", "omp") != "omp",
+    reason="needs Linux, at least 2 CPUs and Numba's OpenMP layer with 2 threads")
 
 PROBE = r"""
 import json, os, subprocess, sys
@@ -23,7 +25,7 @@ def mask(tid):
 before = sorted(os.sched_getaffinity(0))
 a = np.random.default_rng(0).random((300, 300), np.float32)
 np.testing.assert_allclose(fastnn.matmul(a, a, threads=2), a @ a, rtol=1e-4)
-p = affinity._state["pinning"]
+p = affinity._current()
 moved = None
 if p.cpus:
     # put this thread on the worker's CPU, allow it everything again: keep_off must move it
@@ -43,7 +45,7 @@ print(json.dumps(dict(before=before, after=sorted(os.sched_getaffinity(0)), cpus
 
 def _probe(**env):
     e = {k: v for k, v in os.environ.items() if k not in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY",
-                                                           "FASTNN_PIN_THREADS")}
+                                                           "KMP_AFFINITY", "FASTNN_PIN_THREADS")}
     e.update(NUMBA_NUM_THREADS="2", **env)
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=e, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -71,30 +73,120 @@ def test_pinning_is_off_when_asked_or_when_the_user_binds(env, reason):
     assert r["after"] == r["before"] and r["moved"] is None
 
 
-def test_one_thread_pins_nothing_and_more_threads_later_do(monkeypatch):
+def _run(code: str, **env) -> str:
+    e = {k: v for k, v in os.environ.items() if k not in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY",
+                                                           "KMP_AFFINITY", "FASTNN_PIN_THREADS")}
+    e.update(env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_one_thread_pins_nothing_and_more_threads_later_do():
+    assert _run("""
+from fastnn.kernels import affinity
+a = affinity.pin(1).reason
+affinity.keep_off(2)                     # more threads than were pinned for: pinned now
+p = affinity._current()
+print(a, p.threads, len(p.cpus))
+""", NUMBA_NUM_THREADS="2") == "one thread 2 2"
+
+
+def test_a_team_larger_than_the_cpus_keeps_the_pinning_it_has():
+    n = len(os.sched_getaffinity(0))
+    assert _run(f"""
+import os, numpy as np
+import fastnn
+from fastnn.kernels import affinity
+a = np.ones((200, 200), np.float32)
+fastnn.matmul(a, a, threads=2)
+fastnn.matmul(a, a, threads={n + 1})     # more threads than CPUs: nothing more to pin
+p = affinity._current()
+worker = open(f"/proc/self/task/{{p.tids[1]}}/status").read().split("Cpus_allowed_list:")[1].split()[0]
+os.sched_setaffinity(0, {{p.cpus[1]}}); os.sched_setaffinity(0, affinity.os.sched_getaffinity(0) | set(range({n})))
+affinity.keep_off(2)                     # the caller is still moved off the pinned worker
+print(p.threads, worker == str(p.cpus[1]), affinity._getcpu() != p.cpus[1], affinity.describe().startswith("workers"))
+""", NUMBA_NUM_THREADS=str(n + 1)) == "2 True True True"
+
+
+def test_keep_off_restores_the_callers_mask_when_interrupted(monkeypatch):
     from fastnn.kernels import affinity
 
-    monkeypatch.delenv("FASTNN_PIN_THREADS", raising=False)
-    for k in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setitem(affinity._state, "pinning", None)
-    monkeypatch.setitem(affinity._state, "share", None)
-    assert affinity.pin(1).reason == "one thread"
-    affinity.keep_off(2)                       # more threads than were pinned for: pinned now
-    assert affinity._state["pinning"].threads == 2 and len(affinity._state["pinning"].cpus) == 2
+    p = affinity.Pinning(2, 2, [-1, 1], [0, 0], frozenset({0}), smallest=2)
+    monkeypatch.setattr(affinity, "_current", lambda: p)
+    monkeypatch.setattr(affinity, "_getcpu", lambda: 1)
+    before = os.sched_getaffinity(0)
+    real, calls = os.sched_setaffinity, []
+
+    def interrupted(pid, cpus):          # Ctrl-C right after the caller was moved
+        real(pid, cpus)
+        calls.append(set(cpus))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(affinity.os, "sched_setaffinity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        affinity.keep_off(2)
+    assert calls == [{0}, before] and os.sched_getaffinity(0) == before
 
 
-@pytest.mark.parametrize("mask, cpu_count, rank, ranks, threads, share", [
-    ([0, 1, 2, 3], 4, 1, 2, 2, [2, 3]),       # two ranks on 4 CPUs: the second half
-    ([0, 1, 2, 3], 4, 0, 2, 2, [0, 1]),
-    ([0, 1], 2, 1, 2, 1, [1]),                 # one thread each: one CPU each (nothing to pin)
-    ([0, 1], 2, 1, 2, 2, []),                  # 4 threads on 2 CPUs: no pinning
-    ([6, 7], 8, 3, 4, 2, [6, 7]),              # the launcher bound this rank (mpiexec -bind-to)
-    ([6], 8, 3, 4, 2, []),
+def test_keep_off_leaves_a_caller_you_bound_to_a_worker_cpu(monkeypatch):
+    from fastnn.kernels import affinity
+
+    p = affinity.Pinning(2, 2, [-1, 1], [0, 0], frozenset({0}), smallest=2)
+    monkeypatch.setattr(affinity, "_current", lambda: p)
+    monkeypatch.setattr(affinity, "_getcpu", lambda: 1)
+    monkeypatch.setattr(affinity.os, "sched_getaffinity", lambda pid: {1})
+    monkeypatch.setattr(affinity.os, "sched_setaffinity", lambda pid, cpus: pytest.fail("moved a bound caller"))
+    affinity.keep_off(2)
+
+
+@pytest.mark.parametrize("masks, me, threads, share", [
+    ([(0, 1, 2, 3)] * 2, 1, 2, [2, 3]),          # two unbound ranks on 4 CPUs: the second half
+    ([(0, 1, 2, 3)] * 2, 0, 2, [0, 1]),
+    ([(0, 1)] * 2, 1, 1, [1]),                   # one thread each: one CPU each (nothing to pin)
+    ([(0, 1)] * 2, 1, 2, []),                    # 4 threads on 2 CPUs: no pinning
+    ([(0, 1), (2, 3), (4, 5), (6, 7)], 3, 2, [6, 7]),     # mpiexec -bind-to core/socket: its own
+    ([(0, 1, 2, 3)] * 2 + [(4, 5, 6, 7)] * 2, 3, 2, [6, 7]),   # bound by socket, two ranks each
+    ([(0, 1, 2, 3)] * 2, 1, 3, []),              # a cpuset shared by ranks: 6 threads on 4 CPUs
+    ([(0, 1, 2), (2, 3)], 0, 1, []),             # overlapping, unequal sets: no pinning
 ])
-def test_a_rank_pins_within_its_share(monkeypatch, mask, cpu_count, rank, ranks, threads, share):
+def test_a_rank_pins_within_its_share(masks, me, threads, share):
     from fastnn.distributed import runtime
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(mask))
-    monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
-    assert runtime._share(rank, ranks, threads) == share
+    assert runtime._share(masks, me, threads) == share
+
+
+MASKS = """
+def masks(threads):
+    tids = np.zeros(threads, np.int64)
+    affinity._worker_tids(tids)          # the workers a team of this size runs on now
+    return [open(f"/proc/self/task/{t}/status").read().split("Cpus_allowed_list:")[1].split()[0]
+            for t in tids[1:]]
+"""
+
+
+def test_workers_that_libgomp_replaced_are_pinned_again():
+    assert _run("""
+import numba, numpy as np
+from fastnn.kernels import affinity
+""" + MASKS + """
+affinity.configure([0, 1, 0, 1])         # a 4-CPU share, on a machine of 2 or more CPUs
+affinity.keep_off(4)
+first = masks(4)
+affinity.keep_off(2); numba.set_num_threads(2); masks(2)    # a smaller team: libgomp ends workers 2, 3
+numba.set_num_threads(4); affinity.keep_off(4)
+print(first, masks(4))
+""", NUMBA_NUM_THREADS="4") == "['1', '0', '1'] ['1', '0', '1']"
+
+
+def test_each_calling_thread_has_its_workers_pinned():
+    assert _run("""
+import threading, numba, numpy as np
+from fastnn.kernels import affinity
+""" + MASKS + """
+helper = threading.Thread(target=lambda: affinity.keep_off(2))
+helper.start(); helper.join()            # the helper's own OpenMP workers, now gone with it
+affinity.keep_off(2)                     # the main thread's workers: pinned too
+print(masks(2))
+""", NUMBA_NUM_THREADS="2") == "['1']"

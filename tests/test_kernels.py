@@ -164,6 +164,16 @@ def test_copy_run_against_numpy_slices(dtype):
     np.testing.assert_array_equal(dst[9:25], src[77:93])
     assert (dst[:9] == -1).all() and (dst[25:] == -1).all()
     assert "memcpy" in run.inspect_llvm(run.signatures[0])
+    dst = np.full(10, -1, dtype)
+    run(src, 0, dst, 0, -3)                 # a negative count copies nothing
+    assert (dst == -1).all()
+    from numba.core.errors import TypingError
+
+    readonly = np.zeros(10, dtype)
+    readonly.flags.writeable = False
+    for s, d in [(src[::2], dst), (src, np.zeros(20, dtype)[::2]), (src, readonly)]:
+        with pytest.raises(TypingError, match="contiguous 1-D arrays and a writeable destination"):
+            run(s, 0, d, 0, 3)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -84,6 +84,30 @@ def test_beta_zero_ignores_nan_in_out():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_b_against_its_layout(dtype):
+    """pack_b's panels q0..q1-1 of B[p0:p0+kc, c0:c0+nc] (row-major B read through a row stride
+    wider than the block, so p0, c0 and rs all matter): bp[q*NR*kc + p*NR + j] = B[p0+p,
+    c0+q*NR+j] for j < nc - q*NR, zero past; nothing outside those panels written."""
+    blk = blocks.blocks_for(np.dtype(dtype).char)
+    mod = mm.kernel_module(np.dtype(dtype))
+    NR = blk.nr
+    wide = np.arange(40 * 200, dtype=dtype).reshape(40, 200) + 1
+    for kc, nc, p0, c0 in [(1, NR, 0, 0), (7, 3 * NR + 5, 2, 5), (9, 5 * NR, 3, 17), (17, NR - 1, 1, 0),
+                           (33, 2 * NR, 0, 9)]:
+        npan = -(-nc // NR)
+        want = np.zeros((npan, kc, NR), dtype)
+        for q in range(npan):
+            w = min(NR, nc - q * NR)
+            want[q, :, :w] = wide[p0:p0 + kc, c0 + q * NR:c0 + q * NR + w]
+        for q0, q1 in [(0, npan), (1, npan), (0, npan - 1), (npan // 2, npan)]:
+            bp = np.full(npan * NR * kc + 64, -7, dtype)
+            mod.pack_b(wide.reshape(-1), 200, 1, p0, c0, q0, q1, nc, kc, bp)
+            got = bp[:npan * NR * kc].reshape(npan, kc, NR)
+            np.testing.assert_array_equal(got[q0:q1], want[q0:q1], err_msg=f"kc={kc} nc={nc} q={q0}:{q1}")
+            assert (got[:q0] == -7).all() and (got[q1:] == -7).all() and (bp[npan * NR * kc:] == -7).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_dimensions(dtype):
     z = fastnn.matmul(np.ones((0, 3), dtype), np.ones((3, 4), dtype))
     assert z.shape == (0, 4)

@@ -42,8 +42,10 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     """Start MPI (if launched under ``mpiexec`` or ``comm`` is given) and return the communicator
     (``MPI.COMM_WORLD`` by default), or None in a plain single process.
 
-    ``threads_per_rank``: Numba and BLAS threads for this rank; default: the cores of this
-    machine divided by the ranks on it (at least 1).
+    ``threads_per_rank``: Numba and BLAS threads for this rank; default: the rank's CPUs
+    divided by the ranks on this machine that have the same CPUs (at least 1): the machine's
+    cores over its ranks, or all of a rank's own when the launcher bound each rank apart.
+    With more than one, its Numba workers are pinned within its share (kernels/affinity.py).
     """
     if threads_per_rank is not None:
         threads_per_rank = check_int(threads_per_rank, "init: threads_per_rank", 1)
@@ -60,43 +62,52 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     comm = comm if comm is not None else MPI.COMM_WORLD
     from ..kernels import affinity
 
-    local_rank, local_n = local_layout(comm)
-    threads = threads_per_rank or max(1, _cores() // local_n)
+    me, masks = local_layout(comm)
+    mine = masks[me]                 # this rank's CPUs, split among the ranks here that have the same
+    default = len(mine) // sum(m == mine for m in masks) if mine else _cores() // len(masks)
+    threads = threads_per_rank or max(1, default)
     _set_threads(threads)
-    affinity.configure(_share(local_rank, local_n, threads))
+    affinity.configure(_share(masks, me, threads))
     _state["comm"] = comm
     if abort_on_exception:
         _install_abort_hooks(comm)
     return comm
 
 
-def local_layout(comm) -> tuple[int, int]:
-    """(this rank's index among the ranks of ``comm`` on its machine, how many there are)
-    (collective)."""
+def local_layout(comm) -> tuple[int, list[tuple[int, ...]]]:
+    """(this rank's index among the ranks of ``comm`` on its machine, each of those ranks' CPU
+    affinity, sorted; () where unknown) (collective)."""
     from mpi4py import MPI
 
     local = guarded("split by machine (ranks starting up)", lambda: comm.Split_type(MPI.COMM_TYPE_SHARED),
                     STARTUP_S)
-    layout = local.Get_rank(), local.Get_size()
-    local.Free()
-    return layout
+    mask = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+    try:
+        masks = guarded("exchange CPU sets (ranks starting up)", lambda: local.allgather(mask), STARTUP_S)
+        return local.Get_rank(), masks
+    finally:
+        local.Free()
 
 
 def local_size(comm) -> int:
     """How many ranks of ``comm`` share this rank's machine (collective)."""
-    return local_layout(comm)[1]
+    return len(local_layout(comm)[1])
 
 
-def _share(local_rank: int, local_n: int, threads: int) -> list[int]:
-    """The CPUs this rank's threads are pinned to (kernels/affinity.py): its slice of the
-    machine's CPUs; all of its own when the launcher already bound it to fewer (mpiexec
-    -bind-to); none (no pinning) when the ranks' threads outnumber the CPUs."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) < (os.cpu_count() or 0):         # bound by the launcher: these CPUs are this rank's
-        return cpus[:threads] if len(cpus) >= threads else []
-    if len(cpus) >= local_n * threads:
-        return cpus[local_rank * threads:(local_rank + 1) * threads]
-    return []
+def _share(masks: list[tuple[int, ...]], me: int, threads: int) -> list[int]:
+    """The CPUs rank ``me`` of a machine pins its threads to (kernels/affinity.py), from every
+    local rank's CPU set: ranks with the same set (unbound, or bound together by a launcher,
+    container or taskset) split it in order, ``threads`` CPUs each; a set of its own (mpiexec
+    -bind-to core) is all its own. None (no pinning) when sets overlap without being equal or
+    the threads outnumber the CPUs."""
+    mine = masks[me]
+    if any(m != mine and set(m) & set(mine) for m in masks):
+        return []
+    same = [r for r, m in enumerate(masks) if m == mine]
+    if len(same) * threads > len(mine):
+        return []
+    k = same.index(me)
+    return list(mine[k * threads:(k + 1) * threads])
 
 
 def is_initialized() -> bool:
