@@ -17,7 +17,7 @@ from .kernels.affinity import keep_off
 from .kernels.activation import ACTIVATIONS
 from .kernels.matmul import blocks as _blocks
 from .kernels.matmul import module_for
-from .kernels.matmul.fast import options_into, plain_into, plain_new
+from .kernels.matmul.fast import options_into, plain_into, plain_new, serial_into
 from .kernels.matmul import settings as _settings
 from .kernels.matmul.blocks import SMALL_K, SMALL_MNK
 
@@ -32,6 +32,8 @@ _ZERO = {"f": np.float32(0), "d": np.float64(0)}
 _ACT = dict(ACTIVATIONS)
 #: the dtypes whose small-product entries (kernels/matmul/fast.py) are compiled with SLP
 _FAST: set = set()
+#: dtypes whose serial_into (kernels/matmul/fast.py) was compiled inside the SLP scope
+_SERIAL: set = set()
 _ND = np.ndarray
 _compiled: set = set()
 _local = threading.local()
@@ -121,38 +123,50 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     """
     if threads is not None and (type(threads) is not int or threads < 1):     # a plain int passes at no cost
         threads = _thread_count(threads, "matmul")
-    if type(a) is _ND and type(b) is _ND and a.dtype in _FAST and b.dtype is a.dtype:     # native, one dtype
-        # Fast path for small products, where Python and dispatch are the cost. Plain products
-        # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
-        # transposed operands are copied row-major and options_into (typed the same way, 7
-        # arguments) checks the rest.
-        # Whatever a kernel declines (not small, other layouts or types) goes the general way.
-        # (Float literals: Python's float == float is a specialized fast compare, float == int
-        # is not; with _ND these checks cost ~0.2 us instead of ~0.35.)
-        if bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b:
-            if out is None:
-                c = plain_new(a, b)
-                if c is not None:
-                    return c
-            elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
-                return out
-        elif (a.ndim == 2 and b.ndim == 2
-              and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1))
-              and (activation is None or type(activation) is str)):
-            if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
-                a = np.ascontiguousarray(a.T) if trans_a else a
-                b = np.ascontiguousarray(b.T) if trans_b else b
-                trans_a = trans_b = False
-            if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
-                args = (_EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
-                        _ACT.get(activation, -1))
+    if type(a) is _ND and type(b) is _ND and b.dtype is a.dtype:     # native, one dtype
+        if a.dtype in _FAST:
+            # Fast path for small products, where Python and dispatch are the cost. Plain products
+            # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
+            # transposed operands are copied row-major and options_into (typed the same way, 7
+            # arguments) checks the rest.
+            # Whatever a kernel declines (not small, other layouts or types) goes the general way.
+            # (Float literals: Python's float == float is a specialized fast compare, float == int
+            # is not; with _ND these checks cost ~0.2 us instead of ~0.35.)
+            if bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b:
                 if out is None:
-                    if beta == 0:
-                        c = np.empty((a.shape[0], b.shape[1]), a.dtype)
-                        if options_into(a, b, c, *args):
-                            return c
-                elif type(out) is np.ndarray and out.dtype is a.dtype and options_into(a, b, out, *args):
+                    c = plain_new(a, b)
+                    if c is not None:
+                        return c
+                elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
                     return out
+            elif (a.ndim == 2 and b.ndim == 2
+                  and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1))
+                  and (activation is None or type(activation) is str)):
+                if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
+                    a = np.ascontiguousarray(a.T) if trans_a else a
+                    b = np.ascontiguousarray(b.T) if trans_b else b
+                    trans_a = trans_b = False
+                if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
+                    args = (_EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
+                            _ACT.get(activation, -1))
+                    if out is None:
+                        if beta == 0:
+                            c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+                            if options_into(a, b, c, *args):
+                                return c
+                    elif type(out) is np.ndarray and out.dtype is a.dtype and options_into(a, b, out, *args):
+                        return out
+        # Not small, below the threads' threshold: the packed serial driver through one typed
+        # entry (its Numba typing and checks instead of ~10 us of Python below).
+        if (a.dtype in _SERIAL and not trans_a and not trans_b and a.ndim == 2 and b.ndim == 2
+                and a.shape[0] * a.shape[1] * b.shape[1] * a.itemsize < PARALLEL_WORK
+                and (bias is None or type(bias) is _ND) and (activation is None or type(activation) is str)):
+            c = out if out is not None else np.empty((a.shape[0], b.shape[1]), a.dtype) if beta == 0 else None
+            if type(c) is _ND and c.dtype is a.dtype:
+                blk = _blocks.blocks_for(a.dtype.char)
+                if serial_into(a, b, c, _EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
+                               _ACT.get(activation, -1), blk.mc, blk.kc, blk.nc, *_buffers(a.dtype, 1, blk)):
+                    return c
     if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
     a, b = _native(a), _native(b)
@@ -262,6 +276,11 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
                 numba.set_num_threads(old)
     else:
         _call(mod.gemm_serial, ("serial", mod, dt.char), (fa, fb, c, bias), *args)
+        if dt not in _SERIAL:               # compile the typed entry (a 1 x 1 product: declined)
+            one = np.ones((1, 1), dt)
+            with _settings.slp_scope():
+                serial_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0, blk.mc, blk.kc, blk.nc, ap, bp, tiles)
+            _SERIAL.add(dt)
 
 
 def _balanced(m: int, k: int, blk: _blocks.Blocks) -> tuple[int, int]:

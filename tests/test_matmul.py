@@ -443,7 +443,47 @@ def test_small_plain_products_of_every_layout_and_the_errors(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [8, 40, 300])
+def test_serial_packed_products_take_the_typed_entry(dtype, monkeypatch):
+    """Products past the direct path and below the threads' threshold, row-major and
+    writeable, go through kernels/matmul/fast.py's serial_into (no Python driver); anything
+    else it declines comes out right, or with the general path's errors."""
+    rng = np.random.default_rng(11)
+    a, b = operands(rng, 100, 90, 110, dtype)
+    bias = rng.standard_normal(110).astype(dtype)
+    c0 = rng.standard_normal((100, 110)).astype(dtype)
+    check(fastnn.matmul(a, b), matmul_ref(a, b), dtype, 90)          # registers the dtype's entry
+    assert np.dtype(dtype) in mm._SERIAL
+
+    def general(*args):
+        raise AssertionError("took the general driver")
+
+    monkeypatch.setattr(mm, "_gemm", general)
+    check(fastnn.matmul(a, b), matmul_ref(a, b), dtype, 90)
+    out = c0.copy()
+    assert fastnn.matmul(a, b, out, alpha=0.5, beta=-1.0, bias=bias, activation="relu") is out
+    check(out, matmul_ref(a, b, c0, alpha=0.5, beta=-1.0, bias=bias, activation="relu"), dtype, 90)
+    monkeypatch.undo()
+    ro_a = a.copy()
+    ro_a.setflags(write=False)
+    for x, y in ((ro_a, b), (a, np.asfortranarray(b)), (a[:, ::-1][:, ::-1], b)):
+        check(fastnn.matmul(x, y), matmul_ref(a, b), dtype, 90)
+    sq = rng.standard_normal((100, 100)).astype(dtype)
+    want = sq @ sq
+    fastnn.matmul(sq, sq, out=sq)                                    # out overlaps: declined, temporary
+    check(sq, want, dtype, 100)
+    with pytest.raises(ValueError, match="bias must be"):
+        fastnn.matmul(a, b, bias=bias[:5])
+    with pytest.raises(ValueError, match="activation must be"):
+        fastnn.matmul(a, b, activation="swish")
+    ro_out = np.zeros((100, 110), dtype)
+    ro_out.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        fastnn.matmul(a, b, ro_out)
+    assert not ro_out.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [8, 40, 100, 300])
 def test_out_overlapping_an_operand_gives_numpys_result(dtype, n):
     """x = W x in place (out is an operand), also with beta reading the old out and with the
     bias inside out: computed through a temporary, as np.matmul(a, b, out=a) is."""

@@ -1,25 +1,32 @@
-"""fastnn.matmul's entries for small plain products, typed by Numba instead of by Python.
+"""fastnn.matmul's entries for small and for serial packed products, typed by Numba instead
+of by Python.
 
 Math    plain_into(a, b, c) -> bool:  c = a @ b, True; or nothing written, False
         plain_new(a, b) -> array | None: a new c = a @ b, or None
         options_into(a, b, c, bias, alpha, beta, act) -> bool: c = act(alpha a @ b + beta c +
         bias), True; or nothing written, False
+        serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles) -> bool: the
+        same for products that are not small, through the packed serial driver (gemm_serial)
+        with the caller's block table and buffers
         a: (M, K), b: (K, N), c: (M, N), C-contiguous, aligned, writeable 2-D arrays of one
         float dtype, bias (N,) or (0,) likewise, M*N*K <= SMALL_MNK and K <= SMALL_K; the
-        generated small_into does the work (no packing of full panels, no threads).
+        generated small_into does the work (no packing of full panels, no threads); for
+        serial_into the product is not small and the generated serial_into packs.
 Why     At n <= 64 a product costs 1-7 us and Python's checks and Numba's dispatch are a good
         part of the call (measured: ~1.1 us of checks in fastnn.matmul's general fast path).
+        At 128^3 the packed product takes ~55-70 us and fastnn.matmul's general path added
+        ~10-15 us of Python (operand views, overlap checks, block sizes, buffers).
         Here the checks are Numba's typing: each argument-type combination compiles once, to
         the kernel for the types above and to a constant False / None for any other (other
         dtypes, layouts, ranks, read-only or unaligned arrays), which sends fastnn.matmul down
         its general path (where errors are raised). The caller checks only that the operands
         are ndarrays.
 SLP     The kernel must be compiled inside settings.slp_scope(); fastnn.matmul calls these
-        only for dtypes it has compiled that way (gemm._FAST). The types it compiles there are
+        only for dtypes it has compiled that way (gemm._FAST, gemm._SERIAL). The types it compiles there are
         the only ones that reach the kernel: any other compiles (outside the scope) to the
         constant decline, so no kernel is ever compiled without SLP here.
 Oracle  tests/test_matmul.py (every small shape and the fallbacks against NumPy).
-Bench   fastnn bench matmul   (the n <= 64 rows)
+Bench   fastnn bench matmul   (the n <= 64 and 128^3 rows)
 """
 import numpy as np
 from numba import njit, types
@@ -54,6 +61,10 @@ def _options(a, b, c, bias, alpha, beta, act):
     """Typed by the overload below."""
 
 
+def _serial(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
+    """Typed by the overload below."""
+
+
 @overload(_into)
 def _into_typed(a, b, c):
     if not _fits(a, b, c):
@@ -85,6 +96,17 @@ def _options_typed(a, b, c, bias, alpha, beta, act):
     return lambda a, b, c, bias, alpha, beta, act: kernel(a, b, c, bias, alpha, beta, act)
 
 
+@overload(_serial)
+def _serial_typed(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
+    if not (_fits(a, b, c) and _fits_bias(bias, a) and isinstance(alpha, types.Float)
+            and isinstance(beta, types.Float) and all(isinstance(x, types.Integer) for x in (act, mcb, kcb, ncb))
+            and _fits(ap, tiles, tiles) and ap.dtype == a.dtype and _fits_bias(bp, a)):
+        return lambda a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles: False
+    kernel = module_for(np.dtype(str(c.dtype))).serial_into
+    return lambda a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles: kernel(
+        a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles)
+
+
 @njit(cache=True)
 def plain_into(a, b, c):
     """c = a @ b for small row-major operands; False (nothing written) otherwise."""
@@ -102,3 +124,12 @@ def options_into(a, b, c, bias, alpha, beta, act):
     """c = act(alpha a @ b + beta c + bias) for small row-major operands; False (nothing
     written) otherwise (small_into's checks, and the types above)."""
     return _options(a, b, c, bias, alpha, beta, act)
+
+
+@njit(cache=True)
+def serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
+    """c = act(alpha a @ b + beta c + bias) for row-major operands through the packed serial
+    driver with blocks of at most mcb x kcb x ncb and its buffers ap (T, MC*KC), bp (NC*KC,),
+    tiles (T, MR*NR); False (nothing written) otherwise (serial_into's checks, and the types
+    above)."""
+    return _serial(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles)

@@ -247,6 +247,25 @@ def small_into(a, b, c, bias, alpha, beta, act):
     return True
 
 
+@njit(**_OPTS)
+def serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
+    """c = act(alpha a @ b + beta c + bias) for 2-D row-major a (M x K), b (K x N), c (M x N)
+    through gemm_serial with blocks of at most mcb x kcb x ncb, evened out as fastnn.gemm's
+    _balanced does; False (nothing written) when a shape differs, c overlaps an operand, or
+    the product is empty or small (small_into's). ap, bp, tiles: gemm_serial's buffers for
+    these blocks. The packed path of fastnn.matmul without its Python (~10 us a call)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m == 0 or n == 0 or k == 0
+            or (m * n * k <= SMALL_MNK and k <= SMALL_K) or (bias.shape[0] != 0 and bias.shape[0] != n)
+            or act < 0 or _overlap(c, a) or _overlap(c, b) or _overlap(c, bias)):
+        return False
+    rows = -(-m // -(-m // mcb))
+    gemm_serial(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, 1, b.reshape(-1), n, 1, c.dtype.type(beta),
+                c.reshape(-1), n, bias, act, -(-rows // MR) * MR, -(-k // -(-k // kcb)), ncb, 1, 1, ap, bp, tiles)
+    return True
+
+
 @njit(fastmath={'contract'}, **_OPTS)
 def micro(kc, a, b, c):
     """Packed MR x NR tile: c[i*NR + j] = sum_p a[p*MR + i] * b[p*NR + j] (overwrites c)."""
