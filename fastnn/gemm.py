@@ -140,7 +140,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                 elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
                     return out
             elif (a.ndim == 2 and b.ndim == 2
-                  and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1))
+                  and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
+                                        and bias.size))
                   and (activation is None or type(activation) is str)):
                 if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
                     a = np.ascontiguousarray(a.T) if trans_a else a
@@ -160,7 +161,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # entry (its Numba typing and checks instead of ~10 us of Python below).
         if (a.dtype in _SERIAL and not trans_a and not trans_b and a.ndim == 2 and b.ndim == 2
                 and a.shape[0] * a.shape[1] * b.shape[1] * a.itemsize < PARALLEL_WORK
-                and (bias is None or type(bias) is _ND) and (activation is None or type(activation) is str)):
+                and (bias is None or (type(bias) is _ND and bias.dtype is a.dtype and bias.shape == (b.shape[1],)))
+                and (activation is None or type(activation) is str)):
             c = out if out is not None else np.empty((a.shape[0], b.shape[1]), a.dtype) if beta == 0 else None
             if type(c) is _ND and c.dtype is a.dtype:
                 blk = _blocks.blocks_for(a.dtype.char)

@@ -167,13 +167,14 @@ def test_large_product_by_random_vector(dtype):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_thread_counts_agree(threads):
+@pytest.mark.parametrize("m, k, n", [(200, 150, 170), (128, 1024, 300)])     # 4 row blocks; 3: columns split
+def test_thread_counts_agree(threads, m, k, n):
     rng = np.random.default_rng(5)
-    a, b = operands(rng, 200, 150, 170, np.float64)
-    bias = rng.standard_normal(170)
+    a, b = operands(rng, m, k, n, np.float64)
+    bias = rng.standard_normal(n)
     before = numba.get_num_threads()
     got = fastnn.matmul(a, b, bias=bias, activation="relu", threads=threads)
-    check(got, matmul_ref(a, b, bias=bias, activation="relu"), np.float64, 150)
+    check(got, matmul_ref(a, b, bias=bias, activation="relu"), np.float64, k)
     assert numba.get_num_threads() == before
 
 
@@ -345,6 +346,12 @@ os.environ["NUMBA_FASTNN_PROBE"] = "1"         # an environment change: Numba's 
 a.flags.writeable = False                      # another Numba type: compiled anew
 np.testing.assert_allclose(fastnn.matmul(a, b, alpha=2.0), 2 * (a @ b), rtol=1e-5)
 os.environ["NUMBA_FASTNN_PROBE"] = "2"
+from fastnn.kernels.matmul import fast
+for d in (fast.serial_into, mod.serial_into, mod.gemm_serial):
+    d._cache = NullCache()                     # the serial packed path and its typed entry, compiled here
+c = np.random.rand(128, 128).astype(np.float32)
+for _ in range(2):                             # the general driver (registers the entry), then the entry
+    np.testing.assert_allclose(fastnn.matmul(c, c), c @ c, rtol=1e-4)
 print(json.dumps({"compiled": compiled, "micro": settings.check_micro_kernel(mod, np.float32)}))
 """
 
@@ -366,7 +373,7 @@ def test_every_kernel_variant_is_compiled_with_slp():
     r = subprocess.run([sys.executable, "-c", SLP_PROBE], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.splitlines()[-1])
-    assert ["gemm_small", 1] in got["compiled"], got
+    assert ["gemm_small", 1] in got["compiled"] and ["serial_into", 1] in got["compiled"], got
     assert all(slp == 1 for _, slp in got["compiled"]), got
     assert got["micro"]["scalar_fma"] == 0 and got["micro"]["spills"] == 0, got
 
@@ -440,6 +447,8 @@ def test_small_plain_products_of_every_layout_and_the_errors(dtype):
         fastnn.matmul(a, b[:8])
     with pytest.raises(ValueError, match="2-D"):
         fastnn.matmul(a[0], b)
+    with pytest.raises(ValueError, match="bias must be"):          # an empty bias is not "no bias"
+        fastnn.matmul(a, b, bias=np.zeros(0, dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -471,8 +480,10 @@ def test_serial_packed_products_take_the_typed_entry(dtype, monkeypatch):
     want = sq @ sq
     fastnn.matmul(sq, sq, out=sq)                                    # out overlaps: declined, temporary
     check(sq, want, dtype, 100)
-    with pytest.raises(ValueError, match="bias must be"):
-        fastnn.matmul(a, b, bias=bias[:5])
+    for wrong in (bias[:5], bias[:0], bias.astype(np.float16)):      # the entry declines, the general path says
+        with pytest.raises(ValueError, match="bias must be"):
+            fastnn.matmul(a, b, bias=wrong)
+    check(fastnn.matmul(a, b, bias=bias.astype(bias.dtype.newbyteorder())), matmul_ref(a, b, bias=bias), dtype, 90)
     with pytest.raises(ValueError, match="activation must be"):
         fastnn.matmul(a, b, activation="swish")
     ro_out = np.zeros((100, 110), dtype)

@@ -126,7 +126,7 @@ def options_into(a, b, c, bias, alpha, beta, act):
     return _options(a, b, c, bias, alpha, beta, act)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)        # other Python threads run while it multiplies, as gemm_serial let them
 def serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
     """c = act(alpha a @ b + beta c + bias) for row-major operands through the packed serial
     driver with blocks of at most mcb x kcb x ncb and its buffers ap (T, MC*KC), bp (NC*KC,),
