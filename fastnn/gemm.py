@@ -7,6 +7,7 @@ back). The block sizes come from fastnn.kernels.matmul.blocks (``fastnn tune``).
 """
 from __future__ import annotations
 
+import numbers
 import threading
 
 import numba
@@ -72,6 +73,14 @@ def _native(x: np.ndarray) -> np.ndarray:
     return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
 
 
+def _scalars(alpha, beta, where: str) -> tuple[float, float]:
+    """alpha and beta as floats; a TypeError naming what came for anything but a real number."""
+    for name, x in (("alpha", alpha), ("beta", beta)):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{where}: {name} must be a real number, got {type(x).__name__} {x!r}")
+    return float(alpha), float(beta)
+
+
 def _thread_count(threads, where: str) -> int:
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"{where}: threads must be None or an int >= 1, got {threads!r}")
@@ -123,6 +132,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     """
     if threads is not None and (type(threads) is not int or threads < 1):     # a plain int passes at no cost
         threads = _thread_count(threads, "matmul")
+    if type(alpha) is not float or type(beta) is not float:                  # floats pass at no cost
+        alpha, beta = _scalars(alpha, beta, "matmul")
     if type(a) is _ND and type(b) is _ND and b.dtype is a.dtype:     # native, one dtype
         if a.dtype in _FAST:
             # Fast path for small products, where Python and dispatch are the cost. Plain products
@@ -310,6 +321,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
                              f"{getattr(x, 'shape', type(x).__name__)}")
     if threads is not None:
         threads = _thread_count(threads, "batched_matmul")
+    alpha, beta = _scalars(alpha, beta, "batched_matmul")
     a, b = _native(a), _native(b)
     dt = a.dtype
     if dt != b.dtype or dt.char not in "fd":

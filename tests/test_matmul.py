@@ -449,6 +449,12 @@ def test_small_plain_products_of_every_layout_and_the_errors(dtype):
         fastnn.matmul(a[0], b)
     with pytest.raises(ValueError, match="bias must be"):          # an empty bias is not "no bias"
         fastnn.matmul(a, b, bias=np.zeros(0, dtype))
+    for kw in ({"alpha": "2"}, {"beta": None}, {"alpha": True}, {"alpha": 1j}):
+        with pytest.raises(TypeError, match=r"(alpha|beta) must be a real number, got"):
+            fastnn.matmul(a, b, np.zeros((7, 5), dtype), **kw)
+        with pytest.raises(TypeError, match=r"(alpha|beta) must be a real number, got"):
+            fastnn.batched_matmul(a[None], b[None], **kw)
+    check(fastnn.matmul(a, b, alpha=np.float32(2), beta=0), 2 * want, dtype, 9)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
