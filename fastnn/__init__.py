@@ -17,17 +17,21 @@ SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in 
 if SPINCOUNT_SET:
     os.environ["GOMP_SPINCOUNT"] = "20000"
 
+# before any module below decorates a kernel: the first @njit creates Numba's code generator,
+# which fixes the CPU feature string for the rest of the process
+from .kernels.matmul.settings import apply_process_settings  # noqa: E402
+
+apply_process_settings()  # full-width vectors on AVX-512 while Numba has compiled nothing yet (no-op on AVX2)
+
 from . import checkpoint, data, distributed, losses, models, optim, random, schedules, train  # noqa: E402
 from .layers import Dense, Dropout, Flatten, ReLU, Sequential, Sigmoid, Tanh  # noqa: E402
 from .layers import (AvgPool2D, BlockDiagonalDense, Concat, Conv2D, GlobalAvgPool2D,  # noqa: E402
                      LocallyConnected1D, LocallyConnected2D, MaxPool2D)
 from .gemm import batched_matmul, matmul  # noqa: E402
-from .kernels.matmul.settings import apply_process_settings  # noqa: E402
 from .memory import keep_freed_memory  # noqa: E402
 from .module import Module  # noqa: E402
 from .random import manual_seed  # noqa: E402
 
-apply_process_settings()  # full-width vectors on AVX-512 while Numba has compiled nothing yet (no-op on AVX2)
 keep_freed_memory()  # glibc keeps freed activations for the next step instead of faulting them in again
 
 __version__ = "0.1.0"

@@ -317,6 +317,25 @@ def test_micro_kernel_assembly_full_width_fmas_no_spills(dtype):
     assert r["spills"] == 0, r
 
 
+def test_import_applies_the_settings_before_numba_creates_its_code_generator():
+    """The first @njit fixes Numba's CPU features for the process; a module that import fastnn
+    loaded before the settings ran used to do it first, so on Intel AVX-512 the kernels stayed at
+    256 bits and on Zen 4 they were 512-bit while fastnn tiled for 256."""
+    import subprocess
+    import sys
+
+    code = ("import fastnn, json\nfrom fastnn.kernels.matmul import settings\n"
+            "print(json.dumps([settings._STATE['late'], settings.wide_vectors()]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    late, wide = json.loads(r.stdout)
+    assert late is False
+    if "NUMBA_CPU_FEATURES" not in os.environ:
+        import llvmlite.binding as llvm
+
+        assert wide == ("+avx512f" in llvm.get_host_cpu_features().flatten().split(","))
+
+
 SLP_PROBE = r"""
 import json, os, numba, numpy as np, fastnn
 from numba.core import event
@@ -634,10 +653,10 @@ def test_block_table_folder(tmp_path, monkeypatch):
 def test_a_table_for_another_register_tile_is_ignored_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
     default = blocks.analytic(np.float32)
-    other = blocks.Blocks(8, 32, 64, 256, 2048, "tuned")
-    blocks.save({"float32": other})
+    mr, nr = (6, 16) if (default.mr, default.nr) == (8, 32) else (8, 32)
+    blocks.save({"float32": blocks.Blocks(mr, nr, 64, 256, 2048, "tuned")})
     try:
-        with pytest.warns(RuntimeWarning, match=f"tuned for a 8x32 float32 register tile, this process compiles "
+        with pytest.warns(RuntimeWarning, match=f"tuned for a {mr}x{nr} float32 register tile, this process compiles "
                                                 f"{default.mr}x{default.nr}"):
             assert blocks.blocks_for("f").source == "analytic"
     finally:

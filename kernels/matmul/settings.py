@@ -18,13 +18,15 @@ Width    On AVX-512 CPUs LLVM's ``prefer-256-bit`` keeps vectorized code at ymm 
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 
 import numba
 
 _WIDTH_NOTE = ""
-#: the CPU feature string fastnn chose (None: it chose none), set again after a config reload
-_STATE: dict = {"features": None}
+#: features: the CPU feature string fastnn chose (None: it chose none), set again after a
+#: config reload; late: whether Numba's code generator existed when fastnn's settings ran
+_STATE: dict = {"features": None, "late": None}
 
 
 def _codegen_created() -> bool:
@@ -38,25 +40,46 @@ def apply_process_settings() -> None:
     global _WIDTH_NOTE
     import llvmlite.binding as llvm
 
+    _STATE["late"] = _codegen_created()
     features = llvm.get_host_cpu_features().flatten()
     if "+avx512f" not in features.split(","):
         _WIDTH_NOTE = ""
         return
     if numba.config.CPU_FEATURES is not None:
         _WIDTH_NOTE = "NUMBA_CPU_FEATURES set by the user: kept as is"
-    elif _codegen_created():
-        _WIDTH_NOTE = "Numba compiled before fastnn was imported: prefer-256-bit stays on"
+    elif _STATE["late"]:
+        _WIDTH_NOTE = "Numba compiled before fastnn was imported: its CPU features stay as they were"
     else:
         numba.config.CPU_FEATURES = _STATE["features"] = features + ",-prefer-256-bit"
         _WIDTH_NOTE = "fastnn removed LLVM's prefer-256-bit (process-wide; import fastnn first to get it)"
 
 
 def wide_vectors() -> bool:
-    """True when compiled code may use 512-bit vectors (AVX-512 host without prefer-256-bit)."""
+    """True when compiled code uses 512-bit vectors: an AVX-512 host whose code generator runs
+    without LLVM's prefer-256-bit, because fastnn removed it or because LLVM's tuning for this
+    CPU never had it (AMD Zen 4); the latter is told by compiling a probe loop."""
     import llvmlite.binding as llvm
 
-    feats = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-    return "+avx512f" in feats.split(",") and "-prefer-256-bit" in feats.split(",")
+    feats = (numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()).split(",")
+    if "+avx512f" not in feats or "+prefer-256-bit" in feats:
+        return False
+    return "-prefer-256-bit" in feats or _probe_emits_zmm()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_emits_zmm() -> bool:
+    """Whether Numba's code generator, as this process created it, vectorizes a float32 loop
+    with zmm registers (about 0.1 s of compiling, once)."""
+    import numpy as np
+
+    def axpy(x, y):
+        for i in range(x.size):
+            y[i] += np.float32(2.0) * x[i]
+
+    fn = numba.njit(axpy)
+    arr = numba.types.Array(numba.float32, 1, "C")
+    fn.compile((arr, arr))
+    return "%zmm" in fn.inspect_asm(fn.signatures[0])
 
 
 @contextlib.contextmanager
