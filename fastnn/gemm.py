@@ -180,6 +180,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                 if serial_into(a, b, c, _EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
                                _ACT.get(activation, -1), blk.mc, blk.kc, blk.nc, *_buffers(a.dtype, 1, blk)):
                     return c
+    return _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
+
+
+def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads):
+    """fastnn.matmul's general path: every check, any layout (matmul keeps the fast paths in a
+    small frame: a Python frame costs per local variable, ~80 ns a call with these here)."""
     if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
     a, b = _native(a), _native(b)

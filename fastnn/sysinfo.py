@@ -30,6 +30,15 @@ def jit_features() -> set[str]:
     return set((llvm.get_host_cpu_features().flatten() if features is None else features).split(",")) - {""}
 
 
+def jit_cpu_name() -> str:
+    """The CPU Numba compiles for (LLVM's name): NUMBA_CPU_NAME where set, else this host's."""
+    import llvmlite.binding as llvm
+    import numba
+
+    name = numba.config.CPU_NAME
+    return llvm.get_host_cpu_name() if name in (None, "host") else name
+
+
 def simd_width_bits() -> int:
     """Widest vector register the JIT may use (from the features Numba compiles for)."""
     features = jit_features()
@@ -145,6 +154,8 @@ def peak_gflops(dtype, threads: int | None = None) -> tuple[float, str]:
     features = jit_features()
     # x86 without FMA: one multiply and one add port; NEON's FMA is not a separate feature
     units = 1 if "+sse2" in features and "+fma" not in features else 2
+    if lanes * np.dtype(dtype).itemsize == 64 and jit_cpu_name() == "znver4":
+        units = 1               # Zen 4 runs a 512-bit FMA on both of its 256-bit FMA pipes
     n = cores() if threads is None else threads
     return ghz * lanes * units * 2 * n, (f"{ghz:.2f} GHz ({source}) x {lanes} lanes x {units} FMA units x 2 "
                                          f"x {n} cores")

@@ -432,6 +432,28 @@ def test_batched_matmul_errors_and_single_group():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 37])
+def test_small_products_of_whole_tiles(dtype, k):
+    """Whole MR x NR tiles of a plain small product are written straight into C (no tile
+    buffer, no work array); with alpha, beta or a bias they go through the tile and the store."""
+    blk = blocks.blocks_for(np.dtype(dtype).char)
+    m, n = 2 * blk.mr, 2 * blk.nr
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    want = matmul_ref(a, b)
+    out = np.full((m, n), np.nan, dtype)
+    assert fastnn.matmul(a, b, out) is out
+    check(out, want, dtype, k)
+    check(fastnn.matmul(a, b), want, dtype, k)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    out = c0.copy()
+    fastnn.matmul(a, b, out, alpha=0.5, beta=2.0, bias=bias, activation="relu")
+    check(out, np.maximum(0.5 * want + 2.0 * c0 + bias, 0), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_small_plain_products_of_every_layout_and_the_errors(dtype):
     """The Numba-typed entries for small plain products (kernels/matmul/fast.py) compute only
     C-contiguous, writeable, same-dtype 2-D operands; everything else must still come out
@@ -692,6 +714,10 @@ def test_info_reports_what_the_jit_targets(monkeypatch):
     assert sysinfo.peak_gflops(np.float32, 1)[1].endswith("x 8 lanes x 1 FMA units x 2 x 1 cores")
     monkeypatch.setattr(sysinfo, "jit_features", lambda: {"+neon", "+fp-armv8"})     # NEON: FMA is built in
     assert sysinfo.peak_gflops(np.float32, 1)[1].endswith("x 4 lanes x 2 FMA units x 2 x 1 cores")
+    monkeypatch.setattr(sysinfo, "jit_features", lambda: {"+avx512f", "+avx2", "+fma", "+sse2"})
+    for cpu, units in (("znver4", 1), ("sapphirerapids", 2)):
+        monkeypatch.setattr(sysinfo, "jit_cpu_name", lambda: cpu)
+        assert sysinfo.peak_gflops(np.float64, 1)[1].endswith(f"x 8 lanes x {units} FMA units x 2 x 1 cores")
     monkeypatch.undo()
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "")              # what NUMBA_CPU_NAME=generic sets
     assert sysinfo.jit_features() == set() and sysinfo.simd_width_bits() == 64

@@ -82,8 +82,9 @@ def _tile_shape(x):
 
 @overload(micro)
 def _micro(kc, a, lda, b, ldb, t):
-    fn = _module(a.dtype).micro_direct
-    return lambda kc, a, lda, b, ldb, t: fn(kc, a, lda, b, ldb, t)
+    mod = _module(a.dtype)
+    fn, nr = mod.micro_direct, mod.NR
+    return lambda kc, a, lda, b, ldb, t: fn(kc, a, lda, b, ldb, t, nr)
 
 
 @overload(micro_seg)
