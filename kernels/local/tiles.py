@@ -84,7 +84,7 @@ def _tile_shape(x):
 def _micro(kc, a, lda, b, ldb, t):
     mod = _module(a.dtype)
     fn, nr = mod.micro_direct, mod.NR
-    return lambda kc, a, lda, b, ldb, t: fn(kc, a, lda, b, ldb, t, nr)
+    return lambda kc, a, lda, b, ldb, t: fn(kc, 1, a, lda, b, ldb, t, nr)
 
 
 @overload(micro_seg)
