@@ -20,12 +20,16 @@ from .kernels.matmul import blocks as _blocks
 from .kernels.matmul import module_for
 from .kernels.matmul.fast import options_into, plain_into, plain_new, serial_into
 from .kernels.matmul import settings as _settings
-from .kernels.matmul.blocks import SMALL_K, SMALL_MNK
+from .kernels.matmul.blocks import DIRECT_MN, SMALL_K, SMALL_MNK
 
 #: products with m*n*k*itemsize at least this use the thread team (when more than one thread is
 #: set): fp64 from 128^3, fp32 from about 161^3. Measured here, 2 threads against 1 (medians of
 #: 5 rounds): fp32 128^3 0.82x, 160^3 0.90x, 192^3 1.10x, 128x256x128 1.27x; fp64 128^3 1.12x
 PARALLEL_WORK = 8 * 128 ** 3
+#: products with m*n below this run in the calling thread (the direct kernel) at any k. Zen 4,
+#: 2 threads on the packed path against 1 on the direct one: 0.5-0.7x at 32x4096x32 and fp64
+#: 96x2048x16, 1.07-1.16x at 64x1024x64, 1.45-1.7x from 128x1024x128 on
+PARALLEL_MN = 96 * 96
 
 _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 _ONE = {"f": np.float32(1), "d": np.float64(1)}
@@ -168,10 +172,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                                 return c
                     elif type(out) is np.ndarray and out.dtype is a.dtype and options_into(a, b, out, *args):
                         return out
-        # Not small, below the threads' threshold: the packed serial driver through one typed
-        # entry (its Numba typing and checks instead of ~10 us of Python below).
+        # Not small, below the threads' thresholds: the serial path (the direct kernel where
+        # M*N <= DIRECT_MN, else the packed driver) through one typed entry (its Numba typing
+        # and checks instead of ~10 us of Python below).
         if (a.dtype in _SERIAL and not trans_a and not trans_b and a.ndim == 2 and b.ndim == 2
-                and a.shape[0] * a.shape[1] * b.shape[1] * a.itemsize < PARALLEL_WORK
+                and (a.shape[0] * a.shape[1] * b.shape[1] * a.itemsize < PARALLEL_WORK
+                     or a.shape[0] * b.shape[1] < PARALLEL_MN)
                 and (bias is None or (type(bias) is _ND and bias.dtype is a.dtype and bias.shape == (b.shape[1],)))
                 and (activation is None or type(activation) is str)):
             c = out if out is not None else np.empty((a.shape[0], b.shape[1]), a.dtype) if beta == 0 else None
@@ -196,7 +202,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
         raise ValueError(f"matmul: expected 2-D operands, got shapes {a.shape} and {b.shape}")
     fa, rsa, csa, m, k = _operand(a, trans_a)
     fb, rsb, csb, k2, n = _operand(b, trans_b)
-    if m * n * k <= SMALL_MNK and k <= SMALL_K and (csa != 1 or csb != 1):    # direct path: row-major
+    if m * n * k <= SMALL_MNK and (csa != 1 or csb != 1):    # direct path: row-major
         fa, rsa, csa, m, k = _operand(np.ascontiguousarray(a.T if trans_a else a), False)
         fb, rsb, csb, k2, n = _operand(np.ascontiguousarray(b.T if trans_b else b), False)
     if k != k2:
@@ -253,9 +259,14 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
 def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, dt, threads):
     mod = kernel_module(dt)
     mnk = m * n * k
-    if mnk <= SMALL_MNK and k <= SMALL_K and csa == 1 and csb == 1:
+    nthreads = 1
+    if mnk * dt.itemsize >= PARALLEL_WORK and m * n >= PARALLEL_MN:   # get_num_threads() costs ~1 us
+        nthreads = numba.get_num_threads() if threads is None else threads
+        nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
+    parallel = nthreads > 1
+    if csa == 1 and csb == 1 and (mnk <= SMALL_MNK or (not parallel and m * n <= DIRECT_MN)):
         blk = _blocks.blocks_for(dt.char)
-        work = np.empty((2 * blk.mr + blk.nr) * k + blk.mr * blk.nr, dt)
+        work = np.empty((blk.mr + blk.nr) * min(k, SMALL_K) + blk.mr * blk.nr, dt)     # the module's small_work
         _call(mod.gemm_small, ("small", mod, dt.char), (fa, fb, c, bias), m, n, k, alpha, fa, rsa, fb, rsb, beta,
               c, ldc, bias, act, work)
         if dt not in _FAST:
@@ -265,13 +276,10 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
                 plain_into(one, one, one.copy())
                 plain_new(one, one)
             _FAST.add(dt)
+        if mnk > SMALL_MNK and not parallel and dt not in _SERIAL:       # serial_into takes these next time
+            _register_serial(dt, blk)
         return
     blk = _blocks.blocks_for(dt.char)
-    nthreads = 1
-    if mnk * dt.itemsize >= PARALLEL_WORK:      # numba.get_num_threads() costs ~1 us: only where it matters
-        nthreads = numba.get_num_threads() if threads is None else threads
-        nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
-    parallel = nthreads > 1
     mc, kc = _balanced(m, k, blk)
     # Few rows, or row blocks the threads cannot share evenly: the threads split each block's
     # columns instead (each packs the block's A itself). 2 threads, gemm_cpu with and without
@@ -295,11 +303,17 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
                 numba.set_num_threads(old)
     else:
         _call(mod.gemm_serial, ("serial", mod, dt.char), (fa, fb, c, bias), *args)
-        if dt not in _SERIAL:               # compile the typed entry (a 1 x 1 product: declined)
-            one = np.ones((1, 1), dt)
-            with _settings.slp_scope():
-                serial_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0, blk.mc, blk.kc, blk.nc, ap, bp, tiles)
-            _SERIAL.add(dt)
+        if dt not in _SERIAL:
+            _register_serial(dt, blk)
+
+
+def _register_serial(dt: np.dtype, blk: _blocks.Blocks) -> None:
+    """Compile the typed serial entry inside the SLP scope (a 1 x 1 product: declined) and let
+    fastnn.matmul's fast section use it for this dtype."""
+    one = np.ones((1, 1), dt)
+    with _settings.slp_scope():
+        serial_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0, blk.mc, blk.kc, blk.nc, *_buffers(dt, 1, blk))
+    _SERIAL.add(dt)
 
 
 def _balanced(m: int, k: int, blk: _blocks.Blocks) -> tuple[int, int]:

@@ -268,8 +268,8 @@ def test_a_byte_swapped_out_is_written_as_numpy_writes_it():
 @pytest.mark.parametrize("k", [512, 4096])
 def test_the_direct_path_is_as_accurate_as_blas_at_large_k(k):
     """Small M, N with long K: the error stays within a small factor of OpenBLAS's (the direct
-    kernel's one running sum over all of K was about 10x worse at K = 4096; longer K than
-    SMALL_K now takes the packed path, which adds K blocks)."""
+    kernel's one running sum over all of K was about 10x worse at K = 4096; it now sums K in
+    runs of SMALL_K and adds each run's tile into C, as the packed path adds its K blocks)."""
     rng = np.random.default_rng(0)
     errs = []
     for _ in range(5):
@@ -278,6 +278,33 @@ def test_the_direct_path_is_as_accurate_as_blas_at_large_k(k):
         errs.append([np.max(np.abs(x - exact) / exact) for x in (fastnn.matmul(a, b), a @ b)])
     ours, blas = np.median(errs, axis=0)
     assert ours <= 3 * blas, (ours, blas)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, extra_cols", [(2, -3), (1, 2), (0, 0)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_direct_path_over_k_runs_and_remainders(dtype, rows, extra_cols, fused):
+    """gemm_small with K over several SMALL_K runs (each run's tile added into C), rest rows,
+    and last columns through the narrow tile (at most NR/2 of them) or the NR-wide one."""
+    from fastnn.kernels.matmul.blocks import SMALL_K
+
+    blk = blocks.blocks_for(np.dtype(dtype).char)
+    m = 2 * blk.mr + rows + (rows > 0)
+    n = blk.nr + blk.nr // 2 + extra_cols if extra_cols else 2 * blk.nr
+    k = 2 * SMALL_K + 5
+    rng = np.random.default_rng(m + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    want = matmul_ref(a, b)
+    out = c0.copy()
+    if fused:
+        fastnn.matmul(a, b, out, alpha=0.5, beta=-1.5, bias=bias, activation="relu", threads=1)
+        want = np.maximum(0.5 * want - 1.5 * c0 + bias, 0)
+    else:
+        fastnn.matmul(a, b, out, threads=1)
+    check(out, want, dtype, k)
 
 
 def test_generated_files_match_generator():
@@ -369,8 +396,10 @@ from fastnn.kernels.matmul import fast
 for d in (fast.serial_into, mod.serial_into, mod.gemm_serial):
     d._cache = NullCache()                     # the serial packed path and its typed entry, compiled here
 c = np.random.rand(128, 128).astype(np.float32)
-for _ in range(2):                             # the general driver (registers the entry), then the entry
-    np.testing.assert_allclose(fastnn.matmul(c, c), c @ c, rtol=1e-4)
+for _ in range(2):                             # direct, M*N <= DIRECT_MN: the general path (registers the entry),
+    np.testing.assert_allclose(fastnn.matmul(c, c), c @ c, rtol=1e-4)       # then the entry
+wide, tall = np.random.rand(288, 32).astype(np.float32), np.random.rand(32, 288).astype(np.float32)
+np.testing.assert_allclose(fastnn.matmul(wide, tall), wide @ tall, rtol=1e-4)   # the entry's packed path
 print(json.dumps({"compiled": compiled, "micro": settings.check_micro_kernel(mod, np.float32)}))
 """
 
@@ -392,7 +421,7 @@ def test_every_kernel_variant_is_compiled_with_slp():
     r = subprocess.run([sys.executable, "-c", SLP_PROBE], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.splitlines()[-1])
-    assert ["gemm_small", 1] in got["compiled"] and ["serial_into", 1] in got["compiled"], got
+    assert all([name, 1] in got["compiled"] for name in ("gemm_small", "serial_into", "gemm_serial")), got
     assert all(slp == 1 for _, slp in got["compiled"]), got
     assert got["micro"]["scalar_fma"] == 0 and got["micro"]["spills"] == 0, got
 

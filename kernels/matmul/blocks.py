@@ -27,12 +27,17 @@ from pathlib import Path
 import numpy as np
 
 
-#: products with m*n*k at most this, and k at most SMALL_K, run the direct kernel in the calling
-#: thread (no packing of full panels; its work buffer grows with k)
+#: products with m*n*k at most this run the direct kernel (gemm_small) in the calling thread
+#: (no packing of full panels; operands of other layouts are copied row-major first)
 SMALL_MNK = 96 ** 3
-#: the direct kernel sums all of K in one running sum per output: at K = 4096 that was 10x less
-#: accurate than OpenBLAS in fp32, while the packed path adds K blocks of at most KC = 512 (and
-#: summing runs of 512 inside the direct kernel cost 5-10 % at n <= 64), so longer K goes packed
+#: serial products of row-major operands with m*n at most this run the direct kernel too, at
+#: any k. Measured on Zen 4 (AVX-512), one thread, direct against packed: 1.1-1.5x at m, n <=
+#: 256 and k = 512-4096 (fp64 64x4096x256 the exception, 0.65x), 1.03-1.10x at 512^2, 0.9-1.0x
+#: at 1024^2 (the packed path's block reuse pays from there)
+DIRECT_MN = 256 * 256
+#: the direct kernel sums K in runs of at most this, each run's tile added into C: one running
+#: sum over K = 4096 was 10x less accurate than OpenBLAS in fp32, while the packed path adds K
+#: blocks of at most KC = 512 (and runs of 512 inside the micro-kernel cost 5-10 % at n <= 64)
 SMALL_K = 512
 #: rows of the transposed micro-kernel's tile (micro_direct_t): with MR rows LLVM hoists the MR
 #: broadcasts of a step above its FMAs and spills (20 live registers of 16 on AVX2, measured

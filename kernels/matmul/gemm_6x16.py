@@ -18,7 +18,7 @@ from numba import get_thread_id, njit, prange, uint64
 
 from fastnn.kernels.activation import _act
 from fastnn.kernels.copy import copy_run
-from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_MNK
+from fastnn.kernels.matmul.blocks import DIRECT_MN, SMALL_K, SMALL_MNK
 from fastnn.kernels.prefetch import prefetch
 from fastnn.kernels.transpose import transpose_block
 
@@ -181,58 +181,84 @@ def macro(kc, mc, ncw, ap, bp, c, ldc, r0, c0, alpha, beta, first, last, bias, a
                 _store(tile, c, ldc, r0 + ir, c0 + jr, min(MR, mc - ir), nr, alpha, beta, first, last, bias, act)
 
 
+@njit(inline="always", error_model="numpy", boundscheck=False)
+def _pad_rows(a, lda, r0, m, k, sr, rows):
+    """sr[i*k:(i+1)*k] = A[r0 + i, :k] for r0 + i < m, zero for the rest of the rows."""
+    for i in range(rows):
+        row = sr[i * k:(i + 1) * k]
+        if r0 + i < m:
+            src = a[(r0 + i) * lda:(r0 + i) * lda + k]
+            for p in range(k):
+                row[p] = src[p]
+        else:
+            for p in range(k):
+                row[p] = 0
+
+
 @njit(**_OPTS)
 def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
-    """Direct path for small products of row-major A (lda) and B (ldb): the micro-kernel reads
-    both in place; the last m % MR rows are copied once into zero-padded rows, and only the
-    last n % NR columns are packed. work holds (2*MR + NR)*k + MR*NR elements (none where
-    small_work says). A plain product (alpha 1, beta 0, no bias or activation) writes full
-    tiles straight into C, a column panel a call: at 64^3 the round trip through the tile
-    buffer cost 8-13 %, a call a tile another 5-8 %."""
+    """Direct path for small products of row-major A (lda) and B (ldb): the micro-kernels read
+    A in place and B in place for whole NR-column panels; the last m % MR rows are copied
+    once into zero-padded rows, the last n % NR columns into a zero-padded panel. Those last
+    columns, when at most NR/2, go through the narrow MR x (NR/2) tile: half the lanes of
+    the NR-wide tile for a 10-class output layer (2 MR rows were 2x slower at K = 2048: 16
+    rows of A 8 KiB apart share one set of the 8-way L1). K is summed in runs of at most
+    SMALL_K, each run's tile added into C (as the packed path adds its KC blocks). work:
+    small_work(k) elements (none where small_into needs none). A plain product (alpha 1, beta 0, no bias or
+    activation) writes whole tiles of the first run straight into C, a column panel a call:
+    at 64^3 the round trip through the tile buffer cost 8-13 %, a call a tile another 5-8 %."""
     plain = alpha == 1 and beta == 0 and bias.shape[0] == 0 and act == 0
-    sr = work[:MR * k]
-    sa = work[MR * k:2 * MR * k]
-    sb = work[2 * MR * k:(2 * MR + NR) * k]
-    tile = work[(2 * MR + NR) * k:(2 * MR + NR) * k + MR * NR]
+    kr = min(k, SMALL_K)
+    sr = work[:MR * kr]
+    sb = work[MR * kr:(MR + NR) * kr]
+    tile = work[(MR + NR) * kr:(MR + NR) * kr + MR * NR]
     mfull = m // MR * MR
-    rest = m - mfull
-    if rest:
-        for i in range(MR):
-            row = sr[i * k:(i + 1) * k]
-            if i < rest:
-                src = a[(mfull + i) * lda:(mfull + i) * lda + k]
-                for p in range(k):
-                    row[p] = src[p]
-            else:
-                for p in range(k):
-                    row[p] = 0
-    for jr in range(0, n, NR):
-        nr = min(NR, n - jr)
-        bslice = bias[jr:] if bias.shape[0] > 0 else bias
-        if nr == NR:
-            if plain:
-                micro_direct(k, mfull // MR, a, lda, b[jr:], ldb, c[jr:], ldc)
+    nfull = n // NR * NR
+    nr = n - nfull
+    narrow = 2 * nr <= NR
+    w = NR // 2 if narrow else NR
+    for p0 in range(0, k, SMALL_K):
+        kc = min(SMALL_K, k - p0)
+        first = p0 == 0
+        last = p0 + kc == k
+        ak = a[p0:]
+        bk = b[p0 * ldb:]
+        if mfull < m and nfull > 0:
+            _pad_rows(ak, lda, mfull, m, kc, sr, MR)
+        for jr in range(0, nfull, NR):
+            bslice = bias[jr:] if bias.shape[0] > 0 else bias
+            if plain and first:
+                micro_direct(kc, mfull // MR, ak, lda, bk[jr:], ldb, c[jr:], ldc)
             else:
                 for ir in range(0, mfull, MR):
-                    micro_direct(k, 1, a[ir * lda:], lda, b[jr:], ldb, tile, NR)
-                    store_c(tile, c[ir * ldc + jr:], ldc, alpha, beta, True, True, bslice, act)
-            if rest:
-                micro_direct(k, 1, sr, k, b[jr:], ldb, tile, NR)
-                _store(tile, c, ldc, mfull, jr, rest, NR, alpha, beta, True, True, bias, act)
-        else:
-            pack_b_panel(b, ldb, 1, 0, jr, 0, nr, k, sb)
-            for ir in range(0, m, MR):
-                pack_a(a, lda, 1, ir, 0, min(MR, m - ir), k, sa)
-                micro(k, sa, sb, tile)
-                _store(tile, c, ldc, ir, jr, min(MR, m - ir), nr, alpha, beta, True, True, bias, act)
+                    micro_direct(kc, 1, ak[ir * lda:], lda, bk[jr:], ldb, tile, NR)
+                    store_c(tile, c[ir * ldc + jr:], ldc, alpha, beta, first, last, bslice, act)
+            if mfull < m:
+                micro_direct(kc, 1, sr, kc, bk[jr:], ldb, tile, NR)
+                _store(tile, c, ldc, mfull, jr, m - mfull, NR, alpha, beta, first, last, bias, act)
+        if nr == 0:
+            continue
+        for p in range(kc):
+            copy_run(bk, p * ldb + nfull, sb, p * w, nr)
+            for j in range(nr, w):
+                sb[p * w + j] = 0
+        for ir in range(0, m, MR):
+            if ir < mfull:
+                src, lds = ak[ir * lda:], lda
+            else:
+                _pad_rows(ak, lda, ir, m, kc, sr, MR)
+                src, lds = sr, kc
+            if narrow:
+                micro_narrow(kc, 1, src, lds, sb, w, tile, NR)
+            else:
+                micro_direct(kc, 1, src, lds, sb, w, tile, NR)
+            _store(tile, c, ldc, ir, nfull, min(MR, m - ir), nr, alpha, beta, first, last, bias, act)
 
 
 @njit(inline="always")
-def small_work(m, n, k, alpha, beta, bias, act):
-    """Elements of gemm_small's work buffer: none for a plain product of whole tiles."""
-    if m % MR == 0 and n % NR == 0 and alpha == 1 and beta == 0 and bias.shape[0] == 0 and act == 0:
-        return 0
-    return (2 * MR + NR) * k + MR * NR
+def small_work(k):
+    """Elements of gemm_small's work buffer for inner dimension k."""
+    return (MR + NR) * min(k, SMALL_K) + MR * NR
 
 
 @njit(inline="always")
@@ -253,10 +279,12 @@ def small_into(a, b, c, bias, alpha, beta, act):
     m, k = a.shape
     n = b.shape[1]
     if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m * n * k == 0 or m * n * k > SMALL_MNK
-            or k > SMALL_K or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0
+            or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0
             or _overlap(c, a) or _overlap(c, b) or _overlap(c, bias)):
         return False
-    work = np.empty(small_work(m, n, k, alpha, beta, bias, act), c.dtype)
+    whole = (m % MR == 0 and n % NR == 0 and k <= SMALL_K and alpha == 1 and beta == 0 and bias.shape[0] == 0
+             and act == 0)
+    work = np.empty(0 if whole else small_work(k), c.dtype)        # whole tiles straight into C: none
     gemm_small(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, c.dtype.type(beta),
                c.reshape(-1), n, bias, act, work)
     return True
@@ -265,16 +293,21 @@ def small_into(a, b, c, bias, alpha, beta, act):
 @njit(**_OPTS)
 def serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
     """c = act(alpha a @ b + beta c + bias) for 2-D row-major a (M x K), b (K x N), c (M x N)
-    through gemm_serial with blocks of at most mcb x kcb x ncb, evened out as fastnn.gemm's
-    _balanced does; False (nothing written) when a shape differs, c overlaps an operand, or
-    the product is empty or small (small_into's). ap, bp, tiles: gemm_serial's buffers for
-    these blocks. The packed path of fastnn.matmul without its Python (~10 us a call)."""
+    in the calling thread: through gemm_small where M*N <= DIRECT_MN, else through
+    gemm_serial with blocks of at most mcb x kcb x ncb, evened out as fastnn.gemm's _balanced
+    does; False (nothing written) when a shape differs, c overlaps an operand, or the product
+    is empty or small (small_into's). ap, bp, tiles: gemm_serial's buffers for these blocks.
+    The serial path of fastnn.matmul without its Python (~10 us a call)."""
     m, k = a.shape
     n = b.shape[1]
     if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m == 0 or n == 0 or k == 0
-            or (m * n * k <= SMALL_MNK and k <= SMALL_K) or (bias.shape[0] != 0 and bias.shape[0] != n)
+            or m * n * k <= SMALL_MNK or (bias.shape[0] != 0 and bias.shape[0] != n)
             or act < 0 or _overlap(c, a) or _overlap(c, b) or _overlap(c, bias)):
         return False
+    if m * n <= DIRECT_MN:
+        gemm_small(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, c.dtype.type(beta),
+                   c.reshape(-1), n, bias, act, np.empty(small_work(k), c.dtype))
+        return True
     rows = -(-m // -(-m // mcb))
     gemm_serial(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, 1, b.reshape(-1), n, 1, c.dtype.type(beta),
                 c.reshape(-1), n, bias, act, -(-rows // MR) * MR, -(-k // -(-k // kcb)), ncb, 1, 1, ap, bp, tiles)
@@ -678,10 +711,10 @@ def store_c(t, c, ldc, alpha, beta, first, last, bias, act):
 
 @njit(fastmath={'contract'}, **_OPTS)
 def micro_direct(kc, nt, a, lda, b, ldb, c, ldc):
-    """Unpacked tiles: c[(q*MR + i)*ldc + j] = sum_p a[(q*MR + i)*lda + p] * b[p*ldb + j] for
-    q < nt (overwrites c): one tile into a tile buffer (nt = 1, ldc = NR), or a column panel
-    of nt tiles straight into C's rows (one call a panel: 5-8 % faster at 32^3-64^3 than a
-    call a tile).
+    """Unpacked 6 x 16 tiles: c[(q*6 + i)*ldc + j] = sum_p a[(q*6 + i)*lda + p] *
+    b[p*ldb + j] for q < nt (overwrites c): one tile into a tile buffer (nt = 1), or a column
+    panel of nt tiles straight into C's rows (one call a panel: 5-8 % faster at 32^3-64^3
+    than a call a tile).
 
     Indices are uint64 so Numba emits no negative-index wraparound select, which
     would keep SLP from vectorizing the loads (measured: 15 vs 85 GFLOP/s)."""
@@ -689,8 +722,8 @@ def micro_direct(kc, nt, a, lda, b, ldb, c, ldc):
     ldcu = uint64(ldc)
     z = b.dtype.type(0)
     for q in range(nt):
-        aq = a[q * MR * lda:]
-        cq = c[q * MR * ldc:]
+        aq = a[q * 6 * lda:]
+        cq = c[q * 6 * ldc:]
         ar0 = aq[0 * lda:]
         ar1 = aq[1 * lda:]
         ar2 = aq[2 * lda:]
@@ -919,6 +952,147 @@ def micro_direct(kc, nt, a, lda, b, ldb, c, ldc):
         cq[uint64(5) * ldcu + uint64(13)] = c5_13
         cq[uint64(5) * ldcu + uint64(14)] = c5_14
         cq[uint64(5) * ldcu + uint64(15)] = c5_15
+
+
+@njit(fastmath={'contract'}, **_OPTS)
+def micro_narrow(kc, nt, a, lda, b, ldb, c, ldc):
+    """Unpacked 6 x 8 tiles: c[(q*6 + i)*ldc + j] = sum_p a[(q*6 + i)*lda + p] *
+    b[p*ldb + j] for q < nt (overwrites c): one tile into a tile buffer (nt = 1), or a column
+    panel of nt tiles straight into C's rows (one call a panel: 5-8 % faster at 32^3-64^3
+    than a call a tile).
+
+    Indices are uint64 so Numba emits no negative-index wraparound select, which
+    would keep SLP from vectorizing the loads (measured: 15 vs 85 GFLOP/s)."""
+    ldbu = uint64(ldb)
+    ldcu = uint64(ldc)
+    z = b.dtype.type(0)
+    for q in range(nt):
+        aq = a[q * 6 * lda:]
+        cq = c[q * 6 * ldc:]
+        ar0 = aq[0 * lda:]
+        ar1 = aq[1 * lda:]
+        ar2 = aq[2 * lda:]
+        ar3 = aq[3 * lda:]
+        ar4 = aq[4 * lda:]
+        ar5 = aq[5 * lda:]
+        c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = z
+        c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = z
+        c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = z
+        c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = z
+        c4_0 = c4_1 = c4_2 = c4_3 = c4_4 = c4_5 = c4_6 = c4_7 = z
+        c5_0 = c5_1 = c5_2 = c5_3 = c5_4 = c5_5 = c5_6 = c5_7 = z
+        for p in range(kc):
+            bo = uint64(p) * ldbu
+            b0 = b[bo + uint64(0)]
+            b1 = b[bo + uint64(1)]
+            b2 = b[bo + uint64(2)]
+            b3 = b[bo + uint64(3)]
+            b4 = b[bo + uint64(4)]
+            b5 = b[bo + uint64(5)]
+            b6 = b[bo + uint64(6)]
+            b7 = b[bo + uint64(7)]
+            a0 = ar0[p]
+            c0_0 += a0 * b0
+            c0_1 += a0 * b1
+            c0_2 += a0 * b2
+            c0_3 += a0 * b3
+            c0_4 += a0 * b4
+            c0_5 += a0 * b5
+            c0_6 += a0 * b6
+            c0_7 += a0 * b7
+            a1 = ar1[p]
+            c1_0 += a1 * b0
+            c1_1 += a1 * b1
+            c1_2 += a1 * b2
+            c1_3 += a1 * b3
+            c1_4 += a1 * b4
+            c1_5 += a1 * b5
+            c1_6 += a1 * b6
+            c1_7 += a1 * b7
+            a2 = ar2[p]
+            c2_0 += a2 * b0
+            c2_1 += a2 * b1
+            c2_2 += a2 * b2
+            c2_3 += a2 * b3
+            c2_4 += a2 * b4
+            c2_5 += a2 * b5
+            c2_6 += a2 * b6
+            c2_7 += a2 * b7
+            a3 = ar3[p]
+            c3_0 += a3 * b0
+            c3_1 += a3 * b1
+            c3_2 += a3 * b2
+            c3_3 += a3 * b3
+            c3_4 += a3 * b4
+            c3_5 += a3 * b5
+            c3_6 += a3 * b6
+            c3_7 += a3 * b7
+            a4 = ar4[p]
+            c4_0 += a4 * b0
+            c4_1 += a4 * b1
+            c4_2 += a4 * b2
+            c4_3 += a4 * b3
+            c4_4 += a4 * b4
+            c4_5 += a4 * b5
+            c4_6 += a4 * b6
+            c4_7 += a4 * b7
+            a5 = ar5[p]
+            c5_0 += a5 * b0
+            c5_1 += a5 * b1
+            c5_2 += a5 * b2
+            c5_3 += a5 * b3
+            c5_4 += a5 * b4
+            c5_5 += a5 * b5
+            c5_6 += a5 * b6
+            c5_7 += a5 * b7
+        cq[uint64(0) * ldcu + uint64(0)] = c0_0
+        cq[uint64(0) * ldcu + uint64(1)] = c0_1
+        cq[uint64(0) * ldcu + uint64(2)] = c0_2
+        cq[uint64(0) * ldcu + uint64(3)] = c0_3
+        cq[uint64(0) * ldcu + uint64(4)] = c0_4
+        cq[uint64(0) * ldcu + uint64(5)] = c0_5
+        cq[uint64(0) * ldcu + uint64(6)] = c0_6
+        cq[uint64(0) * ldcu + uint64(7)] = c0_7
+        cq[uint64(1) * ldcu + uint64(0)] = c1_0
+        cq[uint64(1) * ldcu + uint64(1)] = c1_1
+        cq[uint64(1) * ldcu + uint64(2)] = c1_2
+        cq[uint64(1) * ldcu + uint64(3)] = c1_3
+        cq[uint64(1) * ldcu + uint64(4)] = c1_4
+        cq[uint64(1) * ldcu + uint64(5)] = c1_5
+        cq[uint64(1) * ldcu + uint64(6)] = c1_6
+        cq[uint64(1) * ldcu + uint64(7)] = c1_7
+        cq[uint64(2) * ldcu + uint64(0)] = c2_0
+        cq[uint64(2) * ldcu + uint64(1)] = c2_1
+        cq[uint64(2) * ldcu + uint64(2)] = c2_2
+        cq[uint64(2) * ldcu + uint64(3)] = c2_3
+        cq[uint64(2) * ldcu + uint64(4)] = c2_4
+        cq[uint64(2) * ldcu + uint64(5)] = c2_5
+        cq[uint64(2) * ldcu + uint64(6)] = c2_6
+        cq[uint64(2) * ldcu + uint64(7)] = c2_7
+        cq[uint64(3) * ldcu + uint64(0)] = c3_0
+        cq[uint64(3) * ldcu + uint64(1)] = c3_1
+        cq[uint64(3) * ldcu + uint64(2)] = c3_2
+        cq[uint64(3) * ldcu + uint64(3)] = c3_3
+        cq[uint64(3) * ldcu + uint64(4)] = c3_4
+        cq[uint64(3) * ldcu + uint64(5)] = c3_5
+        cq[uint64(3) * ldcu + uint64(6)] = c3_6
+        cq[uint64(3) * ldcu + uint64(7)] = c3_7
+        cq[uint64(4) * ldcu + uint64(0)] = c4_0
+        cq[uint64(4) * ldcu + uint64(1)] = c4_1
+        cq[uint64(4) * ldcu + uint64(2)] = c4_2
+        cq[uint64(4) * ldcu + uint64(3)] = c4_3
+        cq[uint64(4) * ldcu + uint64(4)] = c4_4
+        cq[uint64(4) * ldcu + uint64(5)] = c4_5
+        cq[uint64(4) * ldcu + uint64(6)] = c4_6
+        cq[uint64(4) * ldcu + uint64(7)] = c4_7
+        cq[uint64(5) * ldcu + uint64(0)] = c5_0
+        cq[uint64(5) * ldcu + uint64(1)] = c5_1
+        cq[uint64(5) * ldcu + uint64(2)] = c5_2
+        cq[uint64(5) * ldcu + uint64(3)] = c5_3
+        cq[uint64(5) * ldcu + uint64(4)] = c5_4
+        cq[uint64(5) * ldcu + uint64(5)] = c5_5
+        cq[uint64(5) * ldcu + uint64(6)] = c5_6
+        cq[uint64(5) * ldcu + uint64(7)] = c5_7
 
 
 @njit(fastmath={'contract'}, **_OPTS)

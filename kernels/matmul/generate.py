@@ -68,20 +68,20 @@ def micro_source(mr: int, nr: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def direct_source(mr: int, nr: int) -> str:
+def direct_source(mr: int, nr: int, name: str = "micro_direct") -> str:
     """Unpacked micro-kernel on row-major A (row stride lda) and B (row stride ldb), over nt
-    row tiles in one call."""
+    row tiles of mr rows in one call."""
     lines = ["@njit(fastmath={'contract'}, **_OPTS)",
-             "def micro_direct(kc, nt, a, lda, b, ldb, c, ldc):",
-             '    """Unpacked tiles: c[(q*MR + i)*ldc + j] = sum_p a[(q*MR + i)*lda + p] * b[p*ldb + j] for',
-             "    q < nt (overwrites c): one tile into a tile buffer (nt = 1, ldc = NR), or a column panel",
-             "    of nt tiles straight into C's rows (one call a panel: 5-8 % faster at 32^3-64^3 than a",
-             "    call a tile).",
+             f"def {name}(kc, nt, a, lda, b, ldb, c, ldc):",
+             f'    """Unpacked {mr} x {nr} tiles: c[(q*{mr} + i)*ldc + j] = sum_p a[(q*{mr} + i)*lda + p] *',
+             "    b[p*ldb + j] for q < nt (overwrites c): one tile into a tile buffer (nt = 1), or a column",
+             "    panel of nt tiles straight into C's rows (one call a panel: 5-8 % faster at 32^3-64^3",
+             "    than a call a tile).",
              "",
              "    Indices are uint64 so Numba emits no negative-index wraparound select, which",
              '    would keep SLP from vectorizing the loads (measured: 15 vs 85 GFLOP/s)."""',
              "    ldbu = uint64(ldb)", "    ldcu = uint64(ldc)", "    z = b.dtype.type(0)",
-             "    for q in range(nt):", "        aq = a[q * MR * lda:]", "        cq = c[q * MR * ldc:]"]
+             "    for q in range(nt):", f"        aq = a[q * {mr} * lda:]", f"        cq = c[q * {mr} * ldc:]"]
     body = [f"    ar{i} = aq[{i} * lda:]" for i in range(mr)] + _accumulate(mr, nr, lambda i: f"ar{i}[p]")
     body += [f"    cq[uint64({i}) * ldcu + uint64({j})] = c{i}_{j}" for i in range(mr) for j in range(nr)]
     lines += ["    " + ln for ln in body]
@@ -134,7 +134,8 @@ def module_source(mr: int, nr: int) -> str:
                + "\n\n" + driver.replace("__NAME__", "gemm_serial").replace("__PARALLEL__", "False")
                .replace("__LOOP__", "range").replace("__TID__", "0"))
     head = gemm[0].replace("__MR__", str(mr)).replace("__NR__", str(nr))
-    return (head + micro_source(mr, nr) + "\n\n" + direct_source(mr, nr) + "\n\n" + segmented_source(mr, nr)
+    return (head + micro_source(mr, nr) + "\n\n" + direct_source(mr, nr) + "\n\n"
+            + direct_source(mr, nr // 2, "micro_narrow") + "\n\n" + segmented_source(mr, nr)
             + "\n\n" + transposed_source(mr, nr) + "\n\n" + drivers)
 
 

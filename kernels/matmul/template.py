@@ -20,7 +20,7 @@ from numba import get_thread_id, njit, prange, uint64
 
 from fastnn.kernels.activation import _act
 from fastnn.kernels.copy import copy_run
-from fastnn.kernels.matmul.blocks import SMALL_K, SMALL_MNK
+from fastnn.kernels.matmul.blocks import DIRECT_MN, SMALL_K, SMALL_MNK
 from fastnn.kernels.prefetch import prefetch
 from fastnn.kernels.transpose import transpose_block
 
@@ -183,58 +183,84 @@ def macro(kc, mc, ncw, ap, bp, c, ldc, r0, c0, alpha, beta, first, last, bias, a
                 _store(tile, c, ldc, r0 + ir, c0 + jr, min(MR, mc - ir), nr, alpha, beta, first, last, bias, act)
 
 
+@njit(inline="always", error_model="numpy", boundscheck=False)
+def _pad_rows(a, lda, r0, m, k, sr, rows):
+    """sr[i*k:(i+1)*k] = A[r0 + i, :k] for r0 + i < m, zero for the rest of the rows."""
+    for i in range(rows):
+        row = sr[i * k:(i + 1) * k]
+        if r0 + i < m:
+            src = a[(r0 + i) * lda:(r0 + i) * lda + k]
+            for p in range(k):
+                row[p] = src[p]
+        else:
+            for p in range(k):
+                row[p] = 0
+
+
 @njit(**_OPTS)
 def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
-    """Direct path for small products of row-major A (lda) and B (ldb): the micro-kernel reads
-    both in place; the last m % MR rows are copied once into zero-padded rows, and only the
-    last n % NR columns are packed. work holds (2*MR + NR)*k + MR*NR elements (none where
-    small_work says). A plain product (alpha 1, beta 0, no bias or activation) writes full
-    tiles straight into C, a column panel a call: at 64^3 the round trip through the tile
-    buffer cost 8-13 %, a call a tile another 5-8 %."""
+    """Direct path for small products of row-major A (lda) and B (ldb): the micro-kernels read
+    A in place and B in place for whole NR-column panels; the last m % MR rows are copied
+    once into zero-padded rows, the last n % NR columns into a zero-padded panel. Those last
+    columns, when at most NR/2, go through the narrow MR x (NR/2) tile: half the lanes of
+    the NR-wide tile for a 10-class output layer (2 MR rows were 2x slower at K = 2048: 16
+    rows of A 8 KiB apart share one set of the 8-way L1). K is summed in runs of at most
+    SMALL_K, each run's tile added into C (as the packed path adds its KC blocks). work:
+    small_work(k) elements (none where small_into needs none). A plain product (alpha 1, beta 0, no bias or
+    activation) writes whole tiles of the first run straight into C, a column panel a call:
+    at 64^3 the round trip through the tile buffer cost 8-13 %, a call a tile another 5-8 %."""
     plain = alpha == 1 and beta == 0 and bias.shape[0] == 0 and act == 0
-    sr = work[:MR * k]
-    sa = work[MR * k:2 * MR * k]
-    sb = work[2 * MR * k:(2 * MR + NR) * k]
-    tile = work[(2 * MR + NR) * k:(2 * MR + NR) * k + MR * NR]
+    kr = min(k, SMALL_K)
+    sr = work[:MR * kr]
+    sb = work[MR * kr:(MR + NR) * kr]
+    tile = work[(MR + NR) * kr:(MR + NR) * kr + MR * NR]
     mfull = m // MR * MR
-    rest = m - mfull
-    if rest:
-        for i in range(MR):
-            row = sr[i * k:(i + 1) * k]
-            if i < rest:
-                src = a[(mfull + i) * lda:(mfull + i) * lda + k]
-                for p in range(k):
-                    row[p] = src[p]
-            else:
-                for p in range(k):
-                    row[p] = 0
-    for jr in range(0, n, NR):
-        nr = min(NR, n - jr)
-        bslice = bias[jr:] if bias.shape[0] > 0 else bias
-        if nr == NR:
-            if plain:
-                micro_direct(k, mfull // MR, a, lda, b[jr:], ldb, c[jr:], ldc)
+    nfull = n // NR * NR
+    nr = n - nfull
+    narrow = 2 * nr <= NR
+    w = NR // 2 if narrow else NR
+    for p0 in range(0, k, SMALL_K):
+        kc = min(SMALL_K, k - p0)
+        first = p0 == 0
+        last = p0 + kc == k
+        ak = a[p0:]
+        bk = b[p0 * ldb:]
+        if mfull < m and nfull > 0:
+            _pad_rows(ak, lda, mfull, m, kc, sr, MR)
+        for jr in range(0, nfull, NR):
+            bslice = bias[jr:] if bias.shape[0] > 0 else bias
+            if plain and first:
+                micro_direct(kc, mfull // MR, ak, lda, bk[jr:], ldb, c[jr:], ldc)
             else:
                 for ir in range(0, mfull, MR):
-                    micro_direct(k, 1, a[ir * lda:], lda, b[jr:], ldb, tile, NR)
-                    store_c(tile, c[ir * ldc + jr:], ldc, alpha, beta, True, True, bslice, act)
-            if rest:
-                micro_direct(k, 1, sr, k, b[jr:], ldb, tile, NR)
-                _store(tile, c, ldc, mfull, jr, rest, NR, alpha, beta, True, True, bias, act)
-        else:
-            pack_b_panel(b, ldb, 1, 0, jr, 0, nr, k, sb)
-            for ir in range(0, m, MR):
-                pack_a(a, lda, 1, ir, 0, min(MR, m - ir), k, sa)
-                micro(k, sa, sb, tile)
-                _store(tile, c, ldc, ir, jr, min(MR, m - ir), nr, alpha, beta, True, True, bias, act)
+                    micro_direct(kc, 1, ak[ir * lda:], lda, bk[jr:], ldb, tile, NR)
+                    store_c(tile, c[ir * ldc + jr:], ldc, alpha, beta, first, last, bslice, act)
+            if mfull < m:
+                micro_direct(kc, 1, sr, kc, bk[jr:], ldb, tile, NR)
+                _store(tile, c, ldc, mfull, jr, m - mfull, NR, alpha, beta, first, last, bias, act)
+        if nr == 0:
+            continue
+        for p in range(kc):
+            copy_run(bk, p * ldb + nfull, sb, p * w, nr)
+            for j in range(nr, w):
+                sb[p * w + j] = 0
+        for ir in range(0, m, MR):
+            if ir < mfull:
+                src, lds = ak[ir * lda:], lda
+            else:
+                _pad_rows(ak, lda, ir, m, kc, sr, MR)
+                src, lds = sr, kc
+            if narrow:
+                micro_narrow(kc, 1, src, lds, sb, w, tile, NR)
+            else:
+                micro_direct(kc, 1, src, lds, sb, w, tile, NR)
+            _store(tile, c, ldc, ir, nfull, min(MR, m - ir), nr, alpha, beta, first, last, bias, act)
 
 
 @njit(inline="always")
-def small_work(m, n, k, alpha, beta, bias, act):
-    """Elements of gemm_small's work buffer: none for a plain product of whole tiles."""
-    if m % MR == 0 and n % NR == 0 and alpha == 1 and beta == 0 and bias.shape[0] == 0 and act == 0:
-        return 0
-    return (2 * MR + NR) * k + MR * NR
+def small_work(k):
+    """Elements of gemm_small's work buffer for inner dimension k."""
+    return (MR + NR) * min(k, SMALL_K) + MR * NR
 
 
 @njit(inline="always")
@@ -255,10 +281,12 @@ def small_into(a, b, c, bias, alpha, beta, act):
     m, k = a.shape
     n = b.shape[1]
     if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m * n * k == 0 or m * n * k > SMALL_MNK
-            or k > SMALL_K or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0
+            or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0
             or _overlap(c, a) or _overlap(c, b) or _overlap(c, bias)):
         return False
-    work = np.empty(small_work(m, n, k, alpha, beta, bias, act), c.dtype)
+    whole = (m % MR == 0 and n % NR == 0 and k <= SMALL_K and alpha == 1 and beta == 0 and bias.shape[0] == 0
+             and act == 0)
+    work = np.empty(0 if whole else small_work(k), c.dtype)        # whole tiles straight into C: none
     gemm_small(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, c.dtype.type(beta),
                c.reshape(-1), n, bias, act, work)
     return True
@@ -267,16 +295,21 @@ def small_into(a, b, c, bias, alpha, beta, act):
 @njit(**_OPTS)
 def serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
     """c = act(alpha a @ b + beta c + bias) for 2-D row-major a (M x K), b (K x N), c (M x N)
-    through gemm_serial with blocks of at most mcb x kcb x ncb, evened out as fastnn.gemm's
-    _balanced does; False (nothing written) when a shape differs, c overlaps an operand, or
-    the product is empty or small (small_into's). ap, bp, tiles: gemm_serial's buffers for
-    these blocks. The packed path of fastnn.matmul without its Python (~10 us a call)."""
+    in the calling thread: through gemm_small where M*N <= DIRECT_MN, else through
+    gemm_serial with blocks of at most mcb x kcb x ncb, evened out as fastnn.gemm's _balanced
+    does; False (nothing written) when a shape differs, c overlaps an operand, or the product
+    is empty or small (small_into's). ap, bp, tiles: gemm_serial's buffers for these blocks.
+    The serial path of fastnn.matmul without its Python (~10 us a call)."""
     m, k = a.shape
     n = b.shape[1]
     if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m == 0 or n == 0 or k == 0
-            or (m * n * k <= SMALL_MNK and k <= SMALL_K) or (bias.shape[0] != 0 and bias.shape[0] != n)
+            or m * n * k <= SMALL_MNK or (bias.shape[0] != 0 and bias.shape[0] != n)
             or act < 0 or _overlap(c, a) or _overlap(c, b) or _overlap(c, bias)):
         return False
+    if m * n <= DIRECT_MN:
+        gemm_small(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, c.dtype.type(beta),
+                   c.reshape(-1), n, bias, act, np.empty(small_work(k), c.dtype))
+        return True
     rows = -(-m // -(-m // mcb))
     gemm_serial(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, 1, b.reshape(-1), n, 1, c.dtype.type(beta),
                 c.reshape(-1), n, bias, act, -(-rows // MR) * MR, -(-k // -(-k // kcb)), ncb, 1, 1, ap, bp, tiles)
