@@ -58,7 +58,7 @@ def _dense(dt: np.dtype) -> None:
                     fnn.optim.Adam(flat, amsgrad=True, max_grad_norm=1.0), fnn.optim.AdamW(flat, nonfinite="skip")):
             opt.step()
     a, b = rng.random((300, 200)).astype(dt), rng.random((200, 100)).astype(dt)
-    fnn.matmul(a[:100, :100].copy(), b[:100].copy())                 # packed, serial: its typed entry too
+    fnn.matmul(a[:100, :100].copy(), b[:100].copy())     # serial, direct: compiles the typed serial entry
     fnn.matmul(a.T, a, trans_a=False)
     fnn.matmul(a, b.T, trans_b=True, alpha=2.0)
     fnn.matmul(a, b, np.ones((300, 100), dt), beta=1.0, bias=np.ones(100, dt), activation="sigmoid")
