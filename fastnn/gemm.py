@@ -12,6 +12,7 @@ import threading
 
 import numba
 import numpy as np
+from numba.core.errors import TypingError
 
 from .flat import aligned_zeros
 from .kernels.affinity import keep_off
@@ -35,7 +36,8 @@ _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 _ONE = {"f": np.float32(1), "d": np.float64(1)}
 _ZERO = {"f": np.float32(0), "d": np.float64(0)}
 _ACT = dict(ACTIVATIONS)
-#: the dtypes whose small-product entries (kernels/matmul/fast.py) are compiled with SLP
+#: float32 and float64 once the small-product entries (kernels/matmul/fast.py) are compiled with
+#: SLP (_register_fast), else empty
 _FAST: set = set()
 #: dtypes whose serial_into (kernels/matmul/fast.py) was compiled inside the SLP scope
 _SERIAL: set = set()
@@ -138,40 +140,44 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         threads = _thread_count(threads, "matmul")
     if type(alpha) is not float or type(beta) is not float:                  # floats pass at no cost
         alpha, beta = _scalars(alpha, beta, "matmul")
-    if type(a) is _ND and type(b) is _ND and b.dtype is a.dtype:     # native, one dtype
-        if a.dtype in _FAST:
-            # Fast path for small products, where Python and dispatch are the cost. Plain products
-            # go to kernels/matmul/fast.py, whose Numba typing does the checks; with options, small
-            # transposed operands are copied row-major and options_into (typed the same way, 7
-            # arguments) checks the rest.
-            # Whatever a kernel declines (not small, other layouts or types) goes the general way.
-            # (Float literals: Python's float == float is a specialized fast compare, float == int
-            # is not; with _ND these checks cost ~0.2 us instead of ~0.35.)
-            if bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b:
+    if type(a) is _ND and type(b) is _ND and _FAST:
+        # Fast path for small products, where Python and dispatch are the cost. Plain products
+        # go to kernels/matmul/fast.py, whose Numba typing does the checks (dtypes, layouts,
+        # flags); Numba has no type for a byte-swapped or object array and raises TypingError
+        # before anything runs. With options, small transposed operands are copied row-major
+        # and options_into (typed the same way, 7 arguments) checks the rest.
+        # Whatever a kernel declines (not small, other layouts or types) goes the general way.
+        # (Float literals: Python's float == float is a specialized fast compare, float == int
+        # is not. Each dtype read costs ~15 ns: the plain path reads none, 0.11 us less a call.)
+        if bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b:
+            try:
                 if out is None:
-                    c = plain_new(a, b)
-                    if c is not None:
+                    c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+                    if plain_into(a, b, c):
                         return c
-                elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
+                elif type(out) is _ND and plain_into(a, b, out):
                     return out
-            elif (a.ndim == 2 and b.ndim == 2
-                  and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
-                                        and bias.size))
-                  and (activation is None or type(activation) is str)):
-                if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
-                    a = np.ascontiguousarray(a.T) if trans_a else a
-                    b = np.ascontiguousarray(b.T) if trans_b else b
-                    trans_a = trans_b = False
-                if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
-                    args = (_EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
-                            _ACT.get(activation, -1))
-                    if out is None:
-                        if beta == 0:
-                            c = np.empty((a.shape[0], b.shape[1]), a.dtype)
-                            if options_into(a, b, c, *args):
-                                return c
-                    elif type(out) is np.ndarray and out.dtype is a.dtype and options_into(a, b, out, *args):
-                        return out
+            except (TypingError, IndexError):      # IndexError: a 1-D b
+                pass
+        elif (b.dtype is a.dtype and a.dtype in _FAST and a.ndim == 2 and b.ndim == 2
+              and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
+                                    and bias.size))
+              and (activation is None or type(activation) is str)):
+            if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
+                a = np.ascontiguousarray(a.T) if trans_a else a
+                b = np.ascontiguousarray(b.T) if trans_b else b
+                trans_a = trans_b = False
+            if not trans_a and not trans_b and a.flags.c_contiguous and b.flags.c_contiguous:
+                args = (_EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
+                        _ACT.get(activation, -1))
+                if out is None:
+                    if beta == 0:
+                        c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+                        if options_into(a, b, c, *args):
+                            return c
+                elif type(out) is np.ndarray and out.dtype is a.dtype and options_into(a, b, out, *args):
+                    return out
+    if type(a) is _ND and type(b) is _ND and b.dtype is a.dtype:     # native, one dtype
         # Not small, below the threads' thresholds: the serial path (the direct kernel where
         # M*N <= DIRECT_MN, else the packed driver) through one typed entry (its Numba typing
         # and checks instead of ~10 us of Python below).
@@ -269,13 +275,8 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         work = np.empty((blk.mr + blk.nr) * min(k, SMALL_K) + blk.mr * blk.nr, dt)     # the module's small_work
         _call(mod.gemm_small, ("small", mod, dt.char), (fa, fb, c, bias), m, n, k, alpha, fa, rsa, fb, rsb, beta,
               c, ldc, bias, act, work)
-        if dt not in _FAST:
-            one = np.ones((1, 1), dt)
-            with _settings.slp_scope():
-                options_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
-                plain_into(one, one, one.copy())
-                plain_new(one, one)
-            _FAST.add(dt)
+        if not _FAST:
+            _register_fast()
         if mnk > SMALL_MNK and not parallel and dt not in _SERIAL:       # serial_into takes these next time
             _register_serial(dt, blk)
         return
@@ -305,6 +306,19 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         _call(mod.gemm_serial, ("serial", mod, dt.char), (fa, fb, c, bias), *args)
         if dt not in _SERIAL:
             _register_serial(dt, blk)
+
+
+def _register_fast() -> None:
+    """Compile the small-product entries for float32 and float64 inside the SLP scope (1 x 1
+    products) and let fastnn.matmul's fast section use them: both at once, so its plain path
+    needs no per-dtype check (any other type compiles to the entries' decline)."""
+    with _settings.slp_scope():
+        for dt in (np.dtype(np.float32), np.dtype(np.float64)):
+            one = np.ones((1, 1), dt)
+            options_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
+            plain_into(one, one, one.copy())
+            plain_new(one, one)
+    _FAST.update((np.dtype(np.float32), np.dtype(np.float64)))
 
 
 def _register_serial(dt: np.dtype, blk: _blocks.Blocks) -> None:

@@ -517,6 +517,14 @@ def test_small_plain_products_of_every_layout_and_the_errors(dtype):
         fastnn.matmul(a, b[:8])
     with pytest.raises(ValueError, match="2-D"):
         fastnn.matmul(a[0], b)
+    for x, y in ((a, b[:, 0]), (a, b[:, 0].copy()), (a[0], b[None, :, 0])):
+        with pytest.raises(ValueError, match="2-D"):
+            fastnn.matmul(x, y)
+    for bad in (np.int64, object):                                 # Numba: a decline, or no type at all
+        with pytest.raises(TypeError, match="two float32 or two float64"):
+            fastnn.matmul(a.astype(bad), b.astype(bad))
+        with pytest.raises(ValueError, match="out must be"):
+            fastnn.matmul(a, b, np.zeros((7, 5), bad))
     with pytest.raises(ValueError, match="bias must be"):          # an empty bias is not "no bias"
         fastnn.matmul(a, b, bias=np.zeros(0, dtype))
     for kw in ({"alpha": "2"}, {"beta": None}, {"alpha": True}, {"alpha": 1j}):

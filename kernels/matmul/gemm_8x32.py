@@ -204,7 +204,7 @@ def gemm_small(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, work):
     the NR-wide tile for a 10-class output layer (2 MR rows were 2x slower at K = 2048: 16
     rows of A 8 KiB apart share one set of the 8-way L1). K is summed in runs of at most
     SMALL_K, each run's tile added into C (as the packed path adds its KC blocks). work:
-    small_work(k) elements (none where small_into needs none). A plain product (alpha 1, beta 0, no bias or
+    small_work(k) elements. A plain product (alpha 1, beta 0, no bias or
     activation) writes whole tiles of the first run straight into C, a column panel a call:
     at 64^3 the round trip through the tile buffer cost 8-13 %, a call a tile another 5-8 %."""
     plain = alpha == 1 and beta == 0 and bias.shape[0] == 0 and act == 0
@@ -282,11 +282,15 @@ def small_into(a, b, c, bias, alpha, beta, act):
             or (bias.shape[0] != 0 and bias.shape[0] != n) or act < 0
             or _overlap(c, a) or _overlap(c, b) or _overlap(c, bias)):
         return False
-    whole = (m % MR == 0 and n % NR == 0 and k <= SMALL_K and alpha == 1 and beta == 0 and bias.shape[0] == 0
-             and act == 0)
-    work = np.empty(0 if whole else small_work(k), c.dtype)        # whole tiles straight into C: none
+    if m % MR == 0 and n % NR == 0 and k <= SMALL_K and alpha == 1 and beta == 0 and bias.shape[0] == 0 and act == 0:
+        af = a.reshape(-1)               # whole tiles straight into C, a column panel a call, without
+        bf = b.reshape(-1)               # gemm_small's setup (32^3: 0.74 -> 0.67 us, 64^3 fp64: 9.43 -> 9.36)
+        cf = c.reshape(-1)
+        for jr in range(0, n, NR):
+            micro_direct(k, m // MR, af, k, bf[jr:], n, cf[jr:], n)
+        return True
     gemm_small(m, n, k, c.dtype.type(alpha), a.reshape(-1), k, b.reshape(-1), n, c.dtype.type(beta),
-               c.reshape(-1), n, bias, act, work)
+               c.reshape(-1), n, bias, act, np.empty(small_work(k), c.dtype))
     return True
 
 
