@@ -3,7 +3,8 @@
 What    GFLOP/s (2*M*N*K / time) of fastnn.matmul and of NumPy's matmul, timed side by side
         in one process, for fp32 and fp64, at 1 thread and at all cores (Numba threads via
         the ``threads=`` argument, OpenBLAS threads pinned with threadpoolctl to the same count):
-          - square products n = 32 ... 4096;
+          - square products n = 32 ... 4096 (into out= arrays on both sides; for n <= 64 also
+            each returning a new array, allocation included: an informational line);
           - layer shapes batch x in x out (y = x @ W), and 4096x256x256 with bias + ReLU fused
             (fastnn, one call) against NumPy's ``x @ W + b`` then ``np.maximum`` (three passes);
         the peak is GHz x SIMD lanes x FMA units x 2 x cores (fastnn.sysinfo.peak_gflops; the
@@ -95,11 +96,15 @@ def run(quick: bool, peaks: dict):
             f = lambda: fastnn.matmul(a, b, c1, threads=t)  # noqa: E731
             g = lambda: np.matmul(a, b, out=c2)  # noqa: E731
             g2 = None
+        new = None
+        if kind == "square" and m <= 64:      # also each returning a new array (allocation included)
+            new = (lambda: fastnn.matmul(a, b, threads=t), lambda: np.matmul(a, b))  # noqa: E731
         flops = 2.0 * m * n * k
         reps = 400 if flops < 1e7 else 100 if flops < 1e9 else 15
         with threadpool_limits(t, "blas"):
             tf, tg = _time_pair(f, g, budget * (3 if flops > 1e10 else 1), reps, t)
             extra = _time_pair(f, g2, budget, reps, t) if g2 else None      # (fastnn, NumPy as written), paired
+            fresh = _time_pair(*new, budget, reps, t) if new else None
         np.testing.assert_allclose(c1, c2, rtol=1e-3 if dt == np.float32 else 1e-9, atol=1e-2 if dt == np.float32 else 1e-9)
         peak = peaks[np.dtype(dt).name][str(t)]
         mf, mg = float(np.median(tf)), float(np.median(tg))
@@ -110,6 +115,8 @@ def run(quick: bool, peaks: dict):
             tf2, tg2 = (float(np.median(x)) for x in extra)
             row["numpy_as_written_gflops"] = flops / tg2 / 1e9
             row["ratio_as_written"] = tg2 / tf2
+        if fresh:
+            row["ratio_new_array"] = float(np.median(fresh[1]) / np.median(fresh[0]))
         rows.append(row)
     return rows
 
@@ -139,6 +146,10 @@ def markdown(rows, meta) -> str:
         if rs:
             out.append(f"| {name} | {goal} | {min(rs):.2f} | {np.median(rs):.2f} | "
                        f"{'PASS' if np.median(rs) >= goal else 'FAIL'} |")
+    fresh = [r["ratio_new_array"] for r in rows if "ratio_new_array" in r]
+    if fresh:
+        out.append(f"| n <= 64, each call returning a new array (`fastnn.matmul(a, b)` vs `np.matmul(a, b)`; "
+                   f"informational) | 1.0 | {min(fresh):.2f} | {np.median(fresh):.2f} | info |")
     fused = [r for r in rows if "ratio_as_written" in r]
     for r in fused:
         out.append(f"\n4096x256x256 + bias + ReLU, {r['dtype']}, {r['threads']} thread(s): {r['ratio']:.2f}x NumPy in place "
