@@ -19,7 +19,7 @@ from .kernels.affinity import keep_off
 from .kernels.activation import ACTIVATIONS
 from .kernels.matmul import blocks as _blocks
 from .kernels.matmul import module_for
-from .kernels.matmul.fast import options_into, plain_into, plain_new, serial_into
+from .kernels.matmul.fast import options_into, plain_into, serial_into
 from .kernels.matmul import settings as _settings
 from .kernels.matmul.blocks import DIRECT_MN, SMALL_K, SMALL_MNK
 
@@ -36,8 +36,7 @@ _EMPTY = {"f": np.empty(0, np.float32), "d": np.empty(0, np.float64)}
 _ONE = {"f": np.float32(1), "d": np.float64(1)}
 _ZERO = {"f": np.float32(0), "d": np.float64(0)}
 _ACT = dict(ACTIVATIONS)
-#: float32 and float64 once the small-product entries (kernels/matmul/fast.py) are compiled with
-#: SLP (_register_fast), else empty
+#: the dtypes whose small-product entries (kernels/matmul/fast.py) are compiled with SLP
 _FAST: set = set()
 #: dtypes whose serial_into (kernels/matmul/fast.py) was compiled inside the SLP scope
 _SERIAL: set = set()
@@ -140,15 +139,17 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         threads = _thread_count(threads, "matmul")
     if type(alpha) is not float or type(beta) is not float:                  # floats pass at no cost
         alpha, beta = _scalars(alpha, beta, "matmul")
-    if type(a) is _ND and type(b) is _ND and _FAST:
+    if type(a) is _ND and type(b) is _ND and a.dtype in _FAST:
         # Fast path for small products, where Python and dispatch are the cost. Plain products
         # go to kernels/matmul/fast.py, whose Numba typing does the checks (dtypes, layouts,
-        # flags); Numba has no type for a byte-swapped or object array and raises TypingError
-        # before anything runs. With options, small transposed operands are copied row-major
-        # and options_into (typed the same way, 7 arguments) checks the rest.
+        # flags): the only combination that reaches a kernel is three arrays of a's dtype,
+        # whose entries are compiled with SLP (_FAST); Numba has no type for a byte-swapped or
+        # object array and raises TypingError before anything runs. With options, small
+        # transposed operands are copied row-major and options_into (typed the same way, 7
+        # arguments) checks the rest.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
         # (Float literals: Python's float == float is a specialized fast compare, float == int
-        # is not. Each dtype read costs ~15 ns: the plain path reads none, 0.11 us less a call.)
+        # is not. Each dtype read costs ~15 ns: the plain path reads a's only, ~0.1 us less.)
         if bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b:
             try:
                 if out is None:
@@ -159,7 +160,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                     return out
             except (TypingError, IndexError):      # IndexError: a 1-D b
                 pass
-        elif (b.dtype is a.dtype and a.dtype in _FAST and a.ndim == 2 and b.ndim == 2
+        elif (b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
                                     and bias.size))
               and (activation is None or type(activation) is str)):
@@ -275,8 +276,8 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         work = np.empty((blk.mr + blk.nr) * min(k, SMALL_K) + blk.mr * blk.nr, dt)     # the module's small_work
         _call(mod.gemm_small, ("small", mod, dt.char), (fa, fb, c, bias), m, n, k, alpha, fa, rsa, fb, rsb, beta,
               c, ldc, bias, act, work)
-        if not _FAST:
-            _register_fast()
+        if dt not in _FAST:
+            _register_fast(dt)
         if mnk > SMALL_MNK and not parallel and dt not in _SERIAL:       # serial_into takes these next time
             _register_serial(dt, blk)
         return
@@ -308,17 +309,14 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
             _register_serial(dt, blk)
 
 
-def _register_fast() -> None:
-    """Compile the small-product entries for float32 and float64 inside the SLP scope (1 x 1
-    products) and let fastnn.matmul's fast section use them: both at once, so its plain path
-    needs no per-dtype check (any other type compiles to the entries' decline)."""
+def _register_fast(dt: np.dtype) -> None:
+    """Compile a dtype's small-product entries inside the SLP scope (1 x 1 products) and let
+    fastnn.matmul's fast section use them for that dtype."""
+    one = np.ones((1, 1), dt)
     with _settings.slp_scope():
-        for dt in (np.dtype(np.float32), np.dtype(np.float64)):
-            one = np.ones((1, 1), dt)
-            options_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
-            plain_into(one, one, one.copy())
-            plain_new(one, one)
-    _FAST.update((np.dtype(np.float32), np.dtype(np.float64)))
+        options_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
+        plain_into(one, one, one.copy())
+    _FAST.add(dt)
 
 
 def _register_serial(dt: np.dtype, blk: _blocks.Blocks) -> None:

@@ -2,7 +2,6 @@
 of by Python.
 
 Math    plain_into(a, b, c) -> bool:  c = a @ b, True; or nothing written, False
-        plain_new(a, b) -> array | None: a new c = a @ b, or None
         options_into(a, b, c, bias, alpha, beta, act) -> bool: c = act(alpha a @ b + beta c +
         bias), True; or nothing written, False
         serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles) -> bool: the
@@ -53,10 +52,6 @@ def _into(a, b, c):
     """Typed by the overload below."""
 
 
-def _new(a, b):
-    """Typed by the overload below."""
-
-
 def _options(a, b, c, bias, alpha, beta, act):
     """Typed by the overload below."""
 
@@ -71,20 +66,6 @@ def _into_typed(a, b, c):
         return lambda a, b, c: False
     kernel = module_for(np.dtype(str(c.dtype))).small_into
     return lambda a, b, c: kernel(a, b, c, np.empty(0, c.dtype), 1.0, 0.0, 0)
-
-
-@overload(_new)
-def _new_typed(a, b):
-    if not _fits(a, b):
-        return lambda a, b: None
-    kernel = module_for(np.dtype(str(a.dtype))).small_into
-
-    def new(a, b):
-        c = np.empty((a.shape[0], b.shape[1]), a.dtype)
-        if kernel(a, b, c, np.empty(0, a.dtype), 1.0, 0.0, 0):
-            return c
-        return None
-    return new
 
 
 @overload(_options)
@@ -111,12 +92,6 @@ def _serial_typed(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles)
 def plain_into(a, b, c):
     """c = a @ b for small row-major operands; False (nothing written) otherwise."""
     return _into(a, b, c)
-
-
-@njit(cache=True)
-def plain_new(a, b):
-    """A new a @ b for small row-major operands; None otherwise."""
-    return _new(a, b)
 
 
 @njit(cache=True)
