@@ -5,7 +5,8 @@ What    GFLOP/s (2*M*N*K / time) of fastnn.matmul and of NumPy's matmul, timed s
         the ``threads=`` argument, OpenBLAS threads pinned with threadpoolctl to the same count):
           - square products n = 32 ... 4096 (into out= arrays on both sides; for n <= 64 also
             each returning a new array, allocation included: an informational line);
-          - layer shapes batch x in x out (y = x @ W), and 4096x256x256 with bias + ReLU fused
+          - layer shapes batch x in x out (y = x @ W; two 10-class output layers among them),
+            and 4096x256x256 with bias + ReLU fused
             (fastnn, one call) against NumPy's ``x @ W + b`` then ``np.maximum`` (three passes);
         the peak is GHz x SIMD lanes x FMA units x 2 x cores (fastnn.sysinfo.peak_gflops; the
         clock is measured when the VM hides cpufreq). Then a block-size sweep (fastnn.tune.sweep:
@@ -40,7 +41,10 @@ from fastnn.files import check_writable
 from fastnn.kernels.matmul.blocks import blocks_for
 
 RESULTS = Path(__file__).parent / "results"
-LAYERS = [(32, 64, 128), (256, 784, 256), (4096, 256, 256), (1024, 1024, 1024 // 4), (128, 4096, 1024)]
+#: batch x in x out of typical layers; the last two are 10-class output layers (the direct
+#: kernel's narrow tile)
+LAYERS = [(32, 64, 128), (256, 784, 256), (4096, 256, 256), (1024, 1024, 1024 // 4), (128, 4096, 1024),
+          (64, 128, 10), (32, 784, 10)]
 
 
 #: with several threads each side runs in blocks of this many calls after a quiet gap: OpenBLAS's
