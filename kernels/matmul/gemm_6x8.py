@@ -272,7 +272,8 @@ def _overlap(x, y):
 @njit(**_OPTS)
 def small_into(a, b, c, bias, alpha, beta, act):
     """c = act(alpha a @ b + beta c + bias) for 2-D row-major a (M x K), b (K x N), c (M x N)
-    through gemm_small; False (nothing written) when the product is not small, a shape
+    through gemm_small (a plain product of whole tiles: micro_direct straight into C, a column
+    panel a call); False (nothing written) when the product is not small, a shape
     differs or c overlaps an operand. The fast path of fastnn.matmul: shapes are checked here,
     where a check costs nothing, and the arguments are few because Numba's dispatch costs per
     argument."""
