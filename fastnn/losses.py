@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import check_array
+from .kernels.softmax_xent import finish_rows, shift_rows
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -23,18 +24,15 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     n, c = logits.shape
     if n == 0:
         raise ValueError("softmax_cross_entropy: expected a non-empty batch, got 0 samples")
-    if labels.min() < 0 or labels.max() >= c:
-        bad = labels[(labels < 0) | (labels >= c)][0]
-        raise ValueError(f"softmax_cross_entropy labels: expected values in [0, {c}), got {bad}")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    total = exp.sum(axis=1, keepdims=True)
-    rows = np.arange(n)
-    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, labels], dtype=np.float64))
-    grad = exp / total
-    grad[rows, labels] -= 1
-    grad /= n
-    return loss, grad
+    x = np.ascontiguousarray(logits)
+    lab = np.ascontiguousarray(labels, np.int64)           # a uint64 past int64's range turns negative
+    grad = np.empty((n, c), x.dtype)
+    picked = np.empty(n, np.float64)
+    bad = shift_rows(x, lab, grad, picked)
+    if bad >= 0:
+        raise ValueError(f"softmax_cross_entropy labels: expected values in [0, {c}), got {labels[bad]}")
+    np.exp(grad, out=grad)
+    return float(finish_rows(grad, lab, picked)), grad
 
 
 def mean_squared_error(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:

@@ -91,6 +91,59 @@ def test_softmax_cross_entropy_gradient_and_stability():
     assert big == pytest.approx(1000.0)
 
 
+def _xent_ref(logits, labels):
+    """Softmax cross-entropy and its gradient in float64 NumPy, the formulas as written."""
+    x = logits.astype(np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    rows = np.arange(len(x))
+    grad = p.copy()
+    grad[rows, labels] -= 1
+    return -np.mean(np.log(p[rows, labels])), grad / len(x)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 2e-6), (np.float64, 1e-13)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (64, 10), (3, 9), (37, 1000)])
+def test_softmax_cross_entropy_matches_numpy(dtype, rtol, shape):
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    logits = (5 * rng.standard_normal(shape)).astype(dtype)
+    labels = rng.integers(0, shape[1], shape[0])
+    loss, grad = fnn.losses.softmax_cross_entropy(logits, labels)
+    ref_loss, ref_grad = _xent_ref(logits, labels)
+    assert grad.dtype == dtype and grad.shape == shape
+    assert loss == pytest.approx(ref_loss, rel=rtol, abs=rtol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=rtol * np.abs(ref_grad).max())
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=10 * rtol / shape[0])
+
+
+def test_softmax_cross_entropy_label_dtypes_and_layouts():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 12))[:, ::2]                  # strided rows
+    labels = rng.integers(0, 6, 6)
+    want = _xent_ref(logits, labels)
+    for lab in (labels.astype(np.uint8), labels.astype(np.int32), labels.astype(">i8"), list(labels)):
+        loss, grad = fnn.losses.softmax_cross_entropy(logits, lab)
+        assert loss == pytest.approx(want[0], rel=1e-13)
+        np.testing.assert_allclose(grad, want[1], rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_cross_entropy_nonfinite_logits():
+    labels = np.array([1, 0])
+    for bad in (np.nan, np.inf):
+        loss, _ = fnn.losses.softmax_cross_entropy(np.array([[bad, 1.0], [1.0, 2.0]]), labels)
+        assert np.isnan(loss)
+    loss, grad = fnn.losses.softmax_cross_entropy(np.array([[-np.inf, 1.0], [1.0, 2.0]]), labels)
+    assert loss == pytest.approx(_xent_ref(np.array([[-50.0, 1.0], [1.0, 2.0]]), labels)[0], rel=1e-12)
+    assert grad[0, 0] == 0
+
+
+@pytest.mark.parametrize("labels, shown", [(np.array([0, 5], np.uint64), "5"), (np.array([2 ** 63 + 5, 0], np.uint64),
+                                           str(2 ** 63 + 5)), (np.array([0, -1], np.int8), "-1")])
+def test_softmax_cross_entropy_label_out_of_range(labels, shown):
+    with pytest.raises(ValueError, match=rf"expected values in \[0, 5\), got {shown}$"):
+        fnn.losses.softmax_cross_entropy(np.zeros((2, 5), np.float32), labels)
+
+
 def test_mean_squared_error_gradient():
     rng = np.random.default_rng(0)
     pred, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
