@@ -76,9 +76,12 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     if check_extra is not None:
         check_extra(meta["extra"])
 
+    shared = random.generator().bit_generator
     before = (model.flat.data.copy(), optimizer.state_dict() if optimizer else None,
-              schedule.state_dict() if schedule else None, {n: g.bit_generator.state for n, g in rngs.items()})
+              schedule.state_dict() if schedule else None, {n: g.bit_generator.state for n, g in rngs.items()},
+              shared.state)
     try:
+        shared.state = meta["global_rng"]
         if optimizer is not None:
             state = {k: v for k, v in arrays.items() if k.startswith("state.")}
             optimizer.load_state_dict({**meta["optimizer"], "state": {k[6:]: v for k, v in state.items()}})
@@ -87,7 +90,7 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         for name, g in rngs.items():
             g.bit_generator.state = meta["rng"][name]
         model.flat.data[...] = arrays["params"]
-    except Exception:
+    except Exception as e:
         model.flat.data[...] = before[0]
         if optimizer is not None:
             optimizer.load_state_dict(before[1])
@@ -95,8 +98,10 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
             schedule.load_state_dict(before[2])
         for name, g in rngs.items():
             g.bit_generator.state = before[3][name]
+        shared.state = before[4]
+        if isinstance(e, (TypeError, KeyError)):            # a malformed field of a readable file
+            raise ValueError(f"{path}: malformed checkpoint, nothing was loaded ({type(e).__name__}: {e})") from e
         raise
-    random.generator().bit_generator.state = meta["global_rng"]
     return {"step": meta["step"], "extra": meta["extra"]}
 
 
@@ -126,7 +131,12 @@ def _signature(model: Module) -> dict:
             "params": [[name, list(slot.shape)] for name, slot in flat.slots.items()]}
 
 
-def _check_model(path: Path, saved: dict, current: dict) -> None:
+def _check_model(path: Path, saved: Any, current: dict) -> None:
+    if (not isinstance(saved, dict) or not {"dtype", "size", "params"} <= set(saved)
+            or not isinstance(saved["params"], list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[1], list) for p in saved["params"])):
+        raise ValueError(f"{path}: malformed model signature: expected {{'dtype', 'size', 'params': [[name, "
+                         f"shape], ...]}}, got {str(saved)[:200]}")
     if saved["dtype"] != current["dtype"]:
         raise ValueError(f"{path}: checkpoint is {saved['dtype']}, model is {current['dtype']}")
     for (sn, ss), (cn, cs) in zip(saved["params"], current["params"]):

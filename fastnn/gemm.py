@@ -19,7 +19,7 @@ from .kernels.affinity import keep_off
 from .kernels.activation import ACTIVATIONS
 from .kernels.matmul import blocks as _blocks
 from .kernels.matmul import module_for
-from .kernels.matmul.fast import options_into, plain_into, serial_into
+from .kernels.matmul.fast import options_into, plain_into, serial_into, trans_a_into
 from .kernels.matmul import settings as _settings
 from .kernels.matmul.blocks import DIRECT_MN, SMALL_K, SMALL_MNK
 
@@ -144,7 +144,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # go to kernels/matmul/fast.py, whose Numba typing does the checks (dtypes, layouts,
         # flags): the only combination that reaches a kernel is three arrays of a's dtype,
         # whose entries are compiled with SLP (_FAST); Numba has no type for a byte-swapped or
-        # object array and raises TypingError before anything runs. With options, small
+        # object array and raises TypingError before anything runs. A small a.T @ b (+ out)
+        # goes to trans_a_into, which reads a transposed in place. With other options, small
         # transposed operands are copied row-major and options_into (typed the same way, 7
         # arguments) checks the rest.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
@@ -164,6 +165,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
                                     and bias.size))
               and (activation is None or type(activation) is str)):
+            if (trans_a and not trans_b and bias is None and activation is None and alpha == 1.0
+                    and type(out) is _ND and trans_a_into(a, b, out, beta)):    # X.T @ dY (+ C): no copy of X.T
+                return out
             if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
                 a = np.ascontiguousarray(a.T) if trans_a else a
                 b = np.ascontiguousarray(b.T) if trans_b else b
@@ -316,6 +320,7 @@ def _register_fast(dt: np.dtype) -> None:
     with _settings.slp_scope():
         options_into(one, one, one.copy(), _EMPTY[dt.char], 1.0, 0.0, 0)
         plain_into(one, one, one.copy())
+        trans_a_into(one, one, one.copy(), 1.0)
     _FAST.add(dt)
 
 

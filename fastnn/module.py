@@ -7,7 +7,7 @@ the model's optimizer step, allreduce and checkpoint each touch a single array.
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -67,6 +67,9 @@ class Module:
         the model's. Everything is checked before any value is written, so a refused state
         leaves the model as it was. Returns the model's names missing from ``state`` and the
         names of ``state`` the model does not have."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: expected a mapping of parameter name to array, got "
+                            f"{type(state).__name__}")
         own = dict(self.named_parameters())
         missing = [n for n in own if n not in state]
         unexpected = [n for n in state if n not in own]

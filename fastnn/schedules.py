@@ -108,6 +108,9 @@ class Schedule:
     """
 
     def __init__(self, opt: Any) -> None:
+        if not isinstance(getattr(opt, "param_groups", None), list):
+            raise TypeError(f"{type(self).__name__}: expected an optimizer (with param_groups), got "
+                            f"{type(opt).__name__}")
         self.opt = opt
         self.t = 0
         self._owner: Schedule | None = None
@@ -382,6 +385,8 @@ class Sequential(Schedule):
 
     def __init__(self, opt: Any, schedules: Sequence[Schedule], milestones: Sequence[int]) -> None:
         schedules, milestones = list(schedules), list(milestones)
+        if not schedules:
+            raise ValueError("Sequential: expected at least one schedule, got none")
         if len(milestones) != len(schedules) - 1:
             raise ValueError(f"Sequential: expected len(schedules) - 1 = {len(schedules) - 1} milestones, "
                              f"got {len(milestones)}")

@@ -71,7 +71,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         own = _rng_states(model)
         try:
             info = ckpt.load(checkpoint, model, optimizer, schedule,
-                             check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size))
+                             check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size, seed))
         except ValueError as e:
             raise ckpt.ResumeError(f"cannot resume from {checkpoint}: {e}") from e
         extra = info["extra"]
@@ -100,8 +100,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             return
         bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
-                  extra={"epoch": epoch, "sample": sample, "batch_size_schedule": bss, "rank_rngs": rank_rngs,
-                         "epoch_loss": rank_sums})
+                  extra={"epoch": epoch, "sample": sample, "seed": seed, "batch_size_schedule": bss,
+                         "rank_rngs": rank_rngs, "epoch_loss": rank_sums})
 
     drawn = batch_size if isinstance(batch_size, int) else _Counted(batch_size)
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
@@ -124,8 +124,19 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 # samples of the epoch's permutation this step took, on all ranks
                 taken = drawn.last if drawn is not batch_size else min(batch_size, len(x) - sample)
                 value, dout = loss(model(xb), yb)
-                model.backward(dout)
-                if optimizer.step():  # with ranks, each adds its share of the global batch's mean loss
+                # A NaN/Inf loss with finite gradients (overflowing logits): the gradient is made NaN,
+                # so that the optimizer's nonfinite policy (raise, or skip and count) acts on every
+                # rank alike, as it does for a non-finite gradient
+                poisoned = not math.isfinite(value) and optimizer.nonfinite != "ignore"
+                model.backward(np.full_like(dout, np.nan) if poisoned else dout)
+                try:
+                    stepped = optimizer.step()
+                except FloatingPointError as e:
+                    if not poisoned:
+                        raise
+                    raise FloatingPointError(f"fit: the loss is {value} at step {step + 1}, expected a finite loss "
+                                             f"(the step's {e})") from None
+                if stepped:  # with ranks, each adds its share of the global batch's mean loss
                     total, count = total + (value * len(xb) * dp.size / taken if dp is not None else value), count + 1
                     if schedule is not None:
                         schedule.step()
@@ -216,12 +227,15 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
     return total / len(x), correct / len(x) if labelled else float("nan")
 
 
-def _check_resume(path, extra: dict, batch_size) -> None:
+def _check_resume(path, extra: dict, batch_size, seed: int) -> None:
     """Refuse a checkpoint ``fit`` cannot continue: not written by ``fit``, or written with
-    another batch-size schedule."""
+    another data seed (its data position is in that seed's permutation) or batch-size schedule."""
     if "epoch" not in extra or "sample" not in extra:
         raise ValueError(f"{path}: expected a checkpoint written by fit (with the data position), "
                          f"got extra keys {sorted(extra)}")
+    if extra.get("seed", seed) != seed:
+        raise ValueError(f"{path}: saved by a run with seed={extra['seed']}, expected this run's seed={seed} (the "
+                         "data position is a place in that seed's permutation)")
     saved = (extra.get("batch_size_schedule") or {}).get("schedule")
     mine = batch_size.state_dict()["schedule"] if hasattr(batch_size, "state_dict") else None
     if saved != mine:

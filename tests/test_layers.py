@@ -448,3 +448,9 @@ def test_first_layer_can_skip_the_input_gradient(first, shape):
     model(x)
     assert model.backward(dy) is None
     np.testing.assert_array_equal(model.flat.grad, full)
+
+
+def test_model_load_state_dict_wants_a_mapping():
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    with pytest.raises(TypeError, match="expected a mapping of parameter name to array, got list"):
+        model.load_state_dict([1, 2])

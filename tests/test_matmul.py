@@ -817,3 +817,41 @@ def test_tune_refuses_bad_arguments_and_an_unwritable_folder_before_sweeping(tmp
     monkeypatch.setenv("FASTNN_CACHE_DIR", str(blocker / "sub"))
     assert cli.main(["tune", "--n", "512", "--repeats", "1"]) == 2
     assert f"cannot write the block table in {blocker / 'sub'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (4, 64, 10), (128, 64, 10), (64, 64, 128), (63, 33, 65),
+                                     (130, 40, 33), (5, 1100, 3), (40, 600, 12)])
+def test_weight_gradients_read_a_transposed_in_place(dtype, m, k, n, monkeypatch):
+    """A small a.T @ b + beta out (beta 0 or 1: a dense layer's weight gradient) goes to the
+    typed trans_a_into: full tiles, the last rows and columns, the narrow C computed
+    transposed, K past one run of SMALL_K; nothing else is called."""
+    rng = np.random.default_rng(m * k * n)
+    a, b = operands(rng, m, k, n, dtype, trans_a=True)
+    fastnn.matmul(a[:1, :1].copy(), b[:1, :1].copy())                  # registers the dtype's entries
+    monkeypatch.setattr(mm, "_gemm", lambda *args: pytest.fail("took the general driver"))
+    monkeypatch.setattr(mm, "options_into", lambda *args: pytest.fail("took the copying path"))
+    for beta in (0.0, 1.0):
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        out = c0.copy()
+        out[0, 0] = np.nan if beta == 0 else out[0, 0]                 # beta 0 never reads out
+        assert fastnn.matmul(a, b, out, trans_a=True, beta=beta) is out
+        check(out, matmul_ref(a, b, c0, trans_a=True, beta=beta), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transposed_products_the_entry_declines_come_out_right(dtype):
+    rng = np.random.default_rng(5)
+    a, b = operands(rng, 40, 30, 10, dtype, trans_a=True)
+    c0 = rng.standard_normal((40, 10)).astype(dtype)
+    ro = a.copy()
+    ro.setflags(write=False)
+    for x, kwargs in ((a, dict(beta=0.5)), (a, dict(beta=1.0, alpha=2.0)), (ro, dict(beta=1.0)),
+                      (np.asfortranarray(a), dict(beta=1.0)), (a, dict(beta=1.0, bias=c0[0]))):
+        out = c0.copy()
+        fastnn.matmul(x, b, out, trans_a=True, **kwargs)
+        check(out, matmul_ref(a, b, c0, trans_a=True, **kwargs), dtype, 30)
+    sq = rng.standard_normal((30, 30)).astype(dtype)
+    want = sq.T @ sq + sq
+    fastnn.matmul(sq, sq, sq, trans_a=True, beta=1.0)                   # out is an operand: a temporary
+    check(sq, want, dtype, 30)

@@ -586,3 +586,33 @@ def test_a_group_may_name_one_parameter_without_a_list():
     for one in ("0.bias", model.layers[0].params["bias"]):
         opt = fnn.optim.SGD(model, lr=0.1, weight_decay=0.1, param_groups=[{"params": one, "weight_decay": 0.0}])
         assert opt.param_groups[1]["params"] == ["0.bias"] and opt.param_groups[0]["params"] == ["0.weight"]
+
+
+@pytest.mark.parametrize("key, value", [("step", -3), ("step", -1), ("step", 1.9), ("step", "x"), ("step", True),
+                                        ("skipped_steps", -5)])
+def test_load_state_dict_refuses_bad_step_counters(key, value):
+    """A negative step made Adam's next update NaN (or 1/0 in its bias correction); a
+    fractional one was truncated without a word."""
+    p = np.ones(4)
+    opt = fnn.optim.Adam((p, np.ones(4)), lr=0.1)
+    opt.step()
+    state = opt.state_dict()
+    state[key] = value
+    with pytest.raises(ValueError, match=f"expected {key} an int >= 0, got .*{value!r}"):
+        opt.load_state_dict(state)
+    assert opt.step_count == 1 and opt.skipped_steps == 0
+    opt.step()
+    assert np.all(np.isfinite(p))
+
+
+def test_load_state_dict_names_what_came_for_wrong_containers():
+    opt = fnn.optim.Adam((np.ones(4), np.ones(4)))
+    opt.step()
+    with pytest.raises(TypeError, match="expected a dict from state_dict.., got NoneType"):
+        opt.load_state_dict(None)
+    state = opt.state_dict()
+    state["state"]["exp_avg"] = [0.0] * 4
+    with pytest.raises(ValueError, match=r"'exp_avg': expected a float64\(4,\) array, got list"):
+        opt.load_state_dict(state)
+    with pytest.raises(TypeError, match="max_grad_norm .or None.: expected a number >= 0, got str 'a'"):
+        fnn.optim.SGD((np.ones(2), np.ones(2)), max_grad_norm="a")

@@ -435,3 +435,10 @@ def test_batch_size_bad_counts():
         bs.advance(-1)
     with pytest.raises(TypeError, match="samples: expected an int >= 0, got float 3.0"):
         bs.batch_size_at(3.0)
+
+
+def test_schedules_name_what_came_instead_of_an_optimizer():
+    with pytest.raises(TypeError, match="Constant: expected an optimizer .with param_groups., got NoneType"):
+        S.Constant(None)
+    with pytest.raises(ValueError, match="Sequential: expected at least one schedule, got none"):
+        S.Sequential(fnn_sgd(), [], [])

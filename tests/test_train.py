@@ -1,6 +1,7 @@
 """The training loop end to end: accuracy on digits, checkpoints, exact resume, the CLI."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -491,3 +492,70 @@ def test_fit_refuses_a_bad_batch_size_before_touching_the_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="fit: batch_size: expected an int >= 1, got 0"):
         fnn.train.fit(model, opt, xtr, ytr, epochs=2, batch_size=0, checkpoint=ck, resume=True, progress=False)
     assert not model.flat.data.any() and not np.array_equal(before, model.flat.data)   # nothing was loaded
+
+
+def _overflowing_model():
+    """A float32 model whose logits overflow to +-inf on x = [1, 0] while every gradient stays
+    finite: the loss is inf, dlogits is not."""
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    model[0].params["weight"][...] = [[3e38, -3e38], [0, 0]]
+    return model, np.array([[1, 0]] * 4, np.float32), np.array([1, 1, 1, 1])
+
+
+def test_fit_raises_or_skips_on_an_infinite_loss_with_finite_gradients():
+    model, x, y = _overflowing_model()
+    before = model.flat.data.copy()
+    opt = fnn.optim.SGD(model, lr=1e-3)
+    with pytest.raises(FloatingPointError, match="fit: the loss is inf at step 1, expected a finite loss"):
+        fnn.train.fit(model, opt, x, y, epochs=1, batch_size=4, progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert opt.step_count == 0
+    opt = fnn.optim.SGD(model, lr=1e-3, nonfinite="skip")
+    hist = fnn.train.fit(model, opt, x, y, epochs=1, batch_size=4, progress=False)
+    assert hist["skipped"] == 1 and opt.skipped_steps == 1 and opt.step_count == 0
+    np.testing.assert_array_equal(model.flat.data, before)
+    opt = fnn.optim.SGD(model, lr=1e-3, nonfinite="ignore")    # as torch: the finite gradient is applied
+    hist = fnn.train.fit(model, opt, x, y, epochs=1, batch_size=4, progress=False)
+    assert hist["skipped"] == 0 and opt.step_count == 1 and np.all(np.isfinite(model.flat.data))
+
+
+def test_resume_with_another_seed_is_refused(tmp_path):
+    x, y = fnn.data.load_digits()
+    x, y = x[:50], y[:50]
+    model = fnn.Sequential(fnn.Dense(64, 10))
+    ck = tmp_path / "run.npz"
+    fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x, y, epochs=1, batch_size=8, progress=False,
+                  checkpoint=ck, checkpoint_every=3, seed=0)
+    before = model.flat.data.copy()
+    opt = fnn.optim.SGD(model, lr=0.1)
+    with pytest.raises(ValueError, match=f"{ck}: saved by a run with seed=0, expected this run's seed=1"):
+        fnn.train.fit(model, opt, x, y, epochs=2, batch_size=8, progress=False, checkpoint=ck, resume=True, seed=1)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert opt.step_count == 0
+
+
+def _rewrite_meta(path, edit):
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    edit(meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m.update(global_rng={"bit_generator": "PCG64", "state": "garbage"}), "malformed checkpoint"),
+    (lambda m: m.update(model=3), "malformed model signature"),
+    (lambda m: m["model"].update(params=[["0.weight"]]), "malformed model signature")])
+def test_a_malformed_checkpoint_loads_nothing(tmp_path, edit, match):
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    opt = fnn.optim.Adam(model, lr=0.5)
+    path = fnn.checkpoint.save(tmp_path / "m.npz", model, opt)
+    _rewrite_meta(path, edit)
+    target = fnn.Sequential(fnn.Dense(4, 3))
+    opt2 = fnn.optim.Adam(target, lr=0.1)
+    before, rng = target.flat.data.copy(), fnn.random.generator().bit_generator.state
+    with pytest.raises(ValueError, match=f"{path}: {match}"):
+        fnn.checkpoint.load(path, target, opt2)
+    np.testing.assert_array_equal(target.flat.data, before)
+    assert opt2.param_groups[0]["lr"] == 0.1 and fnn.random.generator().bit_generator.state == rng

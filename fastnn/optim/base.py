@@ -50,8 +50,10 @@ class Optimizer:
                  max_grad_norm: float | None = None, nonfinite: str = "raise") -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite: expected one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm: expected a positive number or None, got {max_grad_norm}")
+        if max_grad_norm is not None:
+            check_real(max_grad_norm, "max_grad_norm (or None)", 0.0)
+            if not max_grad_norm > 0:
+                raise ValueError(f"max_grad_norm: expected a positive number or None, got {max_grad_norm}")
         self.params, self.grads, self._slots = _resolve(params)
         #: the flat buffer's alignment padding between tensors (kept zero)
         self._padding = np.concatenate([np.arange(start + size, stop, dtype=np.int64)
@@ -284,11 +286,17 @@ class Optimizer:
         """Restore what ``state_dict`` returned; checked whole before anything is changed. The
         state buffers become the saved ones (a buffer the saved options did not need yet is
         dropped and made again, zeroed, when an option needs it)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"optimizer state: expected a dict from state_dict(), got {type(state).__name__}")
         if state.get("type") != type(self).__name__:
             raise ValueError(f"optimizer state: expected a {type(self).__name__} state, got {state.get('type')!r}")
         missing = [k for k in ("step", "skipped_steps", "param_groups", "state") if k not in state]
         if missing:
             raise ValueError(f"optimizer state: expected keys {missing}, got {sorted(state)}")
+        for key in ("step", "skipped_steps"):      # a negative step makes Adam's bias correction NaN or 1/0
+            v = state[key]
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"optimizer state: expected {key} an int >= 0, got {type(v).__name__} {v!r}")
         step, skipped = int(state["step"]), int(state["skipped_steps"])
         groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
                   for g in state["param_groups"]]
@@ -322,9 +330,9 @@ class Optimizer:
             raise ValueError(f"optimizer state: expected buffers {sorted(self.state)} (pinned in shared memory), "
                              f"got {sorted(buffers)}")
         for k, v in buffers.items():
-            if v.shape != self.params.shape or v.dtype != self.params.dtype:
-                raise ValueError(f"optimizer state {k!r}: expected {self.params.dtype}{self.params.shape}, "
-                                 f"got {v.dtype}{v.shape}")
+            if not isinstance(v, np.ndarray) or v.shape != self.params.shape or v.dtype != self.params.dtype:
+                raise ValueError(f"optimizer state {k!r}: expected a {self.params.dtype}{self.params.shape} array, "
+                                 f"got {getattr(v, 'dtype', type(v).__name__)}{getattr(v, 'shape', '')}")
         self._load_extra(state)
         for mine, theirs in zip(self.param_groups, groups):
             mine.update({k: v for k, v in theirs.items() if k != "params"})

@@ -4,6 +4,8 @@ of by Python.
 Math    plain_into(a, b, c) -> bool:  c = a @ b, True; or nothing written, False
         options_into(a, b, c, bias, alpha, beta, act) -> bool: c = act(alpha a @ b + beta c +
         bias), True; or nothing written, False
+        trans_a_into(a, b, c, beta) -> bool: c = a.T @ b + beta c for beta 0 or 1 (a: K x M), the
+        dense layer's weight gradient, A read transposed in place; or nothing written, False
         serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles) -> bool: the
         same for products that are not small, through the packed serial driver (gemm_serial)
         with the caller's block table and buffers
@@ -60,6 +62,10 @@ def _serial(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles):
     """Typed by the overload below."""
 
 
+def _trans_a(a, b, c, beta):
+    """Typed by the overload below."""
+
+
 @overload(_into)
 def _into_typed(a, b, c):
     if not _fits(a, b, c):
@@ -88,6 +94,14 @@ def _serial_typed(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles)
         a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles)
 
 
+@overload(_trans_a)
+def _trans_a_typed(a, b, c, beta):
+    if not (_fits(a, b, c) and isinstance(beta, types.Float)):
+        return lambda a, b, c, beta: False
+    kernel = module_for(np.dtype(str(c.dtype))).small_t_into
+    return lambda a, b, c, beta: kernel(a, b, c, beta)
+
+
 @njit(cache=True)
 def plain_into(a, b, c):
     """c = a @ b for small row-major operands; False (nothing written) otherwise."""
@@ -99,6 +113,14 @@ def options_into(a, b, c, bias, alpha, beta, act):
     """c = act(alpha a @ b + beta c + bias) for small row-major operands; False (nothing
     written) otherwise (small_into's checks, and the types above)."""
     return _options(a, b, c, bias, alpha, beta, act)
+
+
+@njit(cache=True)
+def trans_a_into(a, b, c, beta):
+    """c = a.T @ b + beta c (beta 0 or 1) for small row-major a (K x M), b (K x N), c (M x N),
+    A read transposed in place; False (nothing written) otherwise (small_t_into's checks, and
+    the types above)."""
+    return _trans_a(a, b, c, beta)
 
 
 @njit(cache=True, nogil=True)        # other Python threads run while it multiplies, as gemm_serial let them
