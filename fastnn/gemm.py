@@ -144,8 +144,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # go to kernels/matmul/fast.py, whose Numba typing does the checks (dtypes, layouts,
         # flags): the only combination that reaches a kernel is three arrays of a's dtype,
         # whose entries are compiled with SLP (_FAST); Numba has no type for a byte-swapped or
-        # object array and raises TypingError before anything runs. A small a.T @ b (+ out)
-        # goes to trans_a_into, which reads a transposed in place. With other options, small
+        # object array and raises TypingError before anything runs. A small a.T @ b (+ out),
+        # or one of K <= DIRECT_T_K in one thread, goes to trans_a_into (a read transposed in place;
+        # it declines a large M*N). With other options, small
         # transposed operands are copied row-major and options_into (typed the same way, 7
         # arguments) checks the rest.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
@@ -165,8 +166,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
                                     and bias.size))
               and (activation is None or type(activation) is str)):
-            if (trans_a and not trans_b and bias is None and activation is None and alpha == 1.0
-                    and type(out) is _ND and trans_a_into(a, b, out, beta)):    # X.T @ dY (+ C): no copy of X.T
+            if (trans_a and not trans_b and bias is None and activation is None and alpha == 1.0 and type(out) is _ND
+                    and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1)
+                    and trans_a_into(a, b, out, beta)):          # X.T @ dY (+ C) in one thread: no copy of X.T
                 return out
             if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
                 a = np.ascontiguousarray(a.T) if trans_a else a

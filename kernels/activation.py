@@ -7,7 +7,7 @@ Shapes  y, dy, dx: 2-D C-contiguous (n, k), same float dtype; b: (k,) or (0,) fo
         act: one of ACTIVATIONS' codes.
 Oracle  tests/test_kernels.py against NumPy (np.maximum, np.tanh, 1/(1+exp(-x))).
 Threads ``*_cpu`` runs rows in parallel, ``*_serial`` (same arguments) in the calling thread.
-Bench   covered by the Dense layer in bench/bench_train.py.
+Bench   covered by the dense layers of the training step in bench/bench_train.py.
 """
 from __future__ import annotations
 

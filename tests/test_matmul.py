@@ -821,11 +821,12 @@ def test_tune_refuses_bad_arguments_and_an_unwritable_folder_before_sweeping(tmp
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (4, 64, 10), (128, 64, 10), (64, 64, 128), (63, 33, 65),
-                                     (130, 40, 33), (5, 1100, 3), (40, 600, 12)])
+                                     (130, 40, 33), (5, 1100, 3), (40, 600, 12), (301, 64, 299), (1000, 128, 10)])
 def test_weight_gradients_read_a_transposed_in_place(dtype, m, k, n, monkeypatch):
-    """A small a.T @ b + beta out (beta 0 or 1: a dense layer's weight gradient) goes to the
-    typed trans_a_into: full tiles, the last rows and columns, the narrow C computed
-    transposed, K past one run of SMALL_K; nothing else is called."""
+    """A small a.T @ b + beta out (beta 0 or 1: a dense layer's weight gradient), or one with
+    K <= DIRECT_T_K and M*N <= DIRECT_T_MN in one thread, goes to the typed trans_a_into:
+    full tiles, the last rows and columns, the narrow C computed transposed, K past one run
+    of SMALL_K; nothing else is called."""
     rng = np.random.default_rng(m * k * n)
     a, b = operands(rng, m, k, n, dtype, trans_a=True)
     fastnn.matmul(a[:1, :1].copy(), b[:1, :1].copy())                  # registers the dtype's entries
@@ -835,7 +836,7 @@ def test_weight_gradients_read_a_transposed_in_place(dtype, m, k, n, monkeypatch
         c0 = rng.standard_normal((m, n)).astype(dtype)
         out = c0.copy()
         out[0, 0] = np.nan if beta == 0 else out[0, 0]                 # beta 0 never reads out
-        assert fastnn.matmul(a, b, out, trans_a=True, beta=beta) is out
+        assert fastnn.matmul(a, b, out, trans_a=True, beta=beta, threads=1) is out
         check(out, matmul_ref(a, b, c0, trans_a=True, beta=beta), dtype, k)
 
 
@@ -851,6 +852,10 @@ def test_transposed_products_the_entry_declines_come_out_right(dtype):
         out = c0.copy()
         fastnn.matmul(x, b, out, trans_a=True, **kwargs)
         check(out, matmul_ref(a, b, c0, trans_a=True, **kwargs), dtype, 30)
+    a, b = operands(rng, 520, 64, 520, dtype, trans_a=True)          # M*N past DIRECT_T_MN: packed
+    ones = np.ones((520, 520), dtype)
+    out = fastnn.matmul(a, b, ones.copy(), trans_a=True, beta=1.0, threads=1)
+    check(out, matmul_ref(a, b, ones, trans_a=True, beta=1.0), dtype, 64)
     sq = rng.standard_normal((30, 30)).astype(dtype)
     want = sq.T @ sq + sq
     fastnn.matmul(sq, sq, sq, trans_a=True, beta=1.0)                   # out is an operand: a temporary

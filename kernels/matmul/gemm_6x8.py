@@ -18,7 +18,7 @@ from numba import get_thread_id, njit, prange, uint64
 
 from fastnn.kernels.activation import _act
 from fastnn.kernels.copy import copy_run
-from fastnn.kernels.matmul.blocks import DIRECT_MN, SMALL_K, SMALL_MNK
+from fastnn.kernels.matmul.blocks import DIRECT_MN, DIRECT_T_K, DIRECT_T_MN, SMALL_K, SMALL_MNK
 from fastnn.kernels.prefetch import prefetch
 from fastnn.kernels.transpose import transpose_block
 
@@ -303,12 +303,14 @@ def small_t_into(a, b, c, beta):
     a.T: NumPy's took 3.3 us of a 9 us 128x64x10 product); the last m % MT rows and n % NR
     columns go through zero-padded copies and a tile buffer. A narrow C (n <= NR/2, m >= NR)
     is computed transposed instead, on full-width tiles. K is summed in runs of at most
-    SMALL_K, as gemm_small sums it. False (nothing written) when the product is not small, a
-    shape differs, beta is another value or c overlaps an operand."""
+    SMALL_K, as gemm_small sums it. False (nothing written) when the product is neither small
+    nor of K <= DIRECT_T_K and M*N <= DIRECT_T_MN, a shape differs, beta is another value or c
+    overlaps an operand."""
     k, m = a.shape
     n = b.shape[1]
-    if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m * n * k == 0 or m * n * k > SMALL_MNK
-            or (beta != 0 and beta != 1) or _overlap(c, a) or _overlap(c, b)):
+    if (b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m * n * k == 0
+            or (m * n * k > SMALL_MNK and (k > DIRECT_T_K or m * n > DIRECT_T_MN)) or (beta != 0 and beta != 1)
+            or _overlap(c, a) or _overlap(c, b)):
         return False
     if beta == 0:
         c[:] = 0
