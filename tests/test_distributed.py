@@ -244,6 +244,18 @@ def test_nonfinite_gradient_on_one_rank_skips_the_step_everywhere(tmp_path):
         np.testing.assert_allclose(np.load(f"{out}.rank{k}.npy"), np.load(f"{ref}.rank0.npy"), rtol=0, atol=1e-12)
 
 
+def test_an_infinite_loss_on_one_rank_skips_or_raises_on_every_rank(tmp_path):
+    """fit makes the gradient of a non-finite loss NaN, so the summed gradient tells every rank:
+    all skip the same step, or all raise (none waits for the others in a collective)."""
+    out = tmp_path / "p.npy"
+    r = job(2, "fit", out, "opt=sgd_clip", "inf_loss_at=3", "samples=96", "batch=16", "epochs=1", timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert "rank 0 skipped 1 of 6" in r.stdout and "rank 1 skipped 1 of 6" in r.stdout, r.stdout
+    r = job(2, "fit", out, "inf_loss_at=3", "samples=96", "batch=16", "epochs=1", timeout=90)   # Adam: "raise"
+    assert r.returncode != 0
+    assert "fit: the loss is inf at step 3, expected a finite loss" in r.stderr, r.stderr
+
+
 def test_deterministic_mode_is_bitwise_reproducible(tmp_path):
     """Over MPI, deterministic=True gathers each bucket and adds it in rank order (Allgather,
     never Allreduce on the gradients): the same bits run to run."""
