@@ -144,11 +144,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # go to kernels/matmul/fast.py, whose Numba typing does the checks (dtypes, layouts,
         # flags): the only combination that reaches a kernel is three arrays of a's dtype,
         # whose entries are compiled with SLP (_FAST); Numba has no type for a byte-swapped or
-        # object array and raises TypingError before anything runs. A small a.T @ b (+ out),
-        # or one of K <= DIRECT_T_K in one thread, goes to trans_a_into (a read transposed in place;
-        # it declines a large M*N). With other options, small
-        # transposed operands are copied row-major and options_into (typed the same way, 7
-        # arguments) checks the rest.
+        # object array and raises TypingError before anything runs. A weight gradient a.T @ b
+        # (+ out) goes to trans_a_into (a read transposed in place) when small, or in one thread
+        # with K <= DIRECT_T_K and M*N <= DIRECT_T_MN. With other options, small transposed
+        # operands are copied row-major and options_into (typed the same way, 7 arguments) checks
+        # the rest.
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
         # (Float literals: Python's float == float is a specialized fast compare, float == int
         # is not. Each dtype read costs ~15 ns: the plain path reads a's only, ~0.1 us less.)

@@ -5,7 +5,8 @@ Math    plain_into(a, b, c) -> bool:  c = a @ b, True; or nothing written, False
         options_into(a, b, c, bias, alpha, beta, act) -> bool: c = act(alpha a @ b + beta c +
         bias), True; or nothing written, False
         trans_a_into(a, b, c, beta) -> bool: c = a.T @ b + beta c for beta 0 or 1 (a: K x M), the
-        dense layer's weight gradient, A read transposed in place; or nothing written, False
+        dense layer's weight gradient, A read transposed in place (small products, and those
+        of K <= DIRECT_T_K and M*N <= DIRECT_T_MN); or nothing written, False
         serial_into(a, b, c, bias, alpha, beta, act, mcb, kcb, ncb, ap, bp, tiles) -> bool: the
         same for products that are not small, through the packed serial driver (gemm_serial)
         with the caller's block table and buffers
@@ -117,9 +118,9 @@ def options_into(a, b, c, bias, alpha, beta, act):
 
 @njit(cache=True)
 def trans_a_into(a, b, c, beta):
-    """c = a.T @ b + beta c (beta 0 or 1) for small row-major a (K x M), b (K x N), c (M x N),
-    A read transposed in place; False (nothing written) otherwise (small_t_into's checks, and
-    the types above)."""
+    """c = a.T @ b + beta c (beta 0 or 1) for row-major a (K x M), b (K x N), c (M x N), small or
+    of K <= DIRECT_T_K and M*N <= DIRECT_T_MN, A read transposed in place; False (nothing
+    written) otherwise (small_t_into's checks, and the types above)."""
     return _trans_a(a, b, c, beta)
 
 
