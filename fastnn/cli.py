@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -70,11 +71,18 @@ def seconds_since_launch() -> float:
 _IMPORTED = time.perf_counter()
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to an option's help unless the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastnn", description="fastnn: compiled-kernel neural-network training")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a network on the digits set (or MNIST IDX files)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Defaults)
     t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a folder of MNIST IDX files")
     t.add_argument("--model", choices=MODELS, default="mlp")
     t.add_argument("--hidden", type=_POSITIVE, nargs="+", default=None,
@@ -106,12 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     sub.add_parser("info", help="print what this machine offers fastnn")
     tu = sub.add_parser("tune", help="sweep GEMM block sizes on this machine and store the best",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_Defaults)
     tu.add_argument("--n", type=int, default=1024, help="square product size timed per point")
     tu.add_argument("--repeats", type=int, default=3)
     tu.add_argument("--dry-run", action="store_true", help="print the winners, write nothing")
     co = sub.add_parser("compile", help="compile the kernels into Numba's cache ahead of time (e.g. before mpiexec)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_Defaults)
     co.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32", "float64"])
     co.add_argument("--jobs", type=_POSITIVE, default=None, help="worker processes (default: one per core)")
     be = sub.add_parser("bench", help="run a benchmark from bench/ (e.g. fastnn bench matmul --quick)")
@@ -223,7 +231,7 @@ def _train(args) -> int:
     dtype = np.dtype(args.dtype)
     try:
         x_train, x_test, y_train, y_test = _load(args.data, dtype)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:     # ImportError: the digits need fastnn[data]
         if rank == 0:
             print(f"fastnn train: --data {args.data}: {e}", file=sys.stderr)
         return 2
@@ -323,7 +331,9 @@ def _train(args) -> int:
         print(f"final train loss  {hist['loss'][-1]:.4f}")
     print(f"test accuracy     {100 * acc:.2f}% ({len(x_test)} samples)")
     if hist["steps"]:
-        print(f"samples/s         {hist['samples_per_s']:,.0f} ({hist['steps']} steps, {hist['skipped']} skipped)")
+        rate = (f"{hist['samples_per_s']:,.0f}" if math.isfinite(hist["samples_per_s"])
+                else "n/a (the first step, which loads the kernels, is not timed)")
+        print(f"samples/s         {rate} ({hist['steps']} steps, {hist['skipped']} skipped)")
     if os.path.exists(path):
         print(f"checkpoint        {os.path.abspath(path)}")
     return 0

@@ -35,7 +35,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     ``resume=True`` continues from it (same data position, RNG and optimizer state), giving
     the same trajectory as an uninterrupted run. ``on_step(step, loss)`` is called after each
     step. History: per-epoch mean ``loss``, ``steps``, ``skipped``, ``samples``, and ``seconds``
-    and ``samples_per_s`` measured after the first step (which loads or compiles the kernels).
+    and ``samples_per_s`` measured after the first step (which loads or compiles the kernels; NaN
+    for a run of one step).
 
     With a ``fastnn.distributed.DataParallel`` optimizer over several ranks, each rank takes its
     share of every global batch of ``batch_size``; only rank 0 shows progress and writes
@@ -162,7 +163,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         save(epochs, 0)
     history["seconds"] = time.perf_counter() - began if began is not None else 0.0
     counted = history["samples"] - warm_samples
-    rate = counted / history["seconds"] if history["seconds"] > 0 else 0.0
+    rate = counted / history["seconds"] if counted and history["seconds"] > 0 else math.nan    # one step: not timed
     if dp is not None:  # after join: ranks with fewer steps no longer train, so no step collective is pending
         *flat, rate = allreduce_mean([v for pair in sums for v in pair] + [rate], dp.timeout)
         sums, rate = list(zip(flat[::2], flat[1::2])), float(rate) * dp.size

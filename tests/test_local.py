@@ -417,6 +417,11 @@ def test_bad_input_is_a_clear_error():
         fnn.LocallyConnected2D(1, 1, 1, input_shape=(2, 2)).backward(np.zeros((1, 2, 2, 1), np.float32))
 
 
+def test_global_average_pool_of_empty_images_is_refused():
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2D input: expected at least one pixel .* got \(1, 0, 3, 2\)"):
+        fnn.GlobalAvgPool2D()(np.zeros((1, 0, 3, 2), np.float32))
+
+
 def test_parallel_kernels_match_serial():
     """The prange variants (chunks of positions / pixels / rows) give the serial results."""
     from fastnn.kernels.local import conv2d, lc2d
@@ -453,6 +458,29 @@ def test_parallel_kernels_match_serial():
         outs.append((y, dw, dx))
     for a, c in zip(*outs):
         np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer, shape, dtype", [
+    (dict(in_channels=3, out_channels=8, kernel_size=5, stride=2), (19, 17, 31, 3), np.float32),
+    (dict(in_channels=16, out_channels=4, kernel_size=5, stride=2, padding="same"), (6, 10, 26, 16), np.float64),
+    (dict(in_channels=16, out_channels=16, kernel_size=5, padding="same"), (5, 13, 23, 16), np.float64)])
+def test_conv2d_results_do_not_depend_on_the_chunk_count(layer, shape, dtype, monkeypatch):
+    """Bit for bit at 1, 2 and 3 chunks (threads): chunks are cut at the register tile's rows,
+    so every output row is summed by the same tile code (they used to differ in the last bit)."""
+    import fastnn.layers.conv as conv
+
+    x = RNG(3).standard_normal(shape).astype(dtype)
+    results = []
+    for chunks in (1, 2, 3):
+        monkeypatch.setattr(conv, "threads_for", lambda work, c=chunks: c)
+        fnn.manual_seed(0)
+        net = fnn.Conv2D(**layer, dtype=dtype)
+        y = net(x)
+        dx = net.backward(np.cos(np.arange(y.size)).reshape(y.shape).astype(dtype))
+        results.append((y, dx, net.grads["weight"].copy()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_cli_trains_the_cnn_to_97_percent(tmp_path, capsys):

@@ -559,3 +559,22 @@ def test_a_malformed_checkpoint_loads_nothing(tmp_path, edit, match):
         fnn.checkpoint.load(path, target, opt2)
     np.testing.assert_array_equal(target.flat.data, before)
     assert opt2.param_groups[0]["lr"] == 0.1 and fnn.random.generator().bit_generator.state == rng
+
+
+def test_cli_without_scikit_learn_says_what_to_install(tmp_path, capsys, monkeypatch):
+    from fastnn.cli import main
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)          # fastnn[data] not installed
+    assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err == "fastnn train: --data digits: load_digits needs scikit-learn's bundled data: pip install " \
+                  "fastnn[data]\n"
+
+
+def test_a_one_step_run_reports_no_rate(tmp_path, capsys):
+    from fastnn.cli import main
+
+    assert main(["train", "--epochs", "1", "--batch-size", "4096", "--no-progress",
+                 "--checkpoint", str(tmp_path / "one.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "samples/s         n/a (the first step, which loads the kernels, is not timed) (1 steps, 0 skipped)" in out

@@ -100,6 +100,8 @@ class GlobalAvgPool2D(Module):
         check_array(x, "GlobalAvgPool2D input")
         if x.ndim != 4:
             raise ValueError(f"GlobalAvgPool2D input: expected NHWC shape (N, H, W, C), got {x.shape}")
+        if x.shape[1] * x.shape[2] == 0:
+            raise ValueError(f"GlobalAvgPool2D input: expected at least one pixel (H, W >= 1), got {x.shape}")
         self._shape, self._dtype = x.shape, x.dtype
         return x.mean(axis=(1, 2))
 

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from ..activation import _act
-from .gemm import gemm_nt, gemm_tn_acc
+from .gemm import MR as GEMM_MR, gemm_nt, gemm_tn_acc
 from ..matmul.blocks import MT
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from .threads import run_chunks
@@ -341,7 +341,7 @@ def conv2d_forward_cpu(x, w, b, y, geo, act, groups, n_chunks):
         compile_with_slp(_forward_tiled, (*args, 0, 0))
         run_chunks(_forward_tiled, args, y.size // y.shape[3], n_chunks)
     else:
-        run_chunks(_forward_packed, (x, w, b, y, geo, act, groups), y.size // y.shape[3], n_chunks)
+        run_chunks(_forward_packed, (x, w, b, y, geo, act, groups), y.size // y.shape[3], n_chunks, GEMM_MR)
 
 
 def conv2d_forward_serial(x, w, b, y, geo, act, groups, n_chunks=1):
@@ -375,7 +375,7 @@ def conv2d_weight_grad_serial(x, dy, dw, geo, groups, n_chunks=1):
 
 
 def conv2d_input_grad_cpu(dy, w, dx, geo, n_chunks):
-    run_chunks(_input_grad, (dy, w, dx.reshape(-1, dx.shape[3]), geo), dx.size // dx.shape[3], n_chunks)
+    run_chunks(_input_grad, (dy, w, dx.reshape(-1, dx.shape[3]), geo), dx.size // dx.shape[3], n_chunks, GEMM_MR)
 
 
 def conv2d_input_grad_serial(dy, w, dx, geo, n_chunks=1):

@@ -7,7 +7,8 @@ contiguous ranges and runs them on a small thread pool (the calling thread takes
 so the "_cpu" variant of a kernel needs no separate ``parallel=True`` compilation: a
 parfors wrapper took 3-8 s to compile per kernel and dtype here, this costs nothing, and
 the per-call overhead (~20-50 us) is small against these kernels' milliseconds. Results do
-not depend on the number of chunks: each item is computed by one thread, in one order.
+not depend on the number of chunks: each item is computed by one thread, in one order (for
+kernels whose register tiles span several items, the chunks are cut at tile bounds).
 """
 from __future__ import annotations
 
@@ -28,13 +29,15 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def run_chunks(body, args: tuple, total: int, n_chunks: int) -> None:
-    """body(*args, lo, hi) for n_chunks contiguous ranges covering [0, total)."""
-    n_chunks = max(1, min(int(n_chunks), int(total)))
+def run_chunks(body, args: tuple, total: int, n_chunks: int, align: int = 1) -> None:
+    """body(*args, lo, hi) for n_chunks contiguous ranges covering [0, total), every bound but
+    the last a multiple of ``align`` (a kernel's register tile of rows: each item then lands
+    in the same kind of tile at any chunk count, so its sum runs in the same order)."""
+    n_chunks = max(1, min(int(n_chunks), int(total) // max(align, 1)))
     if n_chunks == 1:
         body(*args, 0, total)
         return
-    bounds = [c * total // n_chunks for c in range(n_chunks + 1)]
+    bounds = [c * total // n_chunks // align * align for c in range(n_chunks)] + [total]
     futures = [_pool().submit(body, *args, bounds[c], bounds[c + 1]) for c in range(1, n_chunks)]
     body(*args, bounds[0], bounds[1])
     for f in futures:
