@@ -170,7 +170,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                     and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1)
                     and trans_a_into(a, b, out, beta)):          # X.T @ dY (+ C) in one thread: no copy of X.T
                 return out
-            if (trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK:     # M*K*N
+            if ((trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK     # M*K*N
+                    and a.shape[0 if trans_a else 1] == b.shape[1 if trans_b else 0]):   # else _matmul says why
                 a = np.ascontiguousarray(a.T) if trans_a else a
                 b = np.ascontiguousarray(b.T) if trans_b else b
                 trans_a = trans_b = False

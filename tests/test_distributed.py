@@ -322,6 +322,43 @@ def test_different_reduction_settings_fail_at_wrap_time(tmp_path):
     assert "'compression': None" in r.stderr and "'compression': 'fp16'" in r.stderr
 
 
+@pytest.mark.parametrize("mismatch, rank0, rank1", [
+    ("amsgrad", "'amsgrad': False}", "'amsgrad': True}"),
+    ("clip", "{'max_grad_norm': None}", "{'max_grad_norm': 1.0}"),
+    ("nonfinite", "{'nonfinite': 'raise'}", "{'nonfinite': 'skip'}")])
+def test_different_optimizer_options_fail_at_wrap_time(tmp_path, mismatch, rank0, rank1):
+    """amsgrad's extra state buffer, clipping's norm or the non-finite check on one rank only
+    would leave the other rank waiting in a collective: refused at wrap time, naming both values."""
+    r = job(2, "optimizer_mismatch", tmp_path / "p.npy", f"mismatch={mismatch}", timeout=60)
+    assert r.returncode != 0
+    assert "ranks [1] differ from rank 0: the optimizer has {" in r.stderr, r.stderr
+    assert f"{rank0} on rank 0 but {{" in r.stderr and f"{rank1} on rank 1" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("n,options", [(1, ()), (2, ()), (2, ("transport=mpi",))])
+def test_finished_steps_sum_is_not_added_to_or_reduced_again(tmp_path, n, options):
+    """After step() the buffer holds the ranks' sum: a backward or a second step() before
+    zero_grad() would not equal one process, so both are refused on every rank, nothing written,
+    and training goes on after model.zero_grad()."""
+    r = job(n, "stale", tmp_path / "p.npy", *options, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for rank in range(n):
+        for what in ("backward() after step()", "step() again"):
+            assert f"rank {rank}: DataParallel: {what} without zero_grad()" in r.stdout, r.stdout
+
+
+def test_exit_on_one_rank_under_mpi4py_runner_aborts_the_job_with_its_code(tmp_path):
+    """sys.exit(3) on rank 1 is no exception (no hook sees it): launched through
+    `python -m mpi4py`, as docs/distributed.md says, it aborts the job with code 3 at once instead
+    of rank 0 waiting for its 60 s watchdog."""
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    r = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(WORKER), "exit",
+                        str(tmp_path / "p.npy"), "steps=50", "timeout=60"],
+                       capture_output=True, text=True, timeout=50, env=env)
+    assert r.returncode == 3, r.stderr
+    assert "timed out" not in r.stderr
+
+
 def test_stuck_collective_aborts_naming_rank_and_step(tmp_path):
     r = job(2, "stall", tmp_path / "p.npy", "steps=50", "timeout=2", timeout=60)
     assert r.returncode != 0
@@ -443,6 +480,10 @@ def test_single_process_wrapper_forwards_writes_and_refuses_what_many_ranks_refu
     wrapped.step()
     assert np.abs(model.flat.data - before).max() <= 0.01 + 1e-12
     x = np.ones((4, 3))
+    with pytest.raises(RuntimeError, match="backward\\(\\) after step\\(\\) without zero_grad"):
+        model.backward(model(x))
+    assert (model.flat.grad == 10.0).all()            # refused before it wrote anything
+    wrapped.zero_grad()
     model.backward(model(x))
     with pytest.raises(RuntimeError, match="backward\\(\\) ran again before step\\(\\)"):
         model.backward(model(x))

@@ -207,6 +207,11 @@ def test_errors_name_what_was_expected():
     fastnn.matmul(f32, f32.T)              # compiles the small-product fast path: errors must pass it
     with pytest.raises(ValueError, match="inner dimensions"):
         fastnn.matmul(f32, f32)
+    for kw in ({"trans_a": True}, {"trans_b": True}, {"trans_a": True, "activation": "relu"}):
+        ok = fastnn.matmul(f32.T if "trans_a" in kw else f32, f32 if "trans_b" in kw else f32.T.copy(), **kw)
+        assert ok.shape == (3, 3)           # compiles the transposed entries first
+        with pytest.raises(ValueError, match=f"op\\(a\\) is .*trans_a={'trans_a' in kw}, trans_b={'trans_b' in kw}"):
+            fastnn.matmul(f32, np.ones((5, 6), np.float32), **kw)
     with pytest.raises(TypeError, match="float32 or two float64"):
         fastnn.matmul(f32, np.ones((4, 2)))
     with pytest.raises(TypeError, match="numpy.ndarray"):

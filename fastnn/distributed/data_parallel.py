@@ -65,7 +65,8 @@ class DataParallel:
       reduction is part of ``step()`` and the buckets are not used. None (default): on
       whenever the transport is "shm". After ``step()`` a sharded rank's ``model.flat.grad``
       holds the summed gradient in its share and zeros elsewhere (unsharded: the sum
-      everywhere), so write gradients only by backward, or zero them with ``model.zero_grad()``.
+      everywhere), so write gradients only by backward, or zero them with ``model.zero_grad()``;
+      a backward or another ``step()`` on that sum before zeroing it is refused (RuntimeError).
     timeout: seconds a collective may take before the job is aborted with the rank, bucket
       and step named (at least 120 s at wrap time and in the first step, while ranks still
       load or compile kernels at different speeds); None: no limit.
@@ -142,6 +143,7 @@ class DataParallel:
         self._sync_off = False
         self._launched = 0
         self._backward_ran = False                # a backward (outside no_sync) since the last step()
+        self._stale = False                       # the buffer holds a finished step's sum: zero_grad() first
         self._count = np.zeros(4, np.float64)     # see _set_count
         self._rows, self._taken = 0, 0            # samples and micro-batches since the last step
         self._m, self._pre, self._scale, self._unequal = 0.0, 1.0, 1.0, False
@@ -205,12 +207,14 @@ class DataParallel:
         if self._retired:
             raise RuntimeError("DataParallel: this wrapper was replaced by a newer DataParallel of the same model; "
                                "step the newer one")
+        self._check_fresh("step() again without zero_grad() since the last step")
         self._backward_ran = False
         self._rows += self.model.batch_rows or 1
         self._taken += 1
         if (self._micro + 1) % self.accumulate_steps:
             self._micro += 1
             return False
+        self._stale = True
         if self.size == 1:
             self._micro += 1
             self._rows, self._taken = 0, 0
@@ -223,12 +227,24 @@ class DataParallel:
         finally:       # also after an error (a non-finite gradient), so that zero_grad() clears the sum
             self._micro += 1
 
+    def _check_fresh(self, what: str) -> None:
+        """Refuse to add to or reduce a finished step's summed gradient (zeroed by this
+        zero_grad(), or by model.zero_grad(): then the buffer reads all zero)."""
+        if self._stale:
+            if self.model.flat.grad.any():
+                raise RuntimeError(f"DataParallel: {what}: the gradient buffer holds the ranks' summed gradient (a "
+                                   "sharded rank: its share of it), not this rank's, so adding to it or reducing it "
+                                   "again would not give what one process gives. Call zero_grad() after each step(); "
+                                   "to accumulate micro-batches use accumulate_steps=k or no_sync()")
+            self._stale = False
+
     def zero_grad(self) -> None:
         """Zero the gradients, except between the micro-batches of one accumulated step. After
         a sharded step only this rank's share is left to zero (the reduction zeroed the rest of
         the row as it read it), unless a backward has run since."""
         if self._micro % self.accumulate_steps:
             return
+        self._stale = False
         if self._rest_zero:
             lo, hi = self._own_share
             self.optimizer.grads[lo:hi] = 0
@@ -264,6 +280,7 @@ class DataParallel:
             if self.optimizer.step(grad_scale=1.0 / self._taken) and schedule is not None:
                 schedule.step()
             self.optimizer.zero_grad()
+            self._stale = False
             self._micro = (self._micro // self.accumulate_steps + 1) * self.accumulate_steps
             self._rows, self._taken = 0, 0
 
@@ -274,6 +291,7 @@ class DataParallel:
 
     def _on_grads_ready(self, offset: int) -> None:
         if offset >= self.model.flat.grad.size:     # a backward begins, before it writes anything
+            self._check_fresh("backward() after step() without zero_grad()")
             if self._backward_ran:
                 raise RuntimeError(
                     "DataParallel: backward() ran again before step(); the previous one's gradients are already "
@@ -462,6 +480,7 @@ class DataParallel:
         while True:
             if not pending:
                 self.model.flat.grad[...] = 0
+                self._stale = False
             stepped = self._synchronized_step(active=1.0 if pending else 0.0)
             if stepped is None:
                 return
@@ -481,7 +500,14 @@ class DataParallel:
 
     def _check_same_model(self) -> None:
         flat = self.model.flat
-        mine = {"dtype": str(flat.dtype), "optimizer": type(self.optimizer).__name__,
+        opt = self.optimizer
+        # the optimizer's hyperparameters come from rank 0 (_broadcast_state); what sets the
+        # collectives (state buffers broadcast, clipping's norm and the non-finite check) must agree
+        mine = {"dtype": str(flat.dtype),
+                "optimizer": {"type": type(opt).__name__,
+                              "state buffers": sorted(opt.state),
+                              **{o: opt.param_groups[0][o] for o in opt.global_options},
+                              "max_grad_norm": opt.max_grad_norm, "nonfinite": opt.nonfinite},
                 # what must agree for the collectives to match ("thread" and "none" both block)
                 "settings": {"nonblocking": self.overlap == "nonblocking",
                              "transport": self.transport, "shard_optimizer": self.shard_optimizer,
@@ -586,9 +612,13 @@ class _Worker:
 
 
 def _first_difference(ref: dict, other: dict, r: int) -> str:
-    for key, what in (("dtype", "the dtype is"), ("optimizer", "the optimizer is"),
+    for key, what in (("dtype", "the dtype is"), ("optimizer", "the optimizer has"),
                       ("settings", "the DataParallel settings are")):
         if ref[key] != other[key]:
+            if isinstance(ref[key], dict):      # only the entries that differ
+                keys = [k for k in {**ref[key], **other[key]} if ref[key].get(k) != other[key].get(k)]
+                return (f"{what} {{{', '.join(f'{k!r}: {ref[key].get(k)!r}' for k in keys)}}} on rank 0 but "
+                        f"{{{', '.join(f'{k!r}: {other[key].get(k)!r}' for k in keys)}}} on rank {r}")
             return f"{what} {ref[key]} on rank 0 but {other[key]} on rank {r}"
     for i, (a, b) in enumerate(zip(ref["params"], other["params"])):
         if a != b:

@@ -90,6 +90,9 @@ def main() -> None:
         biases = [n for n, _ in model.named_parameters() if n.endswith("bias")]
         inner = fnn.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3, max_grad_norm=0.5, nonfinite="skip",
                               param_groups=[{"params": biases, "weight_decay": 0.0}])
+    if CASE == "optimizer_mismatch" and rank == 1:  # options that change the collectives, on one rank
+        inner = fnn.optim.Adam(model, lr=1e-2, **{"amsgrad": {"amsgrad": True}, "clip": {"max_grad_norm": 1.0},
+                                                  "nonfinite": {"nonfinite": "skip"}}[OPT["mismatch"]])
     kw = dict(overlap=OPT.get("overlap", "thread"), bucket_cap_mb=float(OPT.get("cap_mb", 0.004)),
               first_bucket_mb=float(OPT.get("first_mb", 0.002)), compression=OPT.get("compression") or None,
               deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
@@ -110,6 +113,8 @@ def main() -> None:
             raise RuntimeError("deliberate failure on rank 1 at step 3")
         if CASE == "nan" and rank == int(OPT.get("nan_rank", 1)) and step == 3:
             model.flat.grad[model.flat.grad.size // 2] = np.nan  # the next step sees it (after zero_grad)
+        if CASE == "exit" and rank == 1 and step == 3:
+            sys.exit(3)
         if CASE == "stall" and rank == 1 and step == 3:
             time.sleep(600)
         if CASE == "kill":
@@ -135,6 +140,20 @@ def main() -> None:
         except RuntimeError as e:
             assert "replaced by a newer DataParallel" in str(e), e
         train(model, opt, x, y, 6, comm)
+    elif CASE == "stale":  # a finished step's summed gradient is neither added to nor reduced again
+        xb, yb = x[:16], y[:16]
+        model.backward(fnn.losses.softmax_cross_entropy(model(xb), yb)[1])
+        opt.step()
+        for what, call in (("backward", lambda: model.backward(fnn.losses.softmax_cross_entropy(model(xb), yb)[1])),
+                           ("step", opt.step)):
+            try:
+                call()
+                raise AssertionError(f"{what} after step() without zero_grad() was taken")
+            except RuntimeError as e:
+                assert f"{what}() " in str(e) and "without zero_grad()" in str(e), e
+                print(f"rank {rank}: {e}", flush=True)
+        model.zero_grad()  # the model's zero_grad serves as well as the optimizer's
+        train(model, opt, x, y, 3, comm)
     elif CASE == "nan_accumulate":  # a step that raised on a NaN gradient is over: zero_grad clears it
         for i, (xb, yb) in enumerate(fnn.data.batches(x, y, 16, seed=1, shard=comm)):
             if i == 12:
