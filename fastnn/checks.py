@@ -36,6 +36,14 @@ def check_flat(x: object, what: str) -> np.ndarray:
     return x
 
 
+def check_bool(value: object, what: str) -> bool:
+    """``value`` as a bool if it is one (Python's or NumPy's): a string such as "False" is
+    refused, not taken as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def check_int(value: object, what: str, minimum: int) -> int:
     """``value`` as an int if it is one (not a bool) and at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .checks import check_int
+from .checks import check_bool, check_int
 
 __all__ = [
     "BatchSizeSchedule", "batches", "train_test_split", "load_digits",
@@ -111,8 +111,8 @@ def batches(
     rank, size = _shard(shard)
     if fixed is not None:
         _check_per_rank(fixed, size, "batch_size")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return _iterate(x, y, order[start_sample:], fixed, schedule, drop_last, rank, size)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if check_bool(shuffle, "shuffle") else np.arange(n)
+    return _iterate(x, y, order[start_sample:], fixed, schedule, check_bool(drop_last, "drop_last"), rank, size)
 
 
 def _check_per_rank(batch: int, ranks: int, what: str) -> None:
@@ -180,7 +180,7 @@ def train_test_split(
     if n_test >= n:
         raise ValueError(f"test_fraction={test_fraction} of {n} samples leaves no training samples")
     rng = np.random.default_rng(seed)
-    if stratify:
+    if check_bool(stratify, "stratify"):
         if y.ndim != 1:
             raise ValueError(f"y: stratify=True expects 1-D class labels, got shape {y.shape}")
         _, label, counts = np.unique(y, return_inverse=True, return_counts=True)
@@ -314,9 +314,10 @@ def load_mnist(
     y (N,) int64 labels.
     """
     prefixes = {"train": "train", "test": "t10k"}
-    if split not in prefixes:
+    if not isinstance(split, str) or split not in prefixes:
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     dtype = _check_float_dtype(dtype)
+    flatten = check_bool(flatten, "flatten")
     images_path = _find(directory, f"{prefixes[split]}-images-idx3-ubyte")
     labels_path = _find(directory, f"{prefixes[split]}-labels-idx1-ubyte")
     images, labels = read_idx(images_path), read_idx(labels_path)

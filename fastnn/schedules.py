@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .checks import check_bool
+
 __all__ = ["Schedule", "Constant", "InverseTime", "Exponential", "Step", "Cosine", "Warmup",
            "Sequential", "Chain", "BatchSize"]
 
@@ -55,6 +57,18 @@ def _state(state: object, keys: tuple[str, ...], what: str) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{what}: expected keys {list(keys)}, missing {missing}")
     return state
+
+
+def _listed(values: object, what: str) -> list:
+    """``values`` (a list, tuple or other iterable) as a list; a clear TypeError for a scalar."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{what}: expected a list, got {type(values).__name__} {values!r}")
+    return list(values)
+
+
+def _check_optimizer(opt: object, who: str) -> None:
+    if not isinstance(getattr(opt, "param_groups", None), list):
+        raise TypeError(f"{who}: expected an optimizer (with param_groups), got {type(opt).__name__}")
 
 
 def _milestones(values: Sequence[int], name: str, why: str = "") -> list[int]:
@@ -108,9 +122,7 @@ class Schedule:
     """
 
     def __init__(self, opt: Any) -> None:
-        if not isinstance(getattr(opt, "param_groups", None), list):
-            raise TypeError(f"{type(self).__name__}: expected an optimizer (with param_groups), got "
-                            f"{type(opt).__name__}")
+        _check_optimizer(opt, type(self).__name__)
         self.opt = opt
         self.t = 0
         self._owner: Schedule | None = None
@@ -131,15 +143,15 @@ class Schedule:
 
     def factor(self, t: int) -> float:
         """The multiplier of the base lr at step ``t`` (steps, not samples)."""
-        return self._affine(_int_at_least(t, "t", 0))[0]
+        return self._affine_at(_int_at_least(t, "t", 0))[0]
 
     def offset(self, t: int) -> float:
         """The absolute part of the lr at step ``t``: 0 except for Cosine's ``eta_min`` floor."""
-        return self._affine(_int_at_least(t, "t", 0))[1]
+        return self._affine_at(_int_at_least(t, "t", 0))[1]
 
     def lr_at(self, t: int, base_lr: float) -> float:
         """The lr at step ``t`` of a group whose base lr is ``base_lr``."""
-        f, o = self._affine(_int_at_least(t, "t", 0))
+        f, o = self._affine_at(_int_at_least(t, "t", 0))
         return f * base_lr + o
 
     @property
@@ -177,13 +189,17 @@ class Schedule:
         self._stepped_at = count
         return True
 
+    def _affine_at(self, t: int) -> tuple[float, float]:
+        """``_affine(t)``, an overflow named with the schedule and step."""
+        try:
+            return self._affine(t)
+        except OverflowError:
+            raise OverflowError(f"{self!r}: the lr factor overflows a float at step {t}") from None
+
     def _apply(self, t: int, base_lrs: Sequence[float] | None = None) -> None:
         """Move to step ``t`` (and ``base_lrs``, if given): every group's lr is computed
         before anything changes, so an lr that overflows leaves the schedule as it was."""
-        try:
-            f, o = self._affine(t)
-        except OverflowError:
-            raise OverflowError(f"{self!r}: the lr factor overflows a float at step {t}") from None
+        f, o = self._affine_at(t)
         groups = self.opt.param_groups
         if base_lrs is None:
             base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
@@ -255,7 +271,7 @@ class InverseTime(Schedule):
                  power: float = 1.0) -> None:
         self.decay_steps = _int_at_least(decay_steps, "decay_steps", 1)
         self.decay_rate = _real(decay_rate, "decay_rate", lambda v: v > 0, "> 0")
-        self.staircase = bool(staircase)
+        self.staircase = check_bool(staircase, "staircase")
         self.power = _real(power, "power", lambda v: v > 0, "> 0")
         super().__init__(opt)
 
@@ -384,7 +400,8 @@ class Sequential(Schedule):
     """
 
     def __init__(self, opt: Any, schedules: Sequence[Schedule], milestones: Sequence[int]) -> None:
-        schedules, milestones = list(schedules), list(milestones)
+        schedules = _listed(schedules, "Sequential: schedules")
+        milestones = _listed(milestones, "Sequential: milestones")
         if not schedules:
             raise ValueError("Sequential: expected at least one schedule, got none")
         if len(milestones) != len(schedules) - 1:
@@ -418,7 +435,7 @@ class Chain(Schedule):
     """
 
     def __init__(self, schedules: Sequence[Schedule]) -> None:
-        schedules = list(schedules)
+        schedules = _listed(schedules, "Chain: schedules")
         opt = schedules[0].opt if schedules and isinstance(schedules[0], Schedule) else None
         self.schedules = _adopt(self, schedules, opt)
         super().__init__(opt)
@@ -490,6 +507,8 @@ class BatchSize:
         if (scale_lr is None) != (opt is None):
             raise ValueError("BatchSize: scale_lr and opt go together; got "
                              f"scale_lr={scale_lr!r} and opt={'None' if opt is None else type(opt).__name__}")
+        if opt is not None:
+            _check_optimizer(opt, "BatchSize opt")
         self.scale_lr, self.opt = scale_lr, opt
         self._cap = self.max_batch if self.max_batch is not None else max(_UNCAPPED_BATCH, self.start)
         self._max_growths = self._growths_to_cap()

@@ -112,6 +112,8 @@ def test_schedule_has_counted_each_batch_inside_the_loop_body():
     ({"start_sample": -1}, ValueError, "start_sample: expected an int >= 0, got -1"),
     ({"seed": -1}, ValueError, "seed"),
     ({"epoch": 1.5}, TypeError, "epoch"),
+    ({"shuffle": "False"}, TypeError, "shuffle: expected True or False, got str 'False'"),
+    ({"drop_last": "False"}, TypeError, "drop_last: expected True or False, got str 'False'"),
 ])
 def test_bad_arguments_raise_at_call_time(kwargs, error, match):
     kwargs = {"x": np.zeros(5), **kwargs}
@@ -147,6 +149,7 @@ def test_split_is_disjoint_complete_stratified_and_seeded():
     ((np.zeros((5, 2)), np.zeros(5), None), TypeError, "test_fraction: .* got NoneType None"),
     ((np.zeros((5, 2)), np.zeros(5), True), TypeError, "test_fraction: .* got bool True"),
     ((np.zeros((5, 2)), None), TypeError, "expected a y array, got None"),
+    ((np.zeros((5, 2)), np.zeros(5), 0.2, 0, "no"), TypeError, "stratify: expected True or False, got str 'no'"),
 ])
 def test_train_test_split_rejects_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
@@ -299,6 +302,14 @@ def test_load_mnist_empty_set_is_a_clear_error(mnist_dir):
     write_idx(directory / "t10k-labels-idx1-ubyte", np.zeros(0, dtype=np.uint8))
     with pytest.raises(ValueError, match="t10k-images-idx3-ubyte: expected at least one image, got an empty"):
         load_mnist(directory, "test")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"split": ["train"]}, ValueError, r"split: expected 'train' or 'test', got \['train'\]"),
+    ({"flatten": "no"}, TypeError, "flatten: expected True or False, got str 'no'")])
+def test_load_mnist_bad_arguments_are_named(mnist_dir, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        load_mnist(mnist_dir[0], **kwargs)
 
 
 def test_load_mnist_wrong_kind_of_file_names_it(mnist_dir):

@@ -360,7 +360,7 @@ def test_summary_rows():
     (lambda m: fnn.LocallyConnected1D(1, 1, 3, input_length=8, stride=3, strides=2), ValueError,
      "LocallyConnected1D: got stride=3 and strides=2"),
     (lambda m: fnn.LocallyConnected2D(1, 1, 3, input_shape=(8, 8), tied_bias="no"), TypeError,
-     "LocallyConnected2D tied_bias: expected a bool, got str 'no'"),
+     "LocallyConnected2D tied_bias: expected True or False, got str 'no'"),
     (lambda m: fnn.Dropout("0.5"), TypeError, "Dropout: expected a number 0 <= p < 1, got str '0.5'"),
     (lambda m: fnn.Dropout(False), TypeError, "got bool False"),
     (lambda m: fnn.Dropout(np.array([0.2, 0.3])), TypeError, "got ndarray"),

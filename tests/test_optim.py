@@ -286,9 +286,11 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=True), "lr: expected a number >= 0, got bool True"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), eps="1e-8"), "eps: expected a number >= 0, got str"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), maximize="False"),
-     "expected maximize True or False, got str 'False'"),
-    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), amsgrad=1), "expected amsgrad True or False, got int 1"),
+     "maximize: expected True or False, got str 'False'"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), amsgrad=1), "amsgrad: expected True or False, got int 1"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas="ab"),
+     r"expected betas a pair of numbers in \[0, 1\), got 'ab'"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas=("a", 0.9)),
      r"betas\[0\]: expected a number >= 0 and < 1, got str 'a'"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas=(0.9,)), "expected betas a pair of numbers"),
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), dampening="0.1"), "dampening: expected a number, got str"),
@@ -616,3 +618,46 @@ def test_load_state_dict_names_what_came_for_wrong_containers():
         opt.load_state_dict(state)
     with pytest.raises(TypeError, match="max_grad_norm .or None.: expected a number >= 0, got str 'a'"):
         fnn.optim.SGD((np.ones(2), np.ones(2)), max_grad_norm="a")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("param_groups", {"a": 1}, "expected param_groups a list of dicts, got {'a': 1}"),
+    ("param_groups", ["lr"], "expected param_groups a list of dicts"),
+    ("state", None, "expected state a dict of arrays, got NoneType"),
+    ("slots", [[1, 2]], r"expected slots a list of \[name, offset, size\], got \[\[1, 2\]\]"),
+    ("buffer_started", 5, "expected buffer_started a list of 2 True/False flags, got 5"),
+    ("buffer_started", "x", "expected buffer_started a list of 2 True/False flags, got 'x'"),
+    ("buffer_started", [1, 0], r"got \[1, 0\]")])
+def test_load_state_dict_checks_inner_containers(key, value, match):
+    """Malformed containers inside a state were raw AttributeErrors and TypeErrors (or, for
+    buffer_started "x", taken as True); now a ValueError naming the field, nothing changed."""
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9, param_groups=[{"params": ["0.bias"], "lr": 0.01}])
+    model.flat.grad[:] = 1.0
+    opt.step()
+    snapshot, state = opt.state_dict(), opt.state_dict()
+    state[key] = value
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(state)
+    assert opt.state_dict()["buffer_started"] == snapshot["buffer_started"] == [True, True]
+    np.testing.assert_array_equal(opt.state["momentum_buffer"], snapshot["state"]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: fnn.optim.SGD(p, momentum=None, nesterov=True), "momentum: expected a number >= 0, got NoneType None"),
+    (lambda p: fnn.optim.Adam(p, betas=0.9), r"expected betas a pair of numbers in \[0, 1\), got 0.9")])
+def test_constructors_check_types_before_comparing(make, match):
+    with pytest.raises(TypeError, match=match):
+        make((np.ones(3), np.ones(3)))
+
+
+def test_grad_scale_past_float32_is_refused_before_anything_changes():
+    """float32(1e39) is inf: the kernel wrote -inf and NaN (inf * 0) into p, under 'raise'."""
+    p, g = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    g[0] = 1e-3
+    opt = fnn.optim.Adam((p, g), lr=0.1)
+    with pytest.raises(ValueError, match=r"expected .grad_scale. <= 3.40282e\+38 \(the largest float32\), got 1e\+39"):
+        opt.step(grad_scale=1e39)
+    assert not p.any() and opt.step_count == 0 and not any(v.any() for v in opt.state.values())
+    assert opt.step(grad_scale=1e30)
+    assert np.isfinite(p).all()

@@ -301,6 +301,12 @@ BAD = [
     (lambda o: S.Chain([S.Constant(o), S.Constant(fnn_sgd())]), ValueError,
      r"schedules\[1\] \(Constant\(t=0\)\) wraps another optimizer"),
     (lambda o: S.Chain([S.Constant(o), "cosine"]), TypeError, r"schedules\[1\]: expected a Schedule, got str"),
+    (lambda o: S.InverseTime(o, 10, staircase="False"), TypeError, "staircase: expected True or False, got str 'False'"),
+    (lambda o: S.Sequential(o, [S.Constant(o), S.Constant(o)], 5), TypeError,
+     "Sequential: milestones: expected a list, got int 5"),
+    (lambda o: S.Chain(S.Constant(o)), TypeError, "Chain: schedules: expected a list, got Constant"),
+    (lambda o: S.Exponential(o, 2.0).lr_at(2000, 0.1), OverflowError,
+     r"Exponential\(gamma=2, t=0\): the lr factor overflows a float at step 2000"),
 ]
 
 
@@ -417,6 +423,8 @@ BAD_BATCH = [
      "scale_lr: expected None, 'linear' or 'sqrt', got 'cubic'"),
     (dict(start=8, every_samples=10, scale_lr="linear"), ValueError, "scale_lr and opt go together"),
     (dict(start=8, every_samples=10, opt="opt"), ValueError, "scale_lr and opt go together"),
+    (dict(start=8, every_samples=10, scale_lr="linear", opt=5), TypeError,
+     r"BatchSize opt: expected an optimizer \(with param_groups\), got int"),
 ]
 
 

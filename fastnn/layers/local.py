@@ -10,7 +10,7 @@ from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array, check_int
+from ..checks import check_array, check_bool, check_int
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
@@ -56,9 +56,7 @@ class LocallyConnected2D(Module):
                                        self.padding, a, name) for a in (0, 1))
         self.out_hw, self._pad = (oh, ow), (pt, pl)
         self.activation, self._act = activation, ACTIVATIONS[activation]
-        if not isinstance(tied_bias, (bool, np.bool_)):
-            raise TypeError(f"{name} tied_bias: expected a bool, got {type(tied_bias).__name__} {tied_bias!r}")
-        self.tied_bias = bool(tied_bias)
+        self.tied_bias = check_bool(tied_bias, f"{name} tied_bias")
         self.dtype = np.dtype(dtype)
         kh, kw = self.kernel_size
         k = kh * kw * self.in_channels

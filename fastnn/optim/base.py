@@ -17,7 +17,7 @@ from fastnn.kernels.chunks import make_chunks
 from fastnn.kernels.parallel import pick
 from fastnn.kernels.reduce import sumsq_cpu, sumsq_serial
 
-from ..checks import check_flat, check_real
+from ..checks import check_bool, check_flat, check_real
 from ..flat import aligned_zeros
 from ..module import Module
 
@@ -162,9 +162,8 @@ class Optimizer:
         for key in ("lr", "weight_decay"):
             check_real(group[key], f"{where}: {key}", 0.0)
         for key in ("maximize", "amsgrad", "nesterov"):
-            if key in group and not isinstance(group[key], (bool, np.bool_)):
-                raise TypeError(f"{where}: expected {key} True or False, got {type(group[key]).__name__} "
-                                f"{group[key]!r}")
+            if key in group:
+                check_bool(group[key], f"{where}: {key}")
 
     # -- stepping --------------------------------------------------------------------
     def step(self, grad_scale: float = 1.0) -> bool:
@@ -177,6 +176,9 @@ class Optimizer:
         if isinstance(grad_scale, (bool, np.bool_)) or not isinstance(grad_scale, numbers.Real) \
                 or not math.isfinite(grad_scale):
             raise ValueError(f"step: expected a finite number grad_scale, got {grad_scale!r}")
+        if abs(grad_scale) > float(np.finfo(self.params.dtype).max):     # the kernel's scalar would be inf
+            raise ValueError(f"step: expected |grad_scale| <= {np.finfo(self.params.dtype).max:g} (the largest "
+                             f"{self.params.dtype}), got {grad_scale!r}")
         scale = grad_scale
         new = self._new_state()
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
@@ -298,6 +300,15 @@ class Optimizer:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"optimizer state: expected {key} an int >= 0, got {type(v).__name__} {v!r}")
         step, skipped = int(state["step"]), int(state["skipped_steps"])
+        if not isinstance(state["param_groups"], (list, tuple)) or not all(isinstance(g, dict)
+                                                                            for g in state["param_groups"]):
+            raise ValueError(f"optimizer state: expected param_groups a list of dicts, got {state['param_groups']!r}")
+        if not isinstance(state["state"], dict):
+            raise ValueError(f"optimizer state: expected state a dict of arrays, got {type(state['state']).__name__}")
+        slots = state.get("slots", [])
+        if not isinstance(slots, (list, tuple)) or not all(isinstance(s, (list, tuple)) and len(s) == 3
+                                                           for s in slots):
+            raise ValueError(f"optimizer state: expected slots a list of [name, offset, size], got {slots!r:.200}")
         groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
                   for g in state["param_groups"]]
         if len(groups) != len(self.param_groups):

@@ -1,6 +1,8 @@
 """SGD with momentum (the lecture's form, torch.optim.SGD semantics), one fused kernel call."""
 from __future__ import annotations
 
+import numpy as np
+
 from fastnn.kernels.optim.sgd import sgd_hparams, sgd_step_cpu, sgd_step_serial
 from fastnn.kernels.parallel import pick
 
@@ -23,11 +25,11 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False, **options) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize), **options)
         if nesterov and (not momentum > 0 or dampening != 0):   # the defaults only, as torch: a group with
             raise ValueError(f"nesterov needs momentum > 0 and dampening = 0, "   # momentum 0 steps as plain SGD
                              f"got momentum={momentum}, dampening={dampening}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize), **options)
         #: per group: whether its part of the momentum buffer holds a value (torch: the buffer
         #: exists); a group's first step with momentum sets b = g
         self._buffer_started = [False] * len(self.param_groups)
@@ -63,7 +65,8 @@ class SGD(Optimizer):
         if started is None:      # a state without it: every group with momentum has stepped once it has a buffer
             started = [bool(state["step"]) and "momentum_buffer" in state["state"] and g["momentum"] > 0
                        for g in state["param_groups"]]
-        if len(started) != len(self.param_groups):
-            raise ValueError(f"optimizer state: expected {len(self.param_groups)} buffer_started flags, "
-                             f"got {len(started)}")
+        if (not isinstance(started, (list, tuple)) or len(started) != len(self.param_groups)
+                or not all(isinstance(s, (bool, np.bool_)) for s in started)):
+            raise ValueError(f"optimizer state: expected buffer_started a list of {len(self.param_groups)} "
+                             f"True/False flags, got {started!r}")
         self._buffer_started = [bool(s) for s in started]
