@@ -44,6 +44,16 @@ def check_bool(value: object, what: str) -> bool:
     return bool(value)
 
 
+def cast_in_range(v: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """Real-valued ``v`` cast to a model's ``dtype``; a ValueError where a finite value would
+    become +-inf (1e300 into float32) instead of NumPy's warning."""
+    with np.errstate(over="ignore"):
+        cast = v.astype(dtype, copy=False)
+    if cast is not v and (np.isfinite(v) & ~np.isfinite(cast)).any():
+        raise ValueError(f"{what}: values beyond the range of the model's {np.dtype(dtype)}")
+    return cast
+
+
 def check_int(value: object, what: str, minimum: int) -> int:
     """``value`` as an int if it is one (not a bool) and at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

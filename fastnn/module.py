@@ -11,6 +11,7 @@ from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from .checks import cast_in_range
 from .flat import FlatBuffer
 
 
@@ -83,11 +84,7 @@ class Module:
                 raise ValueError(f"load_state_dict: {n}: expected shape {own[n].shape}, got {v.shape}")
             if v.dtype.kind not in "iuf":
                 raise TypeError(f"load_state_dict: {n}: expected real numbers, got dtype {v.dtype}")
-            with np.errstate(over="ignore"):
-                cast = v.astype(own[n].dtype, copy=False)
-            if cast is not v and (np.isfinite(v) & ~np.isfinite(cast)).any():
-                raise ValueError(f"load_state_dict: {n}: values beyond the range of the model's {own[n].dtype}")
-            values[n] = cast
+            values[n] = cast_in_range(v, own[n].dtype, f"load_state_dict: {n}")
         for n, v in values.items():
             own[n][...] = v
         return StateKeys(missing, unexpected)

@@ -212,6 +212,16 @@ def test_an_empty_batch_goes_through(layer):
     assert layer.backward(np.ones(y.shape, np.float32)).shape == (0, 4)
 
 
+def test_dropout_backward_without_a_mask_still_checks_its_input():
+    """Before any forward, in eval mode or with p = 0 backward is the identity: it returned
+    whatever came, a string included."""
+    for d in (fnn.Dropout(0.5), fnn.Dropout(0.0)):
+        with pytest.raises(TypeError, match="Dropout output gradient: expected a numpy.ndarray, got str"):
+            d.backward("junk")
+        dy = np.ones((2, 3), np.float32)
+        assert d.backward(dy) is dy
+
+
 def test_summary_checks_that_the_shapes_fit():
     """As Keras does when it builds a model: a layer given the wrong per-sample input says so."""
     with pytest.raises(ValueError, match=r"Dense: expected a per-sample input of shape \(100,\), got \(256,\)"):
@@ -362,6 +372,9 @@ def test_summary_rows():
     (lambda m: fnn.LocallyConnected2D(1, 1, 3, input_shape=(8, 8), tied_bias="no"), TypeError,
      "LocallyConnected2D tied_bias: expected True or False, got str 'no'"),
     (lambda m: fnn.Dropout("0.5"), TypeError, "Dropout: expected a number 0 <= p < 1, got str '0.5'"),
+    (lambda m: fnn.Dense(3, 2, bias="no"), TypeError, "Dense bias: expected True or False, got str 'no'"),
+    (lambda m: fnn.Conv2D(1, 2, 3, bias="no"), TypeError, "Conv2D bias: expected True or False, got str 'no'"),
+    (lambda m: fnn.BlockDiagonalDense(4, 6, groups=2, bias=0), TypeError, "BlockDiagonalDense bias: .* got int 0"),
     (lambda m: fnn.Dropout(False), TypeError, "got bool False"),
     (lambda m: fnn.Dropout(np.array([0.2, 0.3])), TypeError, "got ndarray"),
     (lambda m: fnn.Concat(fnn.Conv2D(3, 4, 1), fnn.Conv2D(3, 4, 3)).output_shape((5, 5, 3)), ValueError,

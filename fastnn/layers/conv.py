@@ -9,7 +9,7 @@ from fastnn.kernels.local.conv2d import (conv2d_forward_cpu, conv2d_forward_seri
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array, check_int
+from ..checks import check_array, check_bool, check_int
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
@@ -51,7 +51,7 @@ class Conv2D(Module):
         bound = weight_bound(kh * kw * cg, self.out_channels // self.groups * kh * kw, activation)
         w = random.generator().uniform(-bound, bound, (kh, kw, cg, self.out_channels))
         values = {"weight": w.astype(self.dtype)}
-        if bias:
+        if check_bool(bias, f"{type(self).__name__} bias"):
             values["bias"] = np.zeros(self.out_channels, self.dtype)
         self._create_params(values)
         self._x = self._y = self._geo = None

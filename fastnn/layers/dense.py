@@ -7,7 +7,7 @@ from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array, check_int
+from ..checks import check_array, check_bool, check_int
 from ..gemm import matmul
 from ..module import Module
 from .activations import activation_grad
@@ -37,7 +37,7 @@ class Dense(Module):
         fan = 6.0 / in_features if activation == "relu" else 6.0 / (in_features + out_features)
         w = random.generator().uniform(-np.sqrt(fan), np.sqrt(fan), (in_features, out_features))
         values = {"weight": w.astype(self.dtype)}
-        if bias:
+        if check_bool(bias, f"{type(self).__name__} bias"):
             values["bias"] = np.zeros(out_features, self.dtype)
         self._create_params(values)
         self._x = self._y = None

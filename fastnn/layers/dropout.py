@@ -35,8 +35,8 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        if self._mask is None:
-            return dy
+        if self._mask is None:       # eval mode or p = 0: the identity, checked like any layer's input
+            return check_array(dy, "Dropout output gradient")
         check_array(dy, "Dropout output gradient", dtype=self._mask.dtype, shape=self._mask.shape)
         return dy * self._mask
 

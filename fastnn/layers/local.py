@@ -10,7 +10,7 @@ from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array, check_bool, check_int
+from ..checks import cast_in_range, check_array, check_bool, check_int
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
@@ -63,7 +63,7 @@ class LocallyConnected2D(Module):
         bound = weight_bound(k, self.out_channels, activation)
         values = {"weight": random.generator().uniform(-bound, bound, (oh, ow, kh, kw, self.in_channels,
                                                                         self.out_channels)).astype(self.dtype)}
-        if bias:
+        if check_bool(bias, f"{type(self).__name__} bias"):
             values["bias"] = np.zeros((self.out_channels,) if tied_bias else (oh, ow, self.out_channels), self.dtype)
         self._create_params(values)
         self._geo = geometry(self.stride, self._pad, self.dilation, self.kernel_size, self.out_hw, self.input_shape)
@@ -149,13 +149,13 @@ class LocallyConnected2D(Module):
         for what, w in zip(("kernel", "bias"), arrays):
             if w.dtype.kind not in "iuf":
                 raise TypeError(f"{where}: expected a real-valued {what}, got dtype {w.dtype}")
-        kernel = arrays[0]
+        kernel = cast_in_range(arrays[0], self.dtype, f"{where}: kernel")
         if kernel.shape != (P, K, O):
             raise ValueError(f"{where}: expected kernel shape {(P, K, O)} (Keras implementation=1 layout), "
                              f"got {kernel.shape}")
         b = None
         if want == 2:
-            b, shape = arrays[1], self._keras_bias_shape()
+            b, shape = cast_in_range(arrays[1], self.dtype, f"{where}: bias"), self._keras_bias_shape()
             if b.shape != shape:
                 raise ValueError(f"{where}: expected bias shape {shape} (Keras implementation=1 layout), "
                                  f"got {b.shape}")
