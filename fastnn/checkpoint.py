@@ -66,6 +66,8 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         raise ValueError(f"{path}: not a complete fastnn checkpoint: expected {[*keys, 'params']}, got "
                          f"{sorted(meta)} and arrays {sorted(arrays)}")
     _check_model(path, meta["model"], _signature(model))
+    if isinstance(meta["step"], bool) or not isinstance(meta["step"], int) or meta["step"] < 0:
+        raise ValueError(f"{path}: expected step an int >= 0, got {meta['step']!r}")
     if optimizer is not None and meta["optimizer"] is None:
         raise ValueError(f"{path}: holds no optimizer state, but an optimizer was given")
     if schedule is not None and meta["schedule"] is None:
@@ -73,6 +75,10 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     rngs = dict(model.rngs())
     if set(rngs) != set(meta["rng"]):
         raise ValueError(f"{path}: random generators {sorted(meta['rng'])}, model has {sorted(rngs)}")
+    params = arrays["params"]
+    if params.shape != model.flat.data.shape or params.dtype != model.flat.data.dtype:
+        raise ValueError(f"{path}: expected params of {model.flat.data.dtype}{model.flat.data.shape} (this model's "
+                         f"flat buffer), got {params.dtype}{params.shape}")
     if check_extra is not None:
         check_extra(meta["extra"])
 
@@ -89,7 +95,7 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
             schedule.load_state_dict(meta["schedule"])
         for name, g in rngs.items():
             g.bit_generator.state = meta["rng"][name]
-        model.flat.data[...] = arrays["params"]
+        model.flat.data[...] = params
     except Exception as e:
         model.flat.data[...] = before[0]
         if optimizer is not None:

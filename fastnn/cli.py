@@ -223,6 +223,12 @@ def _train(args) -> int:
 
     comm = fnn.distributed.init(threads_per_rank=args.threads) if fnn.distributed.launched_under_mpi() else None
     rank = fnn.distributed.rank()
+    ranks = fnn.distributed.size()
+    if args.batch_size < ranks:      # every rank stops alike, before any work
+        if rank == 0:
+            print(f"fastnn train: error: argument --batch-size: expected at least one sample per rank ({ranks} "
+                  f"ranks), got {args.batch_size}", file=sys.stderr)
+        return 2
     if args.threads and comm is None:
         import numba
 

@@ -39,9 +39,11 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     for a run of one step).
 
     With a ``fastnn.distributed.DataParallel`` optimizer over several ranks, each rank takes its
-    share of every global batch of ``batch_size``; only rank 0 shows progress and writes
-    checkpoints (every rank reads it on resume, so its path must be visible to all); losses
-    and samples/s are over all ranks.
+    share of every global batch of ``batch_size`` (an epoch's last batch with fewer samples than
+    ranks is dropped, so such an epoch has one step fewer than in one process); only rank 0
+    shows progress and writes checkpoints (every rank reads it on resume, so its path must be
+    visible to all); losses and samples/s are over all ranks. With ``accumulate_steps`` > 1,
+    a checkpoint that falls due between the micro-batches of a step is written at its end.
     """
     from .distributed import DataParallel, allreduce_mean, runtime
 
@@ -72,7 +74,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         own = _rng_states(model)
         try:
             info = ckpt.load(checkpoint, model, optimizer, schedule,
-                             check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size, seed))
+                             check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size, seed, len(x)))
         except ValueError as e:
             raise ckpt.ResumeError(f"cannot resume from {checkpoint}: {e}") from e
         extra = info["extra"]
@@ -109,6 +111,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     sums: list[tuple[float, float]] = []  # (loss sum, steps) per epoch, this rank's
     model.train()
     began, warm_samples = None, 0
+    due = False             # a checkpoint is due
+    pending = (0.0, 0)      # loss sum and micro-batches of the accumulated step under way
     steps_left = None
     if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
         per_epoch = -(-len(x) // batch_size)
@@ -137,12 +141,19 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                         raise
                     raise FloatingPointError(f"fit: the loss is {value} at step {step + 1}, expected a finite loss "
                                              f"(the step's {e})") from None
-                if stepped:  # with ranks, each adds its share of the global batch's mean loss
-                    total, count = total + (value * len(xb) * dp.size / taken if dp is not None else value), count + 1
+                # the losses of a step's micro-batches count once it is taken, not when it is skipped;
+                # with ranks, each adds its share of the global batch's mean loss
+                pending = (pending[0] + (value * len(xb) * dp.size / taken if dp is not None else value),
+                           pending[1] + 1)
+                accumulating = getattr(optimizer, "accumulating", False)     # a micro-batch was counted
+                if stepped:
+                    total, count = total + pending[0], count + pending[1]
                     if schedule is not None:
                         schedule.step()
-                elif optimizer.last_step_skipped:  # not a micro-batch of an accumulated step
-                    history["skipped"] += 1
+                if not accumulating:
+                    if not stepped and optimizer.last_step_skipped:
+                        history["skipped"] += 1
+                    pending = (0.0, 0)
                 optimizer.zero_grad()
                 step, sample = step + 1, sample + taken
                 history["steps"] += 1
@@ -154,18 +165,25 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 if count and math.isfinite(value):
                     bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
                 bar.update()
-                if checkpoint_every and step % checkpoint_every == 0:
+                # a checkpoint due between the micro-batches of an accumulated step waits for its
+                # end: their summed gradient is not saved, so the state must not depend on it
+                due = due or bool(checkpoint_every and step % checkpoint_every == 0)
+                if due and not accumulating:
                     save(epoch, sample, (total, count))
+                    due = False
             sums.append((total, count))
             if epoch + 1 < epochs:
-                save(epoch + 1, 0)
+                due = True
+                if not getattr(optimizer, "accumulating", False):
+                    save(epoch + 1, 0)
+                    due = False
     if start_epoch < epochs:  # after join, which may have stepped on an unfinished accumulated step
         save(epochs, 0)
     history["seconds"] = time.perf_counter() - began if began is not None else 0.0
     counted = history["samples"] - warm_samples
     rate = counted / history["seconds"] if counted and history["seconds"] > 0 else math.nan    # one step: not timed
     if dp is not None:  # after join: ranks with fewer steps no longer train, so no step collective is pending
-        *flat, rate = allreduce_mean([v for pair in sums for v in pair] + [rate], dp.timeout)
+        *flat, rate = allreduce_mean([v for pair in sums for v in pair] + [rate], dp.timeout, comm=dp.comm)
         sums, rate = list(zip(flat[::2], flat[1::2])), float(rate) * dp.size
     history["loss"] = [total / count if count else float("nan") for total, count in sums]
     history["samples_per_s"] = rate
@@ -228,12 +246,18 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
     return total / len(x), correct / len(x) if labelled else float("nan")
 
 
-def _check_resume(path, extra: dict, batch_size, seed: int) -> None:
-    """Refuse a checkpoint ``fit`` cannot continue: not written by ``fit``, or written with
-    another data seed (its data position is in that seed's permutation) or batch-size schedule."""
+def _check_resume(path, extra: dict, batch_size, seed: int, n_samples: int) -> None:
+    """Refuse a checkpoint ``fit`` cannot continue: not written by ``fit``, a data position
+    outside this data set, or written with another data seed (its data position is in that
+    seed's permutation) or batch-size schedule."""
     if "epoch" not in extra or "sample" not in extra:
         raise ValueError(f"{path}: expected a checkpoint written by fit (with the data position), "
                          f"got extra keys {sorted(extra)}")
+    for key, top, want in (("epoch", math.inf, "an int >= 0"),
+                           ("sample", n_samples, f"an int in 0..{n_samples} (the samples in this data set)")):
+        v = extra[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= top:
+            raise ValueError(f"{path}: expected the data position's {key} {want}, got {v!r}")
     if extra.get("seed", seed) != seed:
         raise ValueError(f"{path}: saved by a run with seed={extra['seed']}, expected this run's seed={seed} (the "
                          "data position is a place in that seed's permutation)")

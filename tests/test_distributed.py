@@ -347,6 +347,24 @@ def test_finished_steps_sum_is_not_added_to_or_reduced_again(tmp_path, n, option
             assert f"rank {rank}: DataParallel: {what} without zero_grad()" in r.stdout, r.stdout
 
 
+def test_allreduce_mean_with_counts_that_differ_is_refused_on_every_rank(tmp_path):
+    """Rank 0 used to return while rank 1 waited for the 300 s watchdog."""
+    r = job(2, "metrics_mismatch", tmp_path / "p.npy", timeout=60)
+    assert r.returncode == 0, r.stderr
+    for rank, n in ((0, 1), (1, 2)):
+        assert f"rank {rank}: allreduce_mean: every rank must pass as many values; got {n} here" in r.stdout
+
+
+def test_fit_over_a_sub_communicator_reduces_its_metrics_there(tmp_path):
+    """Ranks 0-1 wrap with comm=Split(...), rank 2 trains alone: fit's metrics used COMM_WORLD
+    and the job hung until the watchdog. All three now end with the same epoch loss (two ranks
+    with the global batch equal one process)."""
+    r = job(3, "fit_subcomm", tmp_path / "p.npy", timeout=90)
+    assert r.returncode == 0, r.stderr
+    losses = [float(v) for v in re.findall(r"rank \d: loss ([\d.]+)", r.stdout)]
+    assert len(losses) == 3 and max(losses) - min(losses) < 1e-6, r.stdout
+
+
 def test_exit_on_one_rank_under_mpi4py_runner_aborts_the_job_with_its_code(tmp_path):
     """sys.exit(3) on rank 1 is no exception (no hook sees it): launched through
     `python -m mpi4py`, as docs/distributed.md says, it aborts the job with code 3 at once instead
@@ -441,7 +459,7 @@ def test_a_step_that_raised_on_a_nonfinite_gradient_is_over(tmp_path):
 
 def test_cli_usage_errors_print_once_under_mpiexec(tmp_path):
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    for argv in (["--batch-size", "0"], ["--grow-batch", "8"]):
+    for argv in (["--batch-size", "0"], ["--grow-batch", "8"], ["--batch-size", "1"]):     # 1: fewer than ranks
         r = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN / "fastnn"), "train", *argv], capture_output=True,
                            text=True, timeout=120, env=env, cwd=tmp_path)
         assert r.returncode == 2
@@ -508,9 +526,11 @@ def test_schedule_on_an_accumulating_wrapper_counts_optimizer_steps():
 
 
 @pytest.mark.parametrize("kw,error,match", [
-    ({"bucket_cap_mb": "25"}, TypeError, "bucket_cap_mb: expected a number of megabytes > 0, got str '25'"),
+    ({"bucket_cap_mb": "25"}, TypeError, "bucket_cap_mb: expected a finite number of megabytes > 0, got str '25'"),
+    ({"timeline": 5}, TypeError, "timeline: expected a file path or None, got int 5"),
+    ({"first_bucket_mb": float("inf")}, ValueError, "first_bucket_mb: expected a finite number of megabytes > 0, got inf"),
     ({"first_bucket_mb": None}, TypeError, "first_bucket_mb: .* got NoneType None"),
-    ({"bucket_cap_mb": 0}, ValueError, "bucket_cap_mb: expected a number of megabytes > 0, got 0"),
+    ({"bucket_cap_mb": 0}, ValueError, "bucket_cap_mb: expected a finite number of megabytes > 0, got 0"),
     ({"timeout": "10"}, TypeError, "DataParallel timeout: expected a number of seconds > 0 or None, got str '10'"),
     ({"comm": "world"}, TypeError, "comm: expected an MPI communicator"),
     ({"deterministic": "no"}, TypeError, "deterministic: expected a bool, got str 'no'"),

@@ -578,3 +578,85 @@ def test_a_one_step_run_reports_no_rate(tmp_path, capsys):
                  "--checkpoint", str(tmp_path / "one.npz")]) == 0
     out = capsys.readouterr().out
     assert "samples/s         n/a (the first step, which loads the kernels, is not timed) (1 steps, 0 skipped)" in out
+
+
+def _accumulating_run(path, *, stop=None, resume=False, every=3, batch=8, nan_at=None):
+    """Two epochs of 45 samples, 2 micro-batches per step, on a one-process DataParallel."""
+    x, y = np.random.default_rng(1).standard_normal((45, 5)), np.random.default_rng(2).integers(0, 3, 45)
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(5, 16, activation="relu", dtype=np.float64), fnn.Dense(16, 3, dtype=np.float64))
+    opt = fnn.distributed.DataParallel(model, fnn.optim.Adam(model, lr=0.05, nonfinite="skip"), accumulate_steps=2)
+    losses = []
+
+    def on_step(step, loss):
+        losses.append(loss)
+        if step == stop:
+            raise KeyboardInterrupt
+
+    def loss(out, yb):
+        value, d = fnn.losses.softmax_cross_entropy(out, yb)
+        if len(losses) + 1 == nan_at:
+            d[0, 0] = np.nan
+        return value, d
+    try:
+        hist = fnn.train.fit(model, opt, x, y, epochs=2, batch_size=batch, progress=False, checkpoint=path,
+                             checkpoint_every=every, resume=resume, on_step=on_step, loss=loss)
+    except KeyboardInterrupt:
+        hist = None
+    return model.flat.data.copy(), opt, hist, losses
+
+
+@pytest.mark.parametrize("every, batch, stop", [(3, 8, 4), (None, 7, 8), (3, 8, 9)])
+def test_resume_with_accumulated_steps_equals_uninterrupted(tmp_path, every, batch, stop):
+    """A checkpoint due between the micro-batches of an accumulated step (every 3 micro-batches
+    with 2 per step; an epoch of 7 batches) lacked their summed gradient: the resumed run
+    differed by 0.11, or took 10 optimizer steps instead of 11. It now waits for the step's end."""
+    full, full_opt, _, _ = _accumulating_run(tmp_path / "a.npz", every=every, batch=batch)
+    _accumulating_run(tmp_path / "b.npz", stop=stop, every=every, batch=batch)
+    resumed, resumed_opt, _, _ = _accumulating_run(tmp_path / "b.npz", resume=True, every=every, batch=batch)
+    np.testing.assert_array_equal(resumed, full)
+    assert resumed_opt.step_count == full_opt.step_count
+
+
+def test_history_with_accumulated_steps_counts_every_micro_batch(tmp_path):
+    """The epoch's loss averaged only each step's last micro-batch, and a skipped step's next
+    micro-batch was counted as skipped too. Now every micro-batch of a taken step counts, and
+    the skipped step's (the first two, a NaN gradient in the first) count as one skip."""
+    _, opt, hist, losses = _accumulating_run(None, every=None, nan_at=1)
+    assert opt.skipped_steps == 1 and hist["skipped"] == 1
+    per_epoch = -(-45 // 8)          # 6: three whole steps an epoch
+    np.testing.assert_allclose(hist["loss"], [np.mean(losses[2:per_epoch]), np.mean(losses[per_epoch:])],
+                               rtol=1e-12)
+
+
+def test_checkpoint_with_params_of_another_size_is_refused(tmp_path):
+    model = fnn.Sequential(fnn.Dense(5, 8, activation="relu"), fnn.Dense(8, 3))
+    opt = fnn.optim.Adam(model, lr=0.01)
+    fnn.checkpoint.save(tmp_path / "c.npz", model, opt)
+    saved = dict(np.load(tmp_path / "c.npz"))
+    before = model.flat.data.copy()
+    for params in (saved["params"][:1], saved["params"].astype(np.int64)):      # was broadcast / cast in
+        np.savez(tmp_path / "bad.npz", **{**saved, "params": params})
+        with pytest.raises(ValueError, match=r"expected params of float32\(\d+,\) .* got "):
+            fnn.checkpoint.load(tmp_path / "bad.npz", model, opt)
+        np.testing.assert_array_equal(model.flat.data, before)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("sample", 2000, r"expected the data position's sample an int in 0..45 \(the samples in this data set\), got 2000"),
+    ("epoch", "x", "expected the data position's epoch an int >= 0, got 'x'")])
+def test_resume_from_a_position_outside_the_data_is_refused_before_loading(tmp_path, key, value, match):
+    _accumulating_run(tmp_path / "c.npz", every=None)
+    meta, arrays = fnn.checkpoint.read_meta(tmp_path / "c.npz"), dict(np.load(tmp_path / "c.npz"))
+    del arrays["meta"]
+    meta["extra"][key] = value
+    np.savez(tmp_path / "c.npz", meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    with pytest.raises(fnn.checkpoint.ResumeError, match=match):
+        _accumulating_run(tmp_path / "c.npz", every=None, resume=True)
+
+
+def test_allreduce_mean_refuses_what_is_not_numbers():
+    np.testing.assert_array_equal(fnn.distributed.allreduce_mean([1, 2.5]), [1.0, 2.5])
+    for bad in (None, "1.0", [[1.0], [2.0]]):
+        with pytest.raises(TypeError, match="allreduce_mean: expected a number or a 1-D sequence of numbers"):
+            fnn.distributed.allreduce_mean(bad)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import numbers
+import os
 import queue
 import threading
 import time
@@ -100,9 +102,10 @@ class DataParallel:
         accumulate_steps = check_int(accumulate_steps, "accumulate_steps", 1)
         for name, value in (("bucket_cap_mb", bucket_cap_mb), ("first_bucket_mb", first_bucket_mb)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name}: expected a number of megabytes > 0, got {type(value).__name__} {value!r}")
-            if not value > 0:
-                raise ValueError(f"{name}: expected a number of megabytes > 0, got {value}")
+                raise TypeError(f"{name}: expected a finite number of megabytes > 0, got {type(value).__name__} "
+                                f"{value!r}")
+            if not 0 < value < math.inf:
+                raise ValueError(f"{name}: expected a finite number of megabytes > 0, got {value}")
         for name, value, allowed in (("deterministic", deterministic, (bool, np.bool_)),
                                      ("shard_optimizer", shard_optimizer, (bool, np.bool_, type(None)))):
             if not isinstance(value, allowed):
@@ -112,6 +115,8 @@ class DataParallel:
             raise ValueError(f"deterministic=True adds full-precision buckets in rank order; compression rounds "
                              f"every partial sum to 16 bits: expected one of them, got compression={compression!r}")
         timeout = runtime.check_timeout(timeout, "DataParallel timeout")
+        if timeline is not None and not isinstance(timeline, (str, os.PathLike)) or timeline == "":
+            raise TypeError(f"timeline: expected a file path or None, got {type(timeline).__name__} {timeline!r}")
         if comm is not None and not (hasattr(comm, "Get_rank") and hasattr(comm, "Get_size")):
             raise TypeError(f"comm: expected an MPI communicator (e.g. MPI.COMM_WORLD) or None, got "
                             f"{type(comm).__name__} {comm!r}")

@@ -138,15 +138,26 @@ def barrier(timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         guarded("barrier", c.Barrier, timeout)
 
 
-def allreduce_mean(values, timeout: float | None = DEFAULT_TIMEOUT_S) -> np.ndarray:
-    """Mean over ranks of a float or array of floats (metrics); the value itself in one
-    process. Aborts the job if the reduction takes more than ``timeout`` s (None: no limit)."""
+def allreduce_mean(values, timeout: float | None = DEFAULT_TIMEOUT_S, *, comm=None) -> np.ndarray:
+    """Mean over the ranks of ``comm`` (default: the runtime's, ``init()``'s) of a number or a
+    1-D sequence of numbers (metrics), as a float64 array; the values themselves in one
+    process. Every rank must pass as many values (checked: a ValueError on every rank).
+    Aborts the job if a reduction takes more than ``timeout`` s (None: no limit)."""
     timeout = check_timeout(timeout, "allreduce_mean timeout")
-    buf = np.array(values, dtype=np.float64, ndmin=1)
-    c = _state["comm"]
+    given = np.asarray(values)
+    if given.dtype.kind not in "biuf" or given.ndim > 1:
+        raise TypeError(f"allreduce_mean: expected a number or a 1-D sequence of numbers, got "
+                        f"{type(values).__name__} {values!r:.100}")
+    buf = np.array(given, dtype=np.float64, ndmin=1)
+    c = _state["comm"] if comm is None else comm
     if c is not None and c.Get_size() > 1:
         from mpi4py import MPI
 
+        sizes = np.array([buf.size, -buf.size], np.int64)     # the largest and the smallest count
+        guarded("allreduce of the metrics' count", lambda: c.Allreduce(MPI.IN_PLACE, sizes, op=MPI.MAX), timeout)
+        if sizes[0] != -sizes[1]:
+            raise ValueError(f"allreduce_mean: every rank must pass as many values; got {buf.size} here, between "
+                             f"{-sizes[1]} and {sizes[0]} over the ranks")
         guarded("allreduce of metrics", lambda: c.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), timeout)
         buf /= c.Get_size()
     return buf

@@ -154,6 +154,20 @@ def main() -> None:
                 print(f"rank {rank}: {e}", flush=True)
         model.zero_grad()  # the model's zero_grad serves as well as the optimizer's
         train(model, opt, x, y, 3, comm)
+    elif CASE == "metrics_mismatch":  # a different number of values on each rank: refused on every rank
+        try:
+            fnn.distributed.allreduce_mean([1.0] * (rank + 1), timeout=30)
+            raise AssertionError("allreduce_mean took counts that differ between ranks")
+        except ValueError as e:
+            print(f"rank {rank}: {e}", flush=True)
+    elif CASE == "fit_subcomm":  # ranks 0-1 train over their own communicator, rank 2 alone
+        sub = comm.Split(int(rank < 2))
+        mine = build()
+        sub_opt = fnn.optim.SGD(mine, lr=0.1)
+        if rank < 2:
+            sub_opt = fnn.distributed.DataParallel(mine, sub_opt, comm=sub, timeout=30)
+        hist = fnn.train.fit(mine, sub_opt, x, y, epochs=1, batch_size=32, progress=False)
+        print(f"rank {rank}: loss {hist['loss'][0]:.6f}", flush=True)
     elif CASE == "nan_accumulate":  # a step that raised on a NaN gradient is over: zero_grad clears it
         for i, (xb, yb) in enumerate(fnn.data.batches(x, y, 16, seed=1, shard=comm)):
             if i == 12:
