@@ -141,10 +141,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         alpha, beta = _scalars(alpha, beta, "matmul")
     if type(a) is _ND and type(b) is _ND and a.dtype in _FAST:
         # Fast path for small products, where Python and dispatch are the cost. Plain products
-        # go to kernels/matmul/fast.py, whose Numba typing does the checks (dtypes, layouts,
-        # flags): the only combination that reaches a kernel is three arrays of a's dtype,
-        # whose entries are compiled with SLP (_FAST); Numba has no type for a byte-swapped or
-        # object array and raises TypingError before anything runs. A weight gradient a.T @ b
+        # go to kernels/matmul/fast.py, whose Numba typing checks layouts and shapes; b's and
+        # out's dtypes are checked here to be a's (`is`: a byte-swapped float64 is not it), since
+        # Numba's dispatch fingerprint ignores byte order: once an unaligned array has been typed,
+        # a byte-swapped one would reach a native kernel. Entries are compiled with SLP for the
+        # dtypes in _FAST. A weight gradient a.T @ b
         # (+ out) goes to trans_a_into (a read transposed in place) when small, or in one thread
         # with K <= DIRECT_T_K and M*N <= DIRECT_T_MN. With other options, small transposed
         # operands are copied row-major and options_into (typed the same way, 7 arguments) checks
@@ -152,13 +153,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
         # (Float literals: Python's float == float is a specialized fast compare, float == int
         # is not. Each dtype read costs ~15 ns: the plain path reads a's only, ~0.1 us less.)
-        if bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b:
+        if (bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b
+                and b.dtype is a.dtype):
             try:
                 if out is None:
                     c = np.empty((a.shape[0], b.shape[1]), a.dtype)
                     if plain_into(a, b, c):
                         return c
-                elif type(out) is _ND and plain_into(a, b, out):
+                elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
                     return out
             except (TypingError, IndexError):      # IndexError: a 1-D b
                 pass
@@ -167,7 +169,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                                     and bias.size))
               and (activation is None or type(activation) is str)):
             if (trans_a and not trans_b and bias is None and activation is None and alpha == 1.0 and type(out) is _ND
-                    and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1)
+                    and out.dtype is a.dtype and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1)
                     and trans_a_into(a, b, out, beta)):          # X.T @ dY (+ C) in one thread: no copy of X.T
                 return out
             if ((trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK     # M*K*N
@@ -236,7 +238,8 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
         if beta != 0:
             raise ValueError("matmul: beta != 0 needs an out array to accumulate into")
         out = np.empty((m, n), dt)
-    elif not isinstance(out, np.ndarray) or out.dtype.newbyteorder("=") != dt or out.shape != (m, n):
+    elif (not isinstance(out, np.ndarray) or isinstance(out, np.matrix) or out.dtype.newbyteorder("=") != dt
+          or out.shape != (m, n)):
         raise ValueError(f"matmul: out must be a {dt} array of shape ({m}, {n}), got "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     elif not out.flags.writeable:

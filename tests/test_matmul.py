@@ -865,3 +865,30 @@ def test_transposed_products_the_entry_declines_come_out_right(dtype):
     want = sq.T @ sq + sq
     fastnn.matmul(sq, sq, sq, trans_a=True, beta=1.0)                   # out is an operand: a temporary
     check(sq, want, dtype, 30)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_byte_swapped_b_or_out_after_an_unaligned_array_is_converted(dtype):
+    """Numba's dispatch fingerprint ignores byte order: once an unaligned out had been typed,
+    a big-endian out or b reached the native kernel (out[0, 0] = -1.2e+47; a trans_a out
+    raised a raw TypingError)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((8, 8)).astype(dtype), rng.random((8, 8)).astype(dtype)
+    size = np.dtype(dtype).itemsize
+    unaligned = np.zeros(64 * size + 1, np.uint8)[1:].view(dtype).reshape(8, 8)
+    fastnn.matmul(a, b, unaligned)
+    fastnn.matmul(a, b, unaligned, trans_a=True)
+    swapped = np.dtype(dtype).newbyteorder(">" if np.little_endian else "<")
+    want = a.astype(np.float64) @ b
+    for kw, bb, ref in (({}, b, want), ({"trans_a": True}, b, a.T.astype(np.float64) @ b)):
+        out = np.zeros((8, 8), swapped)
+        assert fastnn.matmul(a, bb, out, **kw) is out
+        check(out.astype(dtype), ref, dtype, 8)
+    check(fastnn.matmul(a, b.astype(swapped)), want, dtype, 8)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")      # np.matrix itself
+def test_matrix_out_is_refused_by_name():
+    f32 = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="matmul: out must be a float32 array of shape"):
+        fastnn.matmul(f32, f32.T.copy(), np.matrix(np.zeros((4, 4), np.float32)))

@@ -20,9 +20,10 @@ Why     At n <= 64 a product costs 1-7 us and Python's checks and Numba's dispat
         ~10-15 us of Python (operand views, overlap checks, block sizes, buffers).
         Here the checks are Numba's typing: each argument-type combination compiles once, to
         the kernel for the types above and to a constant False / None for any other (other
-        dtypes, layouts, ranks, read-only or unaligned arrays), which sends fastnn.matmul down
-        its general path (where errors are raised). The caller checks only that the operands
-        are ndarrays.
+        dtypes, layouts, ranks, read-only arrays), which sends fastnn.matmul down its general
+        path (where errors are raised). Numba 0.68 types an unaligned array as aligned (it is
+        computed in place, correctly on x86) and its dispatch fingerprint ignores byte order,
+        so the caller checks that the operands are ndarrays of one dtype object (`is`).
 SLP     The kernel must be compiled inside settings.slp_scope(); fastnn.matmul calls these
         only for dtypes it has compiled that way (gemm._FAST, gemm._SERIAL). The types it compiles there are
         the only ones that reach the kernel: any other compiles (outside the scope) to the
