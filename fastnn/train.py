@@ -145,7 +145,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 # with ranks, each adds its share of the global batch's mean loss
                 pending = (pending[0] + (value * len(xb) * dp.size / taken if dp is not None else value),
                            pending[1] + 1)
-                accumulating = getattr(optimizer, "accumulating", False)     # a micro-batch was counted
+                accumulating = getattr(optimizer, "accumulating", False)     # between a step's micro-batches
                 if stepped:
                     total, count = total + pending[0], count + pending[1]
                     if schedule is not None:
