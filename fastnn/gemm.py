@@ -169,7 +169,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                                     and bias.size))
               and (activation is None or type(activation) is str)):
             if (trans_a and not trans_b and bias is None and activation is None and alpha == 1.0 and type(out) is _ND
-                    and out.dtype is a.dtype and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1)
+                    and out.dtype is a.dtype
+                    and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1)
                     and trans_a_into(a, b, out, beta)):          # X.T @ dY (+ C) in one thread: no copy of X.T
                 return out
             if ((trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK     # M*K*N

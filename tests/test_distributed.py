@@ -528,7 +528,8 @@ def test_schedule_on_an_accumulating_wrapper_counts_optimizer_steps():
 @pytest.mark.parametrize("kw,error,match", [
     ({"bucket_cap_mb": "25"}, TypeError, "bucket_cap_mb: expected a finite number of megabytes > 0, got str '25'"),
     ({"timeline": 5}, TypeError, "timeline: expected a file path or None, got int 5"),
-    ({"first_bucket_mb": float("inf")}, ValueError, "first_bucket_mb: expected a finite number of megabytes > 0, got inf"),
+    ({"first_bucket_mb": float("inf")}, ValueError,
+     "first_bucket_mb: expected a finite number of megabytes > 0, got inf"),
     ({"first_bucket_mb": None}, TypeError, "first_bucket_mb: .* got NoneType None"),
     ({"bucket_cap_mb": 0}, ValueError, "bucket_cap_mb: expected a finite number of megabytes > 0, got 0"),
     ({"timeout": "10"}, TypeError, "DataParallel timeout: expected a number of seconds > 0 or None, got str '10'"),

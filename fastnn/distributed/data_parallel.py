@@ -115,7 +115,7 @@ class DataParallel:
             raise ValueError(f"deterministic=True adds full-precision buckets in rank order; compression rounds "
                              f"every partial sum to 16 bits: expected one of them, got compression={compression!r}")
         timeout = runtime.check_timeout(timeout, "DataParallel timeout")
-        if timeline is not None and not isinstance(timeline, (str, os.PathLike)) or timeline == "":
+        if timeline is not None and (not isinstance(timeline, (str, os.PathLike)) or timeline == ""):
             raise TypeError(f"timeline: expected a file path or None, got {type(timeline).__name__} {timeline!r}")
         if comm is not None and not (hasattr(comm, "Get_rank") and hasattr(comm, "Get_size")):
             raise TypeError(f"comm: expected an MPI communicator (e.g. MPI.COMM_WORLD) or None, got "
