@@ -8,12 +8,26 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def type_name(x: object) -> str:
+    """What came, for an error message: the type with its package where that is not Python's
+    or NumPy's (``cupy.ndarray``, not a bare ``ndarray``), and, for an array in CUDA device
+    memory (one with ``__cuda_array_interface__``), that fastnn runs on the host and how to
+    copy it there."""
+    t = type(x)
+    package = t.__module__.split(".")[0]
+    name = t.__qualname__ if package in ("builtins", "numpy") else f"{package}.{t.__qualname__}"
+    if hasattr(x, "__cuda_array_interface__"):
+        name += (" (an array in CUDA device memory; fastnn's kernels run on the CPU: copy it to the host "
+                 "first, e.g. cupy.asnumpy(x) or x.copy_to_host())")
+    return name
+
+
 def check_array(x: object, what: str, *, dtype: np.dtype | None = None,
                 shape: tuple[int | None, ...] | None = None) -> np.ndarray:
     """Return ``x`` if it is a NumPy array of ``dtype`` (float32/float64 when None) whose shape
     matches ``shape`` (None = any size on that axis); raise TypeError/ValueError otherwise."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{what}: expected a numpy.ndarray, got {type(x).__name__}")
+        raise TypeError(f"{what}: expected a numpy.ndarray, got {type_name(x)}")
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{what}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
     if dtype is None and x.dtype not in FLOAT_DTYPES:

@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numba.core.errors import TypingError
 
+from .checks import type_name
 from .flat import aligned_zeros
 from .kernels.affinity import keep_off
 from .kernels.activation import ACTIVATIONS
@@ -210,7 +211,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
     """fastnn.matmul's general path: every check, any layout (matmul keeps the fast paths in a
     small frame: a Python frame costs per local variable, ~80 ns a call with these here)."""
     if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
-        raise TypeError(f"matmul: expected numpy.ndarray operands, got {type(a).__name__} and {type(b).__name__}")
+        raise TypeError(f"matmul: expected numpy.ndarray operands, got {type_name(a)} and {type_name(b)}")
     a, b = _native(a), _native(b)
     dt = a.dtype
     if dt != b.dtype or dt.char not in "fd":
@@ -232,7 +233,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
         bias = _EMPTY[dt.char]
     elif not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (n,):
         raise ValueError(f"matmul: bias must be a {dt} array of shape ({n},), got "
-                         f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+                         f"{type_name(bias)} {getattr(bias, 'dtype', '')} {getattr(bias, 'shape', '')}")
     elif not bias.flags.c_contiguous or not bias.dtype.isnative:
         bias = np.ascontiguousarray(bias, dt)
     if out is None:
@@ -242,7 +243,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
     elif (not isinstance(out, np.ndarray) or isinstance(out, np.matrix) or out.dtype.newbyteorder("=") != dt
           or out.shape != (m, n)):
         raise ValueError(f"matmul: out must be a {dt} array of shape ({m}, {n}), got "
-                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+                         f"{type_name(out)} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}")
     elif not out.flags.writeable:
         raise ValueError("matmul: out is read-only")
     if m == 0 or n == 0:
@@ -362,7 +363,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     for name, x in (("a", a), ("b", b)):
         if not isinstance(x, np.ndarray) or isinstance(x, np.matrix) or x.ndim != 3:
             raise ValueError(f"batched_matmul: {name} must be a 3-D numpy array (groups, rows, cols), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
+                             f"{type_name(x)} {getattr(x, 'shape', '')}")
     if threads is not None:
         threads = _thread_count(threads, "batched_matmul")
     alpha, beta = _scalars(alpha, beta, "batched_matmul")
@@ -382,12 +383,12 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         out = np.empty((G, m, n), dt)
     elif not isinstance(out, np.ndarray) or out.dtype.newbyteorder("=") != dt or out.shape != (G, m, n):
         raise ValueError(f"batched_matmul: out must be a {dt} array of shape ({G}, {m}, {n}), got "
-                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+                         f"{type_name(out)} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}")
     elif not out.flags.writeable:
         raise ValueError("batched_matmul: out is read-only")
     if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (G, n)):
         raise ValueError(f"batched_matmul: bias must be a {dt} array of shape ({G}, {n}), got "
-                         f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+                         f"{type_name(bias)} {getattr(bias, 'dtype', '')} {getattr(bias, 'shape', '')}")
     act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
     if act < 0:
         raise ValueError(f"batched_matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")

@@ -11,7 +11,7 @@ from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
-from .checks import cast_in_range
+from .checks import cast_in_range, type_name
 from .flat import FlatBuffer
 
 
@@ -156,7 +156,7 @@ class Module:
                 continue
             old = getattr(flat, name)
             if not isinstance(new, np.ndarray):
-                raise TypeError(f"rehome {name}: expected a numpy.ndarray, got {type(new).__name__}")
+                raise TypeError(f"rehome {name}: expected a numpy.ndarray, got {type_name(new)}")
             if (new.shape != old.shape or new.dtype != old.dtype or not new.flags.c_contiguous
                     or not new.flags.writeable):
                 raise ValueError(f"rehome {name}: expected a contiguous, writeable {old.dtype}{old.shape} buffer, "

@@ -467,3 +467,31 @@ def test_model_load_state_dict_wants_a_mapping():
     model = fnn.Sequential(fnn.Dense(2, 2))
     with pytest.raises(TypeError, match="expected a mapping of parameter name to array, got list"):
         model.load_state_dict([1, 2])
+
+
+class _DeviceArray:
+    """Stands in for a CuPy array: a type named ``ndarray`` from another package, with
+    ``__cuda_array_interface__`` (the real CuPy check runs where a GPU is lent)."""
+    __module__ = "cupy._core.core"
+    __qualname__ = "ndarray"
+    shape, dtype = (4, 4), np.dtype(np.float32)
+    __cuda_array_interface__ = {"shape": (4, 4), "typestr": "<f4", "data": (0, False), "version": 3}
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: fnn.Dense(4, 2)(x),
+    lambda x: fnn.losses.softmax_cross_entropy(x, np.zeros(4, np.int64)),
+    lambda x: fnn.optim.SGD((x, x), lr=0.1),
+    lambda x: fnn.matmul(x, np.ones((4, 4), np.float32)),
+    lambda x: fnn.matmul(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32), out=x),
+    lambda x: fnn.batched_matmul(x, np.ones((1, 4, 4), np.float32)),
+    lambda x: fnn.Sequential(fnn.Dense(4, 2)).rehome(data=x),
+])
+def test_a_cuda_device_array_is_named_with_its_package_and_how_to_copy_it(call):
+    """A CuPy array came back as "expected a numpy.ndarray, got ndarray": the message named
+    neither the package nor the device (design: mixed host/device inputs are a clear error)."""
+    with pytest.raises((TypeError, ValueError), match=r"cupy\.ndarray \(an array in CUDA device memory.*asnumpy"):
+        call(_DeviceArray())
+    with pytest.raises((TypeError, ValueError)) as info:
+        call([[1.0] * 4] * 4)
+    assert "CUDA" not in str(info.value)
