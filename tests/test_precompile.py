@@ -14,7 +14,7 @@ import json, sys
 import numba
 from fastnn.precompile import _run
 _run((sys.argv[1], sys.argv[2]))
-stats = [(m.__name__ + "." + k, d.stats) for m in list(sys.modules.values()) if (m.__name__ or "").startswith("fastnn")
+stats = [(m.__name__ + "." + k, d.stats) for m in list(sys.modules.values()) if (getattr(m, "__name__", None) or "").startswith("fastnn")
          for k, d in vars(m).items() if isinstance(d, numba.core.dispatcher.Dispatcher)]
 print(json.dumps({"hits": sum(sum(s.cache_hits.values()) for _, s in stats),
                   "compiled": sorted({n for n, s in stats if s.cache_misses})}))
