@@ -11,8 +11,8 @@ from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
-from .checks import cast_in_range, type_name
-from .flat import FlatBuffer
+from .checks import cast_in_range, check_bool, type_name
+from .flat import FlatBuffer, aligned_zeros
 
 
 class StateKeys(NamedTuple):
@@ -79,7 +79,11 @@ class Module:
                            f"{missing[:5]} and {len(unexpected)} unexpected {unexpected[:5]}")
         values = {}
         for n in own.keys() & state.keys():
-            v = np.asarray(state[n])
+            try:
+                v = np.asarray(state[n])
+            except ValueError as e:         # a ragged nested list
+                raise ValueError(f"load_state_dict: {n}: expected real numbers of shape {own[n].shape}, got "
+                                 f"{type_name(state[n])} that is no array ({e})") from None
             if v.shape != own[n].shape:
                 raise ValueError(f"load_state_dict: {n}: expected shape {own[n].shape}, got {v.shape}")
             if v.dtype.kind not in "iuf":
@@ -136,9 +140,10 @@ class Module:
             return
         shapes = {f"{mp}.{n}": v.shape for mp, m in leaves for n, v in m.params.items()}
         flat = FlatBuffer(shapes, self.dtype)
-        for mp, m in leaves:
+        for mp, m in leaves:               # values and accumulated gradients move with the layer
             for n, v in m.params.items():
                 flat.view(f"{mp}.{n}")[...] = v
+                flat.grad_view(f"{mp}.{n}")[...] = m.grads[n]
             m._bind(flat, f"{mp}.")
         for _, m in list(self.modules())[1:]:
             m._flat = None
@@ -162,6 +167,9 @@ class Module:
                 raise ValueError(f"rehome {name}: expected a contiguous, writeable {old.dtype}{old.shape} buffer, "
                                  f"got {new.dtype}{new.shape} (contiguous={new.flags.c_contiguous}, "
                                  f"writeable={new.flags.writeable})")
+        if np.shares_memory(flat.data if data is None else data, flat.grad if grad is None else grad):
+            raise ValueError("rehome: expected the parameters and the gradient in separate memory, got "
+                             "overlapping buffers (backward would overwrite the weights)")
         moves = [(name, new) for name, new in (("data", data), ("grad", grad)) if new is not None]
         if copy:                  # every copy before anything moves
             for name, new in moves:
@@ -171,6 +179,16 @@ class Module:
         for prefix, m in self.modules():
             if m.params:
                 m._bind(flat, f"{prefix}." if prefix else "")
+
+    def __setstate__(self, state: dict) -> None:
+        """``copy.deepcopy`` and ``pickle``: the copy's parameters and gradients are again one
+        aligned buffer pair with every layer's ``params``/``grads`` views into it (copied one by
+        one, each view came back an array of its own: backward wrote where the optimizer did
+        not read, and the step went where the layers did not look)."""
+        self.__dict__.update(state)
+        if self._flat is not None and self._parent is None:      # a tree's root: its leaves are set by now
+            n, dtype = self._flat.data.size, self._flat.dtype
+            self.rehome(data=aligned_zeros(n, dtype), grad=aligned_zeros(n, dtype))
 
     def register_grad_ready_hook(self, hook) -> None:
         """Call ``hook(offset)`` during ``backward`` whenever every gradient at flat-buffer
@@ -199,6 +217,8 @@ class Module:
         raise NotImplementedError
 
     def train(self, mode: bool = True) -> "Module":
+        """Training mode (True: dropout drops) or evaluation mode (False), for every layer."""
+        mode = check_bool(mode, "train mode")
         for _, m in self.modules():
             m.training = mode
         return self
@@ -234,5 +254,8 @@ class Module:
         return [(mp, m.rng) for mp, m in self.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        """``Type()`` for a leaf; a container lists its children one per line, a nested
+        container's lines indented one level more (torch's form)."""
+        inner = "".join(f"\n  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self.children())
+        return f"{type(self).__name__}({inner}\n)" if inner else f"{type(self).__name__}()"
 

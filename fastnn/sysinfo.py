@@ -84,7 +84,8 @@ def mpi_status() -> str:
         return f"not usable ({type(e).__name__}: {e}); pip install fastnn[mpi]"
     beside = Path(sys.executable).parent / "mpiexec"
     launcher = shutil.which("mpiexec") or (str(beside) if beside.exists() else "no mpiexec found")
-    version = " ".join(MPI.Get_library_version().splitlines()[0].split())
+    text = MPI.Get_library_version().replace("\0", "")          # Open MPI ends it with a NUL byte
+    version = " ".join((text.splitlines() or ["unknown MPI"])[0].split())
     return f"{version}, mpiexec: {launcher}"
 
 

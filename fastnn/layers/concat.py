@@ -73,9 +73,3 @@ class Concat(Module):
         if print_fn is not None:
             print_fn(_format_rows(rows))
         return rows
-
-    def __repr__(self) -> str:
-        inner = "".join(f"\n  ({n}): {m!r}".replace("\n", "\n  ") for n, m in self.children())
-        return f"Concat({inner}\n)"
-
-

@@ -96,7 +96,7 @@ class Sequential(Module):
             if not hasattr(first, "in_features"):
                 raise ValueError("summary: the first layer does not fix the input shape; pass input_shape")
             input_shape = (first.in_features,)
-        rows, shape = [], tuple(input_shape)
+        rows, shape = [], tuple(int(d) for d in input_shape)
         for name, layer in self.children():
             macs = layer.macs(shape)
             shape = layer.output_shape(shape)
@@ -107,10 +107,6 @@ class Sequential(Module):
         if print_fn is not None:
             print_fn(_format_rows(rows))
         return rows
-
-    def __repr__(self) -> str:
-        inner = "".join(f"\n  ({n}): {m!r}" for n, m in self.children())
-        return f"Sequential({inner}\n)"
 
 
 def _format_rows(rows: list[dict]) -> str:

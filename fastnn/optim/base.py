@@ -17,7 +17,7 @@ from fastnn.kernels.chunks import make_chunks
 from fastnn.kernels.parallel import pick
 from fastnn.kernels.reduce import sumsq_cpu, sumsq_serial
 
-from ..checks import check_bool, check_flat, check_real
+from ..checks import check_bool, check_flat, check_real, type_name
 from ..flat import aligned_zeros
 from ..module import Module
 
@@ -370,11 +370,15 @@ def _resolve(params) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int, 
         flat = params.flat
         slots = [(s.name, s.start, s.stop_padded, s.size) for s in flat.slots.values()]
         return flat.data, flat.grad, slots
-    if isinstance(params, (tuple, list)) and len(params) == 2:
+    if isinstance(params, list):        # torch's habit: SGD([w, b]) took w's neighbour as its gradient
+        raise TypeError(f"expected a fastnn model or a (params, grads) tuple of flat arrays, got a list of "
+                        f"{len(params)} (a list of tensors, as torch.optim takes?): pass the model, and "
+                        "param_groups=[{'params': [...names or views...], ...}] to treat some tensors apart")
+    if isinstance(params, tuple) and len(params) == 2:
         p, g = check_flat(params[0], "params"), check_flat(params[1], "grads")
         if g.shape != p.shape or g.dtype != p.dtype:
             raise ValueError(f"grads: expected {p.dtype}{p.shape} like params, got {g.dtype}{g.shape}")
         if np.shares_memory(p, g):
             raise ValueError("params and grads: expected two separate buffers, got overlapping memory")
         return p, g, [("params", 0, p.size, p.size)]
-    raise TypeError(f"expected a fastnn model or a (params, grads) pair of flat arrays, got {type(params).__name__}")
+    raise TypeError(f"expected a fastnn model or a (params, grads) pair of flat arrays, got {type_name(params)}")

@@ -1,0 +1,125 @@
+"""Module semantics a PyTorch user relies on: copies, nesting, moving buffers, modes, repr."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.flat import ALIGN_BYTES
+
+
+def _model(dtype=np.float64):
+    return fnn.Sequential(fnn.Dense(3, 4, activation="relu", dtype=dtype), fnn.Dense(4, 2, dtype=dtype))
+
+
+def _train_step(model, opt, x):
+    y = model(x)
+    model.backward(fnn.losses.mean_squared_error(y, np.zeros_like(y))[1])
+    opt.step()
+    opt.zero_grad()
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_model_trains_like_the_original(how):
+    """Copied one by one, each parameter view came back an array of its own: the copy's
+    backward wrote where its optimizer did not read, and the step went where its layers did
+    not look, so it never trained (and a checkpoint loaded into it changed nothing)."""
+    original = _model()
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    _train_step(original, fnn.optim.SGD(original, lr=0.1), x)        # the copy starts mid-training
+    clone = copy.deepcopy(original) if how == "deepcopy" else pickle.loads(pickle.dumps(original))
+    flat = clone.flat
+    assert flat.data is not original.flat.data and flat.data.ctypes.data % ALIGN_BYTES == 0
+    for _, m in clone.modules():
+        for n, v in m.params.items():
+            assert np.shares_memory(v, flat.data) and np.shares_memory(m.grads[n], flat.grad)
+    opts = [fnn.optim.SGD(m, lr=0.1) for m in (original, clone)]
+    for _ in range(3):
+        for m, opt in zip((original, clone), opts):
+            _train_step(m, opt, x)
+    np.testing.assert_array_equal(clone.flat.data, original.flat.data)
+    np.testing.assert_array_equal(clone(x), original(x))
+
+
+def test_nesting_a_model_keeps_its_accumulated_gradients():
+    inner = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    inner(np.ones((2, 3)))
+    inner.backward(np.ones((2, 2)))
+    before = {n: g.copy() for n, g in inner.named_gradients()}
+    fnn.Sequential(inner, fnn.Dense(2, 1, dtype=np.float64))
+    for n, g in inner.named_gradients():
+        np.testing.assert_array_equal(g, before[n])
+    assert before["0.weight"].sum() == 12.0          # x.T @ dy: 2 in each of 3 x 2 entries
+
+
+@pytest.mark.parametrize("moves", ["same buffer", "grad onto data", "data onto grad"])
+def test_rehome_refuses_parameters_and_gradient_in_one_memory(moves):
+    m = _model()
+    before = m.flat.data.copy()
+    buf = np.zeros(m.flat.data.size)
+    kwargs = {"same buffer": {"data": buf, "grad": buf}, "grad onto data": {"grad": m.flat.data},
+              "data onto grad": {"data": m.flat.grad}}[moves]
+    with pytest.raises(ValueError, match="rehome: expected the parameters and the gradient in separate memory"):
+        m.rehome(**kwargs)
+    np.testing.assert_array_equal(m.flat.data, before)
+
+
+def test_train_mode_must_be_a_bool():
+    """A string "False" was stored as the mode and, being truthy, left dropout dropping."""
+    m = fnn.Sequential(fnn.Dropout(0.5, seed=0), fnn.Dense(8, 2))
+    with pytest.raises(TypeError, match="train mode: expected True or False, got str 'False'"):
+        m.train("False")
+    assert m.layers[0].training is True
+    m.train(np.bool_(False))
+    x = np.ones((1, 8), np.float32)
+    np.testing.assert_array_equal(m.layers[0](x), x)
+
+
+def test_load_state_dict_names_the_parameter_of_a_ragged_value():
+    m = fnn.Sequential(fnn.Dense(3, 2))
+    before = m.flat.data.copy()
+    with pytest.raises(ValueError, match=r"load_state_dict: 0.weight: expected real numbers of shape \(3, 2\)"):
+        m.load_state_dict({"0.weight": [[1, 2], [3], [5, 6]], "0.bias": [1, 2]})
+    np.testing.assert_array_equal(m.flat.data, before)
+
+
+def test_an_optimizer_refuses_a_torch_style_list_of_tensors():
+    """SGD([b0, b1]) took b1 for b0's gradient and moved b0 with every gradient zero."""
+    m = fnn.Sequential(fnn.Dense(3, 4), fnn.Dense(4, 4))
+    before = m.flat.data.copy()
+    with pytest.raises(TypeError, match=r"got a list of 2 \(a list of tensors, as torch.optim takes\?\): pass the model"):
+        fnn.optim.SGD([m.layers[0].params["bias"], m.layers[1].params["bias"]], lr=0.1)
+    np.testing.assert_array_equal(m.flat.data, before)
+
+
+def test_summary_prints_numpy_integer_shapes_as_ints():
+    rows = fnn.Sequential(fnn.ReLU(), fnn.Dense(4, 2)).summary(input_shape=(np.int64(4),), print_fn=None)
+    assert rows[0]["output_shape"] == (4,) and type(rows[0]["output_shape"][0]) is int
+
+
+def test_nested_containers_print_indented():
+    model = fnn.Sequential(fnn.Sequential(fnn.Dense(3, 4), fnn.ReLU()), fnn.Concat(fnn.Dense(4, 2), fnn.Dense(4, 1)))
+    assert repr(model).splitlines() == [
+        "Sequential(",
+        "  (0): Sequential(",
+        "    (0): Dense(3, 4, dtype=float32)",
+        "    (1): ReLU()",
+        "  )",
+        "  (1): Concat(",
+        "    (0): Dense(4, 2, dtype=float32)",
+        "    (1): Dense(4, 1, dtype=float32)",
+        "  )",
+        ")",
+    ]
+
+
+def test_info_drops_the_nul_byte_that_ends_open_mpis_version(monkeypatch):
+    """Open MPI's Get_library_version ends with a NUL byte, which `fastnn info` printed."""
+    mpi = pytest.importorskip("mpi4py.MPI")
+    from fastnn.sysinfo import mpi_status
+
+    monkeypatch.setattr(mpi, "Get_library_version", lambda: "Open MPI v4.1.6, package: Debian OpenMPI\0")
+    assert mpi_status().startswith("Open MPI v4.1.6, package: Debian OpenMPI, mpiexec: ")
