@@ -87,3 +87,15 @@ def check_real(value: object, what: str, minimum: float | None, below: float | N
     if value != value or (minimum is not None and not value >= minimum) or (below is not None and not value < below):
         raise ValueError(f"{what}: expected {expected}, got {value}")
     return value
+
+
+def check_activation(activation: object, what: str) -> int:
+    """The kernel code of ``activation``, one of fastnn.kernels.activation.ACTIVATIONS' names (None,
+    "linear", "relu", "tanh", "sigmoid"); anything else, unhashable values included, is a
+    ValueError naming ``what`` (the layer), the names accepted and what came."""
+    from fastnn.kernels.activation import ACTIVATIONS
+
+    if not (activation is None or isinstance(activation, str)) or activation not in ACTIVATIONS:
+        raise ValueError(f"{what}: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
+                         f"got {activation!r}")
+    return ACTIVATIONS[activation]

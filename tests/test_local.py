@@ -3,6 +3,8 @@ Concat. Each against the plain loops of tests/reference_local.py on awkward shap
 against finite differences (float64, tiny inputs), and the relations between the layers."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -507,3 +509,84 @@ def test_float32_average_over_a_large_window_keeps_float32_accuracy(layer):
     want = x.astype(np.float64).mean(axis=(1, 2)).reshape(-1)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-7)
+
+
+ACTIVATION_LAYERS = {
+    "Dense": lambda act: fnn.Dense(3, 4, activation=act),
+    "Conv2D": lambda act: fnn.Conv2D(3, 4, 3, activation=act),
+    "BlockDiagonalDense": lambda act: fnn.BlockDiagonalDense(4, 4, 2, activation=act),
+    "LocallyConnected1D": lambda act: fnn.LocallyConnected1D(1, 2, 3, input_length=8, activation=act),
+    "LocallyConnected2D": lambda act: fnn.LocallyConnected2D(1, 2, 3, input_shape=(5, 5), activation=act),
+}
+
+
+@pytest.mark.parametrize("bad", [["relu"], {"relu": 1}, "gelu", 1])
+@pytest.mark.parametrize("name", ACTIVATION_LAYERS)
+def test_a_bad_activation_unhashable_included_is_a_clear_error(name, bad):
+    msg = f"{name}: activation must be one of ['linear', 'relu', 'sigmoid', 'tanh'], got {bad!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
+        ACTIVATION_LAYERS[name](bad)
+    assert ACTIVATION_LAYERS[name]("relu").activation == "relu"
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: fnn.LocallyConnected2D(1, 2, 2, input_shape=(3, 3)), "(4, 4, 2)"),
+    (lambda: fnn.LocallyConnected1D(1, 2, 2, input_length=3), "(2, 2, 2)"),
+])
+def test_set_keras_weights_refuses_a_ragged_kernel_and_changes_nothing(layer, shape):
+    layer = layer()
+    _randomize(layer)
+    before = {n: p.copy() for n, p in layer.named_parameters()}
+    bias = layer.get_keras_weights()[1]
+    with pytest.raises(ValueError, match=re.escape(
+            f"{type(layer).__name__}.set_keras_weights: expected kernel shape {shape} (Keras implementation=1 "
+            "layout), got a ragged nested sequence")):
+        layer.set_keras_weights([[[1.0, 2.0], [3.0]], bias])
+    with pytest.raises(ValueError, match=re.escape(f"expected bias shape {bias.shape}") + ".*ragged"):
+        layer.set_keras_weights([layer.get_keras_weights()[0], [[1.0], [2.0, 3.0]]])
+    for n, p in layer.named_parameters():
+        np.testing.assert_array_equal(p, before[n], err_msg=n)
+
+
+@pytest.mark.parametrize("seed, error, got", [(-1, ValueError, "got -1"), ("a", TypeError, "got str 'a'"),
+                                              (1.5, TypeError, "got float 1.5"), (True, TypeError, "got bool True")])
+def test_dropout_seed_must_be_a_non_negative_int(seed, error, got):
+    with pytest.raises(error, match=re.escape(f"Dropout seed: expected an int >= 0, {got}")):
+        fnn.Dropout(0.5, seed=seed)
+    x = np.ones((4, 5), np.float32)
+    np.testing.assert_array_equal(fnn.Dropout(0.5, seed=np.int64(3))(x), fnn.Dropout(0.5, seed=3)(x))
+    fnn.manual_seed(0)
+    a = fnn.Dropout(0.5, seed=None)(x)
+    fnn.manual_seed(0)
+    np.testing.assert_array_equal(fnn.Dropout(0.5)(x), a)
+
+
+def test_stride_and_strides_that_mean_the_same_pair_are_accepted():
+    assert fnn.Conv2D(3, 4, 3, stride=2, strides=(2, 2)).stride == (2, 2)
+    assert fnn.Conv2D(3, 4, 3, stride=[1, 2], strides=(1, 2)).stride == (1, 2)
+    assert fnn.LocallyConnected2D(1, 1, 3, input_shape=(8, 8), stride=(2, 2), strides=2).stride == (2, 2)
+    with pytest.raises(ValueError, match=re.escape("Conv2D: got stride=2 and strides=(2, 1); give one of them")):
+        fnn.Conv2D(3, 4, 3, stride=2, strides=(2, 1))
+    with pytest.raises(ValueError, match="Conv2D strides: expected values >= 1"):
+        fnn.Conv2D(3, 4, 3, stride=2, strides=(2, 0))
+    with pytest.raises(TypeError, match=re.escape("LocallyConnected1D strides: expected an int, got (2, 2)")):
+        fnn.LocallyConnected1D(1, 1, 3, input_length=8, stride=2, strides=(2, 2))
+
+
+@pytest.mark.parametrize("cls", [fnn.MaxPool2D, fnn.AvgPool2D])
+def test_pooling_takes_keras_strides(cls):
+    x = RNG(0).standard_normal((2, 7, 6, 3)).astype(np.float32)
+    layer = cls(3, strides=(2, 1))
+    assert layer.stride == (2, 1) and cls(3, stride=2, strides=(2, 2)).stride == (2, 2)
+    assert cls(3).stride == (3, 3)
+    np.testing.assert_array_equal(layer(x), cls(3, stride=(2, 1))(x))
+    with pytest.raises(ValueError, match=re.escape(f"{cls.__name__}: got stride=2 and strides=1; give one of them")):
+        cls(3, stride=2, strides=1)
+    with pytest.raises(ValueError, match=f"{cls.__name__} stride"):
+        cls(2, strides=0)
+
+
+def test_lc1d_repr_names_its_activation_as_lc2d_does():
+    assert "activation='relu'" in repr(fnn.LocallyConnected1D(1, 2, 3, input_length=8, activation="relu"))
+    assert "activation='relu'" in repr(fnn.LocallyConnected2D(1, 2, 3, input_shape=(5, 5), activation="relu"))
+    assert "activation" not in repr(fnn.LocallyConnected1D(1, 2, 3, input_length=8))

@@ -17,12 +17,15 @@ def pair(value, what: str, *, minimum: int = 1) -> tuple[int, int]:
     return int(vals[0]), int(vals[1])
 
 
-def stride_arg(stride, strides, what: str):
-    """The stride given as ``stride`` (torch's name) or ``strides`` (Keras's), 1 when neither is;
-    both given and different is an error."""
-    if stride is not None and strides is not None and stride != strides:
-        raise ValueError(f"{what}: got stride={stride!r} and strides={strides!r}; give one of them")
-    return next((s for s in (stride, strides) if s is not None), 1)
+def stride_arg(stride, strides, what: str, default=1):
+    """The stride given as ``stride`` (torch's name) or ``strides`` (Keras's), ``default`` when
+    neither is. Both given is an error unless they mean the same pair (2 and (2, 2) do); each is
+    checked as an int or a pair of ints >= 1 then. Returns the value as given, for the caller's
+    own checks."""
+    if stride is not None and strides is not None:
+        if pair(stride, f"{what} stride") != pair(strides, f"{what} strides"):
+            raise ValueError(f"{what}: got stride={stride!r} and strides={strides!r}; give one of them")
+    return next((s for s in (stride, strides) if s is not None), default)
 
 
 def check_padding(padding, what: str):

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array, check_bool, check_int
+from ..checks import check_activation, check_array, check_bool, check_int
 from ..gemm import batched_matmul
 from ..module import Module
 from .activations import activation_grad
@@ -33,11 +32,9 @@ class BlockDiagonalDense(Module):
         if in_features % groups or out_features % groups:
             raise ValueError(f"BlockDiagonalDense: groups={groups} must divide in_features={in_features} and "
                              f"out_features={out_features}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"BlockDiagonalDense: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
-                             f"got {activation!r}")
+        act = check_activation(activation, "BlockDiagonalDense")
         self.in_features, self.out_features, self.groups = in_features, out_features, groups
-        self.activation, self._act = activation, ACTIVATIONS[activation]
+        self.activation, self._act = activation, act
         self.dtype = np.dtype(dtype)
         bi, bo = self.in_features // groups, self.out_features // groups
         fan = 6.0 / bi if activation == "relu" else 6.0 / (bi + bo)

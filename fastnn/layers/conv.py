@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.local.conv2d import (conv2d_forward_cpu, conv2d_forward_serial, conv2d_input_grad_cpu,
                                          conv2d_input_grad_serial, conv2d_weight_grad_cpu, conv2d_weight_grad_serial)
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array, check_bool, check_int
+from ..checks import check_activation, check_array, check_bool, check_int
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
@@ -36,15 +35,13 @@ class Conv2D(Module):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2D: groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Conv2D: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
-                             f"got {activation!r}")
+        act = check_activation(activation, "Conv2D")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
         self.dilation = pair(dilation, "Conv2D dilation")
         self.padding = check_padding(padding, "Conv2D")
-        self.activation, self._act = activation, ACTIVATIONS[activation]
+        self.activation, self._act = activation, act
         self.dtype = np.dtype(dtype)
         kh, kw = self.kernel_size
         cg = self.in_channels // self.groups

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_array, check_bool, check_int
+from ..checks import check_activation, check_array, check_bool, check_int
 from ..gemm import matmul
 from ..module import Module
 from .activations import activation_grad
@@ -28,11 +27,9 @@ class Dense(Module):
         super().__init__()
         in_features = check_int(in_features, "Dense in_features", 1)
         out_features = check_int(out_features, "Dense out_features", 1)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Dense: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
-                             f"got {activation!r}")
+        act = check_activation(activation, "Dense")
         self.in_features, self.out_features = in_features, out_features
-        self.activation, self._act = activation, ACTIVATIONS[activation]
+        self.activation, self._act = activation, act
         self.dtype = np.dtype(dtype)
         fan = 6.0 / in_features if activation == "relu" else 6.0 / (in_features + out_features)
         w = random.generator().uniform(-np.sqrt(fan), np.sqrt(fan), (in_features, out_features))

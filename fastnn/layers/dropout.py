@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from .. import random
-from ..checks import check_array
+from ..checks import check_array, check_int
 from ..module import Module
 
 
@@ -22,6 +22,8 @@ class Dropout(Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: expected 0 <= p < 1, got {p}")
         self.p = float(p)
+        if seed is not None:
+            seed = check_int(seed, "Dropout seed", 0)
         self.rng = np.random.default_rng(seed) if seed is not None else random.generator().spawn(1)[0]
         self._mask: np.ndarray | None = None
 

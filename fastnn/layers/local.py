@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.kernels.activation import ACTIVATIONS
 from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc2d_input_grad_cpu,
                                        lc2d_input_grad_serial, lc2d_weight_grad_cpu, lc2d_weight_grad_serial)
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import cast_in_range, check_array, check_bool, check_int
+from ..checks import cast_in_range, check_activation, check_array, check_bool, check_int
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
@@ -43,9 +42,7 @@ class LocallyConnected2D(Module):
         stride = stride_arg(stride, strides, name)
         in_channels = check_int(in_channels, f"{name} in_channels", 1)
         out_channels = check_int(out_channels, f"{name} out_channels", 1)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"{name}: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
-                             f"got {activation!r}")
+        act = check_activation(activation, name)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, f"{name} kernel_size")
         self.stride = pair(stride, f"{name} stride")
@@ -55,7 +52,7 @@ class LocallyConnected2D(Module):
         (oh, pt), (ow, pl) = (out_size(self.input_shape[a], self.kernel_size[a], self.stride[a], self.dilation[a],
                                        self.padding, a, name) for a in (0, 1))
         self.out_hw, self._pad = (oh, ow), (pt, pl)
-        self.activation, self._act = activation, ACTIVATIONS[activation]
+        self.activation, self._act = activation, act
         self.tied_bias = check_bool(tied_bias, f"{name} tied_bias")
         self.dtype = np.dtype(dtype)
         kh, kw = self.kernel_size
@@ -145,17 +142,24 @@ class LocallyConnected2D(Module):
             raise TypeError(f"{where}: expected {expected}, got {type(weights).__name__}")
         if len(weights) != want:
             raise ValueError(f"{where}: expected {expected}, got {len(weights)} arrays")
-        arrays = [np.asarray(w) for w in weights]
-        for what, w in zip(("kernel", "bias"), arrays):
+        shapes = {"kernel": (P, K, O), "bias": self._keras_bias_shape()}
+        arrays = []
+        for what, w in zip(shapes, weights):
+            try:
+                w = np.asarray(w)
+            except ValueError:           # a ragged nested list: NumPy's "inhomogeneous shape"
+                raise ValueError(f"{where}: expected {what} shape {shapes[what]} (Keras implementation=1 "
+                                 "layout), got a ragged nested sequence (rows of different lengths)") from None
             if w.dtype.kind not in "iuf":
                 raise TypeError(f"{where}: expected a real-valued {what}, got dtype {w.dtype}")
+            arrays.append(w)
         kernel = cast_in_range(arrays[0], self.dtype, f"{where}: kernel")
-        if kernel.shape != (P, K, O):
-            raise ValueError(f"{where}: expected kernel shape {(P, K, O)} (Keras implementation=1 layout), "
+        if kernel.shape != shapes["kernel"]:
+            raise ValueError(f"{where}: expected kernel shape {shapes['kernel']} (Keras implementation=1 layout), "
                              f"got {kernel.shape}")
         b = None
         if want == 2:
-            b, shape = cast_in_range(arrays[1], self.dtype, f"{where}: bias"), self._keras_bias_shape()
+            b, shape = cast_in_range(arrays[1], self.dtype, f"{where}: bias"), shapes["bias"]
             if b.shape != shape:
                 raise ValueError(f"{where}: expected bias shape {shape} (Keras implementation=1 layout), "
                                  f"got {b.shape}")
@@ -196,12 +200,12 @@ class LocallyConnected1D(LocallyConnected2D):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_length: int,
                  stride: int | None = None, padding="valid", dilation: int = 1, activation: str | None = None, *,
                  bias: bool = True, tied_bias: bool = False, strides=None, dtype: np.dtype | type = np.float32):
-        stride = stride_arg(stride, strides, "LocallyConnected1D")
         for v, what in ((kernel_size, "kernel_size"), (input_length, "input_length"), (stride, "stride"),
-                        (dilation, "dilation"), (padding, "padding")):
+                        (strides, "strides"), (dilation, "dilation"), (padding, "padding")):
             if isinstance(v, (tuple, list)):
                 kind = "an int or a string" if what == "padding" else "an int"
                 raise TypeError(f"LocallyConnected1D {what}: expected {kind}, got {v!r}")
+        stride = stride_arg(stride, strides, "LocallyConnected1D")
         if not isinstance(padding, str):
             padding = (0, pair(padding, "LocallyConnected1D padding", minimum=0)[0])
         super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length), (1, stride), padding,
@@ -249,6 +253,7 @@ class LocallyConnected1D(LocallyConnected2D):
         return (self.out_hw[1], self.out_channels)
 
     def __repr__(self) -> str:
+        act = f", activation={self.activation!r}" if self.activation else ""
         return (f"LocallyConnected1D({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size[1]}, "
                 f"input_length={self.input_length}, stride={self.stride[1]}, padding={self.padding!r}, "
-                f"dilation={self.dilation[1]}, tied_bias={self.tied_bias}, dtype={self.dtype})")
+                f"dilation={self.dilation[1]}{act}, tied_bias={self.tied_bias}, dtype={self.dtype})")

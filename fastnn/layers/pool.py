@@ -10,15 +10,17 @@ from fastnn.kernels.parallel import pick
 
 from ..checks import check_array
 from ..module import Module
-from ._spatial import check_padding, geometry, out_size, pair
+from ._spatial import check_padding, geometry, out_size, pair, stride_arg
 
 
 class _Pool2D(Module):
-    def __init__(self, kernel_size, stride=None, padding="valid") -> None:
+    """``stride`` (torch's name) or ``strides`` (Keras's) defaults to the kernel size."""
+
+    def __init__(self, kernel_size, stride=None, padding="valid", *, strides=None) -> None:
         super().__init__()
         name = type(self).__name__
         self.kernel_size = pair(kernel_size, f"{name} kernel_size")
-        self.stride = pair(self.kernel_size if stride is None else stride, f"{name} stride")
+        self.stride = pair(stride_arg(stride, strides, name, default=self.kernel_size), f"{name} stride")
         self.padding = check_padding(padding, name)
         if isinstance(self.padding, tuple) and any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel {self.kernel_size}")
