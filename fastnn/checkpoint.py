@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import random
+from .checks import check_int
 from .files import atomic_write
 from .module import Module
 
@@ -29,13 +30,15 @@ class ResumeError(ValueError):
 def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, *, step: int = 0,
          extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (and optionally ``optimizer``, ``schedule``, a step count and a JSON-able
-    ``extra`` dict such as the data position) to ``path`` atomically; returns the path."""
+    ``extra`` dict such as the data position) to ``path`` atomically; returns the path.
+    ``step`` is an int >= 0 (what ``load`` accepts), checked before anything is written."""
+    step = check_int(step, "step", 0)
     path = Path(path)
     opt_state = optimizer.state_dict() if optimizer is not None else None
     meta = {
         "format": FORMAT,
         "model": _signature(model),
-        "step": int(step),
+        "step": step,
         "optimizer": {k: v for k, v in opt_state.items() if k != "state"} if opt_state else None,
         "schedule": schedule.state_dict() if schedule is not None else None,
         "rng": {name: g.bit_generator.state for name, g in model.rngs()},

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import string
 import sys
 import time
 
@@ -191,11 +192,18 @@ def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
         error(f"argument --hidden: sets the mlp's widths, got --model {args.model}")
     if args.momentum is not None and args.optimizer != "sgd":
         error(f"argument --momentum: sets SGD's momentum, got --optimizer {args.optimizer}")
+    expected = "argument --checkpoint: expected a path whose only fields are {data} and {model}"
     try:
-        args.checkpoint = args.checkpoint.format(data=os.path.basename(os.path.normpath(args.data)), model=args.model)
-    except (KeyError, IndexError, ValueError) as e:
-        error(f"argument --checkpoint: expected a path whose only fields are {{data}} and {{model}}, got "
-              f"{args.checkpoint!r} ({type(e).__name__}: {e})")
+        fields = [(name, conversion, spec) for _, name, spec, conversion in string.Formatter().parse(args.checkpoint)
+                  if name is not None]
+    except ValueError as e:                     # an unmatched brace
+        error(f"{expected}, got {args.checkpoint!r} (ValueError: {e})")
+    for name, conversion, spec in fields:       # bare fields only: {data.x} would be an attribute lookup
+        if name not in ("data", "model") or conversion or spec:
+            field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            error(f"{expected} (bare: no attribute, index, conversion or format spec), got {field} in "
+                  f"{args.checkpoint!r}")
+    args.checkpoint = args.checkpoint.format(data=os.path.basename(os.path.normpath(args.data)), model=args.model)
     if not args.checkpoint:
         error("argument --checkpoint: expected a file path, got ''")
 
@@ -276,8 +284,9 @@ def _train(args) -> int:
         opt = (fnn.optim.AdamW if args.optimizer == "adamw" else fnn.optim.Adam)(model, **common)
     if comm is not None:  # mpiexec -n N fastnn train: synchronous data parallelism
         opt = fnn.distributed.DataParallel(model, opt)
-        for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks
-            gen.bit_generator.state = np.random.default_rng([args.seed, rank, i]).bit_generator.state
+        for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks (and from seed to seed)
+            seq = np.random.SeedSequence(args.seed, spawn_key=(rank, i))
+            gen.bit_generator.state = np.random.default_rng(seq).bit_generator.state
     batch = args.batch_size
     steps_per_epoch = -(-len(x_train) // args.batch_size)       # of the first epoch
     total = steps_per_epoch * args.epochs
@@ -294,10 +303,13 @@ def _train(args) -> int:
         if not first:
             first["s"] = seconds_since_launch()
 
-    changed = _changed_settings(fnn, path, opt) if args.resume else None
+    # the options that shape the trajectory and that fit cannot see in the model, optimizer or schedule
+    settings = {"batch_size": args.batch_size, "grow_batch": args.grow_batch, "dropout": args.dropout,
+                "clip": args.clip, "nonfinite": args.nonfinite}
+    changed = _changed_settings(fnn, path, opt, settings) if args.resume else None
     if changed:                                      # every rank reads the same file and stops alike
         if rank == 0:
-            print(f"fastnn train: --resume from {path}: it was trained with other optimizer settings ({changed}); "
+            print(f"fastnn train: --resume from {path}: it was trained with other settings ({changed}); "
                   "pass the options it used, or train from scratch without --resume", file=sys.stderr)
         return 2
     if not args.no_progress and rank == 0:
@@ -305,7 +317,8 @@ def _train(args) -> int:
     try:
         hist = fnn.train.fit(model, opt, x_train, y_train, epochs=args.epochs, batch_size=batch, schedule=sched,
                              seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
-                             resume=args.resume, progress=not args.no_progress, on_step=on_step)
+                             resume=args.resume, progress=not args.no_progress, on_step=on_step,
+                             settings=settings)
     except FloatingPointError as e:                  # the reduced gradient: every rank stops alike
         if rank == 0:
             print(f"fastnn train: {e} (here: --nonfinite skip; or lower --lr, or set --clip)", file=sys.stderr)
@@ -345,24 +358,33 @@ def _train(args) -> int:
     return 0
 
 
-def _changed_settings(fnn, path: str, opt) -> str | None:
-    """The optimizer settings of this run (lr as the schedule's base, weight decay, momentum,
-    ...) that differ from those the checkpoint at ``path`` was trained with, in words; None
-    when they agree, or when there is no readable checkpoint there (fit reports that)."""
+def _changed_settings(fnn, path: str, opt, settings: dict) -> str | None:
+    """The settings of this run that differ from those the checkpoint at ``path`` was trained
+    with, in words: the optimizer's (lr as the schedule's base, weight decay, momentum, ...)
+    and ``settings`` (options such as --dropout and --clip, as fit saved them; a checkpoint
+    without them is not compared). None when they agree, or when there is no readable
+    checkpoint there (fit reports that)."""
     try:
-        saved = fnn.checkpoint.read_meta(path)["optimizer"]["param_groups"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    mine = opt.state_dict()["param_groups"]
-    if not isinstance(saved, list) or len(saved) != len(mine):
+        meta = fnn.checkpoint.read_meta(path)
+    except (OSError, ValueError):
         return None
     diffs = []
-    for i, (was, now) in enumerate(zip(saved, mine)):
-        if not isinstance(was, dict):
-            return None
-        for key, new in now.items():       # lr itself moves with the schedule: its base is initial_lr
-            if key not in ("lr", "params") and key in was and _plain(was[key]) != _plain(new):
-                diffs.append(f"{key} {was[key]!r} -> {new!r} in group {i}")
+    extra = meta.get("extra") if isinstance(meta, dict) else None
+    options = extra.get("settings") if isinstance(extra, dict) else None
+    if isinstance(options, dict):
+        for key, new in settings.items():
+            if key in options and _plain(options[key]) != _plain(new):
+                diffs.append(f"--{key.replace('_', '-')} {options[key]!r} -> {new!r}")
+    try:
+        saved = meta["optimizer"]["param_groups"]
+    except (KeyError, TypeError):
+        saved = None
+    mine = opt.state_dict()["param_groups"]
+    if isinstance(saved, list) and len(saved) == len(mine) and all(isinstance(g, dict) for g in saved):
+        for i, (was, now) in enumerate(zip(saved, mine)):
+            for key, new in now.items():       # lr itself moves with the schedule: its base is initial_lr
+                if key not in ("lr", "params") and key in was and _plain(was[key]) != _plain(new):
+                    diffs.append(f"{key} {was[key]!r} -> {new!r} in group {i}")
     return "; ".join(diffs) or None
 
 

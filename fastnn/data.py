@@ -72,11 +72,14 @@ def batches(
     pair: with ``y=None`` it is ``(xb, None)``, so ``for xb, yb in batches(...)``
     works either way. Batches are copies (fancy indexing) in ``x``'s array type.
 
-    The order is ``np.random.default_rng([seed, epoch]).permutation(N)`` (or
-    ``range(N)`` when ``shuffle`` is False): it depends on (seed, epoch) only,
-    so each epoch is reproducible and epochs differ. ``start_sample`` (0..N)
-    skips that many samples of the epoch's order, so a checkpoint taken after
-    ``s`` samples resumes with exactly the rest of the epoch.
+    The order is ``np.random.default_rng(np.random.SeedSequence(seed,
+    spawn_key=(epoch,))).permutation(N)`` (or ``range(N)`` when ``shuffle`` is
+    False): it depends on (seed, epoch) only, so each epoch is reproducible
+    and epochs differ, for seeds of any size (``default_rng([seed, epoch])``
+    would join 32-bit words: seed 2**32's epoch 0 would be seed 0's epoch 1).
+    ``start_sample`` (0..N) skips that many samples of the epoch's order, so a
+    checkpoint taken after ``s`` samples resumes with exactly the rest of the
+    epoch.
 
     ``batch_size`` is an int >= 1 or a schedule (see ``BatchSizeSchedule``):
     its ``batch_size`` is read before each batch and ``advance(n)`` is called
@@ -111,7 +114,8 @@ def batches(
     rank, size = _shard(shard)
     if fixed is not None:
         _check_per_rank(fixed, size, "batch_size")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if check_bool(shuffle, "shuffle") else np.arange(n)
+    order = (np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,))).permutation(n)
+             if check_bool(shuffle, "shuffle") else np.arange(n))
     return _iterate(x, y, order[start_sample:], fixed, schedule, check_bool(drop_last, "drop_last"), rank, size)
 
 

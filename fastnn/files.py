@@ -1,12 +1,15 @@
 """Atomic file writes: a fresh temporary file in the target's folder, fsync, then rename.
 
 A reader sees the old file or the whole new one, never a torn one, and concurrent writers
-never share a temporary file (each gets its own name, opened with O_EXCL).
+never share a temporary file (each gets its own name, opened with O_EXCL). Only a regular
+file is ever replaced: a device, FIFO or socket at the path is refused, and a symbolic link
+is followed (its target is replaced, the link stays).
 """
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -15,10 +18,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """Call ``write(f)`` on a new binary file and move it to ``path`` in one step; returns the path.
 
     The file gets mode 0666 less the umask, as any file the user writes (mkstemp gives 0600).
-    On any error the temporary file is removed and ``path`` is left as it was; once the
-    rename is done, syncing the folder is best effort (it may not be readable).
+    A symbolic link at ``path`` is followed: the file it points to is replaced (the temporary
+    file goes into that file's folder) and the link stays. An existing ``path`` that is not a
+    regular file (a folder, a device such as /dev/null, a FIFO, a socket) raises OSError
+    before anything is written. On any error the temporary file is removed and ``path`` is
+    left as it was; once the rename is done, syncing the folder is best effort (it may not be
+    readable).
     """
-    path = Path(path)
+    given = Path(path)
+    _check_regular_or_absent(given)
+    path = Path(os.path.realpath(given))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -34,14 +43,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     try:                            # make the rename durable; best effort (a folder may not be readable)
         dir_fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
-        return path
+        return given
     try:
         os.fsync(dir_fd)
     except OSError:
         pass
     finally:
         os.close(dir_fd)
-    return path
+    return given
 
 
 def check_writable(folder: str | os.PathLike, what: str, hint: str = "") -> None:
@@ -58,10 +67,31 @@ def check_writable(folder: str | os.PathLike, what: str, hint: str = "") -> None
 
 
 def check_file_target(path: str | os.PathLike, what: str) -> None:
-    """Raise OSError, naming ``what`` and ``path``, unless ``path`` can be written as a file:
-    not a folder, in a folder where a file can be written (created if needed)."""
+    """Raise OSError, naming ``what`` and ``path``, unless ``atomic_write`` can write ``path``:
+    a regular file or nothing yet (a symbolic link: what it points to), in a folder where a
+    file can be written (created if needed)."""
     if not str(path):
         raise OSError(f"cannot write {what}: expected a file path, got ''")
-    if Path(path).is_dir():
-        raise IsADirectoryError(f"cannot write {what} to {path}: it is a folder, expected a file path")
-    check_writable(Path(path).parent, what)
+    _check_regular_or_absent(Path(path), what)
+    check_writable(Path(os.path.realpath(path)).parent, what)
+
+
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular_or_absent(path: Path, what: str | None = None) -> None:
+    """Raise OSError unless ``path`` (symbolic links followed) is a regular file or does not
+    exist: replacing it would turn a device, FIFO or socket into a plain file."""
+    target = f"cannot write {what} to {path}" if what else f"cannot write {path}"
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):     # nothing there (a dangling link: its target)
+        return
+    except OSError as e:
+        raise OSError(f"{target} ({e.strerror or e})") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"{target}: it is a folder, expected a file path")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise OSError(f"{target}: it is {kind}, expected a regular file or a new path")

@@ -3,6 +3,8 @@ periodic atomic checkpoints and exact resume."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import math
 import os
 import time
@@ -25,7 +27,8 @@ LossFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, batch_size=64,
         schedule=None, loss: LossFn = softmax_cross_entropy, seed: int = 0,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None, resume: bool = False,
-        progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> dict:
+        progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+        settings: dict | None = None) -> dict:
     """Train ``model`` on (x, y) for ``epochs`` passes; returns a history dict.
 
     Each epoch draws minibatches without replacement from the permutation seeded by
@@ -33,10 +36,14 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
     checkpoint is written atomically every ``checkpoint_every`` steps and at each epoch's end;
     ``resume=True`` continues from it (same data position, RNG and optimizer state), giving
-    the same trajectory as an uninterrupted run. ``on_step(step, loss)`` is called after each
-    step. History: per-epoch mean ``loss``, ``steps``, ``skipped``, ``samples``, and ``seconds``
-    and ``samples_per_s`` measured after the first step (which loads or compiles the kernels; NaN
-    for a run of one step).
+    the same trajectory as an uninterrupted run; it refuses (``ResumeError``, before anything
+    is loaded) a checkpoint saved with another seed, batch size or batch-size schedule, or
+    with other ``settings``: a JSON-able dict of the run's choices that fit cannot see but
+    that shape the trajectory (``fastnn train`` keeps its dropout, clipping and batch size
+    there), saved in each checkpoint; the keys that both have are compared.
+    ``on_step(step, loss)`` is called after each step. History: per-epoch mean ``loss``,
+    ``steps``, ``skipped``, ``samples``, and ``seconds`` and ``samples_per_s`` measured after
+    the first step (which loads or compiles the kernels; NaN for a run of one step).
 
     With a ``fastnn.distributed.DataParallel`` optimizer over several ranks, each rank takes its
     share of every global batch of ``batch_size`` (an epoch's last batch with fewer samples than
@@ -52,6 +59,13 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     epochs = check_int(epochs, "fit: epochs", 0)
     if checkpoint_every is not None:
         checkpoint_every = check_int(checkpoint_every, "fit: checkpoint_every", 1)
+    if settings is not None:    # as a checkpoint holds them (JSON: tuples become lists), to compare on resume
+        if not isinstance(settings, dict):
+            raise TypeError(f"fit: settings: expected a JSON-able dict or None, got {type(settings).__name__}")
+        try:
+            settings = json.loads(json.dumps(settings))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"fit: settings: expected a JSON-able dict, got {settings!r} ({e})") from None
     dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     progress = progress and lead
@@ -74,10 +88,11 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         own = _rng_states(model)
         try:
             info = ckpt.load(checkpoint, model, optimizer, schedule,
-                             check_extra=lambda extra: _check_resume(checkpoint, extra, batch_size, seed, len(x)))
+                             check_extra=lambda extra: _check_resume(checkpoint, extra, model, batch_size, seed,
+                                                                     len(x), settings))
         except ValueError as e:
             raise ckpt.ResumeError(f"cannot resume from {checkpoint}: {e}") from e
-        extra = info["extra"]
+        extra = info["extra"]       # checked whole by _check_resume before anything was loaded
         start_epoch, start_sample, step = extra["epoch"], extra["sample"], info["step"]
         if extra.get("batch_size_schedule") is not None:
             batch_size.load_state_dict(extra["batch_size_schedule"])
@@ -104,7 +119,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
                   extra={"epoch": epoch, "sample": sample, "seed": seed, "batch_size_schedule": bss,
-                         "rank_rngs": rank_rngs, "epoch_loss": rank_sums})
+                         "batch_size": batch_size if isinstance(batch_size, int) else None,
+                         "settings": settings, "rank_rngs": rank_rngs, "epoch_loss": rank_sums})
 
     drawn = batch_size if isinstance(batch_size, int) else _Counted(batch_size)
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
@@ -246,13 +262,16 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
     return total / len(x), correct / len(x) if labelled else float("nan")
 
 
-def _check_resume(path, extra: dict, batch_size, seed: int, n_samples: int) -> None:
-    """Refuse a checkpoint ``fit`` cannot continue: not written by ``fit``, a data position
-    outside this data set, or written with another data seed (its data position is in that
-    seed's permutation) or batch-size schedule."""
-    if "epoch" not in extra or "sample" not in extra:
-        raise ValueError(f"{path}: expected a checkpoint written by fit (with the data position), "
-                         f"got extra keys {sorted(extra)}")
+def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_samples: int,
+                  settings: dict | None) -> None:
+    """Refuse a checkpoint ``fit`` cannot continue, before anything is loaded: not written by
+    ``fit``, a data position outside this data set, written with another data seed (its data
+    position is in that seed's permutation), batch size, batch-size schedule or ``settings``,
+    or a batch-size schedule state, loss sums or per-rank generator states that would fail to
+    load (each is tried on a copy)."""
+    if not isinstance(extra, dict) or "epoch" not in extra or "sample" not in extra:
+        got = f"extra keys {sorted(extra)}" if isinstance(extra, dict) else f"extra {extra!r:.200}"
+        raise ValueError(f"{path}: expected a checkpoint written by fit (with the data position), got {got}")
     for key, top, want in (("epoch", math.inf, "an int >= 0"),
                            ("sample", n_samples, f"an int in 0..{n_samples} (the samples in this data set)")):
         v = extra[key]
@@ -261,11 +280,61 @@ def _check_resume(path, extra: dict, batch_size, seed: int, n_samples: int) -> N
     if extra.get("seed", seed) != seed:
         raise ValueError(f"{path}: saved by a run with seed={extra['seed']}, expected this run's seed={seed} (the "
                          "data position is a place in that seed's permutation)")
-    saved = (extra.get("batch_size_schedule") or {}).get("schedule")
+    state = extra.get("batch_size_schedule")
+    if state is not None and not isinstance(state, dict):
+        raise ValueError(f"{path}: expected the batch-size schedule's state a dict or null, got {state!r:.200}")
+    saved = (state or {}).get("schedule")
     mine = batch_size.state_dict()["schedule"] if hasattr(batch_size, "state_dict") else None
     if saved != mine:
         raise ValueError(f"{path}: saved with batch_size {saved or 'a fixed int'}, expected this run's "
                          f"{mine or batch_size}")
+    if state is not None:       # on a copy (sharing the optimizer it may rescale): the real one loads after
+        shared = getattr(batch_size, "opt", None)
+        trial = copy.deepcopy(batch_size, {id(shared): shared} if shared is not None else {})
+        try:
+            trial.load_state_dict(state)
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: malformed batch-size schedule state ({e})") from e
+    fixed = extra.get("batch_size")
+    if fixed is not None:       # absent from checkpoints written before it was saved
+        if isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1:
+            raise ValueError(f"{path}: expected the saved batch_size an int >= 1 or null, got {fixed!r:.200}")
+        if fixed != batch_size:
+            raise ValueError(f"{path}: saved by a run with batch_size={fixed}, expected this run's "
+                             f"batch_size={batch_size}")
+    was = extra.get("settings")
+    if was is not None and not isinstance(was, dict):
+        raise ValueError(f"{path}: expected the saved settings a dict or null, got {was!r:.200}")
+    changed = [f"{k} {was[k]!r} -> {v!r}" for k, v in (settings or {}).items() if k in (was or {}) and was[k] != v]
+    if changed:     # the settings both runs have (one saved before a setting was added lacks it)
+        raise ValueError(f"{path}: saved by a run with other settings ({'; '.join(changed)})")
+    sums = extra.get("epoch_loss")
+    if sums is not None and not (isinstance(sums, list) and all(
+            isinstance(s, list) and len(s) == 2 and isinstance(s[0], (int, float)) and not isinstance(s[0], bool)
+            and isinstance(s[1], int) and not isinstance(s[1], bool) and s[1] >= 0 for s in sums)):
+        raise ValueError(f"{path}: expected epoch_loss a list of [loss sum, steps >= 0] per rank, got {sums!r:.200}")
+    _check_rank_rngs(path, extra.get("rank_rngs"), model)
+
+
+def _check_rank_rngs(path, saved, model: Module) -> None:
+    """Each rank's saved generator states (None: one process), as ``_rng_states`` gives them,
+    tried on fresh generators of the same kinds."""
+    if saved is None:
+        return
+    gens = dict(model.rngs())
+    expected = (f"expected rank_rngs a list of each rank's generator states, {{'model': {{name: state}}, "
+                f"'global': state}} with the model's names {sorted(gens)}")
+    if not isinstance(saved, list) or not all(
+            isinstance(r, dict) and set(r) == {"model", "global"} and isinstance(r["model"], dict)
+            and set(r["model"]) == set(gens) for r in saved):
+        raise ValueError(f"{path}: {expected}, got {saved!r:.200}")
+    for r in saved:
+        pairs = [(gens[n], r["model"][n]) for n in gens] + [(random.generator(), r["global"])]
+        for gen, state in pairs:
+            try:
+                type(gen.bit_generator)().state = state
+            except (TypeError, ValueError, KeyError, OverflowError) as e:
+                raise ValueError(f"{path}: {expected}, got a malformed one ({type(e).__name__}: {e})") from e
 
 
 def _rng_states(model: Module) -> dict:

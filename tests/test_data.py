@@ -35,10 +35,11 @@ def indices(n, **kwargs):
 # --- batches -------------------------------------------------------------------------------
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 70), batch_size=st.integers(1, 80), seed=st.integers(0, 2**32 - 1),
+@given(n=st.integers(1, 70), batch_size=st.integers(1, 80), seed=st.integers(0, 2**70),
        epoch=st.integers(0, 1000), shuffle=st.booleans(), data=st.data())
 def test_epoch_is_the_seeded_permutation_resumable_anywhere(n, batch_size, seed, epoch, shuffle, data):
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,)))
+    order = rng.permutation(n) if shuffle else np.arange(n)
     got = indices(n, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle)
     assert sum(got, []) == order.tolist()  # every index exactly once, in the documented order
     assert [len(b) for b in got[:-1]] == [batch_size] * (len(got) - 1)
@@ -52,6 +53,12 @@ def test_same_seed_and_epoch_give_the_same_batches_and_epochs_differ():
     assert indices(50, batch_size=7, seed=3, epoch=2) == indices(50, batch_size=7, seed=3, epoch=2)
     assert indices(50, batch_size=7, seed=3, epoch=2) != indices(50, batch_size=7, seed=3, epoch=3)
     assert indices(50, batch_size=7, seed=3, epoch=2) != indices(50, batch_size=7, seed=4, epoch=2)
+
+
+def test_a_seed_beyond_32_bits_is_not_another_seeds_later_epoch():
+    """default_rng([seed, epoch]) joined 32-bit words: [2**32, 0] and [0, 1] are one seed."""
+    assert indices(50, batch_size=50, seed=2**32, epoch=0) != indices(50, batch_size=50, seed=0, epoch=1)
+    assert indices(50, batch_size=50, seed=2**32 + 5, epoch=0) != indices(50, batch_size=50, seed=5, epoch=1)
 
 
 def test_no_shuffle_is_in_order_with_a_short_last_batch():

@@ -296,8 +296,16 @@ def test_cli_sizes_the_lr_schedule_for_a_growing_batch(tmp_path):
     (["--model", "cnn", "--hidden", "3"], "argument --hidden: sets the mlp's widths, got --model cnn"),
     (["--momentum", "0.5"], "argument --momentum: sets SGD's momentum, got --optimizer adam"),
     (["--checkpoint", "x{foo}.npz"], r"argument --checkpoint: expected a path whose only fields are \{data\} and "
-                                     r"\{model\}, got 'x\{foo\}.npz' \(KeyError"),
+                                     r"\{model\} \(bare: .*\), got \{foo\} in 'x\{foo\}.npz'"),
     (["--checkpoint", "x{.npz"], r"argument --checkpoint: .* got 'x\{.npz' \(ValueError"),
+    # an attribute, index, conversion or format spec: an AttributeError traceback, or {model.upper}
+    # a file named "<built-in method upper of str object at 0x...>"
+    (["--checkpoint", "{data.x}"], r"argument --checkpoint: .* got \{data.x\} in '\{data.x\}'"),
+    (["--checkpoint", "{model.upper}"], r"argument --checkpoint: .* got \{model.upper\} in"),
+    (["--checkpoint", "c/{data[0]}-{model!r}.npz"], r"argument --checkpoint: .* got \{data\[0\]\} in"),
+    (["--checkpoint", "{model!r}.npz"], r"argument --checkpoint: .* got \{model!r\} in"),
+    (["--checkpoint", "{model:>9}.npz"], r"argument --checkpoint: .* got \{model:>9\} in"),
+    (["--checkpoint", "{}.npz"], r"argument --checkpoint: .* got \{\} in"),
     (["--checkpoint", ""], "argument --checkpoint: expected a file path, got ''"),
 ])
 def test_cli_train_refuses_bad_arguments(argv, message, capsys):
@@ -336,12 +344,13 @@ def test_fit_refuses_an_unwritable_checkpoint_before_the_first_step(tmp_path):
 def test_cli_diverging_run_stops_in_one_line_or_skips(tmp_path, capsys):
     from fastnn.cli import main
 
-    argv = ["train", "--optimizer", "sgd", "--lr", "1000", "--epochs", "1", "--no-progress",
+    # lr 1000 diverged only for some data orders (a huge but finite loss for others)
+    argv = ["train", "--optimizer", "sgd", "--lr", "1e6", "--epochs", "1", "--no-progress",
             "--checkpoint", str(tmp_path / "d.npz")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastnn train: gradient has ") and err.endswith("(here: --nonfinite skip; or lower --lr, "
-                                                                          "or set --clip)\n")
+    assert re.match("fastnn train: (gradient has |fit: the loss is (nan|inf) )", err), err
+    assert err.endswith("(here: --nonfinite skip; or lower --lr, or set --clip)\n")
     assert err.count("\n") == 1
     assert main([*argv, "--nonfinite", "skip"]) == 0
     assert re.search(r"samples/s .*\(45 steps, [1-9]\d* skipped\)", capsys.readouterr().out)
@@ -369,18 +378,24 @@ def test_cli_train_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "checkpoints").exists()          # refused before anything is written
 
 
-def test_cli_resume_refuses_other_optimizer_settings(tmp_path, capsys):
-    """--lr and --weight-decay on --resume used to be dropped silently (the checkpoint's won)."""
+def test_cli_resume_refuses_other_settings(tmp_path, capsys):
+    """--lr and --weight-decay on --resume used to be dropped silently (the checkpoint's won),
+    and --dropout, --clip, --nonfinite and --batch-size changes were taken without a word."""
     from fastnn.cli import main
 
     ck = str(tmp_path / "m.npz")
     assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", ck]) == 0
     capsys.readouterr()
     for extra, changed in ((["--lr", "0.1"], "initial_lr 0.002 -> 0.1 in group 0"),
-                           (["--weight-decay", "0.1"], "weight_decay 0.0 -> 0.1 in group 0")):
+                           (["--weight-decay", "0.1"], "weight_decay 0.0 -> 0.1 in group 0"),
+                           # options that shape the trajectory outside the optimizer's state: accepted before
+                           (["--dropout", "0.25"], "--dropout 0.0 -> 0.25"),
+                           (["--clip", "1"], "--clip None -> 1.0"),
+                           (["--nonfinite", "skip"], "--nonfinite 'raise' -> 'skip'"),
+                           (["--batch-size", "16"], "--batch-size 32 -> 16")):
         assert main(["train", "--epochs", "2", "--no-progress", "--resume", "--checkpoint", ck, *extra]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"fastnn train: --resume from {ck}: it was trained with other optimizer settings (")
+        assert err.startswith(f"fastnn train: --resume from {ck}: it was trained with other settings (")
         assert changed in err and err.count("\n") == 1
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", "--checkpoint", ck]) == 0
 
@@ -660,3 +675,128 @@ def test_allreduce_mean_refuses_what_is_not_numbers():
     for bad in (None, "1.0", [[1.0], [2.0]]):
         with pytest.raises(TypeError, match="allreduce_mean: expected a number or a 1-D sequence of numbers"):
             fnn.distributed.allreduce_mean(bad)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_a_checkpoint_never_replaces_a_device_or_fifo(tmp_path, kind):
+    """check_file_target refused folders only, and atomic_write's rename turned a device such as
+    /dev/null (as root) or a FIFO into a regular file."""
+    import stat
+
+    from fastnn.files import check_file_target
+
+    target = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(target)
+        test, name = stat.S_ISFIFO, "a FIFO"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod of a character device needs root")
+        os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))     # as /dev/null
+        test, name = stat.S_ISCHR, "a character device"
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    for path in (target, link):
+        with pytest.raises(OSError, match=f"cannot write the checkpoint to {path}: it is {name}.*expected a "
+                                          "regular file"):
+            check_file_target(path, "the checkpoint")
+        with pytest.raises(OSError, match=f"cannot write {path}: it is {name}"):
+            fnn.checkpoint.save(path, model)
+        with pytest.raises(OSError, match=f"it is {name}"):
+            fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), np.ones((4, 2), np.float32), np.zeros(4, np.int64),
+                          epochs=1, progress=False, checkpoint=path)
+    assert test(os.stat(target).st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kind, "link.npz"])   # no temporary file left
+
+
+def test_a_checkpoint_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "ck.npz", tmp_path / "ck.npz"
+    link.symlink_to(target)                                  # dangling: the first save creates the target
+    for value in (1.0, 2.0):
+        model.flat.data[:] = value
+        assert fnn.checkpoint.save(link, model) == link
+        assert link.is_symlink() and os.readlink(link) == str(target) and target.is_file()
+        fnn.checkpoint.load(target, model)
+        assert (model.flat.data == value).all()
+    assert os.listdir(tmp_path / "real") == ["ck.npz"] and sorted(os.listdir(tmp_path)) == ["ck.npz", "real"]
+
+
+def _batch_size_run(path, batch_size, *, stop=None, resume=False, settings=None):
+    """A small run that checkpoints every 3 steps; returns (model, optimizer), or raises."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 2, 40)
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(4, 8), fnn.Dropout(0.5), fnn.Dense(8, 2))
+    opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+
+    def on_step(step, loss):
+        if step == stop:
+            raise KeyboardInterrupt
+    try:
+        fnn.train.fit(model, opt, x, y, epochs=2, batch_size=batch_size, checkpoint=path, checkpoint_every=3,
+                      resume=resume, progress=False, on_step=on_step, settings=settings)
+    except KeyboardInterrupt:
+        pass
+    return model, opt
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("batch_size_schedule", lambda s: {**s, "samples_seen": -1}, "malformed batch-size schedule state .*samples_seen"),
+    ("batch_size_schedule", lambda s: {**s, "lr_batch": "4"}, "malformed batch-size schedule state .*lr_batch"),
+    ("batch_size_schedule", lambda s: [s], "expected the batch-size schedule's state a dict or null"),
+    ("epoch_loss", lambda s: [["x", 3]], r"expected epoch_loss a list of \[loss sum, steps >= 0\] per rank"),
+    ("epoch_loss", lambda s: [[1.0, -3]], r"expected epoch_loss a list"),
+    ("rank_rngs", lambda s: [{"model": {}, "global": {}}], "expected rank_rngs a list of each rank's generator"),
+    ("rank_rngs", lambda s: [{"model": {"1": {"bit_generator": "PCG64", "state": 3}}, "global": {}}],
+     "expected rank_rngs .* got a malformed one"),
+])
+def test_a_malformed_resume_state_is_refused_before_anything_is_loaded(tmp_path, key, value, match):
+    """A bad batch-size schedule state was found only after the model and optimizer were
+    loaded (then a plain ValueError); loss sums and per-rank generators were not checked."""
+    path = tmp_path / "m.npz"
+    _batch_size_run(path, fnn.schedules.BatchSize(4, every_samples=20), stop=4)
+    _rewrite_meta(path, lambda m: m["extra"].update({key: value(m["extra"][key])}))
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(4, 8), fnn.Dropout(0.5), fnn.Dense(8, 2))
+    opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+    schedule = fnn.schedules.BatchSize(4, every_samples=20)
+    before = model.flat.data.copy(), fnn.random.generator().bit_generator.state
+    x, y = np.ones((40, 4), np.float32), np.zeros(40, np.int64)
+    with pytest.raises(fnn.checkpoint.ResumeError, match=f"cannot resume from {path}: {path}: {match}"):
+        fnn.train.fit(model, opt, x, y, epochs=2, batch_size=schedule, checkpoint=path, resume=True, progress=False)
+    np.testing.assert_array_equal(model.flat.data, before[0])
+    assert opt.step_count == 0 and not opt.state["momentum_buffer"].any() and schedule.samples_seen == 0
+    assert fnn.random.generator().bit_generator.state == before[1]
+
+
+def test_resume_with_another_fixed_batch_size_or_settings_is_refused(tmp_path):
+    """fit(batch_size=8) checkpointed, resumed with batch_size=5: it went on without a word."""
+    path = tmp_path / "bs.npz"
+    _batch_size_run(path, 8, stop=4, settings={"dropout": 0.5, "betas": (0.9, 0.99)})
+    for batch, settings, match in ((5, None, "saved by a run with batch_size=8, expected this run's batch_size=5"),
+                                   (8, {"dropout": 0.25}, r"saved by a run with other settings \(dropout 0.5 -> "
+                                                          r"0.25\)")):
+        with pytest.raises(fnn.checkpoint.ResumeError, match=f"cannot resume from {path}: {path}: {match}"):
+            _batch_size_run(path, batch, resume=True, settings=settings)
+    full, _ = _batch_size_run(tmp_path / "full.npz", 8)
+    resumed, _ = _batch_size_run(path, 8, resume=True, settings={"betas": [0.9, 0.99], "new": 1})   # tuples as saved
+    np.testing.assert_array_equal(resumed.flat.data, full.flat.data)
+    _rewrite_meta(path, lambda m: m["extra"].pop("batch_size"))      # a checkpoint from before it was saved
+    _batch_size_run(path, 5, resume=True)
+
+
+@pytest.mark.parametrize("step, error, match", [
+    (-1, ValueError, "step: expected an int >= 0, got -1"),
+    (1.7, TypeError, "step: expected an int >= 0, got float 1.7"),
+    (True, TypeError, "step: expected an int >= 0, got bool True")])
+def test_checkpoint_save_refuses_a_step_load_would_refuse(tmp_path, step, error, match):
+    """save wrote step=-1 (and 1.7 as 1), which load then refused."""
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    with pytest.raises(error, match=match):
+        fnn.checkpoint.save(tmp_path / "s.npz", model, step=step)
+    assert os.listdir(tmp_path) == []
+    fnn.checkpoint.save(tmp_path / "s.npz", model, step=np.int64(3))
+    assert fnn.checkpoint.load(tmp_path / "s.npz", model)["step"] == 3
