@@ -208,7 +208,6 @@ def summarize_strategies(job: dict) -> list[dict]:
                     "vs_compute_ms": (step - compute) * 1e3, "in_step_ms": in_step * 1e3,
                     "allreduce_ms": r.get("allreduce_ms_per_step"), "overlap": overlap if r.get("buckets") else None,
                     "overlap_source": how if r.get("buckets") else None,
-                    "overlap_fraction_library": r.get("overlap_fraction_library"),
                     "buckets": r.get("buckets"), "block_step_ms": [x * 1e3 for x in r["block_step_s"]]})
     return out
 

@@ -423,6 +423,27 @@ def test_timeline_records_overlapped_buckets_or_the_sharded_step(tmp_path):
             assert len({e["name"] for e in spans}) >= 2  # several buckets per step
 
 
+@pytest.mark.parametrize("options", [("overlap=none", "transport=mpi"), ("shard=1",), ("overlap=thread",)])
+def test_overlap_fraction_measures_each_reduction_against_its_own_step(options, tmp_path):
+    """Each reduction was measured against the next step() mark at or after its start, which for
+    one run inside step() is the following step's: overlap="none" and the sharded step, which
+    hide nothing, reported 1.0."""
+    import json
+
+    trace, out = tmp_path / "trace.json", tmp_path / "p.npy"
+    r = job(2, "equivalence", out, "steps=5", "batch=24", f"timeline={trace}", *options)
+    assert r.returncode == 0, r.stderr
+    fraction = float((tmp_path / "p.npy.overlap").read_text())
+    events = json.loads(trace.read_text())["traceEvents"]
+    called = {e["args"]["step"]: e["ts"] for e in events if e["name"] == "step() called"}
+    spans = [e for e in events if e["ph"] == "X" and not e["name"].endswith("(wait)")]
+    assert spans and {e["args"]["step"] for e in spans} <= set(called)
+    hidden = sum(np.clip(called[e["args"]["step"]] - e["ts"], 0, e["dur"]) for e in spans)
+    assert fraction == pytest.approx(hidden / sum(e["dur"] for e in spans), abs=1e-12)
+    if "thread" not in options[0]:
+        assert fraction == 0.0
+
+
 @pytest.mark.parametrize("overlap", ["thread", "none"])
 def test_second_backward_before_step_is_refused(overlap, tmp_path):
     """As Horovod does: in every overlap mode (thread mode used to reduce the first backward's

@@ -561,16 +561,15 @@ class DataParallel:
 
     def overlap_fraction(self) -> float:
         """Fraction of allreduce time spent before ``step()`` was called (i.e. hidden behind
-        backward), over the steps recorded in the timeline."""
-        steps = [e["ts"] for e in self._events if e["name"] == "step() called"]
+        backward), over the steps recorded in the timeline: each span is measured against the
+        ``step()`` call of its own step (a reduction inside ``step()`` hides nothing)."""
+        called = {e["args"]["step"]: e["ts"] for e in self._events if e["name"] == "step() called"}
         hidden = total = 0.0
         for e in self._events:
-            if e["ph"] != "X" or e["name"].endswith("(wait)"):
+            if e["ph"] != "X" or e["name"].endswith("(wait)") or e["args"]["step"] not in called:
                 continue
-            end = e["ts"] + e["dur"]
-            step_at = next((s for s in steps if s >= e["ts"]), end)
             total += e["dur"]
-            hidden += max(0.0, min(end, step_at) - e["ts"])
+            hidden += min(max(0.0, called[e["args"]["step"]] - e["ts"]), e["dur"])
         return hidden / total if total else 0.0
 
     def write_timeline(self, path: str | None = None) -> str:

@@ -240,6 +240,8 @@ def main() -> None:
             json.dump(opt.comm.calls, f)
         if "timeline" in OPT:
             opt.write_timeline(OPT["timeline"])
+            with open(OUT + ".overlap", "w") as f:
+                f.write(repr(opt.overlap_fraction()))
 
 
 if __name__ == "__main__":
