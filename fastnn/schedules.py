@@ -97,7 +97,7 @@ class _Tail:
     @property
     def robbins_monro(self) -> bool:
         """gamma_t -> 0 and sum gamma_t = inf: exactly the polynomial decays t**-p, 0 < p <= 1."""
-        return self.rate == 1.0 and 0.0 < self.power <= 1.0
+        return math.isclose(self.rate, 1.0, rel_tol=1e-12) and 0.0 < self.power <= 1.0 + 1e-12
 
 
 def _fmt(value: Any) -> str:
@@ -220,8 +220,11 @@ class Schedule:
         return {"type": type(self).__name__, **self._config()}
 
     def state_dict(self) -> dict[str, Any]:
-        """A JSON-able dict: the schedule's spec, ``t`` and the base lr of every group."""
-        return {"schedule": self._spec(), "t": self.t, "base_lrs": [float(b) for b in self.base_lrs]}
+        """A JSON-able dict: the schedule's spec, ``t``, the base lr of every group and the
+        optimizer's step count at the schedule's last step (whether a skipped step since then
+        still advances it, as it would have in the saved run)."""
+        return {"schedule": self._spec(), "t": self.t, "base_lrs": [float(b) for b in self.base_lrs],
+                "stepped_at": self._stepped_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``t`` and the base lrs, and set every group's lr to match.
@@ -239,8 +242,11 @@ class Schedule:
             raise ValueError(f"schedule state base_lrs: expected a list of {len(groups)} lrs (one per parameter "
                              f"group), got {bases!r}")
         bases = [_real(b, f"schedule state base_lrs[{i}]", lambda v: v >= 0, ">= 0") for i, b in enumerate(bases)]
+        stepped_at = state.get("stepped_at")        # absent from states saved before it was kept: unknown
+        if stepped_at is not None:
+            stepped_at = _int_at_least(stepped_at, "schedule state stepped_at", 0)
         self._apply(t, bases)
-        self._stepped_at = None
+        self._stepped_at = stepped_at
 
     def __repr__(self) -> str:
         return _fmt({**self._spec(), "t": self.t})

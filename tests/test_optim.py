@@ -154,7 +154,7 @@ def test_param_groups_by_name_and_per_group_lr():
     np.testing.assert_allclose(model[0].params["bias"], b - 0.5)
 
 
-@pytest.mark.parametrize("eps", [0.1, 0.0])       # eps = 0 made the padding 0 / (0 + 0) = NaN
+@pytest.mark.parametrize("eps", [0.1, 0.0, 1e-46])  # eps = 0 made the padding 0 / (0 + 0) = NaN; 1e-46 is 0 in float32
 def test_padding_between_tensors_stays_zero(eps):
     model = fnn.Sequential(fnn.Dense(3, 5), fnn.Dense(5, 3))
     opt = fnn.optim.Adam(model, lr=0.1, weight_decay=0.1, eps=eps)
@@ -661,3 +661,33 @@ def test_grad_scale_past_float32_is_refused_before_anything_changes():
     assert not p.any() and opt.step_count == 0 and not any(v.any() for v in opt.state.values())
     assert opt.step(grad_scale=1e30)
     assert np.isfinite(p).all()
+
+
+@pytest.mark.parametrize("make, key, value, error, match", [
+    (lambda m: fnn.optim.SGD(m, lr=0.0, param_groups=[{"params": ["0.bias"]}]), "momentum", None, TypeError,
+     r"param_groups\[1\]: momentum: expected a number"),
+    (lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9), "lr", None, TypeError, r"param_groups\[0\]: lr"),
+    (lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9), "lr", "1e-2", TypeError, r"param_groups\[0\]: lr"),
+    (lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9), "dampening", None, TypeError, "dampening"),
+    (lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9), "weight_decay", None, TypeError, "weight_decay"),
+    (lambda m: fnn.optim.Adam(m), "amsgrad", "no", TypeError, "amsgrad: expected True or False, got str 'no'"),
+    (lambda m: fnn.optim.Adam(m), "maximize", "no", TypeError, "maximize: expected True or False"),
+    (lambda m: fnn.optim.Adam(m), "betas", 0.9, TypeError, "expected betas a pair of numbers"),
+    (lambda m: fnn.optim.Adam(m), "eps", KeyError, KeyError, r"param_groups\[0\]: expected the options .* missing \['eps'\]"),
+])
+def test_hyperparameters_edited_by_hand_are_checked_before_the_step(make, key, value, error, match):
+    """step() sent param_groups to the kernel unchecked: a momentum of None in one group made
+    no buffer yet reached the kernel as NaN, which wrote through the empty buffer into group 0's
+    weights; None lr gave NaN parameters, strings were read as numbers or as True."""
+    m = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    opt = make(m)
+    m.flat.grad[:] = 0.5
+    opt.step()
+    opt.param_groups[-1].pop(key) if value is KeyError else opt.param_groups[-1].__setitem__(key, value)
+    params, state, step = m.flat.data.copy(), {k: v.copy() for k, v in opt.state.items()}, opt.step_count
+    with pytest.raises(error, match=match):
+        opt.step()
+    np.testing.assert_array_equal(m.flat.data, params)
+    assert opt.step_count == step and set(opt.state) == set(state)
+    for k, v in state.items():
+        np.testing.assert_array_equal(opt.state[k], v)

@@ -136,6 +136,9 @@ ROBBINS_MONRO = [
     ("chain_eta_min_then_inverse", lambda o: S.Chain([S.Cosine(o, 10, 1e-3), S.InverseTime(o, 10)]), True),
     ("chain_inverse_then_eta_min", lambda o: S.Chain([S.InverseTime(o, 10), S.Cosine(o, 10, 1e-3)]), False),
     ("chain_inverse_exponential", lambda o: S.Chain([S.InverseTime(o, 10), S.Exponential(o, 0.9)]), False),
+    # the rates multiply to 1 only up to rounding (0.5**0.5 * 2**0.5 = 1.0000000000000002): still 1/t
+    ("chain_step_growth_inverse", lambda o: S.Chain([S.Step(o, 2, 0.5), S.Exponential(o, 2 ** 0.5),
+                                                     S.InverseTime(o, 1)]), True),
 ]
 
 
@@ -166,6 +169,33 @@ def test_a_schedule_stepped_each_epoch_advances_after_a_skipped_last_batch():
             opt.step()
         assert sched.step()
     assert sched.t == 2 and sched.get_last_lr() == [0.025, 0.0025]
+
+
+def test_a_resumed_schedule_advances_after_a_skip_as_the_uninterrupted_one_does():
+    """load_state_dict forgot the optimizer step of the schedule's last step: after a resume at
+    an epoch's end, an epoch ending in a skipped batch did not advance a once-an-epoch schedule,
+    and the resumed run's lr stayed one value behind for the rest of the run."""
+    def epoch(opt, sched, skip_last):
+        for batch in range(2):
+            opt.grads[:] = np.nan if skip_last and batch == 1 else 0.0
+            opt.step()
+        return sched.step()
+
+    opt = fnn_sgd(nonfinite="skip")
+    sched = S.Step(opt, step_size=1, gamma=0.5)
+    epoch(opt, sched, False)
+    saved = json.loads(json.dumps({"opt": {**opt.state_dict(), "state": {}}, "sched": sched.state_dict()}))
+    opt2 = fnn_sgd(nonfinite="skip")
+    opt2.load_state_dict(saved["opt"])
+    sched2 = S.Step(opt2, step_size=1, gamma=0.5)
+    sched2.load_state_dict(saved["sched"])
+    assert [epoch(o, s, True) for o, s in ((opt, sched), (opt2, sched2))] == [True, True]
+    assert sched2.t == sched.t == 2 and sched2.get_last_lr() == sched.get_last_lr() == [0.025, 0.0025]
+    with pytest.raises(ValueError, match="schedule state stepped_at: expected an int >= 0, got -1"):
+        sched2.load_state_dict({**saved["sched"], "stepped_at": -1})
+    old = {k: v for k, v in saved["sched"].items() if k != "stepped_at"}      # saved before it was kept
+    sched2.load_state_dict(old)
+    assert sched2.t == 1
 
 
 def test_composite_skips_and_parts_cannot_be_stepped():

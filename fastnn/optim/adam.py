@@ -1,7 +1,7 @@
 """Adam, AdamW and AMSGrad (Kingma & Ba Algorithm 1; torch.optim semantics), one fused kernel call."""
 from __future__ import annotations
 
-from fastnn.kernels.optim.adam import adam_hparams, adam_step_cpu, adam_step_serial
+from fastnn.kernels.optim.adam import HP_EPS, adam_hparams, adam_step_cpu, adam_step_serial
 from fastnn.kernels.parallel import pick
 
 from ..checks import check_real
@@ -45,7 +45,7 @@ class Adam(Optimizer):
         kernel = pick(adam_step_cpu, adam_step_serial, self.params.size)
         kernel(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], vmax,
                self._starts, self._stops, self._groups, hp, self.defaults["amsgrad"])
-        if any(g["eps"] == 0 for g in self.param_groups):     # 0 / (0 + 0) in the padding: keep it zero
+        if (hp[:, HP_EPS] == 0).any():     # 0 / (0 + 0) in the padding (eps as the kernel sees it): keep it zero
             self.params[self._padding] = 0
 
 

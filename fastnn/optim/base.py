@@ -173,6 +173,7 @@ class Optimizer:
         1/ranks here instead of rescaling the buffer); clipping sees the scaled norm.
         """
         self._check_buffers()
+        self._check_groups()
         if isinstance(grad_scale, (bool, np.bool_)) or not isinstance(grad_scale, numbers.Real) \
                 or not math.isfinite(grad_scale):
             raise ValueError(f"step: expected a finite number grad_scale, got {grad_scale!r}")
@@ -211,6 +212,16 @@ class Optimizer:
 
     def _update(self, grad_scale: float, step: int) -> None:
         raise NotImplementedError
+
+    def _check_groups(self) -> None:
+        """Every group's hyperparameters as the constructor checks them, before a step: torch
+        users edit ``param_groups`` by hand between steps, and a None or a string went to the
+        kernel as NaN or a number (a momentum of None even wrote through an empty buffer)."""
+        for k, group in enumerate(self.param_groups):
+            missing = [key for key in self.defaults if key not in group]
+            if missing:
+                raise KeyError(f"param_groups[{k}]: expected the options {sorted(self.defaults)}, missing {missing}")
+            self._check_hparams(group, f"param_groups[{k}]")
 
     def _check_buffers(self) -> None:
         """RuntimeError when the model's parameters moved since this optimizer was made (the model
