@@ -282,11 +282,8 @@ def _train(args) -> int:
         opt = fnn.optim.SGD(model, momentum=0.9 if args.momentum is None else args.momentum, **common)
     else:
         opt = (fnn.optim.AdamW if args.optimizer == "adamw" else fnn.optim.Adam)(model, **common)
-    if comm is not None:  # mpiexec -n N fastnn train: synchronous data parallelism
+    if comm is not None:  # mpiexec -n N fastnn train: synchronous data parallelism (each rank its dropout stream)
         opt = fnn.distributed.DataParallel(model, opt)
-        for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks (and from seed to seed)
-            seq = np.random.SeedSequence(args.seed, spawn_key=(rank, i))
-            gen.bit_generator.state = np.random.default_rng(seq).bit_generator.state
     batch = args.batch_size
     steps_per_epoch = -(-len(x_train) // args.batch_size)       # of the first epoch
     total = steps_per_epoch * args.epochs

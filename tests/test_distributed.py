@@ -192,6 +192,30 @@ def test_resume_with_dropout_under_mpi_continues_every_ranks_stream(tmp_path):
     assert (tmp_path / "b.npy.steps").read_text() == "7"      # epoch 2 only: ceil(200 / 32) steps
 
 
+def test_wrapping_gives_each_rank_its_own_dropout_stream(tmp_path):
+    """Every rank seeded alike (fnn.manual_seed(0) in each, as the docs' script does) drew the
+    same dropout masks: equal shares of the global batch got identical masks."""
+    out = tmp_path / "same.npy"
+    r = job(3, "masks", out, "dropout=0.5", "rekey=0", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not np.load(out).any()
+
+
+def test_an_epoch_resumed_on_another_rank_count_reports_the_whole_epochs_loss(tmp_path):
+    """The saved loss sums of the unfinished epoch were used only on as many ranks as saved
+    them: resumed on one process, the epoch's loss left out every step before the checkpoint."""
+    common = ("opt=sgd", "samples=300", "epochs=2")
+    straight, ck = tmp_path / "a.npy", tmp_path / "run.npz"
+    assert job(0, "fit", straight, *common, timeout=60).returncode == 0
+    r = job(2, "fit", tmp_path / "cut.npy", *common, f"checkpoint={ck}", "every=4", "raise_at=18", timeout=90)
+    assert r.returncode != 0 and "deliberate failure on rank 1 at step 18" in r.stderr, r.stderr
+    r = job(0, "fit", tmp_path / "b.npy", *common, f"checkpoint={ck}", "resume=1", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "b.npy.steps").read_text() == "4"       # steps 17..20: the checkpoint was step 16
+    np.testing.assert_allclose(np.load(tmp_path / "b.npy.loss.npy")[-1], np.load(f"{straight}.loss.npy")[-1],
+                               rtol=1e-12)
+
+
 def test_shared_memory_sum_is_bitwise_the_gathered_rank_order_sum(tmp_path):
     """transport="shm" adds the ranks' gradients in rank order, like the deterministic MPI
     path (Allgather, then a NumPy sum over ranks): the two give the same bits."""
@@ -442,6 +466,16 @@ def test_overlap_fraction_measures_each_reduction_against_its_own_step(options, 
     assert fraction == pytest.approx(hidden / sum(e["dur"] for e in spans), abs=1e-12)
     if "thread" not in options[0]:
         assert fraction == 0.0
+
+
+def test_a_users_collective_between_backward_and_step_does_not_meet_the_buckets(single, tmp_path):
+    """The communication thread reduced buckets on the user's communicator: a loss logged with
+    allreduce_mean between backward and step was matched against a bucket's allreduce, and
+    MPI stopped the job ("message truncated")."""
+    out = tmp_path / "p.npy"
+    r = job(2, "equivalence", out, "steps=20", "batch=24", "overlap=thread", "transport=mpi", "log_loss=1")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), single, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("overlap", ["thread", "none"])

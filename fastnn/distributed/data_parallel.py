@@ -129,6 +129,7 @@ class DataParallel:
             self.comm = comm if runtime.is_initialized() else runtime.init(comm)
         self.size = 1 if self.comm is None else self.comm.Get_size()
         self.rank = 0 if self.comm is None else self.comm.Get_rank()
+        self._wire = self.comm      # duplicated below, once the checks can be guarded
         if overlap == "auto":
             import numba
 
@@ -154,6 +155,10 @@ class DataParallel:
         self._m, self._pre, self._scale, self._unequal = 0.0, 1.0, 1.0, False
         self._events: list[dict] = []
         if self.size > 1:          # the checks and the transport choice before anything changes
+            # every collective of this wrapper runs on a duplicate of comm, so the communication
+            # thread's allreduces never meet one that the user or another wrapper issues on comm
+            # between backward and step (MPI forbids concurrent collectives on one communicator)
+            self._wire = self._guarded("communicator duplicate", self.comm.Dup)
             self._check_same_model()
             self.transport = self._pick_transport(transport)
             if shard_optimizer and self.transport != "shm":
@@ -161,11 +166,14 @@ class DataParallel:
                                  f"to {self.transport!r} (ranks on several machines); pass shard_optimizer=None "
                                  "or False")
             self._broadcast_state()
+            for _, gen in model.rngs():      # dropout: each rank its own stream, from the generator's state
+                key = np.random.SeedSequence(gen.bit_generator.random_raw(2).tolist(), spawn_key=(self.rank,))
+                gen.bit_generator.state = type(gen.bit_generator)(key).state
             self.shard_optimizer = self.transport == "shm" and shard_optimizer is not False
             self._mpi = _mpi()
             if self.transport == "shm":
                 self._shared = self._guarded("shared window",
-                                             lambda: SharedBuffers(self.comm, model, optimizer, self.shard_optimizer))
+                                             lambda: SharedBuffers(self._wire, model, optimizer, self.shard_optimizer))
             if self.shard_optimizer:
                 self._own_share = self._shared.share(0, model.flat.grad.size)
                 optimizer.shard(*self._own_share, self._combine)
@@ -368,7 +376,7 @@ class DataParallel:
             buf = self._bucket(index)
             if self._pre != 1.0:
                 buf *= self._pre
-            self._requests.append((index, self.comm.Iallreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)))
+            self._requests.append((index, self._wire.Iallreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)))
         else:
             self._requests.append((index, None))
 
@@ -398,7 +406,7 @@ class DataParallel:
         mpi = self._mpi
         if index < 0:
             self._guarded("allreduce of the active-rank and sample count",
-                          lambda: self.comm.Allreduce(mpi.IN_PLACE, self._count, op=mpi.SUM))
+                          lambda: self._wire.Allreduce(mpi.IN_PLACE, self._count, op=mpi.SUM))
             self._weigh()
             return
         t0 = self._us()
@@ -414,16 +422,16 @@ class DataParallel:
             self._guarded(fence, self._shared.fence)
         elif self.deterministic:
             gathered = np.empty((self.size, buf.size), buf.dtype)
-            self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allgather(buf, gathered))
+            self._guarded(f"allreduce of bucket {index}", lambda: self._wire.Allgather(buf, gathered))
             np.sum(gathered, axis=0, out=buf)
         elif self.compression:
             staging = self._staging[index]
             encode(self.compression, buf, staging, self._pre)
-            self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allreduce(
+            self._guarded(f"allreduce of bucket {index}", lambda: self._wire.Allreduce(
                 self._mpi.IN_PLACE, [staging, self._mpi.UINT16_T], op=self._op))
             decode(self.compression, staging, buf)
         else:
-            self._guarded(f"allreduce of bucket {index}", lambda: self.comm.Allreduce(mpi.IN_PLACE, buf, op=mpi.SUM))
+            self._guarded(f"allreduce of bucket {index}", lambda: self._wire.Allreduce(mpi.IN_PLACE, buf, op=mpi.SUM))
         if self.timeline_path:
             thread = "comm" if self.overlap == "thread" else "main"
             self._events.append({"name": f"allreduce bucket {index}", "ph": "X", "ts": t0, "dur": self._us() - t0,
@@ -468,7 +476,7 @@ class DataParallel:
         mpi = self._mpi
         buf = np.array([value], np.float64)
         self._guarded(f"allreduce ({op}) of the gradient norm or non-finite count",
-                      lambda: self.comm.Allreduce(mpi.IN_PLACE, buf, op={"sum": mpi.SUM, "min": mpi.MIN,
+                      lambda: self._wire.Allreduce(mpi.IN_PLACE, buf, op={"sum": mpi.SUM, "min": mpi.MIN,
                                                                           "max": mpi.MAX}[op]))
         return float(buf[0])
 
@@ -520,19 +528,19 @@ class DataParallel:
                              "deterministic": self.deterministic},
                 "params": [(n, list(s.shape)) for n, s in flat.slots.items()],
                 "buckets": [(b.start, b.stop) for b in self.buckets]}
-        every = self._guarded("model check (allgather)", lambda: self.comm.allgather(mine))
+        every = self._guarded("model check (allgather)", lambda: self._wire.allgather(mine))
         bad = [r for r, sig in enumerate(every) if sig != every[0]]
         if bad:
             raise ValueError(f"DataParallel: ranks {bad} differ from rank 0: "
                              f"{_first_difference(every[0], every[bad[0]], bad[0])}")
 
     def _broadcast_state(self) -> None:
-        self._guarded("parameter broadcast", lambda: self.comm.Bcast(self.model.flat.data, root=0))
+        self._guarded("parameter broadcast", lambda: self._wire.Bcast(self.model.flat.data, root=0))
         state = self.optimizer.state_dict()
         meta = self._guarded("optimizer state broadcast",
-                             lambda: self.comm.bcast({k: v for k, v in state.items() if k != "state"}, root=0))
+                             lambda: self._wire.bcast({k: v for k, v in state.items() if k != "state"}, root=0))
         for name, buf in state["state"].items():
-            self._guarded(f"optimizer state {name!r} broadcast", lambda b=buf: self.comm.Bcast(b, root=0))
+            self._guarded(f"optimizer state {name!r} broadcast", lambda b=buf: self._wire.Bcast(b, root=0))
         if self.rank != 0:
             self.optimizer.load_state_dict({**meta, "state": state["state"]})
 
@@ -543,9 +551,9 @@ class DataParallel:
         flat = self.model.flat
         shard = self.shard_optimizer is not False
         nbytes = window_bytes(flat.grad.size, flat.dtype, window_rows(self.size, self.optimizer, shard))
-        verdict = np.array([runtime.local_size(self.comm) == self.size, shared_memory_room(nbytes)], np.int32)
+        verdict = np.array([runtime.local_size(self._wire) == self.size, shared_memory_room(nbytes)], np.int32)
         self._guarded("transport choice (allreduce)",
-                      lambda: self.comm.Allreduce(_mpi().IN_PLACE, verdict, op=_mpi().MIN))
+                      lambda: self._wire.Allreduce(_mpi().IN_PLACE, verdict, op=_mpi().MIN))
         if verdict.all():
             return "shm"
         if wanted == "shm":

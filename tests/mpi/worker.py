@@ -26,7 +26,7 @@ def build(hidden=32, dtype=np.float64):
     model = fnn.Sequential(fnn.Dense(64, hidden, activation="relu", dtype=dtype), *dropout,
                            fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype),
                            fnn.Dense(hidden, 10, dtype=dtype))
-    for i, (_, gen) in enumerate(model.rngs()):  # dropout masks differ between ranks (as fastnn train does)
+    for i, (_, gen) in enumerate(model.rngs() if OPT.get("rekey") != "0" else []):  # a seed of the test's own
         seed = [7 + int(OPT.get("init_seed", 0)), fnn.distributed.rank(), i]
         gen.bit_generator.state = np.random.default_rng(seed).bit_generator.state
     return model
@@ -60,6 +60,8 @@ def train(model, opt, x, y, steps, comm, on_step=None, start=0):
                 continue
             loss, d = fnn.losses.softmax_cross_entropy(model(xb), yb)
             model.backward(d)
+            if OPT.get("log_loss") == "1":      # a metric on COMM_WORLD while buckets are in flight
+                fnn.distributed.allreduce_mean(loss)
             opt.step()
             opt.zero_grad()
             step += 1
@@ -105,7 +107,7 @@ def main() -> None:
         else:
             kw["compression"] = "fp16"
     opt = fnn.distributed.DataParallel(model, inner, **kw)
-    opt.comm = CountingComm(opt.comm)
+    opt._wire = CountingComm(opt._wire)   # the wrapper's own communicator
     steps = int(OPT.get("steps", 20))
 
     def faults(step):
@@ -133,7 +135,7 @@ def main() -> None:
     elif CASE == "rewrap":  # a second wrapper of the model (a new optimizer for a second phase) retires the first
         train(model, opt, x, y, 3, comm)
         old, opt = opt, fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.05), **kw)
-        opt.comm = CountingComm(opt.comm)
+        opt._wire = CountingComm(opt._wire)   # the wrapper's own communicator
         try:
             old.step()
             raise AssertionError("the retired wrapper stepped")
@@ -194,6 +196,12 @@ def main() -> None:
                     model.backward(fnn.losses.softmax_cross_entropy(model(xb), yb)[1])
                     opt.step()
                     opt.zero_grad()
+    elif CASE == "masks":  # the ranks' dropout masks for one input, seeded alike by manual_seed
+        model(np.ones((64, 64)))
+        masks = comm.allgather(model.layers[1]._mask)
+        if rank == 0:
+            np.save(OUT, np.array([np.array_equal(masks[0], m) for m in masks[1:]]))
+        return
     elif CASE == "fit":
         def on_step(step, loss):
             if rank == 1 and step == int(OPT.get("raise_at", -1)):
@@ -220,6 +228,7 @@ def main() -> None:
         batch = Grow() if OPT.get("grow") == "1" else int(OPT.get("batch", 32))
         hist = fnn.train.fit(model, opt, x[:n], y[:n], epochs=int(OPT.get("epochs", 2)),
                              batch_size=batch, seed=1, progress=False, checkpoint=checkpoint,
+                             checkpoint_every=int(OPT["every"]) if "every" in OPT else None,
                              resume=OPT.get("resume") == "1", on_step=on_step, loss=loss)
         print(f"rank {rank} skipped {hist['skipped']} of {hist['steps']}", flush=True)
         if rank == 0:
@@ -237,7 +246,7 @@ def main() -> None:
         with open(OUT + ".transport", "w") as f:
             f.write(opt.transport + ("+shard" if opt.shard_optimizer else ""))
         with open(OUT + ".calls.json", "w") as f:
-            json.dump(opt.comm.calls, f)
+            json.dump(opt._wire.calls, f)
         if "timeline" in OPT:
             opt.write_timeline(OPT["timeline"])
             with open(OUT + ".overlap", "w") as f:
