@@ -415,53 +415,46 @@ def targets(rows: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines), out
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    threads = sorted({r["threads"] for r in rows})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    # 1: LC time and memory
-    ax = axes[0]
-    lc = [r for r in rows if r["case"].startswith("Locally") and not r["impl"].endswith("forward")]
-    impls = ["fastnn", "torch unfold+bmm"]
+def _plot_lc(ax, threads: list[int], lc: list[dict]) -> None:
+    """Locally connected: time per implementation and thread count, peak memory in the title."""
     width = 0.35
-    for i, impl in enumerate(impls):
+    for i, impl in enumerate(["fastnn", "torch unfold+bmm"]):
         ys = [next(r["median_ms"] for r in lc if r["impl"] == impl and r["threads"] == t) for t in threads]
         bars = ax.bar(np.arange(len(threads)) + (i - 0.5) * width, ys, width, label=impl)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(np.arange(len(threads)), [f"{t} thread{'s' if t > 1 else ''}" for t in threads])
     ax.set_ylabel("ms, forward + backward (median)")
     mem = {r["impl"]: r["peak_extra_mb"] for r in lc if r["peak_extra_mb"] is not None}
-    title = "LocallyConnected2D, N=64, 32x32x16, k3 -> 16"
+    title = lc[0]["case"].replace("N=", "N = ")          # the batch the run used
     if len(mem) == 2:
         title += f"\npeak extra memory: fastnn {mem['fastnn']:.0f} MB, torch {mem['torch unfold+bmm']:.0f} MB"
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    # 2: conv, ratio against torch
-    ax = axes[1]
-    conv_cases = [r["case"] for r in rows if r["case"].startswith("Conv2D") and r["impl"] == "fastnn"
-                  and r["threads"] == threads[0]]
+
+
+def _plot_conv(ax, threads: list[int], conv: list[dict]) -> None:
+    """Conv2D: speed against torch per case and thread count."""
+    width = 0.35
+    cases = [r["case"] for r in conv if r["threads"] == threads[0]]
     for i, t in enumerate(threads):
-        ys = [next(r["x_peer"] for r in rows if r["case"] == c and r["impl"] == "fastnn" and r["threads"] == t)
-              for c in conv_cases]
-        bars = ax.bar(np.arange(len(conv_cases)) + (i - (len(threads) - 1) / 2) * width, ys, width, label=f"{t} thr")
+        ys = [next(r["x_peer"] for r in conv if r["case"] == c and r["threads"] == t) for c in cases]
+        bars = ax.bar(np.arange(len(cases)) + (i - (len(threads) - 1) / 2) * width, ys, width, label=f"{t} thr")
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xticks(np.arange(len(conv_cases)), [c.split(" ", 2)[2] for c in conv_cases], fontsize=7)
+    ax.set_xticks(np.arange(len(cases)), [c.split(" ", 2)[2] for c in cases], fontsize=7)
     ax.set_ylabel("× torch conv2d speed, fwd + bwd")
     ax.set_title("Conv2D 3x3 same", fontsize=9)
     ax.legend(fontsize=8)
-    # 3: block-diagonal dense vs groups
-    ax = axes[2]
+
+
+def _plot_bd(ax, threads: list[int], bd: list[dict]) -> None:
+    """Block-diagonal dense: time against the number of groups, beside 1/groups."""
     for t in threads:
         for impl, style in (("fastnn", "-o"), ("torch bmm", "--s")):
-            pts = sorted((int(r["case"].rsplit("=", 1)[1]), r["median_ms"]) for r in rows
-                         if r["case"].startswith("BlockDiagonal") and r["impl"] == impl and r["threads"] == t)
+            pts = sorted((int(r["case"].rsplit("=", 1)[1]), r["median_ms"]) for r in bd
+                         if r["impl"] == impl and r["threads"] == t)
             ax.plot([g for g, _ in pts], [m for _, m in pts], style, label=f"{impl}, {t} thr")
-    g0 = [r for r in rows if r["case"].endswith("groups=1") and r["impl"] == "fastnn" and r["threads"] == threads[0]]
+    g0 = [r for r in bd if r["case"].endswith("groups=1") and r["impl"] == "fastnn" and r["threads"] == threads[0]]
     if g0:
         ax.plot(BD_GROUPS, [g0[0]["median_ms"] / g for g in BD_GROUPS], ":", color="gray",
                 label="multiply-adds (1/groups)")
@@ -471,6 +464,25 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("ms, forward + backward")
     ax.set_title("BlockDiagonalDense 1024 -> 1024", fontsize=9)
     ax.legend(fontsize=7)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """One panel per kind of case the run measured (--cases may leave some out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = sorted({r["threads"] for r in rows})
+    panels = [(draw, picked) for draw, picked in (
+        (_plot_lc, [r for r in rows if r["case"].startswith("Locally") and not r["impl"].endswith("forward")]),
+        (_plot_conv, [r for r in rows if r["case"].startswith("Conv2D") and r["impl"] == "fastnn"]),
+        (_plot_bd, [r for r in rows if r["case"].startswith("BlockDiagonal")])) if picked]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (draw, picked) in zip(axes[0], panels):
+        draw(ax, threads, picked)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -11,7 +11,8 @@ What    GFLOP/s (2*M*N*K / time) of fastnn.matmul and of NumPy's matmul, timed s
         the peak is GHz x SIMD lanes x FMA units x 2 x cores (fastnn.sysinfo.peak_gflops; the
         clock is measured when the VM hides cpufreq). Then a block-size sweep (fastnn.tune.sweep:
         KC x MC at n = 1024, one thread, fp32) for the heatmap.
-How     fastnn and NumPy alternate call by call, each timed, after warm-up (JIT and buffers);
+How     fastnn and NumPy alternate call by call at 1 thread (at 2, in blocks of 8 calls after a
+        0.15 s pause: see _time_pair), each timed, after warm-up (JIT and buffers);
         medians are reported. Threads of a library that just ran may still spin for a while
         after a call (OpenBLAS); alternating exposes both libraries to it alike.
 Run     fastnn bench matmul            # full run: several minutes on 2 cores

@@ -354,7 +354,7 @@ def results_table(rows: list[dict], tensors: int) -> str:
         layout = f"{tensors} tensors" if r["layout"] == "split" else "1 tensor"
         lines.append(f"| {r['optimizer']} | {layout} | {r['threads']} | {r['impl']} | {r['median_ms']:.2f} "
                      f"| {r['spread']:.0%} | {r['gbs']:.1f} | {_fmt(r['x_torch_fused'], '.2f', '×')} "
-                     f"| {_fmt(r['x_numpy'], '.1f', '×')} | {r['frac_triad']:.0%} |")
+                     f"| {_fmt(r['x_numpy'], '.2f', '×')} | {r['frac_triad']:.0%} |")
     return "\n".join(lines)
 
 
