@@ -158,9 +158,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                 and b.dtype is a.dtype):
             try:
                 if out is None:
-                    c = np.empty((a.shape[0], b.shape[1]), a.dtype)
-                    if plain_into(a, b, c):
-                        return c
+                    if a.shape[1] == b.shape[0]:   # else no (M, N) array (it may not fit): _matmul says why
+                        c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+                        if plain_into(a, b, c):
+                            return c
                 elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
                     return out
             except (TypingError, IndexError):      # IndexError: a 1-D b
@@ -183,7 +184,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                 args = (_EMPTY[a.dtype.char] if bias is None else bias, float(alpha), float(beta),
                         _ACT.get(activation, -1))
                 if out is None:
-                    if beta == 0:
+                    if beta == 0 and a.shape[1] == b.shape[0]:
                         c = np.empty((a.shape[0], b.shape[1]), a.dtype)
                         if options_into(a, b, c, *args):
                             return c
@@ -194,6 +195,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # M*N <= DIRECT_MN, else the packed driver) through one typed entry (its Numba typing
         # and checks instead of ~10 us of Python below).
         if (a.dtype in _SERIAL and not trans_a and not trans_b and a.ndim == 2 and b.ndim == 2
+                and a.shape[1] == b.shape[0]
                 and (a.shape[0] * a.shape[1] * b.shape[1] * a.itemsize < PARALLEL_WORK
                      or a.shape[0] * b.shape[1] < PARALLEL_MN)
                 and (bias is None or (type(bias) is _ND and bias.dtype is a.dtype and bias.shape == (b.shape[1],)))

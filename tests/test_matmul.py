@@ -202,6 +202,17 @@ def test_random_shapes_and_block_tables(m, k, n, mcb, kc, ncb, nsplit, bsplit, d
     check(c, matmul_ref(a, b, c0, beta=first_beta), dtype, k)
 
 
+@pytest.mark.parametrize("kw", [{}, {"alpha": 2.0}, {"bias": np.ones(10**6, np.float32)}])
+def test_mismatched_inner_dimensions_are_named_before_any_output_is_made(kw):
+    """The fast and serial paths made the (M, N) output before the kernel compared the inner
+    dimensions: a mismatch whose output could not fit raised NumPy's MemoryError (3.6 TiB)."""
+    fastnn.matmul(np.ones((8, 8), np.float32), np.ones((8, 8), np.float32), **{k: v[:8] if k == "bias" else v
+                                                                              for k, v in kw.items()})
+    a, b = np.ones((10**6, 2), np.float32), np.ones((3, 10**6), np.float32)
+    with pytest.raises(ValueError, match=r"inner dimensions differ: op\(a\) is 1000000x2, op\(b\) is 3x1000000"):
+        fastnn.matmul(a, b, **kw)
+
+
 def test_errors_name_what_was_expected():
     f32 = np.ones((3, 4), np.float32)
     fastnn.matmul(f32, f32.T)              # compiles the small-product fast path: errors must pass it
