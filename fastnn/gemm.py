@@ -158,13 +158,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                 and b.dtype is a.dtype):
             try:
                 if out is None:
-                    if a.shape[1] == b.shape[0]:   # else no (M, N) array (it may not fit): _matmul says why
-                        c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+                    (m, k), (k2, n) = a.shape, b.shape
+                    if k == k2:                    # else no (M, N) array (it may not fit): _matmul says why
+                        c = np.empty((m, n), a.dtype)
                         if plain_into(a, b, c):
                             return c
                 elif type(out) is _ND and out.dtype is a.dtype and plain_into(a, b, out):
                     return out
-            except (TypingError, IndexError):      # IndexError: a 1-D b
+            except (TypingError, ValueError):      # ValueError: an operand not 2-D (_matmul says so)
                 pass
         elif (b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
