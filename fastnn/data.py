@@ -168,7 +168,8 @@ def train_test_split(
     set holds ``ceil(test_fraction * N)`` samples, at least one and at most
     N - 1. With ``stratify`` each class contributes in proportion to its
     count (largest remainders get the leftover places), so class frequencies
-    agree between the parts to within one sample per class. Which samples go
+    agree between the parts to within one sample per class; every class needs
+    at least 2 samples (ValueError otherwise). Which samples go
     where depends on ``seed`` only; both parts keep the original order.
     """
     if y is None:
@@ -187,7 +188,11 @@ def train_test_split(
     if check_bool(stratify, "stratify"):
         if y.ndim != 1:
             raise ValueError(f"y: stratify=True expects 1-D class labels, got shape {y.shape}")
-        _, label, counts = np.unique(y, return_inverse=True, return_counts=True)
+        classes, label, counts = np.unique(y, return_inverse=True, return_counts=True)
+        if counts.min() < 2:              # it could not be in both parts (scikit-learn refuses it too)
+            rare = classes[np.argmin(counts)].item()
+            raise ValueError(f"y: stratify=True needs at least 2 samples of every class, got 1 of class {rare!r}; "
+                             "pass stratify=False to split such labels at random")
         ideal = n_test * counts / n
         per_class = np.floor(ideal).astype(np.int64)
         leftover = n_test - per_class.sum()

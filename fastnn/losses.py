@@ -41,5 +41,6 @@ def mean_squared_error(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.
     check_array(target, "mean_squared_error target", dtype=pred.dtype, shape=pred.shape)
     if pred.size == 0:
         raise ValueError("mean_squared_error: expected a non-empty batch, got 0 elements")
-    diff = pred - target
-    return float(np.mean(np.square(diff, dtype=np.float64))), diff * pred.dtype.type(2.0 / pred.size)
+    diff = np.subtract(pred, target, out=np.empty(pred.shape, pred.dtype))   # an array even at shape ()
+    loss = float(np.mean(np.square(diff, dtype=np.float64)))
+    return loss, np.multiply(diff, pred.dtype.type(2.0 / pred.size), out=diff)

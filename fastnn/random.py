@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import check_int
+
 _generator = np.random.default_rng()
 
 
 def manual_seed(seed: int) -> None:
-    """Seed the generator that new layers draw their initial weights from."""
+    """Seed the generator that new layers draw their initial weights (and new unseeded
+    ``Dropout`` layers their mask generators) from; ``seed`` is an int >= 0."""
     global _generator
-    _generator = np.random.default_rng(seed)
+    _generator = np.random.default_rng(check_int(seed, "manual_seed seed", 0))
 
 
 def generator() -> np.random.Generator:

@@ -3,6 +3,8 @@
 Math    forward   y = act(y + b)                 in place, y: (n, k), b: (k,)
         backward  dx = dy * act'(y)              from the activation's *output* y:
                   relu' = [y > 0], tanh' = 1 - y^2, sigmoid' = y (1 - y), identity' = 1
+                  (relu as torch's threshold_backward: dx = 0 where y <= 0 even for an infinite or
+                  NaN dy, which dy * 0 would make NaN; dx = dy where y is NaN)
 Shapes  y, dy, dx: 2-D C-contiguous (n, k), same float dtype; b: (k,) or (0,) for no bias.
         act: one of ACTIVATIONS' codes.
 Oracle  tests/test_kernels.py against NumPy (np.maximum, np.tanh, 1/(1+exp(-x))).
@@ -51,8 +53,6 @@ def _act(x, act):
 
 @njit(inline="always")
 def _dact(y, act):
-    if act == 1:
-        return one_like(y) if y > 0 else zero_like(y)
     if act == 2:
         return 1 - y * y
     if act == 3:
@@ -72,8 +72,12 @@ def _bias_act_row(y, b, act):
 
 @njit(inline="always")
 def _act_backward_row(dy, y, act, dx):
-    for j in range(y.shape[0]):
-        dx[j] = dy[j] * _dact(y[j], act)
+    if act == 1:
+        for j in range(y.shape[0]):
+            dx[j] = zero_like(dy[j]) if y[j] <= 0 else dy[j]
+    else:
+        for j in range(y.shape[0]):
+            dx[j] = dy[j] * _dact(y[j], act)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True)

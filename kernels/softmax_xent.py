@@ -5,8 +5,9 @@ Math    s_i = x_i - max_j x_ij                       (shift_rows: rows of s, and
         e_i = exp(s_i)                               (the caller: np.exp in place, SIMD)
         loss = mean_i (log sum_j e_ij - s_i[y_i])    (finish_rows, float64)
         dx_i = e_i / (N sum_j e_ij) - onehot(y_i) / N
-        A NaN or +-Inf logit makes its row's loss NaN (as the NumPy formulas do); -Inf alone
-        is a class of probability 0.
+        A NaN or +Inf logit makes its row's loss and gradient NaN (as the NumPy formulas and
+        torch do); a -Inf logit is a class of probability 0 (the loss is +Inf where it is the
+        label, NaN where the whole row is -Inf).
 Shapes  x: (N, C) float32/float64, C-contiguous; labels: (N,) int64; g: (N, C) of x's dtype
         (s, then e, then dx, in place); picked: (N,) float64.
 Why     the NumPy formulas take ~11 array calls (~25 us at N=64, C=10, most of it call

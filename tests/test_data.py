@@ -169,6 +169,14 @@ def test_stratified_leftover_places_go_to_the_largest_remainders():
     np.testing.assert_array_equal(np.bincount(y_test), [2, 1, 1])
 
 
+def test_stratified_split_refuses_a_class_of_one_sample():
+    y = np.array([0, 0, 1, 1, 2, 0, 1, 1])          # class 2 could only be in one part
+    with pytest.raises(ValueError, match="at least 2 samples of every class, got 1 of class 2"):
+        train_test_split(np.arange(8), y, test_fraction=0.5)
+    x_train, x_test, _, _ = train_test_split(np.arange(8), y, test_fraction=0.5, stratify=False)
+    assert len(x_train) == len(x_test) == 4
+
+
 def test_unstratified_split_sizes():
     x_train, x_test, _, _ = train_test_split(np.arange(10), np.zeros(10), test_fraction=0.25, stratify=False)
     assert (len(x_train), len(x_test)) == (7, 3)

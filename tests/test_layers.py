@@ -70,6 +70,25 @@ def test_activation_layers(cls, fn):
     _check_grads(layer, x)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_blocks_an_infinite_gradient_at_dead_units_as_torch(dtype):
+    # torch's threshold_backward: dx = 0 where y <= 0 whatever dy is (dy * 0 would be NaN for an
+    # infinite or NaN dy), dx = dy elsewhere
+    x = np.array([[-1.0, 0.0, 2.0, -3.0], [1.0, -2.0, 0.0, 4.0]], dtype)
+    dy = np.array([[np.inf, np.nan, 5.0, -np.inf], [np.inf, np.nan, -np.inf, 7.0]], dtype)
+    want = np.where(np.maximum(x, 0) <= 0, dtype(0), dy)
+    layer = fnn.ReLU()
+    layer(x)
+    np.testing.assert_array_equal(layer.backward(dy.copy()), want)
+    dense = fnn.Dense(4, 4, activation="relu", dtype=dtype)
+    dense.params["weight"][...] = np.eye(4, dtype=dtype)
+    dense.params["bias"][...] = 0
+    dense.zero_grad()
+    dense(x)
+    dense.backward(dy.copy())                  # the fused activation's gradient sums into the bias's
+    np.testing.assert_array_equal(dense.grads["bias"], want.sum(axis=0))
+
+
 def test_model_gradients_end_to_end():
     fnn.manual_seed(3)
     model = fnn.Sequential(fnn.Flatten(), fnn.Dense(6, 5, activation="tanh", dtype=np.float64), fnn.ReLU(),
@@ -495,3 +514,37 @@ def test_a_cuda_device_array_is_named_with_its_package_and_how_to_copy_it(call):
     with pytest.raises((TypeError, ValueError)) as info:
         call([[1.0] * 4] * 4)
     assert "CUDA" not in str(info.value)
+
+
+@pytest.mark.parametrize("seed, exc", [(None, TypeError), (True, TypeError), (1.5, TypeError), ("3", TypeError),
+                                       (-1, ValueError)])
+def test_manual_seed_refuses_what_is_not_a_seed(seed, exc):
+    """None reseeded from fresh entropy without a word (runs were silently irreproducible); True
+    was seed 1; "3", 1.5 and -1 failed with NumPy's messages naming no argument."""
+    fnn.manual_seed(5)
+    want = fnn.random.generator().random()
+    fnn.manual_seed(5)
+    with pytest.raises(exc, match="manual_seed seed: expected an int >= 0"):
+        fnn.manual_seed(seed)
+    assert fnn.random.generator().random() == want          # the generator was left as it was
+
+
+def test_activation_grad_reads_a_non_contiguous_output():
+    """A transposed 3-D output: the rows of its C-order copy were written, and the gradient
+    returned was the uninitialised array beside them."""
+    from fastnn.layers.activations import activation_grad
+
+    rng = np.random.default_rng(0)
+    y = np.tanh(rng.standard_normal((3, 4, 5))).transpose(0, 2, 1)
+    dy = rng.standard_normal((3, 5, 4))
+    np.testing.assert_allclose(activation_grad(dy, y, 2), dy * (1 - y * y), rtol=1e-12)
+
+
+def test_mean_squared_error_of_a_scalar_returns_an_array_gradient():
+    """Shape () came back as a NumPy scalar, which backward refuses as not an array."""
+    loss, grad = fnn.losses.mean_squared_error(np.array(1.0), np.array(3.0))
+    assert loss == 4.0 and isinstance(grad, np.ndarray) and grad.shape == () and grad == -4.0
+    pred, target = np.ones((4, 6), np.float32)[:, ::2], np.zeros((4, 3), np.float32)
+    loss, grad = fnn.losses.mean_squared_error(pred, target)
+    assert grad.dtype == np.float32 and grad.shape == (4, 3)
+    np.testing.assert_allclose(grad, 2 * pred / pred.size)

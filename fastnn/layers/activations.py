@@ -21,10 +21,10 @@ def activation_grad(dy: np.ndarray, y: np.ndarray, act: int) -> np.ndarray:
     every layer with a fused activation goes through on its way back."""
     if not act:
         return dy
-    dz = np.empty_like(y)
+    dz = np.empty(y.shape, y.dtype)                  # C order: rows(dz) below must be a view, not a copy
     if y.size:
-        rows = lambda a: a.reshape(len(y) if y.ndim > 1 else 1, -1)  # noqa: E731
-        pick(act_backward_cpu, act_backward_serial, dz.size)(rows(np.ascontiguousarray(dy)), rows(y), act, rows(dz))
+        rows = lambda a: np.ascontiguousarray(a).reshape(len(y) if y.ndim > 1 else 1, -1)  # noqa: E731
+        pick(act_backward_cpu, act_backward_serial, dz.size)(rows(dy), rows(y), act, rows(dz))
     return dz
 
 
