@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba.core.errors import TypingError
 
-from .checks import type_name
+from .checks import check_activation, check_bool, type_name
 from .flat import aligned_zeros
 from .kernels.affinity import keep_off
 from .kernels.activation import ACTIVATIONS
@@ -130,7 +130,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
 
     a, b: 2-D float32 or float64 arrays of one dtype; op(a): (M, K), op(b): (K, N).
     out: (M, N) of that dtype, or None for a new array (then ``beta`` must be 0).
-    bias: (N,) or None. activation: None, "relu", "tanh" or "sigmoid".
+    trans_a, trans_b: True or False (anything else is a TypeError).
+    bias: (N,) or None. activation: None, "linear" (none), "relu", "tanh" or "sigmoid".
     threads: Numba threads for this call, an int >= 1 (default: numba.get_num_threads(); at
     most NUMBA_NUM_THREADS are used).
     ``out`` may overlap ``a``, ``b`` or ``bias`` (e.g. ``x = W x`` in place): the product is
@@ -154,8 +155,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # Whatever a kernel declines (not small, other layouts or types) goes the general way.
         # (Float literals: Python's float == float is a specialized fast compare, float == int
         # is not. Each dtype read costs ~15 ns: the plain path reads a's only, ~0.1 us less.)
-        if (bias is None and activation is None and alpha == 1.0 and beta == 0.0 and not trans_a and not trans_b
-                and b.dtype is a.dtype):
+        # (`trans_a is False`, `type(trans_a) is bool`: only Python's bools take the fast paths;
+        # _matmul refuses the rest, so a truthy "N" or "False" never transposes.)
+        if (bias is None and activation is None and alpha == 1.0 and beta == 0.0 and trans_a is False
+                and trans_b is False and b.dtype is a.dtype):
             try:
                 if out is None:
                     (m, k), (k2, n) = a.shape, b.shape
@@ -167,7 +170,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                     return out
             except (TypingError, ValueError):      # ValueError: an operand not 2-D (_matmul says so)
                 pass
-        elif (b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
+        elif (type(trans_a) is bool and type(trans_b) is bool and b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
                                     and bias.size))
               and (activation is None or type(activation) is str)):
@@ -195,7 +198,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # Not small, below the threads' thresholds: the serial path (the direct kernel where
         # M*N <= DIRECT_MN, else the packed driver) through one typed entry (its Numba typing
         # and checks instead of ~10 us of Python below).
-        if (a.dtype in _SERIAL and not trans_a and not trans_b and a.ndim == 2 and b.ndim == 2
+        if (a.dtype in _SERIAL and trans_a is False and trans_b is False and a.ndim == 2 and b.ndim == 2
                 and a.shape[1] == b.shape[0]
                 and (a.shape[0] * a.shape[1] * b.shape[1] * a.itemsize < PARALLEL_WORK
                      or a.shape[0] * b.shape[1] < PARALLEL_MN)
@@ -215,6 +218,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
     small frame: a Python frame costs per local variable, ~80 ns a call with these here)."""
     if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type_name(a)} and {type_name(b)}")
+    trans_a, trans_b = check_bool(trans_a, "matmul: trans_a"), check_bool(trans_b, "matmul: trans_b")
     a, b = _native(a), _native(b)
     dt = a.dtype
     if dt != b.dtype or dt.char not in "fd":
@@ -229,9 +233,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
     if k != k2:
         raise ValueError(f"matmul: inner dimensions differ: op(a) is {m}x{k}, op(b) is {k2}x{n} "
                          f"(trans_a={trans_a}, trans_b={trans_b})")
-    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
-    if act < 0:
-        raise ValueError(f"matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
+    act = check_activation(activation, "matmul")
     if bias is None:
         bias = _EMPTY[dt.char]
     elif not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (n,):
@@ -357,7 +359,8 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     group g; returns ``out``.
 
     a: (G, M, K), or (G, K, M) with trans_a; b: (G, K, N), or (G, N, K) with trans_b; out:
-    (G, M, N) or None (then ``beta`` must be 0); bias: (G, N) or None; one float dtype.
+    (G, M, N) or None (then ``beta`` must be 0); bias: (G, N) or None; one float dtype;
+    trans_a, trans_b: True or False.
     Any non-negative strides are read in place (e.g. ``x.reshape(n, G, k).transpose(1, 0, 2)``,
     the column blocks of a block-diagonal layer); ``out`` needs unit column stride to be
     written in place. One call runs every group, one group at a time per thread (``threads``,
@@ -367,6 +370,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         if not isinstance(x, np.ndarray) or isinstance(x, np.matrix) or x.ndim != 3:
             raise ValueError(f"batched_matmul: {name} must be a 3-D numpy array (groups, rows, cols), got "
                              f"{type_name(x)} {getattr(x, 'shape', '')}")
+    trans_a, trans_b = check_bool(trans_a, "batched_matmul: trans_a"), check_bool(trans_b, "batched_matmul: trans_b")
     if threads is not None:
         threads = _thread_count(threads, "batched_matmul")
     alpha, beta = _scalars(alpha, beta, "batched_matmul")
@@ -392,9 +396,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (G, n)):
         raise ValueError(f"batched_matmul: bias must be a {dt} array of shape ({G}, {n}), got "
                          f"{type_name(bias)} {getattr(bias, 'dtype', '')} {getattr(bias, 'shape', '')}")
-    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
-    if act < 0:
-        raise ValueError(f"batched_matmul: activation must be None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
+    act = check_activation(activation, "batched_matmul")
     if not out.dtype.isnative or any(x is not None and np.may_share_memory(out, x) for x in (a, b, bias)):
         work = np.array(out, dt) if beta != 0 else None                # byte-swapped, or read while written
         work = batched_matmul(a, b, work, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=bias,

@@ -21,6 +21,8 @@ from multiprocessing import get_context
 
 import numpy as np
 
+from .checks import check_int
+
 DTYPES = ("float32", "float64")
 PARTS = ("dense", "spatial")
 
@@ -95,19 +97,19 @@ def _run(task: tuple[str, str]) -> tuple[str, str, float]:
     return dtype, part, time.perf_counter() - began
 
 
-def precompile(dtypes: tuple[str, ...] = DTYPES, jobs: int | None = None) -> Iterator[tuple[str, str, float]]:
-    """Compile (or load) the kernels for ``dtypes`` in ``jobs`` worker processes (None: one per
-    core, at most one per task); yields (dtype, part, seconds) per task, in task order, as they
-    finish. A task that fails (or whose worker dies) raises RuntimeError naming it."""
+def precompile(dtypes: str | tuple[str, ...] = DTYPES, jobs: int | None = None) -> Iterator[tuple[str, str, float]]:
+    """Compile (or load) the kernels for ``dtypes`` (names among DTYPES; one name alone is one
+    dtype) in ``jobs`` worker processes (an int >= 1; None: one per core; at most one per task);
+    yields (dtype, part, seconds) per task, in task order, as they finish. A task that fails
+    (or whose worker dies) raises RuntimeError naming it."""
     from .sysinfo import cores
 
+    dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise ValueError(f"precompile: expected dtypes among {DTYPES}, got {list(dtypes)}")
     tasks = [(d, p) for d in dtypes for p in PARTS]
-    jobs = min(len(tasks), cores() if jobs is None else jobs)
-    if jobs < 1:
-        raise ValueError(f"precompile: expected jobs >= 1, got {jobs}")
+    jobs = min(len(tasks), cores() if jobs is None else check_int(jobs, "precompile: jobs", 1))
     return _results(tasks, jobs)
 
 

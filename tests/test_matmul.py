@@ -903,3 +903,30 @@ def test_matrix_out_is_refused_by_name():
     f32 = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="matmul: out must be a float32 array of shape"):
         fastnn.matmul(f32, f32.T.copy(), np.matrix(np.zeros((4, 4), np.float32)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [8, 100, 300])            # small, serial packed, threaded sizes
+def test_transpose_flags_must_be_true_or_false(dtype, n):
+    """A truthy non-bool ("N", BLAS's "no transpose", or "False") transposed the operand silently
+    (a square product came back as a.T @ b); a falsy one (0, None) passed in the fast paths only."""
+    rng = np.random.default_rng(12)
+    a, b = operands(rng, n, n, n, dtype)
+    check(fastnn.matmul(a, b, trans_a=np.True_), matmul_ref(a.T, b), dtype, n)     # NumPy's bools are bools
+    for kw in ({"trans_a": "N"}, {"trans_b": "False"}, {"trans_a": 1}, {"trans_b": 0}, {"trans_a": None},
+               {"trans_a": "N", "bias": np.ones(n, dtype)}, {"trans_b": "T", "alpha": 2.0}):
+        name = next(k for k in kw if k.startswith("trans"))
+        with pytest.raises(TypeError, match=f"^matmul: {name}: expected True or False, got"):
+            fastnn.matmul(a, b, **kw)
+        with pytest.raises(TypeError, match=f"^batched_matmul: {name}: expected True or False, got"):
+            fastnn.batched_matmul(a[None], b[None], **{k: v[None] if k == "bias" else v for k, v in kw.items()})
+
+
+def test_activation_errors_name_every_accepted_activation():
+    f32 = np.ones((3, 3), np.float32)
+    check(fastnn.matmul(f32, f32, activation="linear"), matmul_ref(f32, f32), np.float32, 3)     # accepted
+    accepted = r"activation must be one of \['linear', 'relu', 'sigmoid', 'tanh'\], got 'gelu'"
+    with pytest.raises(ValueError, match="^matmul: " + accepted):
+        fastnn.matmul(f32, f32, activation="gelu")
+    with pytest.raises(ValueError, match="^batched_matmul: " + accepted):
+        fastnn.batched_matmul(f32[None], f32[None], activation="gelu")

@@ -44,7 +44,7 @@ def test_cli_compile_reports_each_task(capsys):
 
 @pytest.mark.parametrize("dtypes, jobs, match", [(("float16",), None, "expected dtypes among"),
                                                  ((), None, "expected dtypes among"),
-                                                 (("float32",), 0, "expected jobs >= 1, got 0")])
+                                                 (("float32",), 0, "jobs: expected an int >= 1, got 0")])
 def test_precompile_refuses_bad_arguments(dtypes, jobs, match):
     with pytest.raises(ValueError, match=match):
         precompile(dtypes, jobs)
@@ -55,3 +55,19 @@ def test_a_failing_task_is_named():
 
     with pytest.raises(RuntimeError, match="compiling float32 nonexistent failed: KeyError"):
         list(_results([("float32", "nonexistent")], 1))
+
+
+@pytest.mark.parametrize("jobs", [1.5, True, "2"])
+def test_jobs_must_be_an_int(jobs):
+    """A float or a bool was passed on to the worker pool (1.5 failed at the first result with
+    Python's "'float' object cannot be interpreted as an integer"; True ran one worker)."""
+    with pytest.raises(TypeError, match=f"precompile: jobs: expected an int >= 1, got {type(jobs).__name__}"):
+        precompile(("float32",), jobs)
+
+
+def test_one_dtype_name_is_one_dtype(monkeypatch):
+    """precompile("float32") refused its own dtype letter by letter (['f', 'l', 'o', ...])."""
+    import fastnn.precompile as pc
+
+    monkeypatch.setattr(pc, "_results", lambda tasks, jobs: (tasks, jobs))
+    assert precompile("float32", 4) == ([("float32", "dense"), ("float32", "spatial")], 2)
