@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,11 @@ def _fmt(value: Any) -> str:
 
 # -- learning-rate schedules -------------------------------------------------------------------
 
+#: per optimizer: a weak reference to the schedule whose ``step()`` last set its lr, and the
+#: optimizer's step count then (a second schedule stepped at the same count is torch's chaining)
+_LAST_STEPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class Schedule:
     """Base of the LR schedules; ``t`` counts optimizer steps taken (torch's ``last_epoch``).
 
@@ -177,7 +183,9 @@ class Schedule:
 
         Returns False, changing nothing, when the optimizer skipped its last step, or only
         counted a micro-batch of an accumulated step (``fastnn.distributed.DataParallel`` with
-        ``accumulate_steps``), and took no real step since this schedule's last one.
+        ``accumulate_steps``), and took no real step since this schedule's last one. Raises
+        RuntimeError, changing nothing, when another schedule already stepped the optimizer
+        since its last step (torch's chaining by stepping several; use ``Chain``).
         """
         if self._owner is not None:
             raise RuntimeError(f"{self!r} is part of {self._owner!r}; step that schedule instead")
@@ -185,8 +193,31 @@ class Schedule:
         idle = getattr(self.opt, "last_step_skipped", False) or getattr(self.opt, "accumulating", False)
         if idle and (self._stepped_at is None or count == self._stepped_at):
             return False
+        tracked = self._check_sole_stepper(count)
         self._apply(self.t + 1)
         self._stepped_at = count
+        if tracked:
+            _LAST_STEPPED[self.opt] = (weakref.ref(self), count)
+        return True
+
+    def _check_sole_stepper(self, count: int | None) -> bool:
+        """RuntimeError when another schedule already stepped this optimizer after its step
+        ``count``: torch chains schedulers stepped one after the other, each scaling the lr the
+        one before set, but a fastnn schedule sets the lr from ``initial_lr``, so the last one
+        stepped would silently win. Returns False (nothing checked) for an optimizer without
+        ``step_count`` or one that cannot be weakly referenced."""
+        if count is None:
+            return False
+        try:
+            last = _LAST_STEPPED.get(self.opt)
+        except TypeError:
+            return False
+        other = last[0]() if last is not None and last[1] == count else None
+        if other is not None and other is not self:
+            raise RuntimeError(f"{self!r}: {other!r} already stepped this optimizer after its step {count}; "
+                               "stepping two schedules one after the other does not chain them as torch's "
+                               "schedulers do (each sets the lr from initial_lr, the last would win): compose "
+                               "them with schedules.Chain([...]) and step only that")
         return True
 
     def _affine_at(self, t: int) -> tuple[float, float]:

@@ -590,6 +590,24 @@ def test_a_group_may_name_one_parameter_without_a_list():
         assert opt.param_groups[1]["params"] == ["0.bias"] and opt.param_groups[0]["params"] == ["0.weight"]
 
 
+def test_a_zero_size_parameter_may_be_grouped_by_its_view():
+    """A zero-size view shares no memory with the buffer, so grouping the model's parameters
+    as torch users do (``[v for n, v in model.named_parameters() if ...]``) raised that it
+    was not a view into the optimized parameters."""
+    class Empty(fnn.module.Module):
+        def __init__(self):
+            super().__init__()
+            self.dtype = np.dtype(np.float64)
+            self._create_params({"w": np.ones(3), "e": np.zeros((0, 4)), "b": np.ones(2)})
+
+    model = fnn.Sequential(Empty(), fnn.Dense(3, 2, dtype=np.float64))
+    views = dict(model.named_parameters())
+    opt = fnn.optim.SGD(model, lr=0.1, param_groups=[{"params": [views["0.e"], views["0.b"]], "lr": 0.5}])
+    assert opt.param_groups[1]["params"] == ["0.e", "0.b"]
+    with pytest.raises(ValueError, match="must be a parameter name or a view"):
+        fnn.optim.SGD(model, param_groups=[{"params": [np.zeros(4)[:0]]}])
+
+
 @pytest.mark.parametrize("key, value", [("step", -3), ("step", -1), ("step", 1.9), ("step", "x"), ("step", True),
                                         ("skipped_steps", -5)])
 def test_load_state_dict_refuses_bad_step_counters(key, value):

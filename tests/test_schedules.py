@@ -211,6 +211,19 @@ def test_composite_skips_and_parts_cannot_be_stepped():
         S.Chain([warm])
 
 
+def test_stepping_two_schedules_after_one_optimizer_step_is_refused():
+    """torch chains schedulers stepped one after the other (ExponentialLR then StepLR: the
+    product); a fastnn schedule sets the lr from initial_lr, so the second silently replaced
+    the first's lr. A schedule that replaces another at a later optimizer step is fine."""
+    opt = fnn_sgd()
+    first, second = S.Exponential(opt, 0.5), S.Step(opt, 1, 0.1)
+    assert opt.step() and first.step()
+    with pytest.raises(RuntimeError, match=r"Exponential\(gamma=0.5, t=1\) already stepped .*Chain"):
+        second.step()
+    assert second.t == 0 and first.get_last_lr() == pytest.approx([0.05, 0.005])
+    assert opt.step() and second.step() and second.get_last_lr() == pytest.approx([0.01, 0.001])
+
+
 STATEFUL = [
     lambda o: S.InverseTime(o, 5, staircase=True),
     lambda o: S.Sequential(o, [S.Warmup(o, 10), S.Cosine(o, 50, eta_min=1e-4)], [10]),

@@ -113,6 +113,10 @@ class Optimizer:
                 if s[0] == p:
                     return i
             raise KeyError(f"no parameter named {p!r}; expected one of {[s[0] for s in self._slots]}")
+        if isinstance(p, np.ndarray) and p.size == 0 and self._model is not None:  # shares no memory: by identity
+            name = next((n for n, v in self._model.named_parameters() if v is p), None)
+            if name is not None:
+                return self._slot_index(name)
         if not isinstance(p, np.ndarray) or not np.shares_memory(p, self.params):
             raise ValueError("param_groups: each entry of 'params' must be a parameter name or a view "
                              f"into the optimized parameters, got {type(p).__name__}")
