@@ -1,6 +1,7 @@
 """Input checks shared by layers, losses and optimizers: clear errors naming expected and actual."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -89,8 +90,9 @@ def check_real(value: object, what: str, minimum: float | None, below: float | N
 
 
 def _real_range(minimum: float | None, below: float | None) -> str:
-    bounds = [f"{op} {v:g}" for op, v in ((">=", minimum), ("<", below)) if v is not None]
-    return " ".join(["a number", " and ".join(bounds)]).strip()
+    """below=inf reads "a finite number"."""
+    bounds = [f"{op} {v:g}" for op, v in ((">=", minimum), ("<", below)) if v is not None and v != math.inf]
+    return " ".join(["a finite number" if below == math.inf else "a number", " and ".join(bounds)]).strip()
 
 
 def check_activation(activation: object, what: str) -> int:

@@ -185,6 +185,56 @@ def test_last_grad_norm_is_deterministic_and_right():
     assert opt.last_grad_norm == pytest.approx(np.linalg.norm(g.astype(np.float64)), rel=1e-12)
 
 
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_last_grad_norm_of_a_refused_step_is_not_the_step_before(policy):
+    p, g = np.zeros(5), np.ones(5)
+    opt = fnn.optim.SGD((p, g), lr=0.1, nonfinite=policy)
+    opt.step()
+    assert opt.last_grad_norm == pytest.approx(np.sqrt(5))
+    g[2] = np.nan
+    if policy == "raise":
+        with pytest.raises(FloatingPointError):
+            opt.step()
+    else:
+        assert opt.step() is False
+    assert np.isnan(opt.last_grad_norm)
+
+
+@pytest.mark.parametrize("make", [lambda pair: fnn.optim.Adam(pair, fused=True),
+                                  lambda pair: fnn.optim.SGD(pair, foreach=False, lr=0.1),
+                                  lambda pair: fnn.optim.AdamW(pair, weight_decays=0.1)])
+def test_unknown_options_name_the_optimizer_and_what_it_takes(make):
+    with pytest.raises(TypeError, match=r"(Adam|SGD|AdamW): unexpected option\(s\) \['(fused|foreach|weight_decays)'\]"
+                                        r".*expected among \[.*'lr'.*'max_grad_norm', 'nonfinite'\]"):
+        make((np.zeros(3), np.zeros(3)))
+
+
+def test_zero_grad_takes_torchs_set_to_none():
+    g = np.ones(4)
+    opt = fnn.optim.SGD((np.zeros(4), g), lr=0.1)
+    opt.zero_grad(set_to_none=True)
+    assert not g.any()
+    g[:] = 1
+    opt.zero_grad(set_to_none=False)
+    assert not g.any()
+    with pytest.raises(TypeError, match="set_to_none: expected True or False"):
+        opt.zero_grad(set_to_none="yes")
+
+
+@pytest.mark.parametrize("key, make", [("lr", lambda pair: fnn.optim.SGD(pair, lr=np.inf)),
+                                       ("momentum", lambda pair: fnn.optim.SGD(pair, lr=0.1, momentum=np.inf)),
+                                       ("weight_decay", lambda pair: fnn.optim.Adam(pair, weight_decay=np.inf))])
+def test_infinite_hyperparameters_are_refused(key, make):
+    with pytest.raises(ValueError, match=f"{key}: expected a finite number >= 0, got inf"):
+        make((np.zeros(3), np.zeros(3)))
+    p = np.ones(3)
+    opt = fnn.optim.SGD((p, np.ones(3)), lr=0.1, momentum=0.5)
+    opt.param_groups[0]["lr"] = np.inf                            # edited by hand between steps
+    with pytest.raises(ValueError, match="lr: expected a finite number >= 0"):
+        opt.step()
+    np.testing.assert_array_equal(p, 1.0)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_gradient_raises_and_changes_nothing(bad):
     p, g = np.ones(50), np.ones(50)
@@ -281,9 +331,9 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     (lambda: fnn.optim.SGD((np.ones(6)[::2], np.ones(3))), "contiguous"),
     (lambda: fnn.optim.SGD((np.ones(3, np.int64), np.ones(3, np.int64))), "float32 or float64"),
     (lambda: fnn.optim.SGD(np.ones(3)), "model or a \\(params, grads\\) pair"),
-    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=-1), "lr: expected a number >= 0, got -1"),
-    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr="0.1"), "lr: expected a number >= 0, got str '0.1'"),
-    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=True), "lr: expected a number >= 0, got bool True"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=-1), "lr: expected a finite number >= 0, got -1"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr="0.1"), "lr: expected a finite number >= 0, got str '0.1'"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=True), "lr: expected a finite number >= 0, got bool True"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), eps="1e-8"), "eps: expected a number >= 0, got str"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), maximize="False"),
      "maximize: expected True or False, got str 'False'"),
@@ -294,7 +344,7 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
      r"betas\[0\]: expected a number >= 0 and < 1, got str 'a'"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas=(0.9,)), "expected betas a pair of numbers"),
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), dampening="0.1"), "dampening: expected a number, got str"),
-    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), momentum=float("nan")), "momentum: expected a number >= 0"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), momentum=float("nan")), "momentum: expected a finite number >= 0"),
     (lambda: fnn.optim.SGD(fnn.Sequential(fnn.Dense(2, 2)), param_groups=[{"params": None}]),
      r"param_groups\[0\]\['params'\]: expected a list of parameter names"),
     (lambda: fnn.optim.SGD(fnn.Sequential(fnn.Dense(2, 2)), param_groups=[{"params": ["0.bias", "0.bias"]}]),
@@ -662,7 +712,7 @@ def test_load_state_dict_checks_inner_containers(key, value, match):
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda p: fnn.optim.SGD(p, momentum=None, nesterov=True), "momentum: expected a number >= 0, got NoneType None"),
+    (lambda p: fnn.optim.SGD(p, momentum=None, nesterov=True), "momentum: expected a finite number >= 0, got NoneType None"),
     (lambda p: fnn.optim.Adam(p, betas=0.9), r"expected betas a pair of numbers in \[0, 1\), got 0.9")])
 def test_constructors_check_types_before_comparing(make, match):
     with pytest.raises(TypeError, match=match):
@@ -683,7 +733,7 @@ def test_grad_scale_past_float32_is_refused_before_anything_changes():
 
 @pytest.mark.parametrize("make, key, value, error, match", [
     (lambda m: fnn.optim.SGD(m, lr=0.0, param_groups=[{"params": ["0.bias"]}]), "momentum", None, TypeError,
-     r"param_groups\[1\]: momentum: expected a number"),
+     r"param_groups\[1\]: momentum: expected a finite number"),
     (lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9), "lr", None, TypeError, r"param_groups\[0\]: lr"),
     (lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9), "lr", "1e-2", TypeError, r"param_groups\[0\]: lr"),
     (lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9), "dampening", None, TypeError, "dampening"),

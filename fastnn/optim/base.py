@@ -7,6 +7,7 @@ chunk table that kernel walks, so one call updates every group.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Callable
@@ -47,7 +48,9 @@ class Optimizer:
     global_options: tuple[str, ...] = ()
 
     def __init__(self, params, defaults: dict, *, param_groups: list[dict] | None = None,
-                 max_grad_norm: float | None = None, nonfinite: str = "raise") -> None:
+                 max_grad_norm: float | None = None, nonfinite: str = "raise", **unknown) -> None:
+        if unknown:
+            raise TypeError(_unknown_options(type(self), unknown))
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite: expected one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if max_grad_norm is not None:
@@ -72,6 +75,8 @@ class Optimizer:
         self.step_count = 0
         self.skipped_steps = 0
         self.last_step_skipped = False
+        #: the gradient's L2 norm (times grad_scale) at the last step(), refused ones included
+        #: (NaN or Inf then); None until a step computes it (with clipping or a nonfinite check)
         self.last_grad_norm: float | None = None
 
     # -- groups ----------------------------------------------------------------------
@@ -163,8 +168,8 @@ class Optimizer:
         self._state_pinned = True
 
     def _check_hparams(self, group: dict, where: str) -> None:
-        for key in ("lr", "weight_decay"):
-            check_real(group[key], f"{where}: {key}", 0.0)
+        for key in ("lr", "weight_decay"):      # inf made every parameter NaN
+            check_real(group[key], f"{where}: {key}", 0.0, math.inf)
         for key in ("maximize", "amsgrad", "nesterov"):
             if key in group:
                 check_bool(group[key], f"{where}: {key}")
@@ -189,6 +194,7 @@ class Optimizer:
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             norm, bad, first_bad = self._grad_norm()
             message = self._nonfinite_message(bad, first_bad) if bad else None
+            self.last_grad_norm = norm * abs(grad_scale)      # also for a step refused below: NaN or Inf
             if not bad and abs(grad_scale) > 1 and norm * abs(grad_scale) > np.finfo(self.params.dtype).max:
                 peak = self._global(float(np.max(np.abs(self.grads[self._share[0]:self._share[1]]), initial=0.0)),
                                     "max")
@@ -205,7 +211,6 @@ class Optimizer:
                     return False
                 raise FloatingPointError(message)
             norm *= abs(grad_scale)
-            self.last_grad_norm = norm
             if self.max_grad_norm is not None:     # a NaN norm ("ignore") makes every update NaN, as torch's clip
                 coef = self.max_grad_norm / (norm + 1e-6)
                 scale *= coef if not coef >= 1.0 else 1.0
@@ -282,8 +287,11 @@ class Optimizer:
                 "finite. Parameters and optimizer state are unchanged; pass nonfinite='skip' to skip "
                 "such steps instead")
 
-    def zero_grad(self) -> None:
-        """Set every gradient to zero (one pass over the flat gradient buffer)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set every gradient to zero (one pass over the flat gradient buffer). ``set_to_none``
+        is torch's signature: the gradients are views into one buffer, so they are zeroed
+        either way."""
+        check_bool(set_to_none, "zero_grad: set_to_none")
         self._check_buffers()
         self.grads.fill(0)
 
@@ -377,6 +385,18 @@ class Optimizer:
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({self.params.size:,} params, {len(self.param_groups)} groups, {hp})"
+
+
+def _unknown_options(cls: type, unknown: dict) -> str:
+    """The TypeError message for keywords ``cls`` does not take, naming those it does."""
+    own = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+           if n not in ("self", "params") and p.kind is not p.VAR_KEYWORD]
+    accepted = own + [n for n in inspect.signature(Optimizer.__init__).parameters
+                      if n not in ("self", "params", "defaults", "unknown") and n not in own]
+    torch_only = sorted(set(unknown) & {"fused", "foreach", "capturable", "differentiable"})
+    why = (f" ({', '.join(torch_only)}: torch's choice of implementation; fastnn's step is always one fused "
+           "kernel over the flat buffers)") if torch_only else ""
+    return f"{cls.__name__}: unexpected option(s) {sorted(unknown)}{why}; expected among {accepted}"
 
 
 def _resolve(params) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
