@@ -590,3 +590,36 @@ def test_lc1d_repr_names_its_activation_as_lc2d_does():
     assert "activation='relu'" in repr(fnn.LocallyConnected1D(1, 2, 3, input_length=8, activation="relu"))
     assert "activation='relu'" in repr(fnn.LocallyConnected2D(1, 2, 3, input_shape=(5, 5), activation="relu"))
     assert "activation" not in repr(fnn.LocallyConnected1D(1, 2, 3, input_length=8))
+
+
+def test_concat_first_in_a_model_skips_its_branches_input_gradients(monkeypatch):
+    """model.input_grad = False (what fit sets) reaches each branch's first layer with
+    parameters, as in a Sequential: an Inception module first in a model computed every
+    branch's input gradient and their sum, then returned None."""
+    import fastnn.layers.conv as conv
+
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.models.inception(4, 2, 2, 3, 1, 2, 2, dtype=np.float64))
+    x = RNG(0).standard_normal((2, 5, 5, 4))
+    assert model.backward(np.ones_like(model(x))) is not None
+    want = model.flat.grad.copy()
+    calls, real = [], conv.conv2d_input_grad_serial
+    monkeypatch.setattr(conv, "conv2d_input_grad_serial", lambda *a: (calls.append(a), real(*a)))
+    model.zero_grad()
+    model.input_grad = False
+    assert model.backward(np.ones_like(model(x))) is None
+    assert len(calls) == 2                   # only the 3x3 and 5x5 convolutions, inside their branches
+    np.testing.assert_array_equal(model.flat.grad, want)
+    model.input_grad = True
+    assert model.backward(np.ones_like(model(x))).shape == x.shape
+
+
+@pytest.mark.parametrize("arg, value, error, got", [
+    ("kernel_size", 0, ValueError, "got 0"), ("input_length", 0, ValueError, "got 0"),
+    ("stride", 0, ValueError, "got 0"), ("dilation", 0, ValueError, "got 0"),
+    ("kernel_size", 3.0, TypeError, "got float 3.0")])
+def test_lc1d_errors_name_the_value_given(arg, value, error, got):
+    """Not the height-1 pair the layer builds from it ("input_shape ... got (1, 0)")."""
+    kwargs = {"kernel_size": 3, "input_length": 8, arg: value}
+    with pytest.raises(error, match=re.escape(f"LocallyConnected1D {arg}: expected an int >= 1, {got}")):
+        fnn.LocallyConnected1D(2, 3, **kwargs)

@@ -32,6 +32,18 @@ class Concat(Module):
     def children(self) -> list[tuple[str, Module]]:
         return [(str(i), b) for i, b in enumerate(self.branches)]
 
+    @property
+    def input_grad(self) -> bool:
+        return self.__dict__.get("_input_grad", True)
+
+    @input_grad.setter
+    def input_grad(self, value: bool) -> None:
+        """Off (a model's first layer): every branch skips its input gradient too (each
+        branch's first layer with parameters, as ``Sequential``), not only the sum."""
+        for b in self.branches:
+            b.input_grad = value
+        self._input_grad = value
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         outs = [b.forward(x) for b in self.branches]
         lead = outs[0].shape[:-1]
@@ -51,8 +63,9 @@ class Concat(Module):
         dx = None
         for b, d in zip(self.branches, np.split(dy, self._splits, axis=-1)):
             g = b.backward(np.ascontiguousarray(d))
-            dx = g if dx is None else dx + g
-        return dx if self.input_grad else None
+            if self.input_grad:
+                dx = g if dx is None else dx + g
+        return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [b.output_shape(input_shape) for b in self.branches]

@@ -205,7 +205,10 @@ class LocallyConnected1D(LocallyConnected2D):
             if isinstance(v, (tuple, list)):
                 kind = "an int or a string" if what == "padding" else "an int"
                 raise TypeError(f"LocallyConnected1D {what}: expected {kind}, got {v!r}")
-        stride = stride_arg(stride, strides, "LocallyConnected1D")
+        kernel_size, input_length, stride, dilation = (
+            check_int(v, f"LocallyConnected1D {what}", 1) for v, what in (
+                (kernel_size, "kernel_size"), (input_length, "input_length"),
+                (stride_arg(stride, strides, "LocallyConnected1D"), "stride"), (dilation, "dilation")))
         if not isinstance(padding, str):
             padding = (0, pair(padding, "LocallyConnected1D padding", minimum=0)[0])
         super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length), (1, stride), padding,

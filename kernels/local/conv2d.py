@@ -8,7 +8,7 @@ Math    forward  y[n, oh, ow, g*Og + o] = act(b[g*Og + o] + sum_k X[n, oh, ow, k
                  exists of sum_o dy[n, oh, ow, g*Og + o] * w[kh, kw, c, g*Og + o]
                  (gather formulation, one writer per input pixel, deterministic).
 Shapes  x, dx: (N, H, W, C); w, dw: (KH, KW, Cg, O) with Cg = C/G, Og = O/G; y, dy: (N, OH, OW, O);
-        b: (O,) or (0,); geo: int64[10] = (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW).
+        b: (O,) or (0,); geo: int64[12] = (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW, H, W).
 How     Output pixels are cut into blocks of rows; each block gathers its patches into a
         (rows, KH*KW*Cg) panel in thread-local scratch and multiplies by the packed
         transposed weights with the micro-kernel of gemm.py. ``*_cpu`` runs ranges of rows

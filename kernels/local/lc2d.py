@@ -10,8 +10,8 @@ Math    forward  y[n, p, o] = act(b[p or 0, o] + sum_k X_p[n, k] * w[p, k, o])
                  deterministic, no atomics, no col2im scatter).
 Shapes  x, dx: (N, H, W, C); w, dw: (P, K, O) with K = KH*KW*C, i.e. the layer's
         (OH, OW, KH, KW, C, O) weight viewed flat (Keras 2 mode-1 layout); y, dy: (N, P, O);
-        b: (P, O) untied, (1, O) tied or (0, O) none; geo: int64[10] =
-        (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW); act: kernels.activation code.
+        b: (P, O) untied, (1, O) tied or (0, O) none; geo: int64[12] =
+        (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW, H, W); act: kernels.activation code.
 How     Each output position p packs its weight block transposed (O, K) once, gathers
         the patches of a block of samples into a (rows, K) panel in thread-local scratch
         (never the whole im2col) and calls the 4x2 micro-kernel of gemm.py. Where the

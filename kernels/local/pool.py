@@ -11,7 +11,7 @@ Math    max  y[n, oh, ow, c] = max over the window's pixels inside the image of 
              dx[n, ih, iw, c] = sum over the windows covering (ih, iw) of dy / count.
         with ih = oh*sh - pt + kh, iw = ow*sw - pl + kw.
 Shapes  x, dx: (N, H, W, C); y, dy: (N, OH, OW, C); idx: int32 (N, OH, OW, C);
-        geo: int64[10] = (sh, sw, pt, pl, 1, 1, KH, KW, OH, OW).
+        geo: int64[12] = (sh, sw, pt, pl, 1, 1, KH, KW, OH, OW, H, W).
 How     samples in parallel (each thread writes only its own samples' dx: no races);
         channels innermost and contiguous, so every loop vectorizes over c.
 Oracle  tests/reference_local.py::pool_ref (plain loops).
