@@ -105,3 +105,16 @@ def check_activation(activation: object, what: str) -> int:
         raise ValueError(f"{what}: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
                          f"got {activation!r}")
     return ACTIVATIONS[activation]
+
+
+def param_dtype(dtype: object, what: str) -> np.dtype:
+    """A layer's parameter dtype: float32 or float64 (as a name, a type or a dtype); None is
+    float32, the default of torch and Keras (np.dtype(None) would be float64). Anything else is
+    a TypeError naming ``what`` (the layer)."""
+    try:
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{what} dtype: expected float32 or float64, got {dt if dt is not None else repr(dtype)}")
+    return dt

@@ -89,6 +89,31 @@ def test_relu_backward_blocks_an_infinite_gradient_at_dead_units_as_torch(dtype)
     np.testing.assert_array_equal(dense.grads["bias"], want.sum(axis=0))
 
 
+LAYERS_WITH_DTYPE = [lambda dtype: fnn.Dense(3, 2, dtype=dtype),
+                     lambda dtype: fnn.Conv2D(2, 3, 3, dtype=dtype),
+                     lambda dtype: fnn.BlockDiagonalDense(4, 6, groups=2, dtype=dtype),
+                     lambda dtype: fnn.LocallyConnected2D(2, 3, 3, input_shape=(5, 5), dtype=dtype),
+                     lambda dtype: fnn.LocallyConnected1D(2, 3, 3, input_length=6, dtype=dtype)]
+
+
+@pytest.mark.parametrize("make", LAYERS_WITH_DTYPE)
+def test_dtype_none_is_float32_as_in_torch_and_keras(make):
+    layer = make(None)                         # np.dtype(None) is float64
+    assert layer.dtype == np.float32 and all(p.dtype == np.float32 for p in layer.params.values())
+
+
+@pytest.mark.parametrize("make", LAYERS_WITH_DTYPE)
+@pytest.mark.parametrize("dtype", [np.int32, "float16", "no such type"])
+def test_a_parameter_dtype_other_than_float32_or_64_is_refused_before_drawing_weights(make, dtype):
+    fnn.manual_seed(5)
+    with pytest.raises(TypeError, match=r"(Dense|Conv2D|BlockDiagonalDense|LocallyConnected[12]D) dtype: expected "
+                                        r"float32 or float64, got (int32|float16|'no such type')"):
+        make(dtype)
+    drawn = fnn.random.generator().random()
+    fnn.manual_seed(5)
+    assert fnn.random.generator().random() == drawn        # the refused layer drew nothing
+
+
 def test_model_gradients_end_to_end():
     fnn.manual_seed(3)
     model = fnn.Sequential(fnn.Flatten(), fnn.Dense(6, 5, activation="tanh", dtype=np.float64), fnn.ReLU(),

@@ -6,7 +6,7 @@ import numpy as np
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_activation, check_array, check_bool, check_int
+from ..checks import check_activation, check_array, check_bool, check_int, param_dtype
 from ..gemm import batched_matmul
 from ..module import Module
 from .activations import activation_grad
@@ -35,7 +35,7 @@ class BlockDiagonalDense(Module):
         act = check_activation(activation, "BlockDiagonalDense")
         self.in_features, self.out_features, self.groups = in_features, out_features, groups
         self.activation, self._act = activation, act
-        self.dtype = np.dtype(dtype)
+        self.dtype = param_dtype(dtype, "BlockDiagonalDense")
         bi, bo = self.in_features // groups, self.out_features // groups
         fan = 6.0 / bi if activation == "relu" else 6.0 / (bi + bo)
         w = random.generator().uniform(-np.sqrt(fan), np.sqrt(fan), (groups, bi, bo))

@@ -8,7 +8,7 @@ from fastnn.kernels.local.conv2d import (conv2d_forward_cpu, conv2d_forward_seri
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_activation, check_array, check_bool, check_int
+from ..checks import check_activation, check_array, check_bool, check_int, param_dtype
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
@@ -42,7 +42,7 @@ class Conv2D(Module):
         self.dilation = pair(dilation, "Conv2D dilation")
         self.padding = check_padding(padding, "Conv2D")
         self.activation, self._act = activation, act
-        self.dtype = np.dtype(dtype)
+        self.dtype = param_dtype(dtype, "Conv2D")
         kh, kw = self.kernel_size
         cg = self.in_channels // self.groups
         bound = weight_bound(kh * kw * cg, self.out_channels // self.groups * kh * kw, activation)

@@ -6,7 +6,7 @@ import numpy as np
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import check_activation, check_array, check_bool, check_int
+from ..checks import check_activation, check_array, check_bool, check_int, param_dtype
 from ..gemm import matmul
 from ..module import Module
 from .activations import activation_grad
@@ -30,7 +30,7 @@ class Dense(Module):
         act = check_activation(activation, "Dense")
         self.in_features, self.out_features = in_features, out_features
         self.activation, self._act = activation, act
-        self.dtype = np.dtype(dtype)
+        self.dtype = param_dtype(dtype, "Dense")
         fan = 6.0 / in_features if activation == "relu" else 6.0 / (in_features + out_features)
         w = random.generator().uniform(-np.sqrt(fan), np.sqrt(fan), (in_features, out_features))
         values = {"weight": w.astype(self.dtype)}

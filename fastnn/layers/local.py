@@ -9,7 +9,7 @@ from fastnn.kernels.local.lc2d import (lc2d_forward_cpu, lc2d_forward_serial, lc
 from fastnn.kernels.reduce import add_column_sums
 
 from .. import random
-from ..checks import cast_in_range, check_activation, check_array, check_bool, check_int
+from ..checks import cast_in_range, check_activation, check_array, check_bool, check_int, param_dtype
 from ..module import Module
 from .activations import activation_grad
 from ._spatial import check_nhwc, check_padding, geometry, out_size, pair, stride_arg, threads_for, weight_bound
@@ -54,7 +54,7 @@ class LocallyConnected2D(Module):
         self.out_hw, self._pad = (oh, ow), (pt, pl)
         self.activation, self._act = activation, act
         self.tied_bias = check_bool(tied_bias, f"{name} tied_bias")
-        self.dtype = np.dtype(dtype)
+        self.dtype = param_dtype(dtype, name)
         kh, kw = self.kernel_size
         k = kh * kw * self.in_channels
         bound = weight_bound(k, self.out_channels, activation)
