@@ -179,6 +179,17 @@ def test_lc1d_matches_loops_and_keras_layout():
     _check_grads(fnn.LocallyConnected1D(2, 3, 2, input_length=5, dtype=np.float64), RNG(3).standard_normal((2, 5, 2)))
 
 
+def test_tied_bias_round_trips_a_nan_bias_through_the_keras_layout():
+    layer = fnn.LocallyConnected2D(2, 3, 3, input_shape=(5, 5), tied_bias=True, dtype=np.float64)
+    layer.params["bias"][1] = np.nan
+    kernel, bias = layer.get_keras_weights()
+    layer.set_keras_weights([kernel, bias])          # NaN == NaN at every position: still tied
+    assert np.isnan(layer.params["bias"][1])
+    bias[0, 0, 0] += 1
+    with pytest.raises(ValueError, match="the Keras bias differs between positions"):
+        layer.set_keras_weights([kernel, bias])
+
+
 def test_keras_mode1_layout():
     """Keras 2 implementation=1: y[:, p] = patch(p).flatten() (order kh, kw, c) @ kernel[p] + bias[oh, ow]."""
     layer = fnn.LocallyConnected2D(2, 3, (2, 3), input_shape=(4, 5), stride=(2, 1), dtype=np.float64)

@@ -165,7 +165,7 @@ class LocallyConnected2D(Module):
                                  f"got {b.shape}")
             b = b.reshape(*self.out_hw, O)
             if self.tied_bias:
-                if not np.all(b == b[:1, :1]):
+                if not np.array_equal(b, np.broadcast_to(b[:1, :1], b.shape), equal_nan=True):   # NaN ties too
                     raise ValueError(f"{type(self).__name__}.set_keras_weights: the Keras bias differs between "
                                      "positions; build the layer with tied_bias=False")
                 b = b[0, 0]
