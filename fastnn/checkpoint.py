@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +34,6 @@ def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     ``extra`` dict such as the data position) to ``path`` atomically; returns the path.
     ``step`` is an int >= 0 (what ``load`` accepts), checked before anything is written."""
     step = check_int(step, "step", 0)
-    path = Path(path)
     opt_state = optimizer.state_dict() if optimizer is not None else None
     meta = {
         "format": FORMAT,
@@ -49,8 +49,7 @@ def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     if opt_state:
         arrays.update({f"state.{k}": v for k, v in opt_state["state"].items()})
     meta_bytes = np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, meta=meta_bytes, **arrays))
-    return path
+    return atomic_write(path, lambda f: np.savez(f, meta=meta_bytes, **arrays))
 
 
 def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, *,
@@ -69,6 +68,9 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         raise ValueError(f"{path}: not a complete fastnn checkpoint: expected {[*keys, 'params']}, got "
                          f"{sorted(meta)} and arrays {sorted(arrays)}")
     _check_model(path, meta["model"], _signature(model))
+    for key in ("rng", "extra"):
+        if not isinstance(meta[key], dict):
+            raise ValueError(f"{path}: malformed checkpoint: expected {key} a dict, got {meta[key]!r:.200}")
     if isinstance(meta["step"], bool) or not isinstance(meta["step"], int) or meta["step"] < 0:
         raise ValueError(f"{path}: expected step an int >= 0, got {meta['step']!r}")
     if optimizer is not None and meta["optimizer"] is None:
@@ -128,7 +130,9 @@ def _read(path: Path, arrays: bool) -> tuple[Any, dict[str, np.ndarray]]:
         with f:
             meta = json.loads(f["meta"].tobytes())
             return meta, {k: f[k] for k in f.files if k != "meta"} if arrays else {}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile, EOFError) as e:
+    # zipfile's own errors for damaged headers: an unknown compression method or flag
+    # (NotImplementedError), an encryption flag (RuntimeError), data that does not inflate (zlib.error)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, RuntimeError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: not a readable fastnn checkpoint ({e})") from e
@@ -153,8 +157,9 @@ def _check_model(path: Path, saved: Any, current: dict) -> None:
             raise ValueError(f"{path}: checkpoint of a different model: it has {sn} {tuple(ss)}, "
                              f"the model has {cn} {tuple(cs)}")
     if len(saved["params"]) != len(current["params"]) or saved["size"] != current["size"]:
-        raise ValueError(f"{path}: checkpoint of a different model: {len(saved['params'])} parameters, "
-                         f"the model has {len(current['params'])}")
+        raise ValueError(f"{path}: checkpoint of a different model: {len(saved['params'])} parameters of "
+                         f"{saved['size']!r:.50} elements, the model has {len(current['params'])} of "
+                         f"{current['size']}")
 
 
 def _plain(value: Any) -> Any:

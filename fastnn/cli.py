@@ -11,6 +11,8 @@ import time
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
+#: the options of fastnn train that set an optimizer's hyperparameters, by their param_groups key
+_OPTIONS = {"initial_lr": "--lr", "weight_decay": "--weight-decay", "momentum": "--momentum"}
 
 
 def _launched_rank() -> int:
@@ -85,12 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network on the digits set (or MNIST IDX files)",
                        formatter_class=_Defaults)
     t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a folder of MNIST IDX files")
-    t.add_argument("--model", choices=MODELS, default="mlp")
+    t.add_argument("--model", choices=MODELS, default="mlp",
+                   help="mlp: dense ReLU layers; cnn: conv 3x3, max pool, locally connected 3x3, dense")
     t.add_argument("--hidden", type=_POSITIVE, nargs="+", default=None,
                    help="hidden layer widths of the mlp (default: 128 128)")
-    t.add_argument("--dropout", type=_number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=0.0)
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    t.add_argument("--lr", type=_NONNEG, default=2e-3)
+    t.add_argument("--dropout", type=_number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=0.0,
+                   help="dropout rate after each hidden layer (cnn: before its dense layer)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="as torch.optim's")
+    t.add_argument("--lr", type=_NONNEG, default=2e-3, help="learning rate (the lr schedule's base)")
     t.add_argument("--momentum", type=_NONNEG, default=None, help="SGD momentum (default: 0.9)")
     t.add_argument("--weight-decay", type=_NONNEG, default=None,
                    help="L2 decay (Adam, SGD) or decoupled decay (AdamW) of the weights (default: 0.01 for "
@@ -101,23 +105,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="a step whose gradient holds NaN or Inf: stop with an error, or skip it and count it")
     t.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="lr schedule (default: inverse-time, or constant with --grow-batch)")
-    t.add_argument("--batch-size", type=_POSITIVE, default=32)
+    t.add_argument("--batch-size", type=_POSITIVE, default=32,
+                   help="samples per step (under mpiexec: the global batch, shared by the ranks)")
     t.add_argument("--grow-batch", type=_POSITIVE, default=None, metavar="MAX",
                    help="double the batch every epoch's worth of samples, up to MAX (instead of decaying lr)")
-    t.add_argument("--epochs", type=_COUNT, default=30)
-    t.add_argument("--seed", type=_COUNT, default=0)
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--epochs", type=_COUNT, default=30, help="passes over the training set")
+    t.add_argument("--seed", type=_COUNT, default=0, help="seeds the initial weights, dropout and the data order")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="of the parameters and the data")
     t.add_argument("--threads", type=_threads, default=None, help="Numba threads (default: all cores)")
     t.add_argument("--checkpoint", default="checkpoints/{data}-{model}.npz",
                    help="where to save; {data} and {model} are filled in (other options share the file)")
-    t.add_argument("--checkpoint-every", type=_POSITIVE, default=None, metavar="STEPS")
+    t.add_argument("--checkpoint-every", type=_POSITIVE, default=None, metavar="STEPS",
+                   help="save every STEPS steps too (default: at each epoch's end only)")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar and no model summary")
     sub.add_parser("info", help="print what this machine offers fastnn")
     tu = sub.add_parser("tune", help="sweep GEMM block sizes on this machine and store the best",
                         formatter_class=_Defaults)
     tu.add_argument("--n", type=int, default=1024, help="square product size timed per point")
-    tu.add_argument("--repeats", type=int, default=3)
+    tu.add_argument("--repeats", type=int, default=3, help="timed runs per point (their median counts)")
     tu.add_argument("--dry-run", action="store_true", help="print the winners, write nothing")
     co = sub.add_parser("compile", help="compile the kernels into Numba's cache ahead of time (e.g. before mpiexec)",
                         formatter_class=_Defaults)
@@ -316,6 +323,11 @@ def _train(args) -> int:
                              seed=args.seed, checkpoint=path, checkpoint_every=args.checkpoint_every,
                              resume=args.resume, progress=not args.no_progress, on_step=on_step,
                              settings=settings)
+    except KeyboardInterrupt:                        # Ctrl-C: one line, as every other stop, not a traceback
+        if comm is not None:            # under mpiexec the abort hook ends every rank (one rank that
+            raise                       # returned would leave the others waiting in a collective)
+        print(f"fastnn train: interrupted; {_saved(fnn, path)}", file=sys.stderr)
+        return 130                                   # as a shell reports a command stopped by SIGINT
     except FloatingPointError as e:                  # the reduced gradient: every rank stops alike
         if rank == 0:
             print(f"fastnn train: {e} (here: --nonfinite skip; or lower --lr, or set --clip)", file=sys.stderr)
@@ -355,6 +367,16 @@ def _train(args) -> int:
     return 0
 
 
+def _saved(fnn, path: str) -> str:
+    """What the checkpoint at ``path`` holds for a run to go on from (checkpoints are written
+    whole or not at all, so an interrupted save leaves the one before)."""
+    try:
+        step = fnn.checkpoint.read_meta(path)["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no checkpoint to go on from at {path}"
+    return f"{path} holds step {step}: go on from there with --resume"
+
+
 def _changed_settings(fnn, path: str, opt, settings: dict) -> str | None:
     """The settings of this run that differ from those the checkpoint at ``path`` was trained
     with, in words: the optimizer's (lr as the schedule's base, weight decay, momentum, ...)
@@ -378,10 +400,11 @@ def _changed_settings(fnn, path: str, opt, settings: dict) -> str | None:
         saved = None
     mine = opt.state_dict()["param_groups"]
     if isinstance(saved, list) and len(saved) == len(mine) and all(isinstance(g, dict) for g in saved):
-        for i, (was, now) in enumerate(zip(saved, mine)):
+        for was, now in zip(saved, mine):   # the groups fastnn train makes (biases, weights): one change once
             for key, new in now.items():       # lr itself moves with the schedule: its base is initial_lr
                 if key not in ("lr", "params") and key in was and _plain(was[key]) != _plain(new):
-                    diffs.append(f"{key} {was[key]!r} -> {new!r} in group {i}")
+                    change = f"{_OPTIONS.get(key, key)} {was[key]!r} -> {new!r}"
+                    diffs += [change] if change not in diffs else []
     return "; ".join(diffs) or None
 
 

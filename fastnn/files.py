@@ -2,8 +2,9 @@
 
 A reader sees the old file or the whole new one, never a torn one, and concurrent writers
 never share a temporary file (each gets its own name, opened with O_EXCL). Only a regular
-file is ever replaced: a device, FIFO or socket at the path is refused, and a symbolic link
-is followed (its target is replaced, the link stays).
+file is ever replaced: a device, FIFO or socket at the path is refused (so is a path ending in
+a separator, a folder's), and a symbolic link is followed (its target is replaced, the link
+stays).
 """
 from __future__ import annotations
 
@@ -20,17 +21,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     The file gets mode 0666 less the umask, as any file the user writes (mkstemp gives 0600).
     A symbolic link at ``path`` is followed: the file it points to is replaced (the temporary
     file goes into that file's folder) and the link stays. An existing ``path`` that is not a
-    regular file (a folder, a device such as /dev/null, a FIFO, a socket) raises OSError
-    before anything is written. On any error the temporary file is removed and ``path`` is
+    regular file (a folder, a device such as /dev/null, a FIFO, a socket), or a path ending in
+    a separator, raises OSError before anything is written. On any error the temporary file is removed and ``path`` is
     left as it was; once the rename is done, syncing the folder is best effort (it may not be
     readable).
     """
+    _check_regular_or_absent(path)
     given = Path(path)
-    _check_regular_or_absent(given)
     path = Path(os.path.realpath(given))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    # the name cut short (48 characters, at most 192 bytes): one near the 255-byte limit left no room
+    tmp = path.parent / f".{path.name[:48]}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:            # named for the path asked for, not the temporary file's
+        raise OSError(e.errno, f"cannot write {given} in {path.parent} ({e.strerror or e})") from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -72,7 +77,7 @@ def check_file_target(path: str | os.PathLike, what: str) -> None:
     file can be written (created if needed)."""
     if not str(path):
         raise OSError(f"cannot write {what}: expected a file path, got ''")
-    _check_regular_or_absent(Path(path), what)
+    _check_regular_or_absent(path, what)
     check_writable(Path(os.path.realpath(path)).parent, what)
 
 
@@ -80,10 +85,15 @@ _KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")
           (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
 
-def _check_regular_or_absent(path: Path, what: str | None = None) -> None:
+def _check_regular_or_absent(path: str | os.PathLike, what: str | None = None) -> None:
     """Raise OSError unless ``path`` (symbolic links followed) is a regular file or does not
-    exist: replacing it would turn a device, FIFO or socket into a plain file."""
+    exist: replacing it would turn a device, FIFO or socket into a plain file. A path ending
+    in a separator, a folder's, is refused too: pathlib drops the separator, and the file
+    written there was one that ``os.path.exists`` of the same path (a resume's test) never found."""
     target = f"cannot write {what} to {path}" if what else f"cannot write {path}"
+    text = os.fspath(path)
+    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise IsADirectoryError(f"{target}: it ends in {text[-1]!r}, a folder's path, expected a file path")
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):     # nothing there (a dangling link: its target)

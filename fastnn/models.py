@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .checks import check_array
+from .checks import check_array, check_int
 from .layers import Concat, Conv2D, Dense, Dropout, Flatten, LocallyConnected2D, MaxPool2D, Sequential
 
 
@@ -21,7 +21,10 @@ def as_images(x: np.ndarray) -> np.ndarray:
 def small_cnn(image_shape: tuple[int, int, int], classes: int, *, dtype=np.float32, dropout: float = 0.0) -> Sequential:
     """Conv 3x3 (16) -> max pool 2 -> locally connected 3x3 (32, untied weights per
     position, 'same') -> dense: the demo's CNN for the 8x8 digits (or 28x28 MNIST)."""
-    h, w, c = image_shape
+    if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3:
+        error = ValueError if isinstance(image_shape, (tuple, list)) else TypeError
+        raise error(f"small_cnn: expected image_shape a tuple (height, width, channels), got {image_shape!r}")
+    h, w, c = (check_int(d, f"small_cnn: image_shape {tuple(image_shape)}", 1) for d in image_shape)
     if h < 2 or w < 2:
         raise ValueError(f"small_cnn: expected images of at least 2x2 pixels (it pools by 2), got {h}x{w}")
     conv = Conv2D(c, 16, 3, padding="same", activation="relu", dtype=dtype)

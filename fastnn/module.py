@@ -12,7 +12,7 @@ from typing import Iterator, Mapping, NamedTuple
 import numpy as np
 
 from .checks import cast_in_range, check_bool, type_name
-from .flat import FlatBuffer, aligned_zeros
+from .flat import FlatBuffer
 
 
 class StateKeys(NamedTuple):
@@ -107,11 +107,13 @@ class Module:
     def num_params(self) -> int:
         return sum(v.size for _, v in self.named_parameters())
 
-    def _create_params(self, values: dict[str, np.ndarray]) -> None:
-        """Leaf layers: allocate a buffer of their own holding ``values``."""
+    def _create_params(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray] | None = None) -> None:
+        """Leaf layers: allocate a buffer of their own holding ``values`` (and ``grads``, else zeros)."""
         self._flat = FlatBuffer({k: v.shape for k, v in values.items()}, self.dtype)
         for k, v in values.items():
             self._flat.view(k)[...] = v
+            if grads is not None:
+                self._flat.grad_view(k)[...] = grads[k]
         self._bind(self._flat, "")
 
     def _bind(self, flat: FlatBuffer, prefix: str) -> None:
@@ -180,15 +182,29 @@ class Module:
             if m.params:
                 m._bind(flat, f"{prefix}." if prefix else "")
 
+    def __getstate__(self) -> dict:
+        """``copy.deepcopy`` and ``pickle`` leave out the model a layer belongs to: a layer copied
+        on its own comes back a layer of its own (as torch's), not part of a copy of its model."""
+        return {**self.__dict__, "_parent": None}
+
     def __setstate__(self, state: dict) -> None:
         """``copy.deepcopy`` and ``pickle``: the copy's parameters and gradients are again one
         aligned buffer pair with every layer's ``params``/``grads`` views into it (copied one by
         one, each view came back an array of its own: backward wrote where the optimizer did
-        not read, and the step went where the layers did not look)."""
+        not read, and the step went where the layers did not look). A leaf comes back with a
+        buffer of its own; a container, rebuilt after its layers, gathers theirs into one."""
         self.__dict__.update(state)
-        if self._flat is not None and self._parent is None:      # a tree's root: its leaves are set by now
-            n, dtype = self._flat.data.size, self._flat.dtype
-            self.rehome(data=aligned_zeros(n, dtype), grad=aligned_zeros(n, dtype))
+        if self.children():
+            self._adopt_children()
+        elif self.params:
+            self._create_params(dict(self.params), dict(self.grads))
+
+    def __copy__(self) -> "Module":
+        """``copy.copy``: a second handle on the same parameters, layers and buffer, as torch's;
+        the original is left as it was (its buffer, and so its optimizer, stay where they are)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def register_grad_ready_hook(self, hook) -> None:
         """Call ``hook(offset)`` during ``backward`` whenever every gradient at flat-buffer

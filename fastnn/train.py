@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import random
-from .checks import check_int
+from .checks import check_bool, check_int
 from .data import BatchSizeSchedule, _n_samples, batches
 from .files import check_file_target
 from .losses import softmax_cross_entropy
@@ -35,9 +35,11 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     (seed, epoch). ``batch_size`` is an int or a ``fastnn.schedules.BatchSize``. ``schedule``
     (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
     checkpoint is written atomically every ``checkpoint_every`` steps and at each epoch's end;
-    ``resume=True`` continues from it (same data position, RNG and optimizer state), giving
+    ``resume=True`` continues from it where the file exists (either without ``checkpoint``: a
+    ValueError), with the same data position, RNG and optimizer state, giving
     the same trajectory as an uninterrupted run; it refuses (``ResumeError``, before anything
-    is loaded) a checkpoint saved with another seed, batch size or batch-size schedule, or
+    is loaded) a checkpoint saved over another number of samples, with another seed, batch size
+    or batch-size schedule, or
     with other ``settings``: a JSON-able dict of the run's choices that fit cannot see but
     that shape the trajectory (``fastnn train`` keeps its dropout, clipping and batch size
     there), saved in each checkpoint; the keys that both have are compared.
@@ -59,6 +61,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     epochs = check_int(epochs, "fit: epochs", 0)
     if checkpoint_every is not None:
         checkpoint_every = check_int(checkpoint_every, "fit: checkpoint_every", 1)
+    resume = check_bool(resume, "fit: resume")
     if settings is not None:    # as a checkpoint holds them (JSON: tuples become lists), to compare on resume
         if not isinstance(settings, dict):
             raise TypeError(f"fit: settings: expected a JSON-able dict or None, got {type(settings).__name__}")
@@ -69,10 +72,13 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     progress = progress and lead
+    if checkpoint is None and lead and (resume or checkpoint_every is not None):    # rank 0's path decides
+        given = "resume=True" if resume else f"checkpoint_every={checkpoint_every}"  # (both were ignored in silence)
+        raise ValueError(f"fit: {given} needs a checkpoint: expected a checkpoint path, got None")
     start_epoch, start_sample, step = 0, 0, 0
     resumed_sums = (0.0, 0)     # the loss sum and steps of the epoch a resumed run continues
     saving = checkpoint is not None
-    resuming = bool(resume) and saving and os.path.exists(checkpoint)
+    resuming = resume and saving and os.path.exists(checkpoint)
     if dp is not None:  # every rank must take the same collective path: rank 0 decides on saving
         every = runtime.guarded("agreement on checkpoint and resume",
                                 lambda: dp.comm.allgather((saving, resuming)), dp.timeout)
@@ -121,7 +127,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             return
         bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
-                  extra={"epoch": epoch, "sample": sample, "seed": seed, "batch_size_schedule": bss,
+                  extra={"epoch": epoch, "sample": sample, "seed": seed, "samples": len(x), "batch_size_schedule": bss,
                          "batch_size": batch_size if isinstance(batch_size, int) else None,
                          "settings": settings, "rank_rngs": rank_rngs, "epoch_loss": rank_sums})
 
@@ -239,8 +245,9 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
              loss: LossFn = softmax_cross_entropy) -> tuple[float, float]:
     """Mean loss and accuracy in eval mode; restores the mode. Accuracy is the fraction of
     samples whose argmax(output) is the label: ``y`` integer class labels (N,), or one-hot or
-    probability targets of the outputs' shape (argmax of each row); NaN for other targets
-    (regression with ``mean_squared_error``)."""
+    probability targets of the outputs' shape (argmax of each row: a regression's targets of
+    that shape are read so too, as Keras's ``"accuracy"`` reads them); NaN for other targets
+    (a one-output regression, targets of another shape)."""
     batch_size = check_int(batch_size, "evaluate: batch_size", 1)
     if y is None:
         raise TypeError("evaluate: expected a y array of targets, got None")
@@ -268,8 +275,9 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
 def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_samples: int,
                   settings: dict | None) -> None:
     """Refuse a checkpoint ``fit`` cannot continue, before anything is loaded: not written by
-    ``fit``, a data position outside this data set, written with another data seed (its data
-    position is in that seed's permutation), batch size, batch-size schedule or ``settings``,
+    ``fit``, a data position outside this data set, written over another number of samples or
+    with another data seed (its data position is in that permutation), batch size, batch-size
+    schedule or ``settings``,
     or a batch-size schedule state, loss sums or per-rank generator states that would fail to
     load (each is tried on a copy)."""
     if not isinstance(extra, dict) or "epoch" not in extra or "sample" not in extra:
@@ -283,6 +291,9 @@ def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_sam
     if extra.get("seed", seed) != seed:
         raise ValueError(f"{path}: saved by a run with seed={extra['seed']}, expected this run's seed={seed} (the "
                          "data position is a place in that seed's permutation)")
+    if extra.get("samples", n_samples) != n_samples:     # absent from checkpoints written before it was saved
+        raise ValueError(f"{path}: saved by a run over {extra['samples']!r:.50} samples, expected this run's "
+                         f"{n_samples} (the data position is a place in that data's permutation)")
     state = extra.get("batch_size_schedule")
     if state is not None and not isinstance(state, dict):
         raise ValueError(f"{path}: expected the batch-size schedule's state a dict or null, got {state!r:.200}")

@@ -44,6 +44,40 @@ def test_a_copied_model_trains_like_the_original(how):
     np.testing.assert_array_equal(clone(x), original(x))
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_layer_copied_out_of_a_model_is_a_model_of_its_own(how):
+    """Copying a model's layer (torch's copy.deepcopy(model[0])) raised AttributeError: the copy
+    took its model along, whose buffer was rebuilt before the layer's own state came back."""
+    original = fnn.Sequential(_model(), fnn.Dense(2, 1, dtype=np.float64))
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    original(x)
+    original.backward(np.ones((5, 1)))                             # gradients to copy too
+    inner = original.layers[0]
+    clone = copy.deepcopy(inner) if how == "deepcopy" else pickle.loads(pickle.dumps(inner))
+    assert [n for n, _ in clone.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    for (n, v), (_, g) in zip(clone.named_parameters(), clone.named_gradients()):
+        np.testing.assert_array_equal(v, dict(inner.named_parameters())[n])
+        np.testing.assert_array_equal(g, dict(inner.named_gradients())[n])
+        assert np.shares_memory(v, clone.flat.data) and np.shares_memory(g, clone.flat.grad)
+    before = original.flat.data.copy()
+    _train_step(clone, fnn.optim.SGD(clone, lr=0.1), x)
+    reused = fnn.Sequential(copy.deepcopy(original.layers[1]))     # free to join another model
+    np.testing.assert_array_equal(reused.layers[0].params["weight"], original.layers[1].params["weight"])
+    np.testing.assert_array_equal(original.flat.data, before)
+
+
+def test_a_shallow_copy_leaves_the_original_and_its_optimizer_as_they_were():
+    """copy.copy(model) rebuilt the buffer that the original shares with it: the original's
+    optimizer then refused to step (its parameters had moved)."""
+    model = _model()
+    opt = fnn.optim.SGD(model, lr=0.1)
+    flat = model.flat.data
+    handle = copy.copy(model)
+    assert model.flat.data is flat and handle.flat is model.flat and handle.layers[0] is model.layers[0]
+    _train_step(model, opt, np.ones((2, 3)))
+    np.testing.assert_array_equal(handle.flat.data, flat)
+
+
 def test_nesting_a_model_keeps_its_accumulated_gradients():
     inner = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
     inner(np.ones((2, 3)))

@@ -202,6 +202,35 @@ def test_damaged_checkpoint_names_its_path(tmp_path):
         fnn.checkpoint.load(path, model)
 
 
+@pytest.mark.parametrize("damage, error", [
+    ("compression method 99", "That compression method is not supported"),    # zipfile: NotImplementedError
+    ("compression method 8", "while decompressing data"),                      # zlib.error
+    ("encryption flag", "is encrypted"),                                        # zipfile: RuntimeError
+])
+def test_a_checkpoint_with_damaged_zip_headers_is_a_clear_error(tmp_path, damage, error):
+    """A flipped bit in a zip header's compression method or flags escaped load as zipfile's
+    NotImplementedError or RuntimeError, or zlib's error, instead of the ValueError that fit turns
+    into a ResumeError and fastnn train into one line."""
+    import struct
+
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    path = fnn.checkpoint.save(tmp_path / "m.npz", model)
+    raw = bytearray(path.read_bytes())
+    local, central = raw.index(b"PK\x03\x04"), raw.index(b"PK\x01\x02")    # meta.npy's headers
+    if damage.startswith("compression method"):
+        method = struct.pack("<H", int(damage.split()[-1]))
+        raw[local + 8:local + 10], raw[central + 10:central + 12] = method, method
+        name, field = struct.unpack("<HH", raw[local + 26:local + 30])
+        raw[local + 30 + name + field] = 0x07       # deflate's first block of the reserved type
+    else:
+        raw[local + 6] |= 1
+        raw[central + 8] |= 1
+    path.write_bytes(bytes(raw))
+    for read in (lambda: fnn.checkpoint.load(path, model), lambda: fnn.checkpoint.read_meta(path)):
+        with pytest.raises(ValueError, match=f"{path}: not a readable fastnn checkpoint .*{error}"):
+            read()
+
+
 def test_checkpoint_takes_numpy_hyperparameters_and_an_ordinary_file_mode(tmp_path):
     model = fnn.Sequential(fnn.Dense(4, 3))
     opt = fnn.optim.Adam(model, lr=np.float32(1e-3), betas=(np.float64(0.8), 0.9))
@@ -260,8 +289,13 @@ def test_evaluate_refuses_targets_of_another_length():
     (dict(epochs=True), TypeError, "fit: epochs: expected an int >= 0, got bool True"),
     (dict(checkpoint_every=2.5), TypeError, "fit: checkpoint_every: expected an int >= 1, got float 2.5"),
     (dict(checkpoint_every=0), ValueError, "fit: checkpoint_every: expected an int >= 1, got 0"),
+    # without a checkpoint, resume=True trained from scratch and checkpoint_every saved nothing, in silence
+    (dict(resume=True), ValueError, "fit: resume=True needs a checkpoint: expected a checkpoint path, got None"),
+    (dict(checkpoint_every=5), ValueError, "fit: checkpoint_every=5 needs a checkpoint: expected a checkpoint path"),
+    # "no" was taken as true
+    (dict(resume="no"), TypeError, "fit: resume: expected True or False, got str 'no'"),
 ])
-def test_fit_checks_epochs_and_checkpoint_every(kwargs, error, match):
+def test_fit_checks_epochs_checkpoint_every_and_resume(kwargs, error, match):
     model = fnn.Sequential(fnn.Dense(2, 2))
     before = model.flat.data.copy()
     with pytest.raises(error, match=match):
@@ -385,17 +419,21 @@ def test_cli_resume_refuses_other_settings(tmp_path, capsys):
 
     ck = str(tmp_path / "m.npz")
     assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", ck]) == 0
+    assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", ck + "-sgd", "--optimizer", "sgd"]) == 0
     capsys.readouterr()
-    for extra, changed in ((["--lr", "0.1"], "initial_lr 0.002 -> 0.1 in group 0"),
-                           (["--weight-decay", "0.1"], "weight_decay 0.0 -> 0.1 in group 0"),
+    # named by the option, once (they read "initial_lr 0.002 -> 0.1 in group 0; initial_lr ... in group 1")
+    for extra, changed in ((["--lr", "0.1"], "(--lr 0.002 -> 0.1)"),
+                           (["--weight-decay", "0.1"], "(--weight-decay 0.0 -> 0.1)"),
+                           (["--optimizer", "sgd", "--momentum", "0.5"], "(--momentum 0.9 -> 0.5)"),
                            # options that shape the trajectory outside the optimizer's state: accepted before
                            (["--dropout", "0.25"], "--dropout 0.0 -> 0.25"),
                            (["--clip", "1"], "--clip None -> 1.0"),
                            (["--nonfinite", "skip"], "--nonfinite 'raise' -> 'skip'"),
                            (["--batch-size", "16"], "--batch-size 32 -> 16")):
-        assert main(["train", "--epochs", "2", "--no-progress", "--resume", "--checkpoint", ck, *extra]) == 2
+        path = ck + "-sgd" if "sgd" in extra else ck
+        assert main(["train", "--epochs", "2", "--no-progress", "--resume", "--checkpoint", path, *extra]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"fastnn train: --resume from {ck}: it was trained with other settings (")
+        assert err.startswith(f"fastnn train: --resume from {path}: it was trained with other settings (")
         assert changed in err and err.count("\n") == 1
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", "--checkpoint", ck]) == 0
 
@@ -410,6 +448,28 @@ def test_cli_resume_from_a_checkpoint_fastnn_train_did_not_write(tmp_path, capsy
     err = capsys.readouterr().err
     assert "holds no schedule state" in err and "(it was not written by fastnn train)" in err
     assert "--schedule" not in err                                # no hint towards options that cannot help
+
+
+def test_cli_train_interrupted_says_in_one_line_where_to_go_on(tmp_path, capsys, monkeypatch):
+    """Ctrl-C printed a traceback, often ending inside the checkpoint's fsync, which left the
+    user to wonder whether the file was whole."""
+    import fastnn.cli as cli
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    ck = str(tmp_path / "i.npz")
+    args = ["train", "--no-progress", "--checkpoint", ck]
+    monkeypatch.setattr(cli, "seconds_since_launch", interrupt)     # called at the first step
+    assert cli.main([*args, "--epochs", "1"]) == 130
+    assert capsys.readouterr().err == f"fastnn train: interrupted; no checkpoint to go on from at {ck}\n"
+    monkeypatch.undo()
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    monkeypatch.setattr(cli, "seconds_since_launch", interrupt)
+    capsys.readouterr()
+    assert cli.main([*args, "--epochs", "2", "--resume"]) == 130
+    assert re.fullmatch(f"fastnn train: interrupted; {re.escape(ck)} holds step [1-9][0-9]*: go on from there "
+                        "with --resume\n", capsys.readouterr().err)
 
 
 def test_cli_train_zero_epochs_writes_and_claims_nothing(tmp_path, capsys):
@@ -454,6 +514,20 @@ def test_cli_train_and_resume(tmp_path):
                                       "--checkpoint")
 
 
+def test_cli_train_help_shows_every_default(capsys):
+    """argparse adds "(default: ...)" to an option's help only where it has one: --help did not
+    say the defaults of --epochs, --lr, --batch-size, --model and others."""
+    from fastnn.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())        # undo the line wrapping
+    for option, default in (("--model", "mlp"), ("--dropout", "0.0"), ("--optimizer", "adam"), ("--lr", "0.002"),
+                            ("--batch-size", "32"), ("--epochs", "30"), ("--seed", "0"), ("--dtype", "float32")):
+        shown = re.search(f"{option} .*?\\(default: ([^)]*)\\)", text.split(" options: ")[1])   # the first after it
+        assert shown.group(1) == default, option
+
+
 def test_cli_info():
     out = subprocess.run([sys.executable, "-m", "fastnn.cli", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -478,6 +552,18 @@ def test_cli_trains_the_cnn_on_non_square_images_and_refuses_tiny_ones(tmp_path,
     assert main([*args, "--data", str(tmp_path / "tiny")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected images of at least 2x2 pixels (it pools by 2), got 1x1" in err
+
+
+@pytest.mark.parametrize("shape, error, match", [
+    ((8, 8), ValueError, r"expected image_shape a tuple \(height, width, channels\), got \(8, 8\)"),
+    (64, TypeError, r"expected image_shape a tuple \(height, width, channels\), got 64"),
+    ((8.0, 8, 1), TypeError, r"image_shape \(8.0, 8, 1\): expected an int >= 1, got float 8.0"),
+])
+def test_small_cnn_names_a_bad_image_shape(shape, error, match):
+    """(8, 8) failed to unpack ("not enough values"), and a float side reached the locally
+    connected layer, whose error named a shape (4.0, 4) that the caller never gave."""
+    with pytest.raises(error, match=f"small_cnn: {match}"):
+        fnn.models.small_cnn(shape, 10)
 
 
 def test_evaluate_accuracy_follows_the_targets():
@@ -549,6 +635,23 @@ def test_resume_with_another_seed_is_refused(tmp_path):
     assert opt.step_count == 0
 
 
+def test_resume_over_another_number_of_samples_is_refused(tmp_path):
+    """The data position (epoch, sample) is a place in the permutation of that many samples: a
+    checkpoint of 50 samples continued over 40 without a word, on another order of batches."""
+    x, y = fnn.data.load_digits()
+    model = fnn.Sequential(fnn.Dense(64, 10))
+    ck = tmp_path / "run.npz"
+    fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x[:50], y[:50], epochs=1, batch_size=8, progress=False,
+                  checkpoint=ck)
+    before = model.flat.data.copy()
+    opt = fnn.optim.SGD(model, lr=0.1)
+    with pytest.raises(fnn.checkpoint.ResumeError, match=f"{ck}: saved by a run over 50 samples, expected this "
+                                                         "run's 40"):
+        fnn.train.fit(model, opt, x[:40], y[:40], epochs=2, batch_size=8, progress=False, checkpoint=ck, resume=True)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert opt.step_count == 0
+
+
 def _rewrite_meta(path, edit):
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
@@ -561,7 +664,9 @@ def _rewrite_meta(path, edit):
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m.update(global_rng={"bit_generator": "PCG64", "state": "garbage"}), "malformed checkpoint"),
     (lambda m: m.update(model=3), "malformed model signature"),
-    (lambda m: m["model"].update(params=[["0.weight"]]), "malformed model signature")])
+    (lambda m: m["model"].update(params=[["0.weight"]]), "malformed model signature"),
+    (lambda m: m.update(rng=None), "malformed checkpoint: expected rng a dict, got None"),     # was a TypeError
+    (lambda m: m.update(extra=5), "malformed checkpoint: expected extra a dict, got 5")])    # was loaded
 def test_a_malformed_checkpoint_loads_nothing(tmp_path, edit, match):
     model = fnn.Sequential(fnn.Dense(4, 3))
     opt = fnn.optim.Adam(model, lr=0.5)
@@ -724,6 +829,41 @@ def test_a_checkpoint_through_a_symlink_replaces_its_target_and_keeps_the_link(t
         fnn.checkpoint.load(target, model)
         assert (model.flat.data == value).all()
     assert os.listdir(tmp_path / "real") == ["ck.npz"] and sorted(os.listdir(tmp_path)) == ["ck.npz", "real"]
+
+
+def test_a_checkpoint_that_cannot_be_created_names_the_path_asked_for(tmp_path):
+    """The error named the hidden temporary file ('.ck.npz.<pid>.<hex>.tmp') or only the folder."""
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "ck.npz"
+    with pytest.raises(FileExistsError, match=f"cannot write {path} in {tmp_path / 'file'} \\(File exists\\)"):
+        fnn.checkpoint.save(path, fnn.Sequential(fnn.Dense(2, 2)))
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_a_checkpoint_with_a_long_file_name_is_written(tmp_path):
+    """The temporary file's name added about 30 bytes to the target's: a 250-byte name (the
+    limit is 255) failed with "File name too long"."""
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    path = tmp_path / ("\u00e9" * 123 + ".npz")      # 250 bytes in UTF-8
+    fnn.checkpoint.save(path, model)
+    fnn.checkpoint.load(path, model)
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_a_checkpoint_path_ending_in_a_separator_is_refused(tmp_path, capsys):
+    """pathlib dropped the trailing "/" of --checkpoint dir/: a file "dir" was written, which
+    --resume with the same path never found (os.path.exists("dir/") is False for a file), so
+    the resumed run trained from scratch over it."""
+    from fastnn.cli import main
+
+    path = f"{tmp_path}/ck{os.sep}"
+    model = fnn.Sequential(fnn.Dense(2, 2))
+    with pytest.raises(IsADirectoryError, match=f"cannot write {re.escape(path)}: it ends in .*expected a file path"):
+        fnn.checkpoint.save(path, model)
+    assert main(["train", "--checkpoint", path, "--epochs", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"fastnn train: --checkpoint: cannot write the checkpoint to {path}: it ends "
+                                       f"in '{os.sep}', a folder's path, expected a file path\n")
+    assert os.listdir(tmp_path) == []
 
 
 def _batch_size_run(path, batch_size, *, stop=None, resume=False, settings=None):
