@@ -23,6 +23,27 @@ def _train_step(model, opt, x):
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("what", ["pair", "optimizer"])
+def test_a_copied_optimizer_steps_its_copied_model_like_the_original(how, what):
+    """copy.deepcopy((model, opt)) gave an optimizer that refused to step: the copied model
+    rebuilt its buffers, and the copy's params still pointed at copies of the old ones."""
+    model = _model()
+    opt = fnn.optim.Adam(model, lr=0.1, amsgrad=True)
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    _train_step(model, opt, x)                                        # state buffers hold values
+    copy_of = (lambda o: copy.deepcopy(o)) if how == "deepcopy" else (lambda o: pickle.loads(pickle.dumps(o)))
+    clone_opt = copy_of(opt) if what == "optimizer" else copy_of((model, opt))[1]
+    clone = clone_opt._model
+    assert clone is not model and clone_opt.params is clone.flat.data and clone_opt.grads is clone.flat.grad
+    for v in clone_opt.state.values():
+        assert v.ctypes.data % ALIGN_BYTES == 0
+    for _ in range(3):
+        for m, o in ((model, opt), (clone, clone_opt)):
+            _train_step(m, o, x)
+    np.testing.assert_array_equal(clone.flat.data, model.flat.data)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copied_model_trains_like_the_original(how):
     """Copied one by one, each parameter view came back an array of its own: the copy's
     backward wrote where its optimizer did not read, and the step went where its layers did

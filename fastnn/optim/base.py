@@ -232,6 +232,17 @@ class Optimizer:
                 raise KeyError(f"param_groups[{k}]: expected the options {sorted(self.defaults)}, missing {missing}")
             self._check_hparams(group, f"param_groups[{k}]")
 
+    def __setstate__(self, state: dict) -> None:
+        """``copy.deepcopy`` and ``pickle`` (of the optimizer, or of the model and it together):
+        the copy steps the copied model's buffers, which the model rebuilt for itself, and
+        keeps its state in aligned buffers of its own."""
+        self.__dict__.update(state)
+        if self._model is not None and self._model._flat is not None:
+            self.params, self.grads = self._model._flat.data, self._model._flat.grad
+        for k, v in self.state.items():
+            self.state[k] = aligned_zeros(v.size, v.dtype)
+            self.state[k][...] = v
+
     def _check_buffers(self) -> None:
         """RuntimeError when the model's parameters moved since this optimizer was made (the model
         was put inside another one, which gathers every parameter into its own buffer): the
