@@ -32,6 +32,12 @@ class Module:
     #: (``model.input_grad = False``: training needs no gradient with respect to the data)
     input_grad: bool = True
 
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The per-sample input shape this layer accepts, where it fixes one (``summary`` starts
+        from the first layer's), else None."""
+        return None
+
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}

@@ -389,6 +389,19 @@ def test_summary_rows():
                                                  "params": 18, "macs": 15}
 
 
+@pytest.mark.parametrize("first, sample", [(lambda: fnn.LocallyConnected2D(3, 5, 3, input_shape=(6, 7)), (6, 7, 3)),
+                                           (lambda: fnn.LocallyConnected1D(3, 5, 3, input_length=9), (9, 3)),
+                                           (lambda: fnn.BlockDiagonalDense(4, 6, groups=2), (4,))])
+def test_summary_starts_from_any_first_layer_that_fixes_the_input_shape(first, sample):
+    layer = first()                          # the locally connected layers fix it, but were not asked
+    model = fnn.Sequential(layer, fnn.Flatten())
+    rows = model.summary(print_fn=None)
+    assert rows == model.summary(sample, print_fn=None)
+    assert rows[0]["macs"] == layer.macs(sample) > 0
+    with pytest.raises(ValueError, match="does not fix the input shape"):
+        fnn.Sequential(fnn.Flatten(), first()).summary(print_fn=None)
+
+
 @pytest.mark.parametrize("call,exc,match", [
     (lambda m: m(np.ones((2, 5), np.float32)), ValueError, r"expected shape \(N, 4\), got \(2, 5\)"),
     (lambda m: m(np.ones((2, 4), np.float64)), TypeError, "expected dtype float32, got float64"),

@@ -86,8 +86,12 @@ class BlockDiagonalDense(Module):
             full[si, so] = self.params["weight"][g]
         return full
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.in_features,)
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        self._expect_input(input_shape, (self.in_features,))
+        self._expect_input(input_shape, self.sample_shape)
         return (self.out_features,)
 
     def macs(self, input_shape: tuple[int, ...]) -> int:

@@ -55,8 +55,12 @@ class Dense(Module):
             add_column_sums(dz, self.grads["bias"])
         return matmul(dz, self.params["weight"], trans_b=True) if self.input_grad else None
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.in_features,)
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        self._expect_input(input_shape, (self.in_features,))
+        self._expect_input(input_shape, self.sample_shape)
         return (self.out_features,)
 
     def macs(self, input_shape: tuple[int, ...]) -> int:

@@ -174,8 +174,12 @@ class LocallyConnected2D(Module):
             self.params["bias"][...] = b
 
     # -- description -------------------------------------------------------------------
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (*self.input_shape, self.in_channels)
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        self._expect_input(input_shape, (*self.input_shape, self.in_channels))
+        self._expect_input(input_shape, self.sample_shape)
         return (*self.out_hw, self.out_channels)
 
     def macs(self, input_shape: tuple[int, ...]) -> int:
@@ -251,8 +255,12 @@ class LocallyConnected1D(LocallyConnected2D):
         """Load Keras 2 ``implementation=1`` weights: [kernel (OL, K*in, out)[, bias (OL, out)]]."""
         super().set_keras_weights(weights)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.input_length, self.in_channels)
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        self._expect_input(input_shape, (self.input_length, self.in_channels))
+        self._expect_input(input_shape, self.sample_shape)
         return (self.out_hw[1], self.out_channels)
 
     def __repr__(self) -> str:

@@ -84,7 +84,8 @@ class Sequential(Module):
     def summary(self, input_shape: tuple[int, ...] | None = None, print_fn=print) -> list[dict]:
         """Print and return one row per layer: name, type, per-sample output shape, parameter
         count and multiply-adds per sample, then a "total" row. ``input_shape`` is per sample
-        (no batch axis); when None it is taken from a first layer with ``in_features``."""
+        (no batch axis); when None it is the first layer's ``sample_shape`` (Dense,
+        BlockDiagonalDense and the locally connected layers fix one)."""
         if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not all(
                 isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in input_shape)):
             raise TypeError(f"summary: input_shape must be a tuple of ints (per sample, no batch axis), got "
@@ -93,9 +94,9 @@ class Sequential(Module):
             first = self.layers[0]
             while isinstance(first, Sequential):
                 first = first.layers[0]
-            if not hasattr(first, "in_features"):
+            input_shape = first.sample_shape
+            if input_shape is None:
                 raise ValueError("summary: the first layer does not fix the input shape; pass input_shape")
-            input_shape = (first.in_features,)
         rows, shape = [], tuple(int(d) for d in input_shape)
         for name, layer in self.children():
             macs = layer.macs(shape)
