@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .checks import check_bool, check_int
+from .checks import check_bool, check_int, type_name
 
 __all__ = [
     "BatchSizeSchedule", "batches", "train_test_split", "load_digits",
@@ -44,8 +44,8 @@ def _n_samples(x: object, y: object) -> int:
     """The common length of ``x`` and ``y`` (y may be None); both must be arrays of rank >= 1."""
     for what, a in (("x", x), ("y", y)):
         if a is not None and len(getattr(a, "shape", ())) == 0:
-            raise TypeError(f"{what}: expected an array with a leading sample axis, got {type(a).__name__}"
-                            f" of shape {getattr(a, 'shape', None)}")
+            shape = f" of shape {a.shape}" if hasattr(a, "shape") else " (no shape: convert it with np.asarray)"
+            raise TypeError(f"{what}: expected an array with a leading sample axis, got {type_name(a)}{shape}")
     n = x.shape[0]
     if y is not None and y.shape[0] != n:
         raise ValueError(f"x and y: expected the same number of samples, got {n} and {y.shape[0]}")

@@ -111,7 +111,8 @@ def test_schedule_has_counted_each_batch_inside_the_loop_body():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"x": np.zeros((0, 3))}, ValueError, "empty data set"),
     ({"x": np.zeros(5), "y": np.zeros(4)}, ValueError, "same number of samples, got 5 and 4"),
-    ({"x": np.float64(1.0)}, TypeError, "leading sample axis"),
+    ({"x": np.float64(1.0)}, TypeError, r"leading sample axis, got float64 of shape \(\)"),
+    ({"x": [[1.0], [2.0]]}, TypeError, r"leading sample axis, got list \(no shape: convert it with np.asarray\)"),
     ({"batch_size": 0}, ValueError, "batch_size: expected an int >= 1, got 0"),
     ({"batch_size": 2.0}, TypeError, "batch_size: expected an int >= 1, got float"),
     ({"batch_size": True}, TypeError, "batch_size"),
