@@ -28,11 +28,14 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         schedule=None, loss: LossFn = softmax_cross_entropy, seed: int = 0,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None, resume: bool = False,
         progress: bool = True, on_step: Callable[[int, float], None] | None = None,
-        settings: dict | None = None) -> dict:
+        settings: dict | None = None, initial_epoch: int = 0,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Train ``model`` on (x, y) for ``epochs`` passes; returns a history dict.
 
     Each epoch draws minibatches without replacement from the permutation seeded by
-    (seed, epoch). ``batch_size`` is an int or a ``fastnn.schedules.BatchSize``. ``schedule``
+    (seed, epoch); epochs run from ``initial_epoch`` (Keras's: a run continued by calling
+    ``fit`` again passes the epochs done, so that each epoch keeps its own order) up to
+    ``epochs`` (a resumed checkpoint's position takes precedence). ``batch_size`` is an int or a ``fastnn.schedules.BatchSize``. ``schedule``
     (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
     checkpoint is written atomically every ``checkpoint_every`` steps and at each epoch's end;
     ``resume=True`` continues from it where the file exists (either without ``checkpoint``: a
@@ -43,9 +46,13 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     with other ``settings``: a JSON-able dict of the run's choices that fit cannot see but
     that shape the trajectory (``fastnn train`` keeps its dropout, clipping and batch size
     there), saved in each checkpoint; the keys that both have are compared.
-    ``on_step(step, loss)`` is called after each step. History: per-epoch mean ``loss``,
-    ``steps``, ``skipped``, ``samples``, and ``seconds`` and ``samples_per_s`` measured after
-    the first step (which loads or compiles the kernels; NaN for a run of one step).
+    ``on_step(step, loss)`` is called after each step. History: per-epoch ``loss`` (the mean
+    over the epoch's samples of the steps taken, as Keras reports it: a short last batch
+    weighs by its size), ``steps``, ``skipped``, ``samples``, and ``seconds`` and
+    ``samples_per_s`` measured after the first step (which loads or compiles the kernels;
+    NaN for a run of one step); with ``validation_data=(x_val, y_val)`` also ``val_loss``
+    and ``val_accuracy`` per epoch, as ``evaluate`` gives them (in eval mode; every rank
+    evaluates the whole set). The model stays in training mode; ``predict`` runs in eval mode.
 
     With a ``fastnn.distributed.DataParallel`` optimizer over several ranks, each rank takes its
     share of every global batch of ``batch_size`` (an epoch's last batch with fewer samples than
@@ -55,10 +62,27 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     a checkpoint that falls due between the micro-batches of a step is written at its end.
     """
     from .distributed import DataParallel, allreduce_mean, runtime
+    from .optim.base import Optimizer
 
+    if not callable(loss):
+        raise TypeError(f"fit: loss: expected a function (prediction, target) -> (loss, gradient) such as "
+                        f"fastnn.losses.softmax_cross_entropy, got {type(loss).__name__} {loss!r:.50}")
+    inner = optimizer.optimizer if isinstance(optimizer, DataParallel) else optimizer
+    if not isinstance(inner, Optimizer):
+        raise TypeError(f"fit: optimizer: expected a fastnn optimizer (e.g. fastnn.optim.Adam(model)) or a "
+                        f"DataParallel wrapping one, got {type(optimizer).__name__} {optimizer!r:.50}")
+    if model._flat is None or not np.shares_memory(inner.params, model._flat.data):
+        raise ValueError("fit: the optimizer updates another model's parameters (it was made from another "
+                         "model, or from this one before it was nested or rehomed): make it from this model")
+    if validation_data is not None:
+        if not isinstance(validation_data, tuple) or len(validation_data) != 2:
+            raise TypeError(f"fit: validation_data: expected a tuple (x_val, y_val), got "
+                            f"{type(validation_data).__name__}")
+        _n_samples(*validation_data)
     if not isinstance(batch_size, BatchSizeSchedule):
         batch_size = check_int(batch_size, "fit: batch_size", 1)
     epochs = check_int(epochs, "fit: epochs", 0)
+    initial_epoch = check_int(initial_epoch, "fit: initial_epoch", 0)
     if checkpoint_every is not None:
         checkpoint_every = check_int(checkpoint_every, "fit: checkpoint_every", 1)
     resume = check_bool(resume, "fit: resume")
@@ -75,8 +99,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     if checkpoint is None and lead and (resume or checkpoint_every is not None):    # rank 0's path decides
         given = "resume=True" if resume else f"checkpoint_every={checkpoint_every}"  # (both were ignored in silence)
         raise ValueError(f"fit: {given} needs a checkpoint: expected a checkpoint path, got None")
-    start_epoch, start_sample, step = 0, 0, 0
-    resumed_sums = (0.0, 0)     # the loss sum and steps of the epoch a resumed run continues
+    start_epoch, start_sample, step = initial_epoch, 0, 0
+    resumed_sums = (0.0, 0)     # the loss sum and samples of the epoch a resumed run continues
     saving = checkpoint is not None
     resuming = resume and saving and os.path.exists(checkpoint)
     if dp is not None:  # every rank must take the same collective path: rank 0 decides on saving
@@ -105,7 +129,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         if dp is not None:  # each rank's own generators: as saved by this rank, or as they were
             saved = extra.get("rank_rngs")
             _set_rng_states(model, saved[dp.rank] if saved and len(saved) == dp.size else own)
-        sums_saved = extra.get("epoch_loss")   # each rank's loss sum and steps of the unfinished epoch
+        sums_saved = extra.get("epoch_loss")   # each rank's loss sum and samples of the unfinished epoch
         if start_sample and sums_saved:
             if len(sums_saved) == (dp.size if dp is not None else 1):
                 resumed_sums = tuple(sums_saved[dp.rank if dp is not None else 0])
@@ -113,7 +137,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                 resumed_sums = tuple(sum(s[i] for s in sums_saved) / len(sums_saved) for i in (0, 1))
 
     def save(epoch: int, sample: int, running: tuple[float, int] = (0.0, 0)) -> None:
-        """``running``: this rank's loss sum and steps so far in the unfinished epoch."""
+        """``running``: this rank's loss sum and samples so far in the unfinished epoch."""
         if not saving:
             return
         rank_rngs, rank_sums = None, [list(running)]
@@ -133,11 +157,13 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
 
     drawn = batch_size if isinstance(batch_size, int) else _Counted(batch_size)
     history = {"loss": [], "steps": 0, "skipped": 0, "samples": 0}
-    sums: list[tuple[float, float]] = []  # (loss sum, steps) per epoch, this rank's
+    if validation_data is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    sums: list[tuple[float, float]] = []  # (loss sum, samples) per epoch, this rank's
     model.train()
     began, warm_samples = None, 0
     due = False             # a checkpoint is due
-    pending = (0.0, 0)      # loss sum and micro-batches of the accumulated step under way
+    pending = (0.0, 0)      # loss sum and samples of the accumulated step's micro-batches under way
     steps_left = None
     if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
         per_epoch = -(-len(x) // batch_size)
@@ -166,10 +192,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                         raise
                     raise FloatingPointError(f"fit: the loss is {value} at step {step + 1}, expected a finite loss "
                                              f"(the step's {e})") from None
-                # the losses of a step's micro-batches count once it is taken, not when it is skipped;
-                # with ranks, each adds its share of the global batch's mean loss
-                pending = (pending[0] + (value * len(xb) * dp.size / taken if dp is not None else value),
-                           pending[1] + 1)
+                # the losses of a step's micro-batches count once it is taken, not when it is skipped,
+                # each weighed by its samples (with ranks, this rank's share of the global batch)
+                pending = (pending[0] + value * len(xb), pending[1] + len(xb))
                 accumulating = getattr(optimizer, "accumulating", False)     # between a step's micro-batches
                 if stepped:
                     total, count = total + pending[0], count + pending[1]
@@ -197,6 +222,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                     save(epoch, sample, (total, count))
                     due = False
             sums.append((total, count))
+            if validation_data is not None:
+                for key, v in zip(("val_loss", "val_accuracy"), evaluate(model, *validation_data, loss=loss)):
+                    history[key].append(v)
             if epoch + 1 < epochs:
                 due = True
                 if not getattr(optimizer, "accumulating", False):
@@ -247,15 +275,14 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
     samples whose argmax(output) is the label: ``y`` integer class labels (N,), or one-hot or
     probability targets of the outputs' shape (argmax of each row: a regression's targets of
     that shape are read so too, as Keras's ``"accuracy"`` reads them); NaN for other targets
-    (a one-output regression, targets of another shape)."""
+    and for a model of one output (a regression, or binary logits: argmax of one column is
+    always 0)."""
     batch_size = check_int(batch_size, "evaluate: batch_size", 1)
     if y is None:
         raise TypeError("evaluate: expected a y array of targets, got None")
     _n_samples(x, y)
-    was_training = model.training
-    model.eval()
     total, correct, labelled = 0.0, 0, True
-    try:
+    with _in_eval(model):
         for i in range(0, len(x), batch_size):
             out = model(x[i:i + batch_size])
             yb = y[i:i + batch_size]
@@ -263,13 +290,31 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
             total += value * len(out)
             if yb.shape == out.shape and out.ndim == 2 and out.shape[1] > 1:
                 yb = np.argmax(yb, axis=1)
-            elif not (yb.ndim == 1 and yb.dtype.kind in "iu" and out.ndim == 2):
-                labelled = False
+            elif not (yb.ndim == 1 and yb.dtype.kind in "iu" and out.ndim == 2 and out.shape[1] > 1):
+                labelled = False        # argmax over one output is always 0: no class accuracy
                 continue
             correct += int(np.sum(np.argmax(out, axis=1) == yb))
+    return total / len(x), correct / len(x) if labelled else float("nan")
+
+
+def predict(model: Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """The model's outputs for x (N, ...), computed in eval mode (dropout off) ``batch_size``
+    samples at a time, as Keras's ``predict``; restores the mode. Returns (N, ...) outputs."""
+    batch_size = check_int(batch_size, "predict: batch_size", 1)
+    _n_samples(x, None)
+    with _in_eval(model):
+        return np.concatenate([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@contextlib.contextmanager
+def _in_eval(model: Module):
+    """Eval mode inside, the mode found restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
     finally:
         model.train(was_training)
-    return total / len(x), correct / len(x) if labelled else float("nan")
 
 
 def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_samples: int,

@@ -135,6 +135,29 @@ def test_softmax_cross_entropy_gradient_and_stability():
     assert big == pytest.approx(1000.0)
 
 
+def test_softmax_cross_entropy_takes_class_probabilities_as_torch():
+    rng = np.random.default_rng(0)
+    logits, t = rng.standard_normal((6, 4)), rng.random((6, 4))          # rows need not sum to 1
+    loss, grad = fnn.losses.softmax_cross_entropy(logits, t)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert loss == pytest.approx(-np.sum(t * logp) / 6, rel=1e-12)
+    np.testing.assert_allclose(grad, numerical_grad(lambda: fnn.losses.softmax_cross_entropy(logits, t)[0], logits),
+                               atol=1e-8)
+    labels = rng.integers(0, 4, 6)
+    one_hot = fnn.losses.softmax_cross_entropy(logits.astype(np.float32), np.eye(4, dtype=np.float32)[labels])
+    by_label = fnn.losses.softmax_cross_entropy(logits.astype(np.float32), labels)
+    assert one_hot[0] == pytest.approx(by_label[0], rel=1e-6) and one_hot[1].dtype == np.float32
+    np.testing.assert_allclose(one_hot[1], by_label[1], atol=1e-7)
+    big, _ = fnn.losses.softmax_cross_entropy(np.array([[1000.0, 0.0]]), np.array([[0.0, 1.0]]))
+    assert big == pytest.approx(1000.0)
+    with pytest.raises(TypeError, match="probabilities: expected dtype float32, got float64"):
+        fnn.losses.softmax_cross_entropy(logits.astype(np.float32), t)
+    with pytest.raises(ValueError, match=r"probabilities: expected shape \(6, 4\), got \(6, 3\)"):
+        fnn.losses.softmax_cross_entropy(logits, t[:, :3])
+    with pytest.raises(ValueError, match=r"expected shape \(6,\), got \(6, 1\): pass labels.ravel\(\)"):
+        fnn.losses.softmax_cross_entropy(logits, labels[:, None])       # as Keras's datasets ship labels
+
+
 def _xent_ref(logits, labels):
     """Softmax cross-entropy and its gradient in float64 NumPy, the formulas as written."""
     x = logits.astype(np.float64)

@@ -744,9 +744,10 @@ def test_history_with_accumulated_steps_counts_every_micro_batch(tmp_path):
     the skipped step's (the first two, a NaN gradient in the first) count as one skip."""
     _, opt, hist, losses = _accumulating_run(None, every=None, nan_at=1)
     assert opt.skipped_steps == 1 and hist["skipped"] == 1
-    per_epoch = -(-45 // 8)          # 6: three whole steps an epoch
-    np.testing.assert_allclose(hist["loss"], [np.mean(losses[2:per_epoch]), np.mean(losses[per_epoch:])],
-                               rtol=1e-12)
+    per_epoch = -(-45 // 8)          # 6: three whole steps an epoch, the last micro-batch of 5 samples
+    sizes = [8] * 5 + [5]
+    np.testing.assert_allclose(hist["loss"], [np.average(losses[2:per_epoch], weights=sizes[2:]),
+                                              np.average(losses[per_epoch:], weights=sizes)], rtol=1e-12)
 
 
 def test_checkpoint_with_params_of_another_size_is_refused(tmp_path):
@@ -942,3 +943,84 @@ def test_checkpoint_save_refuses_a_step_load_would_refuse(tmp_path, step, error,
     assert os.listdir(tmp_path) == []
     fnn.checkpoint.save(tmp_path / "s.npz", model, step=np.int64(3))
     assert fnn.checkpoint.load(tmp_path / "s.npz", model)["step"] == 3
+
+
+def _small_fit_setup(seed=0):
+    x, y = np.random.default_rng(1).standard_normal((103, 5)), np.random.default_rng(2).integers(0, 3, 103)
+    fnn.manual_seed(seed)
+    model = fnn.Sequential(fnn.Dense(5, 16, activation="relu", dtype=np.float64), fnn.Dropout(0.3, seed=4),
+                           fnn.Dense(16, 3, dtype=np.float64))
+    return model, fnn.optim.SGD(model, lr=0.05, momentum=0.9), x, y
+
+
+def test_fit_loss_is_the_mean_over_samples_as_keras_reports_it():
+    """103 samples in batches of 32: the last batch of 7 counted as much as a whole one."""
+    model, opt, x, y = _small_fit_setup()
+    values = []
+    hist = fnn.train.fit(model, opt, x, y, epochs=1, batch_size=32, progress=False,
+                         on_step=lambda step, value: values.append(value))
+    assert hist["loss"][0] == pytest.approx(np.average(values, weights=[32, 32, 32, 7]), rel=1e-12)
+    assert hist["loss"][0] != pytest.approx(np.mean(values), rel=1e-6)
+
+
+def test_fit_validation_data_and_initial_epoch_continue_as_one_run():
+    """Calling fit once an epoch (the Keras way to validate in between) repeated epoch 0's
+    order every time; initial_epoch continues the count, and validation_data reports each epoch."""
+    whole, opt, x, y = _small_fit_setup()
+    xv, yv = x[:20], y[:20]
+    hist = fnn.train.fit(whole, opt, x, y, epochs=3, batch_size=16, progress=False, validation_data=(xv, yv))
+    model, opt, _, _ = _small_fit_setup()
+    parts = [fnn.train.fit(model, opt, x, y, epochs=e + 1, initial_epoch=e, batch_size=16, progress=False)
+             for e in range(3)]
+    np.testing.assert_array_equal(model.flat.data, whole.flat.data)
+    assert [p["loss"][0] for p in parts] == hist["loss"]
+    assert len(hist["val_loss"]) == len(hist["val_accuracy"]) == 3
+    assert (hist["val_loss"][-1], hist["val_accuracy"][-1]) == fnn.train.evaluate(whole, xv, yv)
+    assert whole.training                                     # fit leaves the model training, as torch
+
+
+def test_predict_runs_in_eval_mode_and_restores_the_mode():
+    model, _, x, _ = _small_fit_setup()
+    out = fnn.train.predict(model, x, batch_size=10)          # dropout off, batch by batch
+    model.eval()
+    np.testing.assert_array_equal(out, model(x))
+    model.train()
+    np.testing.assert_array_equal(fnn.train.predict(model, x), out)
+    assert model.training
+
+
+def test_evaluate_of_a_one_output_model_gives_no_class_accuracy():
+    """argmax over one column is always 0: it reported the fraction of label 0 as accuracy."""
+    model = fnn.Sequential(fnn.Dense(2, 1, dtype=np.float64))
+    x, y = np.random.default_rng(0).standard_normal((50, 2)), np.arange(50) % 2
+    loss = lambda out, yb: fnn.losses.mean_squared_error(out, yb[:, None].astype(out.dtype))  # noqa: E731
+    assert np.isnan(fnn.train.evaluate(model, x, y, loss=loss)[1])
+
+
+def test_fit_trains_on_one_hot_targets():
+    model, opt, x, y = _small_fit_setup()
+    hist = fnn.train.fit(model, opt, x, np.eye(3)[y], epochs=3, batch_size=16, progress=False)
+    model2, opt2, _, _ = _small_fit_setup()
+    hist2 = fnn.train.fit(model2, opt2, x, y, epochs=3, batch_size=16, progress=False)
+    np.testing.assert_allclose(hist["loss"], hist2["loss"], rtol=1e-12)
+    np.testing.assert_allclose(model.flat.data, model2.flat.data, rtol=1e-10, atol=1e-13)
+    assert fnn.train.evaluate(model, x, np.eye(3)[y]) == pytest.approx(fnn.train.evaluate(model, x, y))
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(loss="mse"), TypeError, r"fit: loss: expected a function .* got str 'mse'"),
+    (dict(optimizer="adam"), TypeError, r"fit: optimizer: expected a fastnn optimizer .* got str 'adam'"),
+    (dict(optimizer="other"), ValueError, "the optimizer updates another model's parameters"),
+    (dict(validation_data=[1, 2]), TypeError, r"validation_data: expected a tuple \(x_val, y_val\), got list"),
+    (dict(initial_epoch=-1), ValueError, "initial_epoch: expected an int >= 0"),
+])
+def test_fit_refuses_what_would_train_nothing_before_any_step(change, error, match):
+    model, opt, x, y = _small_fit_setup()
+    if change.get("optimizer") == "other":      # made from a model built the same way: a build() helper's slip
+        change["optimizer"] = _small_fit_setup()[1]
+    kwargs = dict(dict(optimizer=opt, epochs=1, progress=False), **change)
+    before = model.flat.data.copy()
+    with pytest.raises(error, match=match):
+        fnn.train.fit(model, x=x, y=y, **kwargs)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert not model.flat.grad.any()
