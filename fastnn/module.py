@@ -23,6 +23,22 @@ class StateKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+class Views(dict):
+    """A layer's ``params`` or ``grads``: name -> view into the model's flat buffer. Values are
+    written in place (``layer.params["weight"][...] = w``). Replacing an entry (torch's
+    ``layer.weight = Parameter(w)``, Keras's ``assign``) would leave the layer reading an array
+    the optimizer never updates, so it raises TypeError, as every other change of the keys."""
+
+    def _refuse(self, *args, **kwargs) -> None:
+        raise TypeError("a layer's params and grads are views into the model's flat buffer, which the optimizer "
+                        "updates: write into them in place, e.g. layer.params['weight'][...] = value")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = __ior__ = _refuse
+
+    def __reduce__(self) -> tuple:
+        return Views, (dict(self),)
+
+
 class Module:
     """Base class: ``forward(x) -> y``, ``backward(dy) -> dx`` (accumulating parameter
     gradients into ``grads``), ``output_shape``/``macs`` per sample for ``summary``."""
@@ -39,8 +55,8 @@ class Module:
         return None
 
     def __init__(self) -> None:
-        self.params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
+        self.params: dict[str, np.ndarray] = Views()
+        self.grads: dict[str, np.ndarray] = Views()
         self.training = True
         self._flat: FlatBuffer | None = None
         self._parent: Module | None = None
@@ -123,8 +139,8 @@ class Module:
         self._bind(self._flat, "")
 
     def _bind(self, flat: FlatBuffer, prefix: str) -> None:
-        self.params = {n: flat.view(prefix + n) for n in self.params or self._flat.slots}
-        self.grads = {n: flat.grad_view(prefix + n) for n in self.params}
+        self.params = Views({n: flat.view(prefix + n) for n in self.params or self._flat.slots})
+        self.grads = Views({n: flat.grad_view(prefix + n) for n in self.params})
 
     def _adopt_children(self) -> None:
         """Containers: gather every parameter below into one buffer and rebind the leaves."""

@@ -179,3 +179,22 @@ def test_info_drops_the_nul_byte_that_ends_open_mpis_version(monkeypatch):
 
     monkeypatch.setattr(mpi, "Get_library_version", lambda: "Open MPI v4.1.6, package: Debian OpenMPI\0")
     assert mpi_status().startswith("Open MPI v4.1.6, package: Debian OpenMPI, mpiexec: ")
+
+
+def test_replacing_a_parameter_array_is_refused_since_the_optimizer_would_never_see_it():
+    """m[0].params["weight"] = w (torch's layer.weight = Parameter(w)) left the layer reading w
+    while the optimizer updated the flat buffer: that weight silently never trained."""
+    model = _model()
+    layer = model.layers[0]
+    w = np.full((3, 4), 0.5)
+    for views in (layer.params, layer.grads):
+        for change in (lambda v: v.__setitem__("weight", w), lambda v: v.update(weight=w),
+                       lambda v: v.pop("weight"), lambda v: v.setdefault("other", w), lambda v: v.clear()):
+            with pytest.raises(TypeError, match=r"write into them in place, e.g. layer.params\['weight'\]\[...\]"):
+                change(views)
+    layer.params["weight"][...] = w                              # the way that reaches the buffer
+    assert np.shares_memory(layer.params["weight"], model.flat.data) and (model.flat.data[:12] == 0.5).all()
+    clone = pickle.loads(pickle.dumps(model))
+    with pytest.raises(TypeError):
+        clone.layers[0].params["weight"] = w
+    np.testing.assert_array_equal(clone.layers[0].params["weight"], w)
