@@ -198,3 +198,24 @@ def test_replacing_a_parameter_array_is_refused_since_the_optimizer_would_never_
     with pytest.raises(TypeError):
         clone.layers[0].params["weight"] = w
     np.testing.assert_array_equal(clone.layers[0].params["weight"], w)
+
+
+def test_a_second_backward_without_a_forward_is_refused():
+    """Two forwards, then two backwards (torch's way with two graphs) paired the first gradient
+    with the second forward's activations, silently; a repeated backward summed the gradient twice."""
+    model = _model()
+    rng = np.random.default_rng(0)
+    x1, x2, d = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    model(x1)
+    model(x2)
+    model.backward(d)                                      # the most recent forward's (x2's) gradient
+    want = model.flat.grad.copy()
+    with pytest.raises(RuntimeError, match="backward without a forward since the last backward"):
+        model.backward(d)
+    np.testing.assert_array_equal(model.flat.grad, want)
+    model.zero_grad()
+    model.forward(x2)
+    with pytest.raises(ValueError):
+        model.backward(d[:, :1])                           # refused on its shape before anything is written
+    model.backward(d)                                      # and may be retried
+    np.testing.assert_array_equal(model.flat.grad, want)
