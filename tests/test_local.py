@@ -634,3 +634,14 @@ def test_lc1d_errors_name_the_value_given(arg, value, error, got):
     kwargs = {"kernel_size": 3, "input_length": 8, arg: value}
     with pytest.raises(error, match=re.escape(f"LocallyConnected1D {arg}: expected an int >= 1, {got}")):
         fnn.LocallyConnected1D(2, 3, **kwargs)
+
+
+def test_keras_defaults_pool_of_two_and_padding_in_either_case():
+    x = RNG(3).standard_normal((2, 6, 7, 3))
+    np.testing.assert_array_equal(fnn.MaxPool2D()(x), fnn.MaxPool2D(2, 2)(x))
+    assert fnn.AvgPool2D().kernel_size == (2, 2)
+    np.testing.assert_array_equal(fnn.MaxPool2D(3, padding="SAME")(x), fnn.MaxPool2D(3, padding="same")(x))
+    conv = fnn.Conv2D(3, 4, 3, padding="Same", dtype=np.float64)
+    assert conv.padding == "same" and conv(x).shape == (2, 6, 7, 4)
+    with pytest.raises(ValueError, match="padding must be 'valid', 'same' or an int, got 'full'"):
+        fnn.Conv2D(3, 4, 3, padding="full")

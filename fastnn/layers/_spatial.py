@@ -29,8 +29,10 @@ def stride_arg(stride, strides, what: str, default=1):
 
 
 def check_padding(padding, what: str):
-    """'valid', 'same', or explicit symmetric zero padding (an int or a pair, torch style)."""
+    """'valid', 'same' (either case, as Keras), or explicit symmetric zero padding (an int or a
+    pair, torch style)."""
     if isinstance(padding, str):
+        padding = padding.lower()
         if padding not in ("valid", "same"):
             raise ValueError(f"{what}: padding must be 'valid', 'same' or an int, got {padding!r}")
         return padding

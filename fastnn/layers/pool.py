@@ -16,7 +16,7 @@ from ._spatial import check_padding, geometry, out_size, pair, stride_arg
 class _Pool2D(Module):
     """``stride`` (torch's name) or ``strides`` (Keras's) defaults to the kernel size."""
 
-    def __init__(self, kernel_size, stride=None, padding="valid", *, strides=None) -> None:
+    def __init__(self, kernel_size=2, stride=None, padding="valid", *, strides=None) -> None:
         super().__init__()
         name = type(self).__name__
         self.kernel_size = pair(kernel_size, f"{name} kernel_size")
