@@ -102,8 +102,10 @@ def check_activation(activation: object, what: str) -> int:
     from fastnn.kernels.activation import ACTIVATIONS
 
     if not (activation is None or isinstance(activation, str)) or activation not in ACTIVATIONS:
-        raise ValueError(f"{what}: activation must be one of {sorted(k for k in ACTIVATIONS if k)}, "
-                         f"got {activation!r}")
+        hint = " (bias is a keyword argument: bias=False, as torch's positional one)" if isinstance(
+            activation, bool) else ""
+        raise ValueError(f"{what}: activation must be one of {sorted(k for k in ACTIVATIONS if k)} or None, "
+                         f"got {activation!r}{hint}")
     return ACTIVATIONS[activation]
 
 

@@ -492,6 +492,23 @@ def test_input_grad_off_reaches_past_parameter_free_first_layers(lead, shape):
     np.testing.assert_array_equal(model.flat.grad, full)
 
 
+def test_torchs_positional_bias_is_named_and_repr_shows_no_bias():
+    with pytest.raises(ValueError, match=r"got False \(bias is a keyword argument: bias=False"):
+        fnn.Dense(64, 10, False)
+    assert repr(fnn.Dense(4, 3, bias=False)) == "Dense(4, 3, bias=False, dtype=float32)"
+    assert repr(fnn.Dense(4, 3, "relu")) == "Dense(4, 3, activation='relu', dtype=float32)"
+
+
+def test_a_slice_switches_its_layers_mode_as_torch():
+    model = fnn.Sequential(fnn.Dense(4, 3, dtype=F64), fnn.Dropout(0.5, seed=1), fnn.Dense(3, 2, dtype=F64))
+    x = np.random.default_rng(1).standard_normal((5, 4))
+    head = model[:-1]
+    assert head.eval() is head and not model.layers[1].training and model.layers[2].training
+    np.testing.assert_array_equal(head(x), model.layers[0](x))              # dropout off
+    head.train()
+    assert model.layers[1].training
+
+
 def test_a_slice_of_a_sequential_runs_its_layers():
     fnn.manual_seed(0)
     model = fnn.Sequential(fnn.Dense(4, 3, activation="relu", dtype=F64), fnn.Dense(3, 3, dtype=F64), fnn.ReLU(),

@@ -534,7 +534,7 @@ ACTIVATION_LAYERS = {
 @pytest.mark.parametrize("bad", [["relu"], {"relu": 1}, "gelu", 1])
 @pytest.mark.parametrize("name", ACTIVATION_LAYERS)
 def test_a_bad_activation_unhashable_included_is_a_clear_error(name, bad):
-    msg = f"{name}: activation must be one of ['linear', 'relu', 'sigmoid', 'tanh'], got {bad!r}"
+    msg = f"{name}: activation must be one of ['linear', 'relu', 'sigmoid', 'tanh'] or None, got {bad!r}"
     with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
         ACTIVATION_LAYERS[name](bad)
     assert ACTIVATION_LAYERS[name]("relu").activation == "relu"

@@ -925,7 +925,7 @@ def test_transpose_flags_must_be_true_or_false(dtype, n):
 def test_activation_errors_name_every_accepted_activation():
     f32 = np.ones((3, 3), np.float32)
     check(fastnn.matmul(f32, f32, activation="linear"), matmul_ref(f32, f32), np.float32, 3)     # accepted
-    accepted = r"activation must be one of \['linear', 'relu', 'sigmoid', 'tanh'\], got 'gelu'"
+    accepted = r"activation must be one of \['linear', 'relu', 'sigmoid', 'tanh'\] or None, got 'gelu'"
     with pytest.raises(ValueError, match="^matmul: " + accepted):
         fastnn.matmul(f32, f32, activation="gelu")
     with pytest.raises(ValueError, match="^batched_matmul: " + accepted):

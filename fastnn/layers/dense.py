@@ -68,5 +68,6 @@ class Dense(Module):
 
     def __repr__(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""
-        return f"Dense({self.in_features}, {self.out_features}{act}, dtype={self.dtype})"
+        bias = "" if "bias" in self.params else ", bias=False"
+        return f"Dense({self.in_features}, {self.out_features}{act}{bias}, dtype={self.dtype})"
 

@@ -159,6 +159,15 @@ class Slice:
     def __len__(self) -> int:
         return len(self.layers)
 
+    def train(self, mode: bool = True) -> "Slice":
+        """Training (True) or evaluation mode for these layers, as ``Module.train``."""
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self) -> "Slice":
+        return self.train(False)
+
     def __getitem__(self, i: int | slice) -> "Module | Slice":
         return Slice(self.layers[i]) if isinstance(i, slice) else self.layers[i]
 
