@@ -32,7 +32,9 @@ class Optimizer:
     contiguous float arrays of equal length. ``param_groups``: optional list of dicts,
     each with ``"params"`` (views into the model's parameters, or their names such as
     ``"0.bias"``) and hyperparameters overriding the defaults for those elements; every
-    other element stays in group 0 with the defaults. ``max_grad_norm``: clip the global
+    other element stays in group 0 with the defaults. ``self.param_groups[0]`` is that group
+    (empty when the groups given list every parameter), so the k-th group given is
+    ``self.param_groups[k + 1]``, one further than in torch. ``max_grad_norm``: clip the global
     L2 norm of the gradient to this value (inside the kernel; the gradient buffer is left
     as it was). ``nonfinite``: what a NaN/Inf gradient does: "raise" (FloatingPointError,
     nothing changed), "skip" (the step is skipped and counted in ``skipped_steps``) or
