@@ -49,9 +49,11 @@ print(json.dumps({{"median_ms": float(np.median(ts) * 1e3), "p90_ms": float(np.p
 def measure(model: str, steps: int, keep: bool) -> dict:
     code = CHILD.format(worker_dir=str(Path(__file__).parent / "distributed"), model=model, steps=steps)
     env = {**os.environ, "FASTNN_KEEP_FREED_MEMORY": "1" if keep else "0"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
-                         timeout=600).stdout
-    return json.loads(out.splitlines()[-1])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    if run.returncode != 0:
+        raise SystemExit(f"bench_allocator: the measuring process (FASTNN_KEEP_FREED_MEMORY="
+                         f"{env['FASTNN_KEEP_FREED_MEMORY']}) exited {run.returncode}:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.splitlines()[-1])
 
 
 def main() -> None:
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = ap.parse_args()
+    if a.pairs < 1 or a.steps < 1:
+        ap.error(f"--pairs and --steps must be >= 1, got {a.pairs} and {a.steps}")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fastnn.files import check_writable
 

@@ -98,6 +98,8 @@ MPI_AFTER = "bucketed 25 MB/1 MB, after backward, MPI Allreduce"
 PER_LAYER = "one allreduce per layer + thread overlap"
 RAW = "raw mpi4py Allreduce (1 buffer)"
 FASTNN_DEFAULT_AR = "fastnn bucketed, shm, overlap=none"
+SECTIONS = ("allreduce", "strategies", "e2e")
+MODELS = ("mlp", "cnn")
 
 CONFIGS = {
     "full": dict(allreduce=[(8, 2048), (4, 1024)], ar_reps=15, st_rounds=6, st_steps=15,
@@ -462,6 +464,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no mpiexec beside this Python ({MPIEXEC}): pip install fastnn[mpi]")
     cfg = CONFIGS["quick" if args.quick else "full"]
     skip = set(filter(None, args.skip.split(",")))
+    models = args.models.split(",")
+    if not skip <= set(SECTIONS):
+        ap.error(f"--skip: expected a comma list of {', '.join(SECTIONS)}, got {args.skip!r}")
+    if not set(models) <= set(MODELS):
+        ap.error(f"--models: expected a comma list of {', '.join(MODELS)}, got {args.models!r}")
+    try:   # before the run, not after minutes of it (without importing fastnn: the jobs inherit this environment)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out: cannot create {args.out} ({e.strerror or e})")
     start = time.perf_counter()
 
     def log(msg):
@@ -504,10 +515,15 @@ def main(argv: list[str] | None = None) -> int:
     target_rows = targets(ar_rows, st_rows, e2e_rows, threads)
     for r in (st_job or {}).get("rows", []):
         if r.get("timeline"):
+            written = False
             if args.timeline:
-                args.timeline.write_bytes(Path(r["timeline"]).read_bytes())
-                log(f"wrote the default strategy's timeline to {args.timeline}")
-            r["timeline"] = str(args.timeline) if args.timeline else None
+                try:
+                    args.timeline.write_bytes(Path(r["timeline"]).read_bytes())
+                    written = True
+                    log(f"wrote the default strategy's timeline to {args.timeline}")
+                except OSError as e:   # the results are still written
+                    log(f"could not write the timeline to {args.timeline} ({e.strerror or e})")
+            r["timeline"] = str(args.timeline) if written else None
     shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.perf_counter() - start
     info = machine_info()

@@ -67,6 +67,7 @@ import torch.nn.functional as F  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import fastnn as fnn  # noqa: E402
+from fastnn.files import check_writable  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_optim import machine_info  # noqa: E402
@@ -530,6 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     max_t = numba.config.NUMBA_NUM_THREADS
     if any(not 1 <= t <= max_t for t in args.threads):
         ap.error(f"--threads: each must be in 1..{max_t} (NUMBA_NUM_THREADS), got {args.threads}")
+    args.threads = sorted(set(args.threads))      # a repeated count would overwrite its own samples
+    if args.batch < 1 or args.repeats < 1 or args.warmup < 1:
+        ap.error(f"--batch, --repeats and --warmup must be >= 1 (a step without warm-up times the JIT "
+                 f"compilation), got {args.batch}, {args.repeats}, {args.warmup}")
+    try:                                   # before the run, not after minutes of it
+        check_writable(args.out, "the results")
+    except OSError as e:
+        ap.error(f"--out: {e}")
 
     loadavg_start = list(os.getloadavg())
     start = time.perf_counter()

@@ -67,8 +67,10 @@ from numba import njit, prange
 
 import fastnn as fnn  # noqa: I001 - before torch: its OpenMP runtime then starts with fastnn's GOMP_SPINCOUNT
 import torch
+from fastnn.files import check_writable
 from fastnn.flat import FlatBuffer, aligned_zeros
-from fastnn.kernels.chunks import make_chunks
+from fastnn.kernels.chunks import CHUNK, make_chunks
+from fastnn.kernels.parallel import PARALLEL_MIN_ELEMENTS
 
 BYTES_PER_PARAM = {"Adam": 28, "SGD": 20}        # useful traffic of one step
 FOOTPRINT_PER_PARAM = {"Adam": 16, "SGD": 12}    # bytes of arrays the step touches
@@ -161,6 +163,10 @@ class NumpyTextbookSGD(NumpySGD):
         self.p -= self.lr * self.buf
 
 
+#: the NumPy baselines of each optimizer: (in place, textbook)
+NUMPY = {"Adam": (NumpyAdam, NumpyTextbookAdam), "SGD": (NumpySGD, NumpyTextbookSGD)}
+
+
 # -- setup -----------------------------------------------------------------------------
 @dataclass
 class Variant:
@@ -237,8 +243,8 @@ def build_variants(opt: str, n: int, tensors: int, seed: int = 0) -> list[Varian
     add("1 tensor", "torch foreach=True", _torch(opt, tp, foreach=True, fused=False).step)
     add("1 tensor", "torch for-loop (CPU default)", _torch(opt, tp, foreach=False, fused=False).step)
     np_p, np_g = _filled(n, rng, 0.1), _filled(n, rng)
-    add("1 tensor", "NumPy (1 thread)", (NumpyAdam if opt == "Adam" else NumpySGD)(np_p, np_g, LR[opt]).step)
-    textbook = NumpyTextbookAdam if opt == "Adam" else NumpyTextbookSGD
+    in_place, textbook = NUMPY[opt]
+    add("1 tensor", "NumPy (1 thread)", in_place(np_p, np_g, LR[opt]).step)
     add("1 tensor", "NumPy textbook (1 thread)", textbook(np_p.copy(), np_g, LR[opt]).step)
 
     # triads over the optimizer's working set in bytes
@@ -269,23 +275,32 @@ def build_variants(opt: str, n: int, tensors: int, seed: int = 0) -> list[Varian
     return vs
 
 
-def check_agreement(opt: str, n: int = 10_007, steps: int = 5) -> float:
+def check_agreement(opt: str, n: int = 2 * CHUNK + 7, steps: int = 5) -> float:
     """Largest |fastnn - torch fused| over the parameters after ``steps`` steps from the same
-    start, untimed; raises when they disagree, so a wrong kernel never posts a speed."""
+    start, untimed, at the current thread count: n >= PARALLEL_MIN_ELEMENTS, so with several
+    threads this is the parallel kernel the timed rounds run. The two NumPy baselines are held
+    to torch fused too. Raises when any disagree, so a wrong kernel or baseline never posts a
+    speed or a ratio."""
+    assert n >= PARALLEL_MIN_ELEMENTS
     rng = np.random.default_rng(1)
     p0 = rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)
     grads = [rng.standard_normal(n, dtype=np.float32) for _ in range(steps)]
     p, g = p0.copy(), np.zeros(n, np.float32)
     ours = _fastnn(opt, p, g, "raise")
+    baselines = [cls(p0.copy(), g, LR[opt]) for cls in NUMPY[opt]]
     t = torch.from_numpy(p0.copy())
     t.grad = torch.zeros(n)
     theirs = _torch(opt, [t], fused=True)
     for gs in grads:
         g[:] = gs
         ours.step()
+        for b in baselines:
+            b.step()
         t.grad.copy_(torch.from_numpy(gs))
         theirs.step()
-    np.testing.assert_allclose(p, t.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{opt}: fastnn and torch fused disagree")
+    for name, got in [("fastnn", p)] + [(type(b).__name__, b.p) for b in baselines]:
+        np.testing.assert_allclose(got, t.numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{opt}: {name} and torch fused disagree")
     return float(np.abs(p - t.numpy()).max())
 
 
@@ -459,17 +474,23 @@ def main(argv: list[str] | None = None) -> int:
     max_t = numba.config.NUMBA_NUM_THREADS
     if any(not 1 <= t <= max_t for t in args.threads):
         ap.error(f"--threads: each must be in 1..{max_t} (NUMBA_NUM_THREADS), got {args.threads}")
+    args.threads = sorted(set(args.threads))      # a repeated count would overwrite its own samples
     if args.repeats < 1 or args.warmup < 1 or not 1 <= args.tensors <= args.n:
         ap.error("--repeats and --warmup must be >= 1 and --tensors in 1..n")
+    try:                                   # before the run, not after minutes of it
+        check_writable(args.out, "the results")
+    except OSError as e:
+        ap.error(f"--out: {e}")
 
     loadavg_start = list(os.getloadavg())
     start = time.perf_counter()
     rows: list[dict] = []
     agreement = {}
     for opt in args.optimizers:
+        set_threads(max(args.threads))
         agreement[opt] = check_agreement(opt)
-        print(f"[{time.perf_counter() - start:6.1f}s] {opt}: agrees with torch fused (max |diff| "
-              f"{agreement[opt]:.1e} after 5 steps); allocating n={args.n:,}", file=sys.stderr, flush=True)
+        print(f"[{time.perf_counter() - start:6.1f}s] {opt}: fastnn and NumPy agree with torch fused (fastnn's "
+              f"max |diff| {agreement[opt]:.1e} after 5 steps); allocating n={args.n:,}", file=sys.stderr, flush=True)
         vs = build_variants(opt, args.n, args.tensors)
         for t in args.threads:
             print(f"[{time.perf_counter() - start:6.1f}s] {opt}: {t} thread(s), {len(vs)} variants x "

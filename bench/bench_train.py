@@ -9,6 +9,9 @@ Workloads, float32, the same thread count for every library (numba, torch, NumPy
          784-256(relu)-10 on random MNIST-shaped data, batch 128. torch: the same
          nn.Sequential (Linear layers, the same initial weights), F.cross_entropy, backward,
          Adam(fused=True), zero_grad(). Both skip the input gradient of the first layer.
+         fastnn's Adam keeps its default NaN/Inf check (nonfinite="raise", one more read of
+         the gradient), which torch's lacks. Untimed first: three steps of each must leave
+         the same weights (check_step).
   loss   the cross-entropy's value and gradient with respect to the logits:
          fastnn.losses.softmax_cross_entropy, torch F.cross_entropy + autograd.grad, and the
          NumPy formulas (max-shift, exp, sum, log, gather: fastnn's code before
@@ -35,6 +38,7 @@ import numpy as np
 import fastnn as fnn  # noqa: I001 - before torch, as bench_optim.py
 import torch
 from bench_optim import machine_info
+from fastnn.files import check_writable
 from threadpoolctl import threadpool_limits
 
 OUT = Path(__file__).parent / "results"
@@ -86,8 +90,26 @@ def step_cases(rng: np.random.Generator) -> dict[str, dict[str, Callable[[], obj
             topt.step()
             topt.zero_grad()
 
+        check_step(model, net, ours, theirs, name)
         cases[f"step: {name}"] = {"fastnn": ours, "torch": theirs}
     return cases
+
+
+def check_step(model, net: torch.nn.Sequential, ours: Callable[[], object], theirs: Callable[[], object],
+               name: str, steps: int = 3, atol: float = 1e-5) -> None:
+    """Untimed: ``steps`` training steps of each from the same weights; raises unless fastnn's
+    weights and biases then match torch's (W transposed) within ``atol`` (a tenth of one
+    Adam step at lr 1e-4), so a step that does other work never posts a ratio."""
+    for _ in range(steps):
+        ours()
+        theirs()
+    lins = [m for m in net if isinstance(m, torch.nn.Linear)]
+    diff = max(max(float(np.abs(layer.params["weight"] - lin.weight.detach().numpy().T).max()),
+                   float(np.abs(layer.params["bias"] - lin.bias.detach().numpy()).max()))
+               for layer, lin in zip(model, lins))
+    if not diff <= atol:
+        raise AssertionError(f"step: {name}: fastnn and torch disagree after {steps} steps "
+                             f"(largest parameter difference {diff:.1e}, expected <= {atol:g})")
 
 
 def numpy_xent(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -113,7 +135,7 @@ def loss_cases(rng: np.random.Generator) -> dict[str, dict[str, Callable[[], obj
 
         def theirs(t=t, ty=ty):
             loss = torch.nn.functional.cross_entropy(t, ty)
-            return float(loss), torch.autograd.grad(loss, t)[0]
+            return loss.item(), torch.autograd.grad(loss, t)[0]
 
         ours = (lambda logits=logits, labels=labels: fnn.losses.softmax_cross_entropy(logits, labels))
         got, want, ref = ours(), theirs(), numpy_xent(logits, labels)
@@ -169,6 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
+    max_t = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= a.threads <= max_t:
+        ap.error(f"--threads: expected 1..{max_t} (NUMBA_NUM_THREADS), got {a.threads}")
+    if a.repeats < 1:
+        ap.error(f"--repeats: expected >= 1, got {a.repeats}")
+    try:                                   # before the run, not after minutes of it
+        check_writable(a.out, "the results")
+    except OSError as e:
+        ap.error(f"--out: {e}")
     load_start = list(os.getloadavg())
     numba.set_num_threads(a.threads)
     torch.set_num_threads(a.threads)

@@ -403,6 +403,9 @@ def run_e2e(a) -> None:
         assert dist.get_rank() == rank
     threads = thread_report(comm, torch if "torch" in frameworks else None)
     gb = a.batch * size
+    unknown = set(a.models.split(",")) - {"mlp", "cnn"}
+    if unknown:                         # any other name built the CNN, labelled with that name
+        raise SystemExit(f"worker: --models: expected mlp and/or cnn, got {sorted(unknown)}")
     models = [m for m in a.models.split(",") if m == "mlp" or cnn_available()]
     runs = []
     for kind in models:
