@@ -121,6 +121,15 @@ def test_fp16_compression_divides_before_the_sum(accumulate, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), np.load(tmp_path / "one.npy"), rtol=0, atol=1e-9)
 
 
+def test_fp16_overflow_on_the_wire_is_named_in_the_error(tmp_path):
+    """A gradient of 1e6 on each rank is finite, its mean too, but not in float16: the step's
+    error said only that the gradient had non-finite values."""
+    r = job(2, "grad_range", tmp_path / "p.npy", "grad=1e6", "opt=sgd", "compression=fp16", "transport=mpi",
+            timeout=60)
+    assert r.returncode != 0
+    assert "non-finite value(s)" in r.stderr and "with compression='fp16' a gradient over 65504" in r.stderr, r.stderr
+
+
 def test_compression_with_join_blocks_keeps_gradients_finite(tmp_path):
     """A join round that counts no active rank reduces nothing into NaN: five epochs of join
     blocks with fp16 on the wire stay close to one process."""
@@ -401,6 +410,15 @@ def test_exit_on_one_rank_under_mpi4py_runner_aborts_the_job_with_its_code(tmp_p
     assert "timed out" not in r.stderr
 
 
+def test_a_rank_that_fails_before_init_does_not_leave_the_others_waiting(tmp_path):
+    """MPI_Init waits for every rank holding the GIL, out of the Python watchdog's reach: rank 0
+    waited for ever for a rank 1 that had raised before init()."""
+    r = job(2, "fail_before_init", tmp_path / "p.npy", timeout=60)
+    assert r.returncode != 0
+    assert "deliberate failure on rank 1 before init" in r.stderr, r.stderr
+    assert "Timeout (0:00:03)!" in r.stderr and "_start_mpi" in r.stderr, r.stderr
+
+
 def test_stuck_collective_aborts_naming_rank_and_step(tmp_path):
     r = job(2, "stall", tmp_path / "p.npy", "steps=50", "timeout=2", timeout=60)
     assert r.returncode != 0
@@ -499,6 +517,23 @@ def test_wrapping_a_model_again_retires_the_first_wrapper(transport, tmp_path):
     np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("again", ["mpi", "unsharded"])
+def test_an_unsharded_wrapper_after_a_sharded_one_updates_each_ranks_own_parameters(again, tmp_path):
+    """A sharded wrapper leaves the parameters one copy in shared memory for the machine: a
+    second wrapper with an unsharded step (transport="mpi", or shard_optimizer=False) applied
+    every rank's update to that copy, once per rank. The first wrapper's own optimizer, which
+    updates only its rank's share, is refused in it (the ranks' parameters diverged)."""
+    ref, out = tmp_path / "one.npy", tmp_path / "p.npy"
+    r = job(0, "rewrap", ref, "opt=sgd", "batch=24", timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = job(2, "rewrap", out, "opt=sgd", "overlap=none", "batch=24", f"again={again}", timeout=90)
+    assert r.returncode == 0, r.stderr
+    for rank in range(2):
+        assert f"rank {rank}: DataParallel: this optimizer was sharded by an earlier DataParallel" in r.stdout, r.stdout
+    assert Path(f"{out}.transport").read_text() == ("mpi" if again == "mpi" else "shm")
+    np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
+
+
 def test_a_step_that_raised_on_a_nonfinite_gradient_is_over(tmp_path):
     """With accumulate_steps, a FloatingPointError left the step half-counted on several ranks:
     zero_grad kept the sum and every later step raised again (one process went on)."""
@@ -525,6 +560,19 @@ def test_a_communicator_given_without_init_sets_up_the_runtime(tmp_path):
     r = job(2, "comm_arg", tmp_path / "p.npy", timeout=60)
     assert r.returncode == 0, r.stderr
     assert sorted(re.findall(r"rank \d of \d", r.stdout)) == ["rank 0 of 2", "rank 1 of 2"]   # ranks' lines interleave
+
+
+def test_rank_before_init_and_init_with_another_communicator_are_refused(tmp_path):
+    """Under mpiexec, rank() and size() before init() said 0 and 1 on every rank (each rank
+    then took itself for rank 0), and init(other) after init() returned the first communicator."""
+    r = job(2, "before_init", tmp_path / "p.npy", timeout=60)
+    assert r.returncode == 0, r.stderr
+    for what in ("rank", "size"):
+        assert r.stdout.count(f"refused: fastnn.distributed.{what}(): launched under mpiexec, but init() has not "
+                              "run yet") == 2, r.stdout
+    assert r.stdout.count("refused: init: already initialized with a communicator of 2 ranks, got another "
+                          "(1 ranks)") == 2, r.stdout
+    assert sorted(re.findall(r"^rank \d of \d$", r.stdout, re.M)) == ["rank 0 of 2", "rank 1 of 2"], r.stdout
 
 
 def test_single_process_without_mpiexec_is_a_pass_through():
@@ -599,6 +647,35 @@ def test_bad_argument_types(kw, error, match):
     model = fnn.Sequential(fnn.Dense(3, 2))
     with pytest.raises(error, match=match):
         fnn.distributed.DataParallel(model, fnn.optim.SGD(model), **kw)
+
+
+def test_a_wrapper_is_refused_as_the_optimizer_and_tiny_buckets_hold_one_parameter_each():
+    """Wrapping a DataParallel again failed only at step() (a TypeError about grad_scale); a
+    bucket size under one byte (1e-7 MB) was cut to 0 bytes and refused as not positive."""
+    model = fnn.Sequential(fnn.Dense(3, 2), fnn.Dense(2, 2))
+    wrapped = fnn.distributed.DataParallel(model, fnn.optim.SGD(model))
+    with pytest.raises(TypeError, match="expected a fastnn optimizer, got a DataParallel"):
+        fnn.distributed.DataParallel(model, wrapped)
+    tiny = fnn.distributed.DataParallel(model, fnn.optim.SGD(model), bucket_cap_mb=1e-7, first_bucket_mb=1e-7)
+    assert [b.names for b in tiny.buckets] == [("1.bias",), ("1.weight",), ("0.bias",), ("0.weight",)]
+
+
+def test_allreduce_mean_refuses_a_ragged_sequence_by_name():
+    """A ragged list raised NumPy's "inhomogeneous shape" ValueError, naming no function."""
+    with pytest.raises(TypeError, match="allreduce_mean: expected a number or a 1-D sequence of numbers, got list"):
+        fnn.distributed.allreduce_mean([1.0, [2.0, 3.0]])
+
+
+def test_bf16_encoding_keeps_every_nan_a_nan():
+    """Round-to-nearest carried a NaN's full payload into the exponent and sign: 0x7FFFFFFF
+    became -0.0 and 0xFFFFFFFF +0.0, so a NaN gradient reached the optimizer as zero."""
+    from fastnn.distributed.compression import from_bf16, to_bf16
+
+    x = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0x3F808000], np.uint32).view(np.float32)
+    bits, back = np.empty(4, np.uint16), np.empty(4, np.float32)
+    to_bf16(x, bits)
+    from_bf16(bits, back)
+    assert np.isnan(back[:3]).all() and back[3] == np.float32(1.0)   # 1 + 2**-8: a tie, to even
 
 
 def test_timeouts_and_init_are_checked_before_anything_changes():

@@ -14,8 +14,10 @@ COMPRESSIONS = (None, "fp16", "bf16")
 
 def to_bf16(x: np.ndarray, out: np.ndarray) -> None:
     """float32 -> bfloat16 bits (uint16), round to nearest even."""
-    u = x.astype(np.float32, copy=False).view(np.uint32)
+    f = x.astype(np.float32, copy=False)
+    u = f.view(np.uint32)
     out[...] = ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+    out[np.isnan(f)] = 0x7FC0      # rounding a NaN of high payload carried into the sign: 0x7FFFFFFF gave -0.0
 
 
 def from_bf16(bits: np.ndarray, out: np.ndarray) -> None:

@@ -26,6 +26,7 @@ import weakref
 import numpy as np
 
 from ..checks import check_int
+from ..flat import aligned_zeros
 from ..module import Module
 from . import runtime
 from .buckets import plan_buckets
@@ -34,6 +35,7 @@ from .shared_buffers import SHM_HEADROOM, SharedBuffers, shared_memory_room, win
 
 OVERLAP_MODES = ("auto", "thread", "nonblocking", "none")
 TRANSPORTS = ("auto", "shm", "mpi")
+FP16_MAX = float(np.finfo(np.float16).max)
 
 
 class DataParallel:
@@ -78,7 +80,8 @@ class DataParallel:
     ...) goes to the wrapped optimizer, reads and writes, so schedules and checkpoints take a
     DataParallel like an optimizer. As in Horovod, each ``backward`` outside ``no_sync`` needs
     its ``step()`` before the next one. Wrapping a model again retires the previous wrapper
-    (its ``step()`` raises).
+    (its ``step()`` raises); after a sharded one the parameters move back to each rank's own
+    memory when the new one does not shard, and its optimizer is refused there (make a new one).
     """
 
     def __init__(self, model: Module, optimizer, *, comm=None, bucket_cap_mb: float = 25.0,
@@ -86,6 +89,15 @@ class DataParallel:
                  compression: str | None = None, deterministic: bool = False,
                  timeout: float = runtime.DEFAULT_TIMEOUT_S, timeline: str | None = None, transport: str = "auto",
                  shard_optimizer: bool | None = None) -> None:
+        if comm is not None and not (hasattr(comm, "Get_rank") and hasattr(comm, "Get_size")):
+            raise TypeError(f"comm: expected an MPI communicator (e.g. MPI.COMM_WORLD) or None, got "
+                            f"{type(comm).__name__} {comm!r}")
+        # the runtime first (under mpiexec): a check below that fails on one rank only then aborts the
+        # job with its message, where the other ranks waited in MPI's start-up for ever
+        if comm is None:
+            self.comm = runtime.comm() or runtime.init()
+        else:               # rank(), size(), the abort hooks and threads then follow this communicator
+            self.comm = comm if runtime.is_initialized() else runtime.init(comm)
         if overlap not in OVERLAP_MODES:
             raise ValueError(f"overlap: expected one of {OVERLAP_MODES}, got {overlap!r}")
         if transport not in TRANSPORTS:
@@ -117,16 +129,12 @@ class DataParallel:
         timeout = runtime.check_timeout(timeout, "DataParallel timeout")
         if timeline is not None and (not isinstance(timeline, (str, os.PathLike)) or timeline == ""):
             raise TypeError(f"timeline: expected a file path or None, got {type(timeline).__name__} {timeline!r}")
-        if comm is not None and not (hasattr(comm, "Get_rank") and hasattr(comm, "Get_size")):
-            raise TypeError(f"comm: expected an MPI communicator (e.g. MPI.COMM_WORLD) or None, got "
-                            f"{type(comm).__name__} {comm!r}")
+        if isinstance(optimizer, DataParallel):
+            raise TypeError("DataParallel: expected a fastnn optimizer, got a DataParallel (the optimizer is wrapped "
+                            "already): wrap the optimizer itself, once")
         if getattr(optimizer, "grads", None) is not model.flat.grad:
             raise ValueError("DataParallel: the optimizer must be built on this model (fnn.optim.X(model, ...))")
         self.model, self.optimizer = model, optimizer
-        if comm is None:
-            self.comm = runtime.comm() or runtime.init()
-        else:               # rank(), size(), the abort hooks and threads then follow this communicator
-            self.comm = comm if runtime.is_initialized() else runtime.init(comm)
         self.size = 1 if self.comm is None else self.comm.Get_size()
         self.rank = 0 if self.comm is None else self.comm.Get_rank()
         self._wire = self.comm      # duplicated below, once the checks can be guarded
@@ -144,7 +152,8 @@ class DataParallel:
         flat = model.flat
         slots = [(n, s.start, s.stop_padded) for n, s in flat.slots.items()]
         mb = 1024 * 1024
-        self.buckets = plan_buckets(slots, flat.dtype.itemsize, int(bucket_cap_mb * mb), int(first_bucket_mb * mb))
+        self.buckets = plan_buckets(slots, flat.dtype.itemsize, math.ceil(bucket_cap_mb * mb),
+                                    math.ceil(first_bucket_mb * mb))
         self._micro = 0
         self._sync_off = False
         self._launched = 0
@@ -165,11 +174,16 @@ class DataParallel:
                 raise ValueError("shard_optimizer=True needs the shared-memory transport, but it resolved "
                                  f"to {self.transport!r} (ranks on several machines); pass shard_optimizer=None "
                                  "or False")
+            self.shard_optimizer = self.transport == "shm" and shard_optimizer is not False
+            if getattr(optimizer, "_combine", None) is not None and not self.shard_optimizer:
+                raise ValueError("DataParallel: this optimizer was sharded by an earlier DataParallel (it updates "
+                                 "only this rank's share, its state one copy in shared memory): an unsharded step "
+                                 f"(transport {self.transport!r}, shard_optimizer={shard_optimizer!r}) needs a new "
+                                 "optimizer; load the old one's state_dict() into it to continue")
             self._broadcast_state()
             for _, gen in model.rngs():      # dropout: each rank its own stream, from the generator's state
                 key = np.random.SeedSequence(gen.bit_generator.random_raw(2).tolist(), spawn_key=(self.rank,))
                 gen.bit_generator.state = type(gen.bit_generator)(key).state
-            self.shard_optimizer = self.transport == "shm" and shard_optimizer is not False
             self._mpi = _mpi()
             if self.transport == "shm":
                 self._shared = self._guarded("shared window",
@@ -182,6 +196,8 @@ class DataParallel:
             self._worker = _Worker(self) if overlap == "thread" and not self.shard_optimizer else None
             self._requests: list = []
         previous = _WRAPPERS.get(model)          # a model has one live wrapper: the newest
+        if previous is not None and previous._sharing and not self._sharing:
+            self._own_parameters()
         if previous is not None:
             model.remove_grad_ready_hook(previous._on_grads_ready)
             previous._retired = True
@@ -189,6 +205,19 @@ class DataParallel:
         model.register_grad_ready_hook(self._on_grads_ready)
         self._retired = False
         self._ready = True
+
+    @property
+    def _sharing(self) -> bool:
+        """Whether the parameters are one copy in shared memory for every rank of the machine."""
+        return self._shared is not None and self.shard_optimizer
+
+    def _own_parameters(self) -> None:
+        """Move the parameters out of a previous wrapper's shared window into this rank's own
+        memory: an unsharded step updates every element on every rank, so in that one copy
+        each rank's update would be applied once per rank."""
+        flat = self.model.flat
+        self.model.rehome(data=aligned_zeros(flat.data.size, flat.dtype))
+        self.optimizer.params = flat.data
 
     # -- the optimizer interface ---------------------------------------------------------
     def __getattr__(self, name):
@@ -237,6 +266,12 @@ class DataParallel:
                                  "tid": "main", "s": "t", "args": {"step": self._sync_steps() + 1}})
         try:
             return self._synchronized_step(active=1.0)
+        except FloatingPointError as e:
+            if self.compression != "fp16":
+                raise
+            raise FloatingPointError(f"{e} (with compression='fp16' a gradient over {FP16_MAX:g}, float16's largest, "
+                                     "once divided by the ranks and micro-batches, is Inf on the wire, however "
+                                     "finite on each rank; compression='bf16' has float32's range)") from None
         finally:       # also after an error (a non-finite gradient), so that zero_grad() clears the sum
             self._micro += 1
 

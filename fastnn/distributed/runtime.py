@@ -9,6 +9,7 @@ machine do not oversubscribe it.
 """
 from __future__ import annotations
 
+import faulthandler
 import numbers
 import os
 import sys
@@ -46,19 +47,22 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     divided by the ranks on this machine that have the same CPUs (at least 1): the machine's
     cores over its ranks, or all of a rank's own when the launcher bound each rank apart.
     With more than one, its Numba workers are pinned within its share (kernels/affinity.py).
+    Later calls return the same communicator (another ``comm`` is a ValueError). Ranks waiting
+    in MPI's start-up for one that never calls it (it failed before) end after STARTUP_S.
     """
     if threads_per_rank is not None:
         threads_per_rank = check_int(threads_per_rank, "init: threads_per_rank", 1)
     if comm is not None and not (hasattr(comm, "Get_rank") and hasattr(comm, "Get_size")):
         raise TypeError(f"init: expected an MPI communicator or None, got {type(comm).__name__} {comm!r}")
     if _state["comm"] is not None:
+        if comm is not None and comm != _state["comm"]:
+            raise ValueError(f"init: already initialized with a communicator of {size()} ranks, got another "
+                             f"({comm.Get_size()} ranks); init() runs once per process (DataParallel(comm=...) "
+                             "takes a sub-communicator)")
         return _state["comm"]
     if comm is None and not launched_under_mpi():
         return None
-    try:
-        from mpi4py import MPI
-    except ImportError as e:
-        raise ImportError("fastnn.distributed needs mpi4py and an MPI: pip install fastnn[mpi]") from e
+    MPI = _start_mpi()
     comm = comm if comm is not None else MPI.COMM_WORLD
     from ..kernels import affinity
 
@@ -72,6 +76,22 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     if abort_on_exception:
         _install_abort_hooks(comm)
     return comm
+
+
+def _start_mpi():
+    """Import mpi4py, which starts MPI. MPI_Init waits for every rank while holding the GIL, so
+    no Python watchdog runs: for a rank that stopped before it (an exception before ``init()``)
+    it would wait for ever. faulthandler's watchdog, a C thread, ends this process instead
+    after STARTUP_S with the stack it waited in (replacing a ``dump_traceback_later`` of the
+    caller's own while it runs), and the launcher then ends the job."""
+    faulthandler.dump_traceback_later(STARTUP_S, exit=True)
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError("fastnn.distributed needs mpi4py and an MPI: pip install fastnn[mpi]") from e
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    return MPI
 
 
 def local_layout(comm) -> tuple[int, list[tuple[int, ...]]]:
@@ -120,13 +140,27 @@ def comm():
 
 
 def rank() -> int:
-    c = _state["comm"]
+    """This process's rank in ``init()``'s communicator; 0 in a plain process (under ``mpiexec``
+    before ``init()``: a RuntimeError)."""
+    c = _started("rank")
     return 0 if c is None else c.Get_rank()
 
 
 def size() -> int:
-    c = _state["comm"]
+    """The ranks of ``init()``'s communicator; 1 in a plain process (under ``mpiexec`` before
+    ``init()``: a RuntimeError)."""
+    c = _started("size")
     return 1 if c is None else c.Get_size()
+
+
+def _started(what: str):
+    """``init()``'s communicator, None in a plain process; a RuntimeError under ``mpiexec``
+    before ``init()`` (every rank would report rank 0 of 1)."""
+    c = _state["comm"]
+    if c is None and launched_under_mpi():
+        raise RuntimeError(f"fastnn.distributed.{what}(): launched under mpiexec, but init() has not run yet: "
+                           "call fastnn.distributed.init() first (until then every rank would be rank 0 of 1)")
+    return c
 
 
 def barrier(timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
@@ -144,7 +178,10 @@ def allreduce_mean(values, timeout: float | None = DEFAULT_TIMEOUT_S, *, comm=No
     process. Every rank must pass as many values (checked: a ValueError on every rank).
     Aborts the job if a reduction takes more than ``timeout`` s (None: no limit)."""
     timeout = check_timeout(timeout, "allreduce_mean timeout")
-    given = np.asarray(values)
+    try:
+        given = np.asarray(values)
+    except ValueError:          # a ragged sequence
+        given = np.empty(0, object)
     if given.dtype.kind not in "biuf" or given.ndim > 1:
         raise TypeError(f"allreduce_mean: expected a number or a 1-D sequence of numbers, got "
                         f"{type(values).__name__} {values!r:.100}")
@@ -208,7 +245,8 @@ def abort(message: str, code: int = 1) -> None:
     """Print ``message`` (prefixed with this rank) to stderr and end the whole job."""
     c = _state["comm"]
     sys.stderr.flush()
-    os.write(2, f"[fastnn rank {rank()}/{size()}] {message}\n".encode())
+    where = f"{c.Get_rank()}/{c.Get_size()}" if c is not None else "0/1"
+    os.write(2, f"[fastnn rank {where}] {message}\n".encode())
     if c is not None:
         # the launcher forwards output asynchronously and drops what is in flight when the
         # job is torn down: give it a moment to pass the message on first

@@ -21,7 +21,7 @@ OPT = dict(a.split("=", 1) for a in sys.argv[3:])
 
 
 def build(hidden=32, dtype=np.float64):
-    fnn.manual_seed(int(OPT.get("init_seed", 0)) + (fnn.distributed.rank() if CASE == "unsynced_init" else 0))
+    fnn.manual_seed(int(OPT.get("init_seed", 0)))
     dropout = [fnn.Dropout(float(OPT["dropout"]))] if "dropout" in OPT else []
     model = fnn.Sequential(fnn.Dense(64, hidden, activation="relu", dtype=dtype), *dropout,
                            fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype),
@@ -79,6 +79,22 @@ def main() -> None:
         fnn.distributed.DataParallel(model, fnn.optim.SGD(model), comm=MPI.COMM_WORLD)
         print(f"rank {fnn.distributed.rank()} of {fnn.distributed.size()}", flush=True)
         return
+    if CASE == "before_init":  # rank() and size() before init(), init() again with another communicator
+        from mpi4py import MPI
+
+        for what, call in (("rank", fnn.distributed.rank), ("size", fnn.distributed.size),
+                           ("init", lambda: (fnn.distributed.init(), fnn.distributed.init(MPI.COMM_SELF)))):
+            try:
+                call()
+                raise AssertionError(f"{what} was taken")
+            except (RuntimeError, ValueError) as e:
+                print(f"refused: {e}", flush=True)
+        print(f"rank {fnn.distributed.rank()} of {fnn.distributed.size()}", flush=True)
+        return
+    if CASE == "fail_before_init":  # rank 1 stops before init(): rank 0's MPI start-up must not wait for ever
+        fnn.distributed.runtime.STARTUP_S = 3
+        if os.environ.get("PMI_RANK") == "1":
+            raise RuntimeError("deliberate failure on rank 1 before init")
     comm = fnn.distributed.init()
     rank = fnn.distributed.rank()
     x, y = fnn.data.load_digits(np.float64)
@@ -134,7 +150,14 @@ def main() -> None:
             model.backward(fnn.losses.softmax_cross_entropy(model(x[:32]), y[:32])[1])
     elif CASE == "rewrap":  # a second wrapper of the model (a new optimizer for a second phase) retires the first
         train(model, opt, x, y, 3, comm)
-        old, opt = opt, fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.05), **kw)
+        again = {"mpi": {"transport": "mpi"}, "unsharded": {"shard_optimizer": False}}.get(OPT.get("again"), {})
+        if again:  # the first wrapper's optimizer, sharded by it, in an unsharded wrapper: refused on every rank
+            try:
+                fnn.distributed.DataParallel(model, inner, **{**kw, **again})
+                raise AssertionError("a sharded optimizer was wrapped again unsharded")
+            except ValueError as e:
+                print(f"rank {rank}: {e}", flush=True)
+        old, opt = opt, fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.05), **{**kw, **again})
         opt._wire = CountingComm(opt._wire)   # the wrapper's own communicator
         try:
             old.step()
@@ -184,7 +207,7 @@ def main() -> None:
             opt.zero_grad()
     elif CASE == "grad_range":  # every micro-batch gradient 4e4: fp16 sums of two such overflow, the mean does not
         for _ in range(int(OPT.get("accumulate", 1))):
-            model.flat.grad[...] += 4e4
+            model.flat.grad[...] += float(OPT.get("grad", 4e4))
             opt.step()
     elif CASE == "join_accumulate":  # 5 micro-batches an epoch, each epoch in its own join block
         for epoch in range(int(OPT.get("epochs", 3))):
