@@ -28,6 +28,10 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     if labels.dtype.kind not in "iu":
         raise TypeError(f"softmax_cross_entropy labels: expected integer class indices (N,) or class "
                         f"probabilities (N, C) of the logits' dtype, got {labels.dtype} of shape {labels.shape}")
+    if labels.shape == (n, c) and c > 1:       # integer one-hot rows: named, not "expected shape (N,)"
+        raise TypeError(f"softmax_cross_entropy labels: one-hot or probability rows (N, C) must be of the logits' "
+                        f"dtype {logits.dtype}, got {labels.dtype}: pass labels.astype({logits.dtype}), or class "
+                        "indices labels.argmax(axis=1)")
     if labels.shape == (n, 1) and c > 1:
         raise ValueError(f"softmax_cross_entropy labels: expected shape ({n},), got ({n}, 1): pass labels.ravel()")
     check_array(labels, "softmax_cross_entropy labels", dtype=labels.dtype, shape=(n,))

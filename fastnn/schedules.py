@@ -135,6 +135,7 @@ class Schedule:
         #: the optimizer's step_count at this schedule's last step (None: unknown, after a load)
         self._stepped_at = getattr(opt, "step_count", None)
         self._apply(0)
+        self._take_over()
 
     # the schedule as a pure function of the step ------------------------------------------
     def _affine(self, t: int) -> tuple[float, float]:
@@ -220,6 +221,15 @@ class Schedule:
                                "them with schedules.Chain([...]) and step only that")
         return True
 
+    def _take_over(self) -> None:
+        """A schedule made or loaded now sets the optimizer's lr: the schedule it replaces no
+        longer counts as the one that stepped it (a checkpoint loaded rolls the optimizer's
+        step count back, to counts the replaced schedule may have stepped at)."""
+        try:
+            _LAST_STEPPED.pop(self.opt, None)
+        except TypeError:       # an optimizer that cannot be weakly referenced: never tracked
+            pass
+
     def _affine_at(self, t: int) -> tuple[float, float]:
         """``_affine(t)``, an overflow named with the schedule and step."""
         try:
@@ -278,6 +288,7 @@ class Schedule:
             stepped_at = _int_at_least(stepped_at, "schedule state stepped_at", 0)
         self._apply(t, bases)
         self._stepped_at = stepped_at
+        self._take_over()
 
     def __repr__(self) -> str:
         return _fmt({**self._spec(), "t": self.t})

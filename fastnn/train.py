@@ -129,12 +129,15 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         if dp is not None:  # each rank's own generators: as saved by this rank, or as they were
             saved = extra.get("rank_rngs")
             _set_rng_states(model, saved[dp.rank] if saved and len(saved) == dp.size else own)
-        sums_saved = extra.get("epoch_loss")   # each rank's loss sum and samples of the unfinished epoch
+        # each rank's loss sum and samples of the unfinished epoch (a checkpoint without "samples"
+        # was written before: its sums are of steps' means, not to be added to samples' losses)
+        sums_saved = extra.get("epoch_loss") if "samples" in extra else None
+        ranks = dp.size if dp is not None else 1
         if start_sample and sums_saved:
-            if len(sums_saved) == (dp.size if dp is not None else 1):
+            if len(sums_saved) == ranks:
                 resumed_sums = tuple(sums_saved[dp.rank if dp is not None else 0])
-            else:   # saved by another rank count: each rank its mean (the epoch's mean is then the same)
-                resumed_sums = tuple(sum(s[i] for s in sums_saved) / len(sums_saved) for i in (0, 1))
+            else:   # saved by another rank count: spread evenly over this run's ranks, the totals kept
+                resumed_sums = tuple(sum(s[i] for s in sums_saved) / ranks for i in (0, 1))
 
     def save(epoch: int, sample: int, running: tuple[float, int] = (0.0, 0)) -> None:
         """``running``: this rank's loss sum and samples so far in the unfinished epoch."""
@@ -371,7 +374,7 @@ def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_sam
     if sums is not None and not (isinstance(sums, list) and all(
             isinstance(s, list) and len(s) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                          for v in s) and s[1] >= 0 for s in sums)):
-        raise ValueError(f"{path}: expected epoch_loss a list of [loss sum, steps >= 0] per rank, got {sums!r:.200}")
+        raise ValueError(f"{path}: expected epoch_loss a list of [loss sum, samples >= 0] per rank, got {sums!r:.200}")
     _check_rank_rngs(path, extra.get("rank_rngs"), model)
 
 

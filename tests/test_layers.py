@@ -158,6 +158,15 @@ def test_softmax_cross_entropy_takes_class_probabilities_as_torch():
         fnn.losses.softmax_cross_entropy(logits, labels[:, None])       # as Keras's datasets ship labels
 
 
+def test_softmax_cross_entropy_names_integer_one_hot_rows():
+    """np.eye(C, dtype=int)[y], one-hot rows as README says they are taken, but of integers:
+    refused as "expected shape (N,)", which did not say that the rows must be floats."""
+    logits = np.zeros((3, 4), np.float32)
+    with pytest.raises(TypeError, match=r"one-hot or probability rows \(N, C\) must be of the logits' dtype "
+                                        r"float32, got int64: pass labels.astype\(float32\)"):
+        fnn.losses.softmax_cross_entropy(logits, np.eye(4, dtype=np.int64)[[0, 3, 1]])
+
+
 def _xent_ref(logits, labels):
     """Softmax cross-entropy and its gradient in float64 NumPy, the formulas as written."""
     x = logits.astype(np.float64)

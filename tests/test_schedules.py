@@ -224,6 +224,22 @@ def test_stepping_two_schedules_after_one_optimizer_step_is_refused():
     assert opt.step() and second.step() and second.get_last_lr() == pytest.approx([0.01, 0.001])
 
 
+def test_a_schedule_loaded_after_a_rollback_replaces_the_one_that_stepped():
+    """A checkpoint loaded into the same optimizer rolls its step count back: the new
+    schedule's first step after the next optimizer step came at a count the old schedule
+    (still alive) had stepped at, and was refused as chaining."""
+    opt = fnn_sgd()
+    old = S.Exponential(opt, 0.5)
+    assert opt.step() and old.step()
+    saved = (opt.state_dict(), old.state_dict())
+    assert opt.step() and old.step()
+    new = S.Exponential(opt, 0.5)
+    opt.load_state_dict(saved[0])
+    new.load_state_dict(saved[1])
+    assert opt.step() and new.step() and new.get_last_lr() == pytest.approx([0.025, 0.0025])
+    assert old.t == 2
+
+
 STATEFUL = [
     lambda o: S.InverseTime(o, 5, staircase=True),
     lambda o: S.Sequential(o, [S.Warmup(o, 10), S.Cosine(o, 50, eta_min=1e-4)], [10]),

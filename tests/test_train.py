@@ -112,6 +112,51 @@ def test_a_run_resumed_mid_epoch_reports_that_epochs_whole_loss(tmp_path):
     assert resumed["loss"] == full["loss"][1:]
 
 
+def _resume_mid_epoch_with_saved_sums(path, edit):
+    """A 200-sample run stopped in epoch 1 after step 19 (checkpoint at step 16), its
+    checkpoint's extra edited, then resumed; returns the resumed run's history."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((200, 8)).astype(np.float32), rng.integers(0, 3, 200)
+    kw = dict(epochs=2, batch_size=16, seed=3, checkpoint=path, checkpoint_every=4, progress=False)
+
+    def build():
+        fnn.manual_seed(0)
+        model = fnn.Sequential(fnn.Dense(8, 16, activation="relu"), fnn.Dense(16, 3))
+        return model, fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+
+    def stop(step, loss):
+        if step == 19:
+            raise KeyboardInterrupt
+    full = fnn.train.fit(*build(), x, y, **{**kw, "checkpoint": None, "checkpoint_every": None})
+    with pytest.raises(KeyboardInterrupt):
+        fnn.train.fit(*build(), x, y, on_step=stop, **kw)
+    _rewrite_meta(path, lambda m: edit(m["extra"]))
+    return full, fnn.train.fit(*build(), x, y, resume=True, **kw)
+
+
+def test_a_mid_epoch_resume_of_another_rank_count_keeps_the_epochs_loss(tmp_path):
+    """Each rank's [loss sum, samples] of a checkpoint written by two ranks: resumed by one
+    process, the saved part weighed half (each rank took the ranks' mean sum and samples)."""
+    def as_two_ranks(extra):
+        (total, samples), = extra["epoch_loss"]
+        extra["epoch_loss"] = [[total * 0.25, samples / 2], [total * 0.75, samples / 2]]
+    full, resumed = _resume_mid_epoch_with_saved_sums(tmp_path / "r.npz", as_two_ranks)
+    assert resumed["loss"] == pytest.approx(full["loss"][1:], rel=1e-12)
+
+
+def test_a_mid_epoch_resume_of_a_checkpoint_without_samples_ignores_its_step_sums(tmp_path):
+    """A checkpoint written before fit kept "samples" holds [sum of steps' mean losses, steps]:
+    added to sums over samples it skewed the resumed epoch's loss; now it is left out (the
+    epoch's loss covers the steps after the resume)."""
+    def old_format(total):
+        def edit(extra):
+            del extra["samples"]
+            extra["epoch_loss"] = [[total, 3]]
+        return edit
+    losses = [_resume_mid_epoch_with_saved_sums(tmp_path / f"{t}.npz", old_format(t))[1]["loss"] for t in (0.5, 50.0)]
+    assert losses[0] == losses[1]
+
+
 def test_checkpoint_of_a_different_model_is_rejected_and_nothing_changes(tmp_path):
     a = fnn.Sequential(fnn.Dense(4, 3), fnn.Dense(3, 2))
     path = fnn.checkpoint.save(tmp_path / "a.npz", a, fnn.optim.Adam(a))
@@ -890,7 +935,7 @@ def _batch_size_run(path, batch_size, *, stop=None, resume=False, settings=None)
     ("batch_size_schedule", lambda s: {**s, "samples_seen": -1}, "malformed batch-size schedule state .*samples_seen"),
     ("batch_size_schedule", lambda s: {**s, "lr_batch": "4"}, "malformed batch-size schedule state .*lr_batch"),
     ("batch_size_schedule", lambda s: [s], "expected the batch-size schedule's state a dict or null"),
-    ("epoch_loss", lambda s: [["x", 3]], r"expected epoch_loss a list of \[loss sum, steps >= 0\] per rank"),
+    ("epoch_loss", lambda s: [["x", 3]], r"expected epoch_loss a list of \[loss sum, samples >= 0\] per rank"),
     ("epoch_loss", lambda s: [[1.0, -3]], r"expected epoch_loss a list"),
     ("rank_rngs", lambda s: [{"model": {}, "global": {}}], "expected rank_rngs a list of each rank's generator"),
     ("rank_rngs", lambda s: [{"model": {"1": {"bit_generator": "PCG64", "state": 3}}, "global": {}}],
