@@ -210,7 +210,7 @@ def test_a_second_backward_without_a_forward_is_refused():
     model(x2)
     model.backward(d)                                      # the most recent forward's (x2's) gradient
     want = model.flat.grad.copy()
-    with pytest.raises(RuntimeError, match="backward without a forward since the last backward"):
+    with pytest.raises(RuntimeError, match="backward without a complete forward since the last backward"):
         model.backward(d)
     np.testing.assert_array_equal(model.flat.grad, want)
     model.zero_grad()
@@ -219,3 +219,8 @@ def test_a_second_backward_without_a_forward_is_refused():
         model.backward(d[:, :1])                           # refused on its shape before anything is written
     model.backward(d)                                      # and may be retried
     np.testing.assert_array_equal(model.flat.grad, want)
+    model(x1)
+    with pytest.raises(ValueError):
+        model(x1[:, :2])                                   # fails in the first layer
+    with pytest.raises(RuntimeError, match="none ran, or the last one failed"):
+        model.backward(d)

@@ -41,6 +41,7 @@ class Sequential(Module):
         return len(self.layers)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self._forwarded = False          # a forward that fails partway leaves mixed activations
         for layer in self.layers:
             x = layer.forward(x)
         self._forwarded = True
@@ -53,7 +54,8 @@ class Sequential(Module):
         forwards before two backwards paired the first gradient with the second forward)."""
         root = self._parent is None              # the model the user calls; nested ones run inside it
         if root and not self.__dict__.get("_forwarded", False):
-            raise RuntimeError("backward without a forward since the last backward: each backward "
+            raise RuntimeError("backward without a complete forward since the last backward (none ran, or the "
+                               "last one failed): each backward "
                                "differentiates the most recent forward, once (two forwards then two backwards "
                                "would pair the first gradient with the second forward's activations); run "
                                "forward and backward in pairs, or concatenate the inputs into one batch")
