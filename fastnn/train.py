@@ -35,8 +35,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     Each epoch draws minibatches without replacement from the permutation seeded by
     (seed, epoch); epochs run from ``initial_epoch`` (Keras's: a run continued by calling
     ``fit`` again passes the epochs done, so that each epoch keeps its own order) up to
-    ``epochs`` (a resumed checkpoint's position takes precedence). ``batch_size`` is an int or a ``fastnn.schedules.BatchSize``. ``schedule``
-    (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
+    ``epochs`` (a resumed checkpoint's position takes precedence). ``batch_size`` is an int
+    or a ``fastnn.schedules.BatchSize``. ``schedule`` (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
     checkpoint is written atomically every ``checkpoint_every`` steps and at each epoch's end;
     ``resume=True`` continues from it where the file exists (either without ``checkpoint``: a
     ValueError), with the same data position, RNG and optimizer state, giving

@@ -219,6 +219,10 @@ def test_zero_grad_takes_torchs_set_to_none():
     assert not g.any()
     with pytest.raises(TypeError, match="set_to_none: expected True or False"):
         opt.zero_grad(set_to_none="yes")
+    wrapped = fnn.distributed.DataParallel(model := fnn.Sequential(fnn.Dense(2, 2)), fnn.optim.SGD(model, lr=0.1))
+    model.flat.grad[:] = 1
+    wrapped.zero_grad(set_to_none=True)                             # one process: the wrapper as the optimizer
+    assert not model.flat.grad.any()
 
 
 @pytest.mark.parametrize("key, make", [("lr", lambda pair: fnn.optim.SGD(pair, lr=np.inf)),

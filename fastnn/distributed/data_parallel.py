@@ -25,7 +25,7 @@ import weakref
 
 import numpy as np
 
-from ..checks import check_int
+from ..checks import check_bool, check_int
 from ..flat import aligned_zeros
 from ..module import Module
 from . import runtime
@@ -286,10 +286,12 @@ class DataParallel:
                                    "to accumulate micro-batches use accumulate_steps=k or no_sync()")
             self._stale = False
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients, except between the micro-batches of one accumulated step. After
         a sharded step only this rank's share is left to zero (the reduction zeroed the rest of
-        the row as it read it), unless a backward has run since."""
+        the row as it read it), unless a backward has run since. ``set_to_none``: torch's
+        signature, as the optimizer's ``zero_grad`` takes it."""
+        check_bool(set_to_none, "zero_grad: set_to_none")
         if self._micro % self.accumulate_steps:
             return
         self._stale = False

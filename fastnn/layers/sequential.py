@@ -55,10 +55,10 @@ class Sequential(Module):
         root = self._parent is None              # the model the user calls; nested ones run inside it
         if root and not self.__dict__.get("_forwarded", False):
             raise RuntimeError("backward without a complete forward since the last backward (none ran, or the "
-                               "last one failed): each backward "
-                               "differentiates the most recent forward, once (two forwards then two backwards "
-                               "would pair the first gradient with the second forward's activations); run "
-                               "forward and backward in pairs, or concatenate the inputs into one batch")
+                               "last one failed): each backward differentiates the most recent forward, once "
+                               "(two forwards then two backwards would pair the first gradient with the second "
+                               "forward's activations); run forward and backward in pairs, or concatenate the "
+                               "inputs into one batch")
         if self._grad_hooks:
             self._grads_ready_from(self.flat.grad.size)
         for i in range(len(self.layers) - 1, -1, -1):
