@@ -30,7 +30,7 @@ What    Four measurements, each an ``mpiexec -n K python bench/distributed/worke
         3. End to end, the same MLP and a small CNN (conv3x3x16-pool-conv3x3x32-pool-
            dense128-dense10, if fnn.Conv2D exists), per-rank batch 64, Adam lr 1e-3 (torch:
            Adam(fused=True), its fastest CPU step), one thread per rank for both frameworks: samples/s of fastnn DataParallel and of
-           torch DistributedDataParallel (gloo; ranks read PMI_RANK/PMI_SIZE, MASTER_ADDR
+           torch DistributedDataParallel (gloo; ranks take MPI's rank and size, MASTER_ADDR
            127.0.0.1, a free MASTER_PORT) at 2 ranks. In the same 2-rank job, interleaved
            with those: each framework's plain single-process loop (no wrapper) on rank 0
            while rank 1 sleeps, X(1); and the same per-rank work on both ranks without any

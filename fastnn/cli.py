@@ -8,6 +8,8 @@ import string
 import sys
 import time
 
+from .distributed.runtime import launched_rank
+
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
@@ -15,20 +17,12 @@ SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmu
 _OPTIONS = {"initial_lr": "--lr", "weight_decay": "--weight-decay", "momentum": "--momentum"}
 
 
-def _launched_rank() -> int:
-    """This process's rank from the MPI launcher's environment (0 without one), before MPI starts."""
-    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (``fastnn train: error: ...``), exit code 2, printed by rank 0
     only under mpiexec (every rank exits alike); --help shows usage."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if _launched_rank() == 0 else None)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if launched_rank() == 0 else None)
 
 
 def _threads(text: str) -> int:
@@ -191,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
     """Arguments that only make sense together; fills in args.checkpoint's fields."""
     def error(message: str) -> None:
-        parser.exit(2, f"fastnn train: error: {message} (see fastnn train --help)\n" if _launched_rank() == 0 else None)
+        parser.exit(2, f"fastnn train: error: {message} (see fastnn train --help)\n" if launched_rank() == 0 else None)
 
     if args.grow_batch is not None and args.grow_batch < args.batch_size:
         error(f"argument --grow-batch: expected a batch size >= --batch-size {args.batch_size}, got {args.grow_batch}")

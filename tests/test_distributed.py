@@ -575,6 +575,17 @@ def test_rank_before_init_and_init_with_another_communicator_are_refused(tmp_pat
     assert sorted(re.findall(r"^rank \d of \d$", r.stdout, re.M)) == ["rank 0 of 2", "rank 1 of 2"], r.stdout
 
 
+@pytest.mark.parametrize("var", ["PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"])
+def test_the_launchers_rank_is_read_from_mpich_pmix_or_open_mpi(var, monkeypatch):
+    """The rank before MPI starts (usage errors printed once, the worker's failing rank):
+    Open MPI sets only OMPI_COMM_WORLD_RANK, and the MPICH-only reading ran rank 1's case on no rank."""
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert fnn.distributed.launched_rank() == 0
+    monkeypatch.setenv(var, "3")
+    assert fnn.distributed.launched_rank() == 3
+
+
 def test_single_process_without_mpiexec_is_a_pass_through():
     model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
     opt = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.1), accumulate_steps=2)

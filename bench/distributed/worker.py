@@ -399,8 +399,7 @@ def run_e2e(a) -> None:
     if "torch" in frameworks and size > 1:
         import torch.distributed as dist
 
-        dist.init_process_group("gloo", rank=int(os.environ["PMI_RANK"]), world_size=int(os.environ["PMI_SIZE"]))
-        assert dist.get_rank() == rank
+        dist.init_process_group("gloo", rank=rank, world_size=size)
     threads = thread_report(comm, torch if "torch" in frameworks else None)
     gb = a.batch * size
     unknown = set(a.models.split(",")) - {"mlp", "cnn"}

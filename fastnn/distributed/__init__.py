@@ -8,7 +8,8 @@
 The same script runs unchanged in one process without ``mpiexec`` (size 1, no MPI calls).
 """
 from .data_parallel import DataParallel
-from .runtime import allreduce_mean, barrier, comm, init, is_initialized, launched_under_mpi, rank, size
+from .runtime import (allreduce_mean, barrier, comm, init, is_initialized, launched_rank, launched_under_mpi,
+                      rank, size)
 
-__all__ = ["DataParallel", "allreduce_mean", "barrier", "comm", "init", "is_initialized", "launched_under_mpi",
-           "rank", "size"]
+__all__ = ["DataParallel", "allreduce_mean", "barrier", "comm", "init", "is_initialized", "launched_rank",
+           "launched_under_mpi", "rank", "size"]

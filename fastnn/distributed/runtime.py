@@ -39,6 +39,15 @@ def launched_under_mpi() -> bool:
     return any(v in os.environ for v in _LAUNCHER_VARS)
 
 
+def launched_rank() -> int:
+    """This process's rank from the MPI launcher's environment (MPICH's Hydra, PMIx, Open MPI),
+    before MPI starts; 0 without a launcher."""
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: bool = True):
     """Start MPI (if launched under ``mpiexec`` or ``comm`` is given) and return the communicator
     (``MPI.COMM_WORLD`` by default), or None in a plain single process.

@@ -93,7 +93,7 @@ def main() -> None:
         return
     if CASE == "fail_before_init":  # rank 1 stops before init(): rank 0's MPI start-up must not wait for ever
         fnn.distributed.runtime.STARTUP_S = 3
-        if os.environ.get("PMI_RANK") == "1":
+        if fnn.distributed.runtime.launched_rank() == 1:
             raise RuntimeError("deliberate failure on rank 1 before init")
     comm = fnn.distributed.init()
     rank = fnn.distributed.rank()
