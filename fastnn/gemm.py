@@ -50,16 +50,31 @@ _local = threading.local()
 kernel_module = module_for
 
 
-def _call(fn, key, arrays, *args):
-    """fn(*args), compiled with SLP on for each new type of its ``arrays`` arguments (Numba
-    types differ by read-only and alignment flags, and each new type compiles anew)."""
-    key = (key, *(x.flags.behaved or (x.flags.writeable, x.flags.aligned) for x in arrays))
+def _call(fn, key, *args):
+    """fn(*args), compiled (or loaded) with SLP on at its first call. Each kernel sees one Numba
+    type per dtype: the operands are 1-D, C-contiguous and writeable (_readable)."""
     if key in _compiled:
         return fn(*args)
     with _settings.slp_scope():
         out = fn(*args)
     _compiled.add(key)
     return out
+
+
+class _Memory:
+    """An array interface over another array's memory, marked writeable (for _readable)."""
+
+    def __init__(self, x: np.ndarray):
+        face = x.__array_interface__
+        self.__array_interface__ = {**face, "data": (face["data"][0], False)}
+        self.base = x
+
+
+def _readable(x: np.ndarray) -> np.ndarray:
+    """x, or a writeable alias of a read-only x's memory, for kernels that only read it. Numba
+    types a read-only array apart: each GEMM kernel compiled once more for read-only operands
+    (15-25 s each, with SLP), for a product of microseconds."""
+    return x if x.flags.writeable else np.asarray(_Memory(x))
 
 
 def _flat(x: np.ndarray):
@@ -274,7 +289,8 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
 
             bias_act_forward_serial(work, bias, act)
     else:
-        _gemm(m, n, k, alpha_, fa, rsa, csa, fb, rsb, csb, beta_, c, ldc, bias, act, dt, threads)
+        _gemm(m, n, k, alpha_, _readable(fa), rsa, csa, _readable(fb), rsb, csb, beta_, c, ldc, _readable(bias),
+              act, dt, threads)
     if work is not out:
         out[...] = work
     return out
@@ -291,7 +307,7 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     if csa == 1 and csb == 1 and (mnk <= SMALL_MNK or (not parallel and m * n <= DIRECT_MN)):
         blk = _blocks.blocks_for(dt.char)
         work = np.empty((blk.mr + blk.nr) * min(k, SMALL_K) + blk.mr * blk.nr, dt)     # the module's small_work
-        _call(mod.gemm_small, ("small", mod, dt.char), (fa, fb, c, bias), m, n, k, alpha, fa, rsa, fb, rsb, beta,
+        _call(mod.gemm_small, ("small", mod, dt.char), m, n, k, alpha, fa, rsa, fb, rsb, beta,
               c, ldc, bias, act, work)
         if dt not in _FAST:
             _register_fast(dt)
@@ -316,12 +332,12 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
         if old != nthreads:
             numba.set_num_threads(nthreads)
         try:
-            _call(mod.gemm_cpu, ("cpu", mod, dt.char), (fa, fb, c, bias), *args)
+            _call(mod.gemm_cpu, ("cpu", mod, dt.char), *args)
         finally:
             if old != nthreads:
                 numba.set_num_threads(old)
     else:
-        _call(mod.gemm_serial, ("serial", mod, dt.char), (fa, fb, c, bias), *args)
+        _call(mod.gemm_serial, ("serial", mod, dt.char), *args)
         if dt not in _SERIAL:
             _register_serial(dt, blk)
 
@@ -414,7 +430,8 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     (fa, ga, ra, ca), (fb, gb, rb, cb), (fc, gc, ldc, _) = views
     rsa, csa = (ca, ra) if trans_a else (ra, ca)
     rsb, csb = (cb, rb) if trans_b else (rb, cb)
-    fbias = np.ascontiguousarray(bias, dt).reshape(-1) if bias is not None else _EMPTY[dt.char]
+    fa, fb = _readable(fa), _readable(fb)
+    fbias = _readable(np.ascontiguousarray(bias, dt).reshape(-1)) if bias is not None else _EMPTY[dt.char]
     blk = _blocks.blocks_for(dt.char)
     mc, kc = _balanced(m, k, blk)
     nthreads = numba.get_num_threads() if threads is None else threads
@@ -428,11 +445,11 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         old = numba.get_num_threads()
         numba.set_num_threads(nthreads)
         try:
-            _call(mod.gemm_cpu_groups, ("cpu_groups", mod, dt.char), (fa, fb, fc, fbias), *args)
+            _call(mod.gemm_cpu_groups, ("cpu_groups", mod, dt.char), *args)
         finally:
             numba.set_num_threads(old)
     else:
-        _call(mod.gemm_serial_groups, ("serial_groups", mod, dt.char), (fa, fb, fc, fbias), *args)
+        _call(mod.gemm_serial_groups, ("serial_groups", mod, dt.char), *args)
     return out
 
 

@@ -401,12 +401,17 @@ class Listener(event.Listener):
 
 mod = mm.kernel_module(np.dtype(np.float32))
 event.register("numba:compile", Listener())
-a, b = np.random.rand(64, 96).astype(np.float32), np.random.rand(96, 64).astype(np.float32)
-fastnn.matmul(a, b, alpha=2.0)                 # the small path for writeable operands (from the cache)
 mod.gemm_small._cache = NullCache()            # what follows really compiles (and is not cached)
 os.environ["NUMBA_FASTNN_PROBE"] = "1"         # an environment change: Numba's compiler reloads its config
-a.flags.writeable = False                      # another Numba type: compiled anew
+a, b = np.random.rand(64, 96).astype(np.float32), np.random.rand(96, 64).astype(np.float32)
+np.testing.assert_allclose(fastnn.matmul(a, b, alpha=2.0), 2 * (a @ b), rtol=1e-5)   # the small path
+first = len(compiled)
+a.flags.writeable = False                      # read-only operands: another Numba type, never a kernel's
 np.testing.assert_allclose(fastnn.matmul(a, b, alpha=2.0), 2 * (a @ b), rtol=1e-5)
+b.flags.writeable = False
+np.testing.assert_allclose(fastnn.matmul(a, b, np.empty((64, 64), np.float32), bias=np.ones(64, np.float32)[::-1]),
+                           a @ b + 1, rtol=1e-5)
+read_only = compiled[first:]
 os.environ["NUMBA_FASTNN_PROBE"] = "2"
 from fastnn.kernels.matmul import fast
 for d in (fast.serial_into, mod.serial_into, mod.gemm_serial):
@@ -416,15 +421,17 @@ for _ in range(2):                             # direct, M*N <= DIRECT_MN: the g
     np.testing.assert_allclose(fastnn.matmul(c, c), c @ c, rtol=1e-4)       # then the entry
 wide, tall = np.random.rand(288, 32).astype(np.float32), np.random.rand(32, 288).astype(np.float32)
 np.testing.assert_allclose(fastnn.matmul(wide, tall), wide @ tall, rtol=1e-4)   # the entry's packed path
-print(json.dumps({"compiled": compiled, "micro": settings.check_micro_kernel(mod, np.float32)}))
+print(json.dumps({"compiled": compiled, "read_only": read_only, "micro": settings.check_micro_kernel(mod, np.float32)}))
 """
 
 
 def test_every_kernel_variant_is_compiled_with_slp():
-    """A read-only operand is another Numba type, compiled (and cached) anew: it used to compile
-    outside the SLP scope (3.5 instead of 71 GFLOP/s at 64x96x64). A NUMBA_* variable changed
-    after import makes Numba's compiler reload its config, which used to reset SLP inside the
-    scope (the micro-kernel then compiled to 96 scalar FMAs and 238 spills)."""
+    """Kernels compiled at run time compile with SLP: a read-only operand once compiled its own
+    kernel outside the SLP scope (3.5 instead of 71 GFLOP/s at 64x96x64), and now reaches the
+    kernels as a writeable alias, compiling none (it compiled 15-25 s of kernels per dtype). A
+    NUMBA_* variable changed after import makes Numba's compiler reload its config, which used
+    to reset SLP inside the scope (the micro-kernel then compiled to 96 scalar FMAs and 238
+    spills)."""
     import subprocess
     import sys
 
@@ -439,6 +446,7 @@ def test_every_kernel_variant_is_compiled_with_slp():
     got = json.loads(r.stdout.splitlines()[-1])
     assert all([name, 1] in got["compiled"] for name in ("gemm_small", "serial_into", "gemm_serial")), got
     assert all(slp == 1 for _, slp in got["compiled"]), got
+    assert got["read_only"] == [], got
     assert got["micro"]["scalar_fma"] == 0 and got["micro"]["spills"] == 0, got
 
 
