@@ -382,6 +382,22 @@ def test_concat_checks_the_gradient_before_any_branch_adds():
     assert model.backward(np.ones((4, 5), np.float32)) is None
 
 
+def test_a_branch_with_its_input_gradient_off_stops_the_gradient_there():
+    """Concat added the branch's None to the others' sum: TypeError."""
+    fnn.manual_seed(0)
+    a, b = fnn.Dense(4, 3, dtype=np.float64), fnn.Dense(4, 2, activation="tanh", dtype=np.float64)
+    model = fnn.Concat(a, b)
+    b.input_grad = False
+    x, dy = RNG(1).standard_normal((5, 4)), RNG(2).standard_normal((5, 5))
+    model(x)
+    dx = model.backward(dy)
+    np.testing.assert_allclose(dx, dy[:, :3] @ a.params["weight"].T, rtol=1e-12)   # branch a's alone
+    assert b.grads["weight"].any()                                                 # b still learns
+    a.input_grad = False
+    model(x)
+    assert model.backward(dy) is None
+
+
 def test_concat_forward_backward():
     fnn.manual_seed(0)
     model = fnn.Concat(fnn.Conv2D(2, 3, 1, dtype=np.float64),

@@ -63,8 +63,8 @@ class Concat(Module):
         dx = None
         for b, d in zip(self.branches, np.split(dy, self._splits, axis=-1)):
             g = b.backward(np.ascontiguousarray(d))
-            if self.input_grad:
-                dx = g if dx is None else dx + g
+            if self.input_grad and g is not None:     # None: the branch's own input_grad is off, a stop
+                dx = g if dx is None else dx + g      # as in Sequential: nothing flows back through it
         return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
