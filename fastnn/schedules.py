@@ -97,8 +97,10 @@ class _Tail:
 
     @property
     def robbins_monro(self) -> bool:
-        """gamma_t -> 0 and sum gamma_t = inf: exactly the polynomial decays t**-p, 0 < p <= 1."""
-        return math.isclose(self.rate, 1.0, rel_tol=1e-12) and 0.0 < self.power <= 1.0 + 1e-12
+        """gamma_t -> 0 and sum gamma_t = inf: exactly the polynomial decays t**-p, 0 < p <= 1.
+        Rates that cancel (Step's 0.5 every 2 steps times Exponential(2**0.5)) multiply to 1 up
+        to a few roundings; a rate 1e-13 off 1 is a real geometric factor."""
+        return math.isclose(self.rate, 1.0, rel_tol=1e-14) and 0.0 < self.power <= 1.0 + 1e-12
 
 
 def _fmt(value: Any) -> str:

@@ -386,6 +386,20 @@ def test_read_only_params_rejected():
         fnn.optim.SGD((p, np.ones(3)))
 
 
+def test_params_made_read_only_later_are_refused_before_anything_changes():
+    """step() checked writeability only when the optimizer was made: Numba compiled a kernel for
+    the read-only type and failed typing it, leaving a lazily made momentum buffer behind."""
+    p, g = np.ones(3), np.ones(3)
+    opt = fnn.optim.SGD((p, g), lr=0.1)
+    opt.param_groups[0]["momentum"] = 0.9
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match="SGD: the parameters became read-only after this optimizer was made"):
+        opt.step()
+    assert opt.state == {} and opt.step_count == 0 and (p == 1).all()
+    opt.zero_grad()                                          # gradients only: still allowed
+    assert not g.any()
+
+
 @pytest.mark.parametrize("make", [lambda m: fnn.optim.AdamW(m, lr=0.1, amsgrad=True, nonfinite="ignore",
                                                              param_groups=[{"params": ["0.bias"], "lr": 0.03}]),
                                   lambda m: fnn.optim.SGD(m, lr=0.1, momentum=0.9, nesterov=True, nonfinite="ignore")])

@@ -139,6 +139,9 @@ ROBBINS_MONRO = [
     # the rates multiply to 1 only up to rounding (0.5**0.5 * 2**0.5 = 1.0000000000000002): still 1/t
     ("chain_step_growth_inverse", lambda o: S.Chain([S.Step(o, 2, 0.5), S.Exponential(o, 2 ** 0.5),
                                                      S.InverseTime(o, 1)]), True),
+    # a rate 1e-13 off 1 was taken for 1 (rel_tol 1e-12): summable, or growing without bound
+    ("chain_slow_exponential_inverse", lambda o: S.Chain([S.Exponential(o, 1 - 1e-13), S.InverseTime(o, 10)]), False),
+    ("chain_slow_growth_inverse", lambda o: S.Chain([S.Exponential(o, 1 + 1e-13), S.InverseTime(o, 10)]), False),
 ]
 
 
@@ -196,6 +199,31 @@ def test_a_resumed_schedule_advances_after_a_skip_as_the_uninterrupted_one_does(
     old = {k: v for k, v in saved["sched"].items() if k != "stepped_at"}      # saved before it was kept
     sched2.load_state_dict(old)
     assert sched2.t == 1
+
+
+def test_a_checkpoint_between_a_skipped_step_and_the_schedules_step_resumes_the_same_lrs():
+    """The optimizer's state left out that its last step was skipped: a schedule resumed there
+    advanced where the uninterrupted one did not, and every later lr was half what it should be."""
+    def run(resume_at):
+        opt = fnn_sgd(nonfinite="skip")
+        sched = S.Exponential(opt, 0.5)
+        lrs = []
+        for s in range(5):
+            opt.grads[:] = np.nan if s == 2 else 1.0
+            opt.step()
+            if s == resume_at:
+                saved = json.loads(json.dumps({"opt": {**opt.state_dict(), "state": {}}, "sched": sched.state_dict()}))
+                opt = fnn_sgd(nonfinite="skip")
+                opt.load_state_dict(saved["opt"])
+                sched = S.Exponential(opt, 0.5)
+                sched.load_state_dict(saved["sched"])
+            sched.step()
+            lrs.append(sched.get_last_lr()[0])
+        return lrs
+
+    assert run(2) == run(None) == [0.05, 0.025, 0.025, 0.0125, 0.00625]
+    with pytest.raises(ValueError, match="expected last_step_skipped True or False, got str 'no'"):
+        fnn_sgd().load_state_dict({**fnn_sgd().state_dict(), "last_step_skipped": "no"})
 
 
 def test_composite_skips_and_parts_cannot_be_stepped():

@@ -184,6 +184,9 @@ class Optimizer:
         1/ranks here instead of rescaling the buffer); clipping sees the scaled norm.
         """
         self._check_buffers()
+        if not self.params.flags.writeable:      # Numba's typing error said it, after a compile
+            raise ValueError(f"{type(self).__name__}: the parameters became read-only after this optimizer was made; "
+                             "expected a writeable buffer to update in place")
         self._check_groups()
         if isinstance(grad_scale, (bool, np.bool_)) or not isinstance(grad_scale, numbers.Real) \
                 or not math.isfinite(grad_scale):
@@ -313,6 +316,7 @@ class Optimizer:
         """Step counters, hyperparameters per group (with parameter names) and copies of the
         flat state buffers."""
         return {"type": type(self).__name__, "step": self.step_count, "skipped_steps": self.skipped_steps,
+                "last_step_skipped": self.last_step_skipped,
                 "param_groups": [dict(g, params=list(g["params"])) for g in self.param_groups],
                 "slots": self._slot_list(), "state": {k: v.copy() for k, v in self.state.items()}}
 
@@ -336,6 +340,10 @@ class Optimizer:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"optimizer state: expected {key} an int >= 0, got {type(v).__name__} {v!r}")
         step, skipped = int(state["step"]), int(state["skipped_steps"])
+        skipped_last = state.get("last_step_skipped", False)     # absent from states saved before it was kept
+        if not isinstance(skipped_last, (bool, np.bool_)):
+            raise ValueError(f"optimizer state: expected last_step_skipped True or False, got "
+                             f"{type(skipped_last).__name__} {skipped_last!r}")
         if not isinstance(state["param_groups"], (list, tuple)) or not all(isinstance(g, dict)
                                                                             for g in state["param_groups"]):
             raise ValueError(f"optimizer state: expected param_groups a list of dicts, got {state['param_groups']!r}")
@@ -389,7 +397,7 @@ class Optimizer:
             del self.state[k]
         for k, v in buffers.items():
             self.state.setdefault(k, aligned_zeros(self.params.size, self.params.dtype))[...] = v
-        self.step_count, self.skipped_steps = step, skipped
+        self.step_count, self.skipped_steps, self.last_step_skipped = step, skipped, bool(skipped_last)
 
     def _load_extra(self, state: dict) -> None:
         """A subclass's own entries of ``state`` (validated, then applied; called last before the
