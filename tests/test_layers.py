@@ -289,11 +289,18 @@ def test_an_empty_batch_goes_through(layer):
 
 
 def test_dropout_backward_without_a_mask_still_checks_its_input():
-    """Before any forward, in eval mode or with p = 0 backward is the identity: it returned
-    whatever came, a string included."""
-    for d in (fnn.Dropout(0.5), fnn.Dropout(0.0)):
+    """In eval mode or with p = 0 backward is the identity: it returned whatever came (a string,
+    a gradient of another shape), and before any forward raised nothing."""
+    for d in (fnn.Dropout(0.5).eval(), fnn.Dropout(0.0)):
+        with pytest.raises(RuntimeError, match="Dropout.backward called before forward"):
+            d.backward(np.ones((2, 3), np.float32))
+        d(np.zeros((2, 3), np.float32))
         with pytest.raises(TypeError, match="Dropout output gradient: expected a numpy.ndarray, got str"):
             d.backward("junk")
+        with pytest.raises(ValueError, match=r"Dropout output gradient: expected shape \(2, 3\), got \(5, 7\)"):
+            d.backward(np.ones((5, 7), np.float32))
+        with pytest.raises(TypeError, match="Dropout output gradient: expected dtype float32, got float64"):
+            d.backward(np.ones((2, 3)))
         dy = np.ones((2, 3), np.float32)
         assert d.backward(dy) is dy
 

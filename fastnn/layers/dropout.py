@@ -26,9 +26,11 @@ class Dropout(Module):
             seed = check_int(seed, "Dropout seed", 0)
         self.rng = np.random.default_rng(seed) if seed is not None else random.generator().spawn(1)[0]
         self._mask: np.ndarray | None = None
+        self._x_spec: tuple | None = None        # (dtype, shape) of the last input
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_array(x, "Dropout input")
+        self._x_spec = (x.dtype, x.shape)
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
@@ -37,10 +39,11 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        if self._mask is None:       # eval mode or p = 0: the identity, checked like any layer's input
-            return check_array(dy, "Dropout output gradient")
-        check_array(dy, "Dropout output gradient", dtype=self._mask.dtype, shape=self._mask.shape)
-        return dy * self._mask
+        if self._x_spec is None:
+            raise RuntimeError("Dropout.backward called before forward")
+        dtype, shape = self._x_spec
+        check_array(dy, "Dropout output gradient", dtype=dtype, shape=shape)
+        return dy if self._mask is None else dy * self._mask      # eval mode or p = 0: the identity
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p})"
