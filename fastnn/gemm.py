@@ -99,6 +99,9 @@ def _scalars(alpha, beta, where: str) -> tuple[float, float]:
     for name, x in (("alpha", alpha), ("beta", beta)):
         if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
             raise TypeError(f"{where}: {name} must be a real number, got {type(x).__name__} {x!r}")
+        if isinstance(x, numbers.Integral) and abs(x) > 2 ** 1024 - 2 ** 970:    # float() would overflow
+            raise ValueError(f"{where}: {name} must be a real number a float holds, got an int of "
+                             f"{int(x).bit_length()} bits")
     return float(alpha), float(beta)
 
 
@@ -382,10 +385,12 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     written in place. One call runs every group, one group at a time per thread (``threads``,
     default numba.get_num_threads()), each on the packed GEMM: no Python per group.
     """
+    if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
+        raise TypeError(f"batched_matmul: expected numpy.ndarray operands, got {type_name(a)} and {type_name(b)}")
     for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, np.ndarray) or isinstance(x, np.matrix) or x.ndim != 3:
-            raise ValueError(f"batched_matmul: {name} must be a 3-D numpy array (groups, rows, cols), got "
-                             f"{type_name(x)} {getattr(x, 'shape', '')}")
+        if x.ndim != 3:
+            raise ValueError(f"batched_matmul: {name} must be a 3-D numpy array (groups, rows, cols), got shape "
+                             f"{x.shape}")
     trans_a, trans_b = check_bool(trans_a, "batched_matmul: trans_a"), check_bool(trans_b, "batched_matmul: trans_b")
     if threads is not None:
         threads = _thread_count(threads, "batched_matmul")

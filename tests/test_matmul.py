@@ -264,8 +264,20 @@ def test_batched_errors_name_what_was_expected():
     for g in (0, 3):
         with pytest.raises(ValueError, match="batched_matmul: activation must be"):
             fastnn.batched_matmul(a[:g], a[:g], trans_b=True, activation="gelu")
-    with pytest.raises(ValueError, match="batched_matmul: a must be a 3-D"), pytest.warns(PendingDeprecationWarning):
+    with pytest.raises(TypeError, match="batched_matmul: expected numpy.ndarray operands, got matrix and ndarray"), \
+            pytest.warns(PendingDeprecationWarning):
         fastnn.batched_matmul(np.matrix(a[0]), a, trans_b=True)
+    with pytest.raises(TypeError, match="batched_matmul: expected numpy.ndarray operands, got ndarray and list"):
+        fastnn.batched_matmul(a, a.tolist())            # as matmul refuses a list (it said "must be a 3-D" array)
+    with pytest.raises(ValueError, match=r"batched_matmul: b must be a 3-D numpy array \(groups, rows, cols\), got "
+                                         r"shape \(4, 5\)"):
+        fastnn.batched_matmul(a, a[0])
+    for name in ("alpha", "beta"):                      # float() raised a bare OverflowError
+        for f in (fastnn.matmul, fastnn.batched_matmul):
+            with pytest.raises(ValueError, match=f"{name} must be a real number a float holds, got an int of 1329"):
+                f(a, a, np.zeros_like(a), **{name: -10 ** 400})
+    f64 = a.astype(np.float64)
+    assert fastnn.batched_matmul(f64, f64, trans_b=True, alpha=2 ** 1000)[0, 0, 0] == 5 * 2.0 ** 1000   # one it holds
 
 
 def test_a_byte_swapped_out_is_written_as_numpy_writes_it():
