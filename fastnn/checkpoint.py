@@ -124,10 +124,12 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def _read(path: Path, arrays: bool) -> tuple[Any, dict[str, np.ndarray]]:
     try:
-        f = np.load(path, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with f:
+        with open(path, "rb") as head:      # np.load takes any other file for a pickle (allow_pickle's hint)
+            if head.read(6) == b"\x93NUMPY":
+                raise ValueError("a single .npy array, not an .npz archive")
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not an .npz (zip) archive")
+        with np.load(path, allow_pickle=False) as f:
             meta = json.loads(f["meta"].tobytes())
             return meta, {k: f[k] for k in f.files if k != "meta"} if arrays else {}
     # zipfile's own errors for damaged headers: an unknown compression method or flag

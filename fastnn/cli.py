@@ -346,9 +346,10 @@ def _train(args) -> int:
     if args.epochs == 0:
         print("nothing to train  --epochs 0")
     elif hist["steps"] == 0:
-        more = ("raise --epochs to go on" if name in ("constant", "inverse-time") else
+        reached = fnn.checkpoint.read_meta(path)["extra"]["epoch"]
+        more = (f"pass --epochs above {reached} to go on" if name in ("constant", "inverse-time") else
                 f"its {name} schedule spans exactly these epochs: a longer run needs a new --checkpoint")
-        print(f"nothing to train  {path} has reached --epochs {args.epochs} ({more})")
+        print(f"nothing to train  {path} has trained {reached} epochs, --epochs {args.epochs} ({more})")
     else:
         print(f"final train loss  {hist['loss'][-1]:.4f}")
     print(f"test accuracy     {100 * acc:.2f}% ({len(x_test)} samples)")

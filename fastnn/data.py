@@ -294,7 +294,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         raise ValueError(f"write_idx: every dimension must be < 2**32, got shape {array.shape}")
     payload = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
                + array.astype(_IDX_DTYPES[code], order="C").tobytes())
-    if os.fspath(path).endswith(".gz"):
+    if os.fsdecode(path).endswith(".gz"):
         payload = gzip.compress(payload)
     with open(path, "wb") as f:
         f.write(payload)

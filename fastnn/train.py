@@ -18,7 +18,7 @@ from . import random
 from .checks import check_bool, check_int
 from .data import BatchSizeSchedule, _n_samples, batches
 from .files import check_file_target
-from .losses import softmax_cross_entropy
+from .losses import mean_squared_error, softmax_cross_entropy
 from .module import Module
 
 LossFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
@@ -63,6 +63,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     """
     from .distributed import DataParallel, allreduce_mean, runtime
     from .optim.base import Optimizer
+    from .schedules import Schedule
 
     if not callable(loss):
         raise TypeError(f"fit: loss: expected a function (prediction, target) -> (loss, gradient) such as "
@@ -74,11 +75,24 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     if model._flat is None or not np.shares_memory(inner.params, model._flat.data):
         raise ValueError("fit: the optimizer updates another model's parameters (it was made from another "
                          "model, or from this one before it was nested or rehomed): make it from this model")
+    if y is None and loss in (softmax_cross_entropy, mean_squared_error):
+        raise TypeError(f"fit: expected a y array of targets for {loss.__name__}, got None")
+    if schedule is not None:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"fit: schedule: expected a fastnn.schedules schedule (e.g. InverseTime(opt, 100)) or "
+                            f"None, got {type(schedule).__name__} {schedule!r:.50}")
+        if schedule.opt is not optimizer and schedule.opt is not inner:
+            raise ValueError("fit: the schedule sets another optimizer's learning rate (it was made from another "
+                             "optimizer): make it from this one")
     if validation_data is not None:
         if not isinstance(validation_data, tuple) or len(validation_data) != 2:
             raise TypeError(f"fit: validation_data: expected a tuple (x_val, y_val), got "
                             f"{type(validation_data).__name__}")
         _n_samples(*validation_data)
+        try:                                    # now, not after the first epoch's training
+            evaluate(model, validation_data[0][:1], validation_data[1][:1], loss=loss)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"fit: validation_data: {e}") from e
     if not isinstance(batch_size, BatchSizeSchedule):
         batch_size = check_int(batch_size, "fit: batch_size", 1)
     epochs = check_int(epochs, "fit: epochs", 0)

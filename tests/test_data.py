@@ -1,6 +1,7 @@
 """fastnn.data: minibatches without replacement, resumable epochs, batch-size schedules,
 train/test split, IDX files and the MNIST/digits loaders."""
 import gzip
+import os
 import sys
 
 import numpy as np
@@ -213,6 +214,9 @@ def test_idx_round_trip(tmp_path, dtype, shape, suffix):
     got = read_idx(path)
     assert got.dtype == dtype and got.dtype.isnative and got.flags.writeable
     np.testing.assert_array_equal(got, array)
+    as_bytes = os.fsencode(tmp_path / f"b.idx{suffix}")     # a bytes path ending in .gz: str.endswith raised
+    write_idx(as_bytes, array)
+    np.testing.assert_array_equal(read_idx(as_bytes), array)
 
 
 def test_idx_bytes_follow_the_format(tmp_path):

@@ -201,8 +201,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable fastnn checkpoint"):
-        fnn.checkpoint.load(bad, fnn.Sequential(fnn.Dense(2, 2)))
+    with pytest.raises(ValueError, match=r"not a readable fastnn checkpoint \(not an .npz \(zip\) archive\)$"):
+        fnn.checkpoint.load(bad, fnn.Sequential(fnn.Dense(2, 2)))     # NumPy's hint was allow_pickle=True
 
 
 def test_files_that_are_not_checkpoints_are_a_clear_error(tmp_path):
@@ -550,8 +550,10 @@ def test_cli_train_and_resume(tmp_path):
     assert "(90 steps" in again.stdout  # epochs 3 and 4 only: 2 x ceil(1437 / 32)
     done = subprocess.run(cmd[:5] + ["4"] + cmd[6:] + ["--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert (f"nothing to train  {ck} has reached --epochs 4 (raise --epochs to go on)" in done.stdout
+    assert (f"nothing to train  {ck} has trained 4 epochs, --epochs 4 (pass --epochs above 4 to go on)" in done.stdout
             and "samples/s" not in done.stdout)
+    fewer = subprocess.run(cmd[:5] + ["3"] + cmd[6:] + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert f"{ck} has trained 4 epochs, --epochs 3 (pass --epochs above 4" in fewer.stdout   # it said "reached 3"
     refused = subprocess.run(cmd + ["--resume", "--optimizer", "sgd"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
     assert refused.stderr.strip() == (f"fastnn train: cannot resume from {ck}: optimizer state: expected a SGD "
@@ -1058,11 +1060,27 @@ def test_fit_trains_on_one_hot_targets():
     (dict(optimizer="other"), ValueError, "the optimizer updates another model's parameters"),
     (dict(validation_data=[1, 2]), TypeError, r"validation_data: expected a tuple \(x_val, y_val\), got list"),
     (dict(initial_epoch=-1), ValueError, "initial_epoch: expected an int >= 0"),
+    # a schedule of another optimizer left this run's lr alone and changed the other's; a float
+    # failed after the first step; bad validation data after a whole epoch; y=None in the loss
+    (dict(schedule="other"), ValueError, "fit: the schedule sets another optimizer's learning rate"),
+    (dict(schedule=0.5), TypeError, r"fit: schedule: expected a fastnn.schedules schedule .* got float 0.5"),
+    (dict(validation_data="float32"), TypeError,
+     "fit: validation_data: Dense input: expected dtype float64, got float32"),
+    (dict(validation_data="labels"), ValueError, "fit: validation_data: softmax_cross_entropy labels"),
+    (dict(y=None), TypeError, "fit: expected a y array of targets for softmax_cross_entropy, got None"),
 ])
 def test_fit_refuses_what_would_train_nothing_before_any_step(change, error, match):
     model, opt, x, y = _small_fit_setup()
     if change.get("optimizer") == "other":      # made from a model built the same way: a build() helper's slip
         change["optimizer"] = _small_fit_setup()[1]
+    if change.get("schedule") == "other":
+        change["schedule"] = fnn.schedules.InverseTime(_small_fit_setup()[1], 10)
+    if change.get("validation_data") == "float32":
+        change["validation_data"] = (x[:10].astype(np.float32), y[:10])
+    if change.get("validation_data") == "labels":
+        change["validation_data"] = (x[:10], y[:10] + 3)
+    if "y" in change:
+        y = change.pop("y")
     kwargs = dict(dict(optimizer=opt, epochs=1, progress=False), **change)
     before = model.flat.data.copy()
     with pytest.raises(error, match=match):
