@@ -48,7 +48,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     there), saved in each checkpoint; the keys that both have are compared.
     ``on_step(step, loss)`` is called after each step. History: per-epoch ``loss`` (the mean
     over the epoch's samples of the steps taken, as Keras reports it: a short last batch
-    weighs by its size), ``steps``, ``skipped``, ``samples``, and ``seconds`` and
+    weighs by its size), ``steps``, ``skipped``, ``samples`` (over all ranks), and ``seconds`` and
     ``samples_per_s`` measured after the first step (which loads or compiles the kernels;
     NaN for a run of one step); with ``validation_data=(x_val, y_val)`` also ``val_loss``
     and ``val_accuracy`` per epoch, as ``evaluate`` gives them (in eval mode; every rank
@@ -253,8 +253,10 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     counted = history["samples"] - warm_samples
     rate = counted / history["seconds"] if counted and history["seconds"] > 0 else math.nan    # one step: not timed
     if dp is not None:  # after join: ranks with fewer steps no longer train, so no step collective is pending
-        *flat, rate = allreduce_mean([v for pair in sums for v in pair] + [rate], dp.timeout, comm=dp.comm)
+        *flat, rate, samples = allreduce_mean([v for pair in sums for v in pair] + [rate, history["samples"]],
+                                              dp.timeout, comm=dp.comm)
         sums, rate = list(zip(flat[::2], flat[1::2])), float(rate) * dp.size
+        history["samples"] = round(float(samples) * dp.size)      # every rank's, as one process counts them
     history["loss"] = [total / count if count else float("nan") for total, count in sums]
     history["samples_per_s"] = rate
     return history

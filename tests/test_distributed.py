@@ -153,6 +153,8 @@ def test_fit_with_a_checkpoint_on_rank_0_only_and_uneven_shares(tmp_path):
     assert (tmp_path / "ck.npz").exists()
     np.testing.assert_allclose(np.load(out), np.load(ref), rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.load(f"{out}.loss.npy"), np.load(f"{ref}.loss.npy"), rtol=1e-12)
+    # every rank's history counts every rank's samples, as one process does (it counted its own share)
+    assert sorted(re.findall(r"samples (\d+)", r.stdout)) == ["200", "200"], r.stdout
 
 
 def test_fit_with_a_minimal_batch_size_schedule_matches_one_process(tmp_path):
@@ -653,11 +655,13 @@ def test_schedule_on_an_accumulating_wrapper_counts_optimizer_steps():
     ({"accumulate_steps": 2.5}, TypeError, "accumulate_steps: expected an int >= 1, got float 2.5"),
     ({"shard_optimizer": True, "compression": "fp16"}, ValueError, "shard_optimizer=True needs the shared-memory"),
     ({"shard_optimizer": True, "transport": "mpi"}, ValueError, "shard_optimizer=True needs the shared-memory"),
+    ({"model": "net"}, TypeError, "DataParallel: expected a fastnn model .a Module. to wrap, got str 'net'"),
 ])
 def test_bad_argument_types(kw, error, match):
     model = fnn.Sequential(fnn.Dense(3, 2))
-    with pytest.raises(error, match=match):
-        fnn.distributed.DataParallel(model, fnn.optim.SGD(model), **kw)
+    opt = fnn.optim.SGD(model)
+    with pytest.raises(error, match=match):     # a str model said: 'str' object has no attribute 'flat'
+        fnn.distributed.DataParallel(kw.pop("model", model), opt, **kw)
 
 
 def test_a_wrapper_is_refused_as_the_optimizer_and_tiny_buckets_hold_one_parameter_each():

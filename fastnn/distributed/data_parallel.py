@@ -129,6 +129,9 @@ class DataParallel:
         timeout = runtime.check_timeout(timeout, "DataParallel timeout")
         if timeline is not None and (not isinstance(timeline, (str, os.PathLike)) or timeline == ""):
             raise TypeError(f"timeline: expected a file path or None, got {type(timeline).__name__} {timeline!r}")
+        if not isinstance(model, Module):
+            raise TypeError(f"DataParallel: expected a fastnn model (a Module) to wrap, got {type(model).__name__} "
+                            f"{model!r:.50}")
         if isinstance(optimizer, DataParallel):
             raise TypeError("DataParallel: expected a fastnn optimizer, got a DataParallel (the optimizer is wrapped "
                             "already): wrap the optimizer itself, once")

@@ -253,7 +253,7 @@ def main() -> None:
                              batch_size=batch, seed=1, progress=False, checkpoint=checkpoint,
                              checkpoint_every=int(OPT["every"]) if "every" in OPT else None,
                              resume=OPT.get("resume") == "1", on_step=on_step, loss=loss)
-        print(f"rank {rank} skipped {hist['skipped']} of {hist['steps']}", flush=True)
+        print(f"rank {rank} skipped {hist['skipped']} of {hist['steps']}, samples {hist['samples']}", flush=True)
         if rank == 0:
             np.save(OUT + ".loss.npy", np.array(hist["loss"]))
             with open(OUT + ".steps", "w") as f:
