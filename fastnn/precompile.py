@@ -138,6 +138,7 @@ def _results(tasks: list[tuple[str, str]], jobs: int) -> Iterator[tuple[str, str
                 try:
                     yield future.result()
                 except BrokenProcessPool as e:
-                    raise RuntimeError(f"the worker compiling {dtype} {part} died ({e}; out of memory or killed?)") from e
+                    raise RuntimeError(f"the worker compiling {dtype} {part} died ({e}; out of memory or "
+                                       "killed?)") from e
                 except Exception as e:
                     raise RuntimeError(f"compiling {dtype} {part} failed: {type(e).__name__}: {e}") from e
