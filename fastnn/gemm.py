@@ -153,7 +153,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
     threads: Numba threads for this call, an int >= 1 (default: numba.get_num_threads(); at
     most NUMBA_NUM_THREADS are used).
     ``out`` may overlap ``a``, ``b`` or ``bias`` (e.g. ``x = W x`` in place): the product is
-    then computed into a temporary first, as NumPy does.
+    then computed into a temporary first, as NumPy does. As in BLAS, ``beta = 0`` does not read
+    ``out`` and ``alpha = 0`` reads neither ``a`` nor ``b`` (a NaN there does not propagate).
     """
     if threads is not None and (type(threads) is not int or threads < 1):     # a plain int passes at no cost
         threads = _thread_count(threads, "matmul")
@@ -189,6 +190,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
             except (TypingError, ValueError):      # ValueError: an operand not 2-D (_matmul says so)
                 pass
         elif (type(trans_a) is bool and type(trans_b) is bool and b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
+              and alpha != 0.0
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
                                     and bias.size))
               and (activation is None or type(activation) is str)):
@@ -217,7 +219,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # M*N <= DIRECT_MN, else the packed driver) through one typed entry (its Numba typing
         # and checks instead of ~10 us of Python below).
         if (a.dtype in _SERIAL and trans_a is False and trans_b is False and a.ndim == 2 and b.ndim == 2
-                and a.shape[1] == b.shape[0]
+                and a.shape[1] == b.shape[0] and alpha != 0.0
                 and (a.shape[0] * a.shape[1] * b.shape[1] * a.itemsize < PARALLEL_WORK
                      or a.shape[0] * b.shape[1] < PARALLEL_MN)
                 and (bias is None or (type(bias) is _ND and bias.dtype is a.dtype and bias.shape == (b.shape[1],)))
@@ -271,7 +273,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
         raise ValueError("matmul: out is read-only")
     if m == 0 or n == 0:
         return out
-    rows = _flat(out) if not out.flags.c_contiguous and k else None
+    rows = _flat(out) if not out.flags.c_contiguous and k and alpha != 0 else None
     if not out.dtype.isnative or any(np.may_share_memory(out, x) for x in (a, b, bias)):   # byte-swapped, or
         work = np.array(out, dt, order="C") if beta != 0 else np.empty((m, n), dt)       # read while written
         c, ldc = work.reshape(-1), n
@@ -282,7 +284,8 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
         c, ldc = work.reshape(-1), n
     alpha_ = _ONE[dt.char] if alpha == 1 else dt.type(alpha)      # dt.type() costs ~0.4 us a call
     beta_ = _ZERO[dt.char] if beta == 0 else dt.type(beta)
-    if k == 0:                    # C = beta C (+ bias, act); beta = 0 does not read C, as in BLAS
+    if k == 0 or alpha == 0:      # C = beta C (+ bias, act); as in BLAS, alpha = 0 reads neither A nor B
+                                  # (a NaN there does not propagate), and beta = 0 does not read C
         if beta == 0:
             c[...] = 0
         else:
@@ -425,7 +428,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         out[...] = work
         return out
     views = [_flat(x) for x in (a, b, out)]
-    if G < 2 or k == 0 or None in views or views[2][3] != 1:
+    if G < 2 or k == 0 or alpha == 0 or None in views or views[2][3] != 1:
         for g in range(G):                 # nothing to batch, or a layout the driver cannot read
             matmul(a[g], b[g], out[g], trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
                    bias=None if bias is None else bias[g], activation=activation, threads=threads)

@@ -648,6 +648,30 @@ def test_empty_inner_dimension_writes_zeros_whatever_out_held(dtype):
     np.testing.assert_array_equal(got, np.zeros((64, 64)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(5, 7, 3), (130, 90, 110), (300, 200, 260)])   # small, serial, threaded
+def test_alpha_zero_reads_neither_a_nor_b(dtype, m, k, n):
+    """As in BLAS: alpha = 0 gives C = beta C (+ bias, act) without reading A or B, so a NaN
+    there does not propagate (it did, through 0 * NaN); the shapes are still checked."""
+    a = np.full((m, k), np.nan, dtype)
+    b = np.full((k, n), np.inf, dtype)
+    c0 = np.random.default_rng(0).standard_normal((m, n)).astype(dtype)
+    bias = np.linspace(-1, 1, n).astype(dtype)
+    for trans in (False, True):
+        x, y = (a.T.copy().T, b.T.copy().T) if trans else (a, b)         # Fortran order: the general path
+        out = c0.copy()
+        assert fastnn.matmul(x, y, out, alpha=0.0, beta=0.5, bias=bias, activation="relu") is out
+        np.testing.assert_allclose(out, np.maximum(0.5 * c0 + bias, 0), rtol=1e-6)
+        np.testing.assert_array_equal(fastnn.matmul(x, y, alpha=0.0), 0)
+    wide = np.full((m, n + 3), 7.0, dtype)                      # rows of a wider array: only its first n columns
+    fastnn.matmul(a, b, wide[:, :n], alpha=0.0)
+    assert not wide[:, :n].any() and (wide[:, n:] == 7).all()
+    groups = fastnn.batched_matmul(np.stack([a, a]), np.stack([b, b]), alpha=0.0, bias=np.stack([bias, bias]))
+    np.testing.assert_array_equal(groups, np.broadcast_to(bias, (2, m, n)))
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        fastnn.matmul(a, b[1:], alpha=0.0)
+
+
 @pytest.mark.parametrize("n, k", [(4, 1), (300, 1), (300, 200)])
 def test_relu_of_minus_infinity_is_zero_on_every_tile(n, k):
     """Full tiles (the unrolled store) and edge tiles (the generic epilogue) agree with
