@@ -30,6 +30,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from .kernels.env import switched_off
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 256 << 20
@@ -52,8 +54,8 @@ def keep_freed_memory() -> str:
     version = glibc_version()
     if version is None:
         status = "not glibc: allocator left as it is"
-    elif os.environ.get(OPT_OUT, "1") == "0":
-        status = f"glibc {version} defaults ({OPT_OUT}=0)"
+    elif switched_off(OPT_OUT):
+        status = f"glibc {version} defaults ({OPT_OUT}={os.environ[OPT_OUT]})"
     elif (any(name.startswith("MALLOC_") for name in os.environ)
           or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         status = f"glibc {version}, the user's malloc settings (MALLOC_* or GLIBC_TUNABLES glibc.malloc.*)"

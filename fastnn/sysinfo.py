@@ -185,7 +185,10 @@ def _omp_wait_status() -> str:
     if fastnn.SPINCOUNT_SET:
         return "GOMP_SPINCOUNT=20000 (set by fastnn: idle threads spin briefly, then sleep)"
     mine = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
-    return ", ".join(f"{k}={v}" for k, v in mine.items()) + " (yours, left alone)"
+    if mine:
+        return ", ".join(f"{k}={v}" for k, v in mine.items()) + " (yours, left alone)"
+    return ("libgomp's default spin: Numba's OpenMP threads started before import fastnn, too late for its "
+            "GOMP_SPINCOUNT=20000 (import fastnn first)")
 
 
 def _affinity_status() -> str:

@@ -44,6 +44,8 @@ from numba import get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .env import switched_off
+
 _USER_BINDING = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
 
 
@@ -111,8 +113,22 @@ def _retire() -> None:
     _shared["generation"] += 1
 
 
-if hasattr(os, "register_at_fork"):      # a forked child has none of the parent's workers
-    os.register_at_fork(after_in_child=_retire)
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's workers. If the parent ran a parallel region
+    on GNU OpenMP, the child's first one is fatal (Numba: "Terminating: fork() called from a
+    process already using GNU OpenMP"), so the child runs one thread, as torch's forked
+    workers do; spawn or forkserver children keep every thread."""
+    _retire()
+    try:
+        layer = numba.threading_layer()
+    except ValueError:                   # no parallel region has run: nothing to protect
+        return
+    if layer == "omp":
+        numba.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _current() -> Pinning | None:
@@ -129,8 +145,8 @@ def _keep(p: Pinning) -> Pinning:
 
 def _enabled() -> str:
     """"" when pinning applies, else why not."""
-    if os.environ.get("FASTNN_PIN_THREADS", "1") == "0":
-        return "FASTNN_PIN_THREADS=0"
+    if switched_off("FASTNN_PIN_THREADS"):
+        return f"FASTNN_PIN_THREADS={os.environ['FASTNN_PIN_THREADS']}"
     mine = [k for k in _USER_BINDING if k in os.environ]
     if mine:
         return f"{', '.join(mine)} set (your binding, left alone)"

@@ -66,6 +66,8 @@ def test_the_worker_is_pinned_and_the_calling_thread_is_not():
 
 
 @pytest.mark.parametrize("env, reason", [({"FASTNN_PIN_THREADS": "0"}, "FASTNN_PIN_THREADS=0"),
+                                         ({"FASTNN_PIN_THREADS": " False"}, "FASTNN_PIN_THREADS= False"),   # pinned
+                                         ({"FASTNN_PIN_THREADS": "off"}, "FASTNN_PIN_THREADS=off"),
                                          ({"OMP_PROC_BIND": "false"}, "OMP_PROC_BIND set (your binding")])
 def test_pinning_is_off_when_asked_or_when_the_user_binds(env, reason):
     r = _probe(**env)
@@ -190,3 +192,55 @@ helper.start(); helper.join()            # the helper's own OpenMP workers, now 
 affinity.keep_off(2)                     # the main thread's workers: pinned too
 print(masks(2))
 """, NUMBA_NUM_THREADS="2") == "['1']"
+
+
+FORK_CHILD = r"""
+import json, multiprocessing as mp, numba, numpy as np, fastnn
+
+def work(q):
+    a = np.random.default_rng(0).random((300, 300), np.float32)
+    q.put((float(np.abs(fastnn.matmul(a, a) - a.astype(np.float64) @ a).max()), numba.get_num_threads()))
+
+if __name__ == "__main__":
+    a = np.random.default_rng(0).random((300, 300), np.float32)
+    fastnn.matmul(a, a, threads=2)                 # a parallel region in the parent
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=work, args=(q,))
+    p.start()
+    p.join(60)
+    print(json.dumps({"exit": p.exitcode, "child": None if q.empty() else q.get(), "parent": numba.get_num_threads()}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_forked_child_computes_after_the_parent_ran_threads():
+    """On GNU OpenMP a forked child's first parallel region killed it ("Terminating: fork()
+    called from a process already using GNU OpenMP"): the child now runs one thread."""
+    r = subprocess.run([sys.executable, "-c", FORK_CHILD], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["exit"] == 0 and "Terminating" not in r.stderr, r.stdout + r.stderr
+    error, child_threads = got["child"]
+    assert error < 1e-3 and child_threads == 1, got
+    assert got["parent"] == 2, got                                   # the parent keeps its threads
+
+
+@pytest.mark.parametrize("before, kept", [("pass", True), ("numba.set_num_threads(1)", False)])
+def test_the_spin_count_is_set_only_while_openmp_has_not_read_its_environment(before, kept):
+    """Once Numba's OpenMP threads ran (set_num_threads or a parallel kernel before import
+    fastnn), libgomp had read its environment: fastnn info still said it set GOMP_SPINCOUNT."""
+    code = f"""
+import json, os, numba
+{before}
+import fastnn
+from fastnn import sysinfo
+print(json.dumps([fastnn.SPINCOUNT_SET, os.environ.get("GOMP_SPINCOUNT"), sysinfo._omp_wait_status()]))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}   # pytest's import
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got[:2] == ([True, "20000"] if kept else [False, None]), got
+    assert ("set by fastnn" if kept else "started before import fastnn, too late") in got[2], got

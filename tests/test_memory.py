@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -55,6 +56,22 @@ def test_user_malloc_settings_are_left_alone(env):
     user = step_faults(**env)      # any MALLOC_* variable or malloc tunable: fastnn does not call mallopt
     assert "the user's malloc settings" in user["status"]
     assert min(user["faults"]) > PAGES // 4, user
+
+
+@pytest.mark.parametrize("value, off", [("0", True), ("false", True), (" Off ", True), ("no", True), ("1", False),
+                                        ("", False)])
+def test_the_opt_out_takes_what_users_write_for_off(value, off, monkeypatch):
+    """Only "0" was read: FASTNN_KEEP_FREED_MEMORY=false kept the settings, silently."""
+    monkeypatch.setattr(memory, "glibc_version", lambda: "2.39")
+    def mallopt(*args):
+        return 1
+
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a: SimpleNamespace(mallopt=mallopt))
+    monkeypatch.setitem(memory._state, "status", memory._state["status"])
+    monkeypatch.setenv(OPT_OUT, value)
+    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name, raising=False)
+    assert memory.keep_freed_memory().startswith("glibc 2.39 defaults") is off
 
 
 def test_status_is_reported():

@@ -48,7 +48,8 @@ def apply_process_settings() -> None:
     if numba.config.CPU_FEATURES is not None:
         _WIDTH_NOTE = "NUMBA_CPU_FEATURES set by the user: kept as is"
     elif _STATE["late"]:
-        _WIDTH_NOTE = "Numba compiled before fastnn was imported: its CPU features stay as they were"
+        _WIDTH_NOTE = ("a Numba function was defined before fastnn was imported: its CPU features stay as they "
+                       "were (import fastnn first)")
     else:
         numba.config.CPU_FEATURES = _STATE["features"] = features + ",-prefer-256-bit"
         _WIDTH_NOTE = "fastnn removed LLVM's prefer-256-bit (process-wide; import fastnn first to get it)"
