@@ -13,18 +13,10 @@ import os
 # than 1 thread). A short spin keeps back-to-back kernels at ~2 us a region and then sleeps.
 # Set only when the user chose neither, and while libgomp has not read its environment yet
 # (Numba starts its OpenMP threads at the first parallel kernel or numba.set_num_threads).
-import numba  # noqa: E402
-
-
-def _openmp_started() -> bool:
-    try:
-        return numba.threading_layer() == "omp"
-    except ValueError:          # no threading layer started yet
-        return False
-
+from .kernels.env import openmp_started
 
 #: whether fastnn set GOMP_SPINCOUNT (fastnn info reports it)
-SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ and not _openmp_started()
+SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ and not openmp_started()
 if SPINCOUNT_SET:
     os.environ["GOMP_SPINCOUNT"] = "20000"
 

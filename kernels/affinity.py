@@ -44,7 +44,7 @@ from numba import get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .env import switched_off
+from .env import openmp_started, switched_off
 
 _USER_BINDING = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
 
@@ -119,11 +119,7 @@ def _after_fork_in_child() -> None:
     process already using GNU OpenMP"), so the child runs one thread, as torch's forked
     workers do; spawn or forkserver children keep every thread."""
     _retire()
-    try:
-        layer = numba.threading_layer()
-    except ValueError:                   # no parallel region has run: nothing to protect
-        return
-    if layer == "omp":
+    if openmp_started():
         numba.set_num_threads(1)
 
 

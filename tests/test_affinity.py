@@ -213,7 +213,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform (Windows): there is no forked child to check")
 def test_a_forked_child_computes_after_the_parent_ran_threads():
     """On GNU OpenMP a forked child's first parallel region killed it ("Terminating: fork()
     called from a process already using GNU OpenMP"): the child now runs one thread."""
