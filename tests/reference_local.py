@@ -68,8 +68,9 @@ def conv2d_ref(x, w, b, stride, pads, dilation, groups=1):
     return y
 
 
-def pool_ref(x, kernel, stride, pads, kind):
-    """Max (padding never wins) or average (padding not counted) over each window."""
+def pool_ref(x, kernel, stride, pads, kind, include_pad=False):
+    """Max (padding never wins) or average over each window (``include_pad``: zero padding
+    counts in the divisor, which is then the kernel's area)."""
     N, H, W, C = x.shape
     (pt, pb), (pl, pr) = pads
     OH = (H + pt + pb - kernel[0]) // stride[0] + 1
@@ -79,7 +80,10 @@ def pool_ref(x, kernel, stride, pads, kind):
         for ow in range(OW):
             h0, w0 = oh * stride[0] - pt, ow * stride[1] - pl
             win = x[:, max(h0, 0):min(h0 + kernel[0], H), max(w0, 0):min(w0 + kernel[1], W)].astype(np.float64)
-            y[:, oh, ow] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
+            if kind == "max":
+                y[:, oh, ow] = win.max(axis=(1, 2))
+            else:
+                y[:, oh, ow] = win.sum(axis=(1, 2)) / (kernel[0] * kernel[1] if include_pad else win[0, ..., 0].size)
     return y
 
 

@@ -314,9 +314,37 @@ def test_pooling_matches_loops_and_gradients(case, kind, kernels, monkeypatch):
     x = RNG(0).permutation(2 * h * w * 3).reshape(2, h, w, 3) / 7.0     # distinct values: no max ties
     kk, ss = (fnn.layers._spatial.pair(v, "") for v in (k, s))
     pads = [_pads(pad, (h, w)[a], kk[a], ss[a], 1) for a in (0, 1)]
-    np.testing.assert_allclose(layer(x), pool_ref(x, kk, ss, pads, kind), rtol=1e-12)
-    np.testing.assert_allclose(layer(x.astype(np.float32)), pool_ref(x, kk, ss, pads, kind), rtol=1e-6)
+    ref = pool_ref(x, kk, ss, pads, kind, include_pad=isinstance(pad, int))    # torch's count for an int
+    np.testing.assert_allclose(layer(x), ref, rtol=1e-12)
+    np.testing.assert_allclose(layer(x.astype(np.float32)), ref, rtol=1e-6)
     _check_grads(layer, x)
+
+
+@pytest.mark.parametrize("include", [True, False, None])
+@pytest.mark.parametrize("case", [(6, 6, 3, 1, 1), (7, 5, 3, 2, 1), (5, 8, (3, 5), (2, 3), (1, 2))])
+def test_avg_pool_counts_padding_as_torch(case, include):
+    """torch.nn.functional.avg_pool2d (NCHW) is the reference: count_include_pad True (its
+    default, and fastnn's for an int padding) divides every window by the kernel's area, False
+    by the pixels inside the image; gradients are checked by finite differences."""
+    torch = pytest.importorskip("torch")
+    h, w, k, s, pad = case
+    x = RNG(3).standard_normal((2, h, w, 3))
+    layer = fnn.AvgPool2D(k, s, padding=pad, count_include_pad=include)
+    assert layer.count_include_pad is (include is not False)
+    ref = torch.nn.functional.avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), k, s, pad,
+                                         count_include_pad=include is not False)
+    np.testing.assert_allclose(layer(x), ref.numpy().transpose(0, 2, 3, 1), rtol=1e-12)
+    _check_grads(layer, x)
+
+
+def test_avg_pool_same_padding_excludes_padding_unless_asked():
+    """Keras's "same" leaves padding out of the mean; count_include_pad=True divides by the area."""
+    x = np.ones((1, 3, 3, 1))
+    np.testing.assert_array_equal(fnn.AvgPool2D(3, 1, padding="same")(x), np.ones((1, 3, 3, 1)))
+    y = fnn.AvgPool2D(3, 1, padding="same", count_include_pad=True)(x)[0, :, :, 0]
+    np.testing.assert_allclose(y, np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]]) / 9, rtol=1e-15)
+    with pytest.raises(TypeError, match="AvgPool2D count_include_pad: expected True, False or None, got 'yes'"):
+        fnn.AvgPool2D(2, count_include_pad="yes")
 
 
 def test_maxpool_propagates_nan_and_global_avg_pool():

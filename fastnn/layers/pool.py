@@ -74,22 +74,37 @@ class MaxPool2D(_Pool2D):
 
 
 class AvgPool2D(_Pool2D):
-    """Mean over each window's pixels inside the image (padding is not counted)."""
+    """Mean over each window. ``count_include_pad``: whether zero padding counts in the mean's
+    divisor (then every window divides by KH*KW). The default follows the padding's convention:
+    counted for an explicit int padding, as torch's ``AvgPool2d`` (``count_include_pad=True``);
+    not counted for ``"same"``, as Keras's ``AveragePooling2D`` (only the window's pixels inside
+    the image). ``"valid"`` has no padding, so both agree."""
+
+    def __init__(self, kernel_size=2, stride=None, padding="valid", *, strides=None,
+                 count_include_pad: bool | None = None) -> None:
+        super().__init__(kernel_size, stride, padding, strides=strides)
+        if count_include_pad is not None and not isinstance(count_include_pad, (bool, np.bool_)):
+            raise TypeError(f"AvgPool2D count_include_pad: expected True, False or None, got {count_include_pad!r}")
+        self.count_include_pad = (isinstance(self.padding, tuple) if count_include_pad is None
+                                  else bool(count_include_pad))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
         (oh, ow), geo = self._geometry(x.shape[1:3])
         y = np.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
         acc = np.empty(0, sum_dtype(x.dtype, int(geo[6] * geo[7])))     # the sum's dtype
-        pick(avgpool_forward_cpu, avgpool_forward_serial, x.size)(x, y, geo, acc)
+        pick(avgpool_forward_cpu, avgpool_forward_serial, x.size)(x, y, geo, self.count_include_pad, acc)
         self._x, self._y, self._geo = x, y, geo
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dy = self._check_dy(dy)
         dx = np.empty_like(self._x)
-        pick(avgpool_backward_cpu, avgpool_backward_serial, dx.size)(dy, dx, self._geo)
+        pick(avgpool_backward_cpu, avgpool_backward_serial, dx.size)(dy, dx, self._geo, self.count_include_pad)
         return dx
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, count_include_pad={self.count_include_pad})"
 
 
 class GlobalAvgPool2D(Module):
