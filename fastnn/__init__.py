@@ -20,6 +20,12 @@ SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in 
 if SPINCOUNT_SET:
     os.environ["GOMP_SPINCOUNT"] = "20000"
 
+# before any kernel is decorated: a read-only install with no writable home gets a cache
+# directory of the user's own (Numba otherwise refuses every cache=True kernel)
+from .kernels.cache_dir import ensure_writable_cache  # noqa: E402
+
+ensure_writable_cache()
+
 # before any module below decorates a kernel: the first @njit creates Numba's code generator,
 # which fixes the CPU feature string for the rest of the process
 from .kernels.matmul.settings import apply_process_settings  # noqa: E402

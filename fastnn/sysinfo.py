@@ -175,8 +175,21 @@ def report() -> list[tuple[str, str]]:
     return [("CPU", cpu_model()), ("SIMD width", f"{simd_width_bits()} bits"), ("caches", caches),
             ("cores", str(cores())), ("numba", f"{version}, threading layer {layer}, {threads} threads"),
             ("matmul", _matmul_status()), ("allocator", allocator_status()), ("OpenMP wait", _omp_wait_status()),
-            ("threads", _affinity_status()),
+            ("threads", _affinity_status()), ("kernel cache", _kernel_cache_status()),
             ("MPI", mpi_status()), ("CUDA", cuda_status())]
+
+
+def _kernel_cache_status() -> str:
+    """Where Numba keeps fastnn's compiled kernels (the locator Numba picks first)."""
+    from .kernels import cache_dir
+
+    if cache_dir.FALLBACK:
+        return (f"{cache_dir.FALLBACK} (set by fastnn: the install and the user's cache directory are read-only; "
+                "set NUMBA_CACHE_DIR to keep it elsewhere)")
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return f"{os.environ['NUMBA_CACHE_DIR']} (NUMBA_CACHE_DIR)"
+    here = Path(cache_dir.__file__).parent / "__pycache__"
+    return f"{here} (beside the kernels)" if cache_dir.writable(here) else f"{cache_dir.user_cache()} (Numba's user-wide)"
 
 
 def _omp_wait_status() -> str:

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import fastnn
 from fastnn.precompile import precompile
 
 REPORT = """
@@ -84,3 +88,77 @@ def test_a_spatial_part_waits_for_its_dtypes_dense_part_while_another_task_can_s
     assert _next_task([f32[1], f64[1]], [f32[0]]) == f64[1]          # float64's dense part is over
     assert _next_task([f32[1]], [f64[1]]) == f32[1]
     assert _next_task([f32[1]], [f32[0]]) == f32[1]                  # nothing else to run: side by side
+
+
+def _no_writable_cache(monkeypatch, tmp_path):
+    """The install and Numba's user-wide directory read-only; the temporary directory tmp_path."""
+    import numba
+
+    from fastnn.kernels import cache_dir
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")
+    monkeypatch.setattr(cache_dir, "FALLBACK", None)
+    monkeypatch.setattr(cache_dir.tempfile, "gettempdir", lambda: str(tmp_path))
+    writable = cache_dir.writable
+    monkeypatch.setattr(cache_dir, "writable", lambda p: str(p).startswith(str(tmp_path)) and writable(p))
+    return cache_dir, tmp_path / f"fastnn-numba-cache-{os.getuid()}"
+
+
+def test_a_read_only_install_caches_kernels_in_a_directory_of_the_users_own(monkeypatch, tmp_path):
+    import numba
+
+    from fastnn.sysinfo import report
+
+    cache_dir, expected = _no_writable_cache(monkeypatch, tmp_path)
+    assert cache_dir.ensure_writable_cache() == str(expected)
+    assert os.environ["NUMBA_CACHE_DIR"] == numba.config.CACHE_DIR == str(expected)
+    assert expected.stat().st_mode & 0o777 == 0o700
+    assert dict(report())["kernel cache"].startswith(f"{expected} (set by fastnn: the install and the user's")
+
+
+def test_a_cache_directory_another_user_could_write_is_refused(monkeypatch, tmp_path):
+    cache_dir, expected = _no_writable_cache(monkeypatch, tmp_path)
+    expected.mkdir(mode=0o777)
+    expected.chmod(0o777)           # as another user of a shared /tmp could have made it first
+    assert cache_dir.ensure_writable_cache() is None and "NUMBA_CACHE_DIR" not in os.environ
+
+
+def test_a_cache_directory_left_to_the_user_is_kept(monkeypatch, tmp_path):
+    import numba
+
+    from fastnn.kernels import cache_dir
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
+    assert cache_dir.ensure_writable_cache() is None and cache_dir.FALLBACK is None
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    assert cache_dir.ensure_writable_cache() is None        # this checkout's kernels/__pycache__ is writable
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs util-linux unshare for a read-only mount")
+def test_import_and_a_kernel_run_from_a_read_only_install_with_a_read_only_home(tmp_path):
+    """Numba refused every cache=True kernel there ("no locator available"), so import fastnn
+    failed. A private mount namespace makes a copy of the package and a home read-only."""
+    site = tmp_path / "site"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(Path(fastnn.__file__).parent, site / "fastnn", ignore=ignore)
+    shutil.rmtree(site / "fastnn" / "kernels", ignore_errors=True)
+    shutil.copytree(Path(fastnn.kernels.__file__).parent, site / "fastnn" / "kernels", ignore=ignore)
+    (tmp_path / "home").mkdir()
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    probe = ("import fastnn, numpy as np; from fastnn.kernels.cache_dir import FALLBACK; "
+             "from fastnn.kernels.reduce import add_column_sums; out = np.zeros(2); "
+             "add_column_sums(np.ones((3, 2)), out); print(FALLBACK, out[0])")
+    script = (f"mount --bind {site} {site} && mount -o remount,ro,bind {site} && "
+              f"mount --bind {tmp_path / 'home'} {tmp_path / 'home'} && mount -o remount,ro,bind {tmp_path / 'home'} && "
+              f"{sys.executable} -c '{probe}'")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "GOMP_SPINCOUNT", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(site), TMPDIR=str(tmpdir))
+    r = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=280, env=env, cwd=tmp_path)
+    if "mount" in r.stderr and r.returncode != 0 and "Traceback" not in r.stderr:
+        pytest.skip(f"no private read-only mount here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(tmpdir / f"fastnn-numba-cache-{os.getuid()}"), "3.0"], r.stdout
