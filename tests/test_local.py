@@ -3,7 +3,10 @@ Concat. Each against the plain loops of tests/reference_local.py on awkward shap
 against finite differences (float64, tiny inputs), and the relations between the layers."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -689,3 +692,59 @@ def test_keras_defaults_pool_of_two_and_padding_in_either_case():
     assert conv.padding == "same" and conv(x).shape == (2, 6, 7, 4)
     with pytest.raises(ValueError, match="padding must be 'valid', 'same' or an int, got 'full'"):
         fnn.Conv2D(3, 4, 3, padding="full")
+
+
+SHARED_INFERENCE = """
+import sys, threading
+import numpy as np
+import fastnn as fnn
+
+sys.setswitchinterval(1e-6)      # switch threads often: the race needs a switch inside forward
+model = fnn.Sequential(fnn.MaxPool2D(2), fnn.Flatten(), fnn.Dropout(0.5)).eval()
+big = np.random.default_rng(0).standard_normal((256, 32, 32, 16)).astype(np.float32)
+small = big[:1].copy()
+refs = {len(x): model(x).copy() for x in (big, small)}
+bad = []
+def run(x, n):
+    for _ in range(n):
+        bad.extend([] if np.array_equal(model(x), refs[len(x)]) else [len(x)])
+threads = [threading.Thread(target=run, args=(big, 300)), threading.Thread(target=run, args=(small, 30000))]
+for t in threads: t.start()
+for t in threads: t.join()
+print("wrong outputs:", len(bad))
+"""
+
+
+def test_one_model_runs_inference_from_two_threads():
+    """MaxPool2D stored its index array on the layer and read it back for the kernel: a thread
+    switch in between handed the kernel another thread's smaller array, and it wrote past its end
+    (glibc's "free(): invalid size", a crash in 3 of 3 runs). In a child process: a crash must not
+    take pytest down."""
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    r = subprocess.run([sys.executable, "-c", SHARED_INFERENCE], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0 and r.stdout.split() == ["wrong", "outputs:", "0"], (r.returncode, r.stdout, r.stderr[-2000:])
+
+
+def test_maxpool_hands_its_kernel_the_index_array_of_its_own_call(monkeypatch):
+    """The race above, made deterministic: another forward of the same layer runs where a thread
+    switch could come (between making the index array and the kernel call). The kernel must
+    still get an index array of its own output's shape (it writes without bounds checks)."""
+    layer, small, big = fnn.MaxPool2D(2), np.ones((1, 4, 4, 2)), RNG(0).standard_normal((3, 4, 4, 2))
+    real, inner = fnn.layers.pool.pick, []
+
+    def switching_pick(parallel_kernel, serial_kernel, n):
+        kernel = real(parallel_kernel, serial_kernel, n)
+        if not inner:
+            inner.append(small)
+            layer(small)                        # "the other thread"
+
+        def checked(*args):
+            if len(args) == 4:                  # forward (x, y, idx, geo); backward is (dy, idx, dx)
+                assert args[2].shape == args[1].shape, f"index array {args[2].shape} for an output {args[1].shape}"
+            kernel(*args)
+        return checked
+
+    monkeypatch.setattr(fnn.layers.pool, "pick", switching_pick)
+    y = layer(big)
+    np.testing.assert_array_equal(y, pool_ref(big, (2, 2), (2, 2), [(0, 0), (0, 0)], "max"))
+    np.testing.assert_array_equal(layer.backward(np.ones_like(y)).sum(), y.size)

@@ -35,8 +35,9 @@ class Dropout(Module):
             self._mask = None
             return x
         keep = self.rng.random(x.shape) >= self.p
-        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        return x * self._mask
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._mask = mask
+        return x * mask
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._x_spec is None:

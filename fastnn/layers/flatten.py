@@ -20,9 +20,9 @@ class Flatten(Module):
         check_array(x, "Flatten input")
         if x.ndim < 1:
             raise ValueError(f"Flatten input: expected a batch axis, got shape {x.shape}")
-        self._shape, self._dtype = x.shape, x.dtype
-        self._out_shape = (len(x), math.prod(x.shape[1:]))
-        return x.reshape(self._out_shape)
+        out_shape = (len(x), math.prod(x.shape[1:]))
+        self._shape, self._dtype, self._out_shape = x.shape, x.dtype, out_shape
+        return x.reshape(out_shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._shape is None:

@@ -61,9 +61,9 @@ class MaxPool2D(_Pool2D):
         x = self._check(x)
         (oh, ow), geo = self._geometry(x.shape[1:3])
         y = np.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
-        self._idx = np.empty(y.shape, np.int32)
-        pick(maxpool_forward_cpu, maxpool_forward_serial, x.size)(x, y, self._idx, geo)
-        self._x, self._y, self._geo = x, y, geo
+        idx = np.empty(y.shape, np.int32)
+        pick(maxpool_forward_cpu, maxpool_forward_serial, x.size)(x, y, idx, geo)
+        self._x, self._y, self._geo, self._idx = x, y, geo, idx
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
