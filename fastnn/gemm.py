@@ -23,6 +23,7 @@ from .kernels.matmul import module_for
 from .kernels.matmul.fast import options_into, plain_into, serial_into, trans_a_into
 from .kernels.matmul import settings as _settings
 from .kernels.matmul.blocks import DIRECT_MN, SMALL_K, SMALL_MNK
+from .kernels.parallel import parallel_safe_here
 
 #: products with m*n*k*itemsize at least this use the thread team (when more than one thread is
 #: set): fp64 from 128^3, fp32 from about 161^3. Measured here, 2 threads against 1 (medians of
@@ -196,7 +197,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
               and (activation is None or type(activation) is str)):
             if (trans_a and not trans_b and bias is None and activation is None and alpha == 1.0 and type(out) is _ND
                     and out.dtype is a.dtype
-                    and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1)
+                    and (a.size * b.shape[1] * a.itemsize < PARALLEL_WORK or (threads or numba.get_num_threads()) == 1
+                        or not parallel_safe_here())
                     and trans_a_into(a, b, out, beta)):          # X.T @ dY (+ C) in one thread: no copy of X.T
                 return out
             if ((trans_a or trans_b) and a.size * b.shape[0 if trans_b else 1] <= SMALL_MNK     # M*K*N
@@ -308,7 +310,7 @@ def _gemm(m, n, k, alpha, fa, rsa, csa, fb, rsb, csb, beta, c, ldc, bias, act, d
     nthreads = 1
     if mnk * dt.itemsize >= PARALLEL_WORK and m * n >= PARALLEL_MN:   # get_num_threads() costs ~1 us
         nthreads = numba.get_num_threads() if threads is None else threads
-        nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
+        nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS) if parallel_safe_here() else 1
     parallel = nthreads > 1
     if csa == 1 and csb == 1 and (mnk <= SMALL_MNK or (not parallel and m * n <= DIRECT_MN)):
         blk = _blocks.blocks_for(dt.char)
@@ -443,7 +445,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     blk = _blocks.blocks_for(dt.char)
     mc, kc = _balanced(m, k, blk)
     nthreads = numba.get_num_threads() if threads is None else threads
-    nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS, G)
+    nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS, G) if parallel_safe_here() else 1
     ap, bps, tiles = _group_buffers(dt, numba.config.NUMBA_NUM_THREADS if nthreads > 1 else 1, blk)
     mod = kernel_module(dt)
     args = (G, m, n, k, dt.type(alpha), fa, rsa, csa, ga, fb, rsb, csb, gb, dt.type(beta), fc, ldc, gc, fbias,

@@ -1,7 +1,10 @@
 """Kernels against plain NumPy: chunking, reductions, fused bias + activation."""
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,3 +208,45 @@ def test_transpose_block_against_numpy(dtype):
         run(src, 0, 9, rows, dst, 2, rows)
         np.testing.assert_array_equal(dst[2:2 + n * rows].reshape(n, rows), src.reshape(rows, 9)[:, :n].T)
         assert (dst[:2] == -1).all() and (dst[2 + n * rows + n - rows:] == -1).all()
+
+
+WORKQUEUE_THREADS = """
+import threading
+import numpy as np
+import fastnn as fnn
+from fastnn.kernels.parallel import parallel_safe_here
+
+rng = np.random.default_rng(0)
+a = rng.standard_normal((384, 384)).astype(np.float32)
+ab = rng.standard_normal((4, 96, 384)).astype(np.float32)
+bb = rng.standard_normal((4, 384, 384)).astype(np.float32)
+x = rng.standard_normal((64, 16, 16, 16)).astype(np.float32)
+ref = (fnn.matmul(a, a), fnn.batched_matmul(ab, bb), fnn.MaxPool2D(2)(x))
+main_safe = parallel_safe_here()
+bad, safe = [], []
+
+def run(seed):
+    safe.append(parallel_safe_here())
+    model = fnn.Sequential(fnn.Dense(384, 512, activation="relu"), fnn.Dense(512, 10))
+    opt = fnn.optim.Adam(model, lr=1e-3)
+    for _ in range(20):
+        got = (fnn.matmul(a, a), fnn.batched_matmul(ab, bb), fnn.MaxPool2D(2)(x))
+        bad.extend(i for i, (g, r) in enumerate(zip(got, ref)) if not np.array_equal(g, r))
+        model.backward(np.ones((384, 10), np.float32) * model(a)); opt.step(); opt.zero_grad()
+
+threads = [threading.Thread(target=run, args=(s,)) for s in range(3)]
+for t in threads: t.start()
+run(3)
+for t in threads: t.join()
+print(main_safe, sorted(set(safe)), len(bad))
+"""
+
+
+def test_threads_share_numba_workqueue_layer_without_ending_the_process():
+    """Numba's workqueue layer (where neither OpenMP nor TBB loads) ends the process when two
+    threads launch parallel kernels at once ("Concurrent access has been detected"); there only
+    the main thread runs them in parallel, and results stay those of one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    env.update(NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", WORKQUEUE_THREADS], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0 and r.stdout.split() == ["True", "[False,", "True]", "0"], (r.stdout, r.stderr[-2000:])
