@@ -748,3 +748,71 @@ def test_maxpool_hands_its_kernel_the_index_array_of_its_own_call(monkeypatch):
     y = layer(big)
     np.testing.assert_array_equal(y, pool_ref(big, (2, 2), (2, 2), [(0, 0), (0, 0)], "max"))
     np.testing.assert_array_equal(layer.backward(np.ones_like(y)).sum(), y.size)
+
+
+def _basic_block(c_in, c_out, stride=1):
+    """A ResNet basic block's branch (conv-relu-conv) in float64."""
+    return fnn.Sequential(fnn.Conv2D(c_in, c_out, 3, stride, padding=1, activation="relu", dtype=np.float64),
+                          fnn.Conv2D(c_out, c_out, 3, padding=1, dtype=np.float64))
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_residual_adds_the_shortcut_and_differentiates_both_paths(projection):
+    """y = block(x) + x, or + shortcut(x) with a strided 1x1 projection; against the layers run
+    on their own, and gradients by finite differences (the identity path carries dy back)."""
+    fnn.manual_seed(0)
+    block = _basic_block(2, 3 if projection else 2, 2 if projection else 1)
+    shortcut = fnn.Conv2D(2, 3, 1, 2, dtype=np.float64) if projection else None
+    model = fnn.Residual(block, shortcut)
+    x = RNG(0).standard_normal((2, 5, 4, 2))
+    want = block(x) + (shortcut(x) if projection else x)
+    np.testing.assert_allclose(model(x), want, rtol=1e-13)
+    _check_grads(model, x)
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["block.0.weight", "block.0.bias", "block.1.weight", "block.1.bias"] + \
+        (["shortcut.weight", "shortcut.bias"] if projection else [])
+    assert model.output_shape((5, 4, 2)) == ((3, 2, 3) if projection else (5, 4, 2))
+    rows = model.summary((5, 4, 2), print_fn=None)
+    assert [r["name"] for r in rows] == ["block"] + (["shortcut"] if projection else []) + ["total"]
+    assert rows[-1]["params"] == model.num_params and rows[-1]["macs"] == block.macs((5, 4, 2)) + (
+        shortcut.macs((5, 4, 2)) if projection else 0)
+
+
+def test_residual_network_trains_in_one_buffer_and_copies():
+    """Residual blocks inside a Sequential: one flat buffer, a first layer without input
+    gradient, deepcopy keeps the structure, and SGD lowers the loss on a fixed batch."""
+    import copy
+
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Residual(_basic_block(3, 3)), fnn.Residual(_basic_block(3, 4, 2),
+                                                                          fnn.Conv2D(3, 4, 1, 2, dtype=np.float64)),
+                           fnn.GlobalAvgPool2D(), fnn.Dense(4, 5, dtype=np.float64))
+    model.input_grad = False
+    x, y = RNG(0).standard_normal((8, 6, 6, 3)), np.arange(8) % 5
+    twin = copy.deepcopy(model)
+    np.testing.assert_array_equal(twin(x), model(x))
+    assert np.shares_memory(twin[1].block[0].params["weight"], twin.flat.data)
+    assert not np.shares_memory(twin.flat.data, model.flat.data)
+    opt = fnn.optim.SGD(model, lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(30):
+        loss, d = fnn.losses.softmax_cross_entropy(model(x), y)
+        assert model.backward(d) is None
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_residual_refuses_a_block_that_changes_the_shape_without_a_shortcut():
+    model = fnn.Residual(fnn.Conv2D(2, 3, 1, dtype=np.float64))
+    with pytest.raises(ValueError, match=re.escape("Residual: the block's output float64(1, 4, 4, 3) must match the "
+                                                   "input float64(1, 4, 4, 2); give a shortcut")):
+        model(np.ones((1, 4, 4, 2)))
+    with pytest.raises(ValueError, match=re.escape("Residual: the block's per-sample output (4, 4, 3) must match the "
+                                                   "input (4, 4, 2)")):
+        model.output_shape((4, 4, 2))
+    with pytest.raises(TypeError, match="Residual: branch shortcut must be a fastnn Module, got function"):
+        fnn.Residual(fnn.ReLU(), lambda x: x)
+    with pytest.raises(RuntimeError, match="Residual.backward called before forward"):
+        fnn.Residual(fnn.ReLU()).backward(np.ones(3))

@@ -8,7 +8,9 @@ from .dropout import Dropout
 from .flatten import Flatten
 from .local import LocallyConnected1D, LocallyConnected2D
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .residual import Residual
 from .sequential import Sequential
 
 __all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
-           "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "ReLU", "Sequential", "Sigmoid", "Tanh"]
+           "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "ReLU", "Residual", "Sequential",
+           "Sigmoid", "Tanh"]
