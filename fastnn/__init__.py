@@ -34,7 +34,7 @@ apply_process_settings()  # full-width vectors on AVX-512 while Numba has compil
 
 from . import checkpoint, data, distributed, losses, models, optim, random, schedules, train  # noqa: E402
 from .layers import Dense, Dropout, Flatten, ReLU, Sequential, Sigmoid, Tanh  # noqa: E402
-from .layers import (AvgPool2D, BlockDiagonalDense, Concat, Conv2D, GlobalAvgPool2D,  # noqa: E402
+from .layers import (AvgPool2D, BatchNorm, BlockDiagonalDense, Concat, Conv2D, GlobalAvgPool2D,  # noqa: E402
                      LocallyConnected1D, LocallyConnected2D, MaxPool2D, Residual)
 from .gemm import batched_matmul, matmul  # noqa: E402
 from .memory import keep_freed_memory  # noqa: E402
@@ -44,7 +44,7 @@ from .random import manual_seed  # noqa: E402
 keep_freed_memory()  # glibc keeps freed activations for the next step instead of faulting them in again
 
 __version__ = "0.1.0"
-__all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
+__all__ = ["AvgPool2D", "BatchNorm", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
            "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "Module", "ReLU", "Residual", "Sequential",
            "Sigmoid", "Tanh", "checkpoint", "data", "distributed", "losses", "models", "batched_matmul",
            "manual_seed", "matmul", "optim", "random", "schedules", "train"]

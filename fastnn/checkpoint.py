@@ -45,7 +45,7 @@ def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         "global_rng": random.generator().bit_generator.state,
         "extra": extra or {},
     }
-    arrays = {"params": model.flat.data}
+    arrays = {"params": model.flat.data, **{f"buffer.{n}": v for n, v in model.named_buffers()}}
     if opt_state:
         arrays.update({f"state.{k}": v for k, v in opt_state["state"].items()})
     meta_bytes = np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8)
@@ -84,13 +84,19 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     if params.shape != model.flat.data.shape or params.dtype != model.flat.data.dtype:
         raise ValueError(f"{path}: expected params of {model.flat.data.dtype}{model.flat.data.shape} (this model's "
                          f"flat buffer), got {params.dtype}{params.shape}")
+    buffers = dict(model.named_buffers())
+    for n, b in buffers.items():
+        saved = arrays.get(f"buffer.{n}")
+        if saved is None or saved.shape != b.shape or saved.dtype != b.dtype:
+            raise ValueError(f"{path}: expected buffer {n} of {b.dtype}{b.shape}, got "
+                             f"{'none' if saved is None else f'{saved.dtype}{saved.shape}'}")
     if check_extra is not None:
         check_extra(meta["extra"])
 
     shared = random.generator().bit_generator
     before = (model.flat.data.copy(), optimizer.state_dict() if optimizer else None,
               schedule.state_dict() if schedule else None, {n: g.bit_generator.state for n, g in rngs.items()},
-              shared.state)
+              shared.state, {n: b.copy() for n, b in buffers.items()})
     try:
         shared.state = meta["global_rng"]
         if optimizer is not None:
@@ -101,8 +107,12 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         for name, g in rngs.items():
             g.bit_generator.state = meta["rng"][name]
         model.flat.data[...] = params
+        for n, b in buffers.items():
+            b[...] = arrays[f"buffer.{n}"]
     except Exception as e:
         model.flat.data[...] = before[0]
+        for n, b in buffers.items():
+            b[...] = before[5][n]
         if optimizer is not None:
             optimizer.load_state_dict(before[1])
         if schedule is not None:
@@ -143,7 +153,8 @@ def _read(path: Path, arrays: bool) -> tuple[Any, dict[str, np.ndarray]]:
 def _signature(model: Module) -> dict:
     flat = model.flat
     return {"dtype": str(flat.dtype), "size": int(flat.data.size),
-            "params": [[name, list(slot.shape)] for name, slot in flat.slots.items()]}
+            "params": [[name, list(slot.shape)] for name, slot in flat.slots.items()],
+            "buffers": [[name, list(b.shape)] for name, b in model.named_buffers()]}
 
 
 def _check_model(path: Path, saved: Any, current: dict) -> None:
@@ -162,6 +173,10 @@ def _check_model(path: Path, saved: Any, current: dict) -> None:
         raise ValueError(f"{path}: checkpoint of a different model: {len(saved['params'])} parameters of "
                          f"{saved['size']!r:.50} elements, the model has {len(current['params'])} of "
                          f"{current['size']}")
+    buffers = saved.get("buffers", [])          # none in checkpoints written before buffers existed
+    if buffers != current["buffers"]:
+        raise ValueError(f"{path}: checkpoint of a different model: buffers {str(buffers)[:200]}, the model has "
+                         f"{str(current['buffers'])[:200]}")
 
 
 def _plain(value: Any) -> Any:

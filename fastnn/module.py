@@ -57,6 +57,9 @@ class Module:
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = Views()
         self.grads: dict[str, np.ndarray] = Views()
+        #: state that is not trained (BatchNorm's running statistics): arrays of the layer's own,
+        #: written in place, saved by ``state_dict`` and checkpoints
+        self.buffers: dict[str, np.ndarray] = {}
         self.training = True
         self._flat: FlatBuffer | None = None
         self._parent: Module | None = None
@@ -79,10 +82,15 @@ class Module:
         """``(qualified name, view)`` for every parameter, in buffer order ("0.weight", ...)."""
         return [(f"{mp}.{n}" if mp else n, v) for mp, m in self.modules() for n, v in m.params.items()]
 
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """``(qualified name, array)`` for every buffer ("1.running_mean", ...), as torch's."""
+        return [(f"{mp}.{n}" if mp else n, v) for mp, m in self.modules() for n, v in m.buffers.items()]
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter by qualified name, in buffer order: a snapshot that later
-        training does not change (the weights alone; ``fastnn.checkpoint`` saves a whole run)."""
-        return {n: v.copy() for n, v in self.named_parameters()}
+        """Copies of every parameter by qualified name, in buffer order, then of every buffer
+        (as torch's): a snapshot that later training does not change (the model alone;
+        ``fastnn.checkpoint`` saves a whole run)."""
+        return {n: v.copy() for n, v in [*self.named_parameters(), *self.named_buffers()]}
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> StateKeys:
         """Copy ``state`` (name -> array, e.g. from ``state_dict``) into the parameters, cast
@@ -93,7 +101,7 @@ class Module:
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict: expected a mapping of parameter name to array, got "
                             f"{type(state).__name__}")
-        own = dict(self.named_parameters())
+        own = dict([*self.named_parameters(), *self.named_buffers()])
         missing = [n for n in own if n not in state]
         unexpected = [n for n in state if n not in own]
         if strict and (missing or unexpected):
@@ -108,8 +116,9 @@ class Module:
                                  f"{type_name(state[n])} that is no array ({e})") from None
             if v.shape != own[n].shape:
                 raise ValueError(f"load_state_dict: {n}: expected shape {own[n].shape}, got {v.shape}")
-            if v.dtype.kind not in "iuf":
-                raise TypeError(f"load_state_dict: {n}: expected real numbers, got dtype {v.dtype}")
+            if v.dtype.kind not in "iuf" or (own[n].dtype.kind == "i" and v.dtype.kind == "f"):
+                want = "integers" if own[n].dtype.kind == "i" else "real numbers"
+                raise TypeError(f"load_state_dict: {n}: expected {want}, got dtype {v.dtype}")
             values[n] = cast_in_range(v, own[n].dtype, f"load_state_dict: {n}")
         for n, v in values.items():
             own[n][...] = v

@@ -7,7 +7,8 @@ home (a container image run as another user is the usual case), has none of thes
 ``import fastnn`` failed at its first kernel with Numba's "cannot cache function ...: no
 locator available". Then fastnn points ``NUMBA_CACHE_DIR`` at a directory of this user's own
 under the system's temporary directory (mode 0700, refused when another user owns it), so the
-kernels compile once there and load from it after. This module defines no kernel: fastnn/__init__.py calls it before the first @njit.
+kernels compile once there and load from it after. This module defines no kernel:
+fastnn/__init__.py calls it before the first @njit.
 """
 from __future__ import annotations
 

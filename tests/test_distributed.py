@@ -729,3 +729,19 @@ def test_bad_arguments(kw, match):
         fnn.distributed.DataParallel(model, fnn.optim.SGD(model), **kw)
     with pytest.raises(ValueError, match="built on this model"):
         fnn.distributed.DataParallel(model, fnn.optim.SGD(fnn.Sequential(fnn.Dense(3, 2))))
+
+
+def test_batchnorm_running_statistics_start_as_rank_0s(tmp_path):
+    """Wrapping broadcasts rank 0's buffers with its parameters (each rank set its own values
+    first); afterwards each rank tracks its own batches, as DDP with broadcast_buffers=False."""
+    r = job(2, "bn_buffers", tmp_path / "p.npy", timeout=90)
+    assert r.returncode == 0, r.stderr
+    for rank in (0, 1):
+        assert f"rank {rank} wrapped mean 1.0 count 1" in r.stdout and f"rank {rank} count 6" in r.stdout, r.stdout
+
+
+def test_a_rank_without_batchnorm_statistics_is_refused_at_wrap_time(tmp_path):
+    r = job(2, "bn_buffers", tmp_path / "p.npy", "untracked_rank=1", timeout=60)
+    assert r.returncode != 0
+    assert "ranks [1] differ from rank 0: the buffers (name, shape, dtype) are [('1.running_mean', [32], 'float64')" \
+        in r.stderr, r.stderr

@@ -93,7 +93,8 @@ LAYERS_WITH_DTYPE = [lambda dtype: fnn.Dense(3, 2, dtype=dtype),
                      lambda dtype: fnn.Conv2D(2, 3, 3, dtype=dtype),
                      lambda dtype: fnn.BlockDiagonalDense(4, 6, groups=2, dtype=dtype),
                      lambda dtype: fnn.LocallyConnected2D(2, 3, 3, input_shape=(5, 5), dtype=dtype),
-                     lambda dtype: fnn.LocallyConnected1D(2, 3, 3, input_length=6, dtype=dtype)]
+                     lambda dtype: fnn.LocallyConnected1D(2, 3, 3, input_length=6, dtype=dtype),
+                     lambda dtype: fnn.BatchNorm(3, dtype=dtype)]
 
 
 @pytest.mark.parametrize("make", LAYERS_WITH_DTYPE)
@@ -106,8 +107,8 @@ def test_dtype_none_is_float32_as_in_torch_and_keras(make):
 @pytest.mark.parametrize("dtype", [np.int32, "float16", "no such type"])
 def test_a_parameter_dtype_other_than_float32_or_64_is_refused_before_drawing_weights(make, dtype):
     fnn.manual_seed(5)
-    with pytest.raises(TypeError, match=r"(Dense|Conv2D|BlockDiagonalDense|LocallyConnected[12]D) dtype: expected "
-                                        r"float32 or float64, got (int32|float16|'no such type')"):
+    with pytest.raises(TypeError, match=r"(Dense|Conv2D|BlockDiagonalDense|LocallyConnected[12]D|BatchNorm) dtype: "
+                                        r"expected float32 or float64, got (int32|float16|'no such type')"):
         make(dtype)
     drawn = fnn.random.generator().random()
     fnn.manual_seed(5)
@@ -642,3 +643,130 @@ def test_mean_squared_error_of_a_scalar_returns_an_array_gradient():
     loss, grad = fnn.losses.mean_squared_error(pred, target)
     assert grad.dtype == np.float32 and grad.shape == (4, 3)
     np.testing.assert_allclose(grad, 2 * pred / pred.size)
+
+
+def _torch_bn(bn, x_shape):
+    """torch's BatchNorm1d (N, C) or BatchNorm2d (NCHW), float64, with bn's settings and weights."""
+    torch = pytest.importorskip("torch")
+    cls = torch.nn.BatchNorm1d if len(x_shape) == 2 else torch.nn.BatchNorm2d
+    t = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats).double()
+    if bn.affine:
+        with torch.no_grad():
+            t.weight[:] = torch.from_numpy(bn.params["weight"].copy())
+            t.bias[:] = torch.from_numpy(bn.params["bias"].copy())
+    return torch, t
+
+
+def _nchw(a):
+    return a if a.ndim == 2 else a.transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 5, 3, 3), (2, 1, 1, 3)])
+@pytest.mark.parametrize("options", [{}, {"momentum": None}, {"momentum": 0.3, "eps": 1e-3}, {"affine": False},
+                                     {"track_running_stats": False}])
+def test_batchnorm_matches_torch_in_training_and_eval(shape, options):
+    """Three training steps (output, input and parameter gradients, running statistics and the
+    batch count) then eval mode, against torch.nn.BatchNorm1d/2d on the same values."""
+    bn = fnn.BatchNorm(shape[-1], dtype=np.float64, **options)
+    if bn.affine:
+        bn.params["weight"][...] = [1.5, 0.5, 2.0]
+        bn.params["bias"][...] = [0.1, -0.2, 0.3]
+    torch, t = _torch_bn(bn, shape)
+    rng = np.random.default_rng(0)
+    for step in range(3):
+        x, dy = rng.standard_normal(shape) * (step + 1) + step, rng.standard_normal(shape)
+        tx = torch.from_numpy(_nchw(x).copy()).requires_grad_()
+        ty = t(tx)
+        ty.backward(torch.from_numpy(_nchw(dy).copy()))
+        bn.zero_grad()
+        y = bn(x)
+        np.testing.assert_allclose(_nchw(y), ty.detach().numpy(), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(_nchw(bn.backward(dy)), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+        if bn.affine:
+            np.testing.assert_allclose(bn.grads["weight"], t.weight.grad.numpy(), rtol=1e-12)
+            np.testing.assert_allclose(bn.grads["bias"], t.bias.grad.numpy(), rtol=1e-12)
+            t.zero_grad()
+    if bn.track_running_stats:
+        np.testing.assert_allclose(bn.buffers["running_mean"], t.running_mean.numpy(), rtol=1e-13)
+        np.testing.assert_allclose(bn.buffers["running_var"], t.running_var.numpy(), rtol=1e-13)
+        assert bn.buffers["num_batches_tracked"] == t.num_batches_tracked.item() == 3
+    else:
+        assert bn.buffers == {} and t.running_mean is None
+    bn.eval()
+    t.eval()
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    tx = torch.from_numpy(_nchw(x).copy()).requires_grad_()
+    ty = t(tx)
+    ty.backward(torch.from_numpy(_nchw(dy).copy()))
+    np.testing.assert_allclose(_nchw(bn(x)), ty.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(_nchw(bn.backward(dy)), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_gradients_by_finite_differences(training):
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Conv2D(2, 3, 3, padding="same", dtype=np.float64), fnn.BatchNorm(3, dtype=np.float64),
+                           fnn.ReLU(), fnn.Flatten(), fnn.Dense(4 * 3 * 3, 2, dtype=np.float64),
+                           fnn.BatchNorm(2, momentum=None, dtype=np.float64))
+    model[1].params["weight"][...] = [0.5, 1.5, -1.0]
+    model[5].params["bias"][...] = [0.2, -0.3]
+    x = np.random.default_rng(1).standard_normal((5, 4, 3, 2))
+    if not training:                    # running statistics of a few batches first
+        for s in range(3):
+            model(x * (s + 1))
+        model.eval()
+    _check_grads(model, x, atol=1e-7)
+
+
+def test_batchnorm_float32_statistics_sum_in_float64():
+    """A channel of mean 1e4 and spread 1 over 2**16 values: float32 sums would lose the spread."""
+    x = (1e4 + np.random.default_rng(0).standard_normal((1 << 16, 2))).astype(np.float32)
+    y = fnn.BatchNorm(2)(x)
+    np.testing.assert_allclose(y.mean(axis=0, dtype=np.float64), 0, atol=1e-3)
+    np.testing.assert_allclose(y.std(axis=0, dtype=np.float64), 1, rtol=1e-3)
+
+
+def test_batchnorm_buffers_are_in_state_dict_and_checkpoints_not_trained(tmp_path):
+    fnn.manual_seed(0)
+    make = lambda: fnn.Sequential(fnn.Dense(4, 3), fnn.BatchNorm(3), fnn.Dense(3, 2))  # noqa: E731
+    model, twin = make(), make()
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    for s in range(3):
+        model(x + s)
+    assert [n for n, _ in model.named_buffers()] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert model.num_params == 4 * 3 + 3 + 3 + 3 + 3 * 2 + 2          # the weight and bias only
+    state = model.state_dict()
+    assert list(state)[-3:] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    twin.load_state_dict(state)
+    np.testing.assert_array_equal(twin.eval()(x), model.eval()(x))
+    with pytest.raises(TypeError, match="load_state_dict: 1.num_batches_tracked: expected integers, got dtype float64"):
+        twin.load_state_dict({**state, "1.num_batches_tracked": np.array(2.5)})
+    path = fnn.checkpoint.save(tmp_path / "bn.npz", model)
+    other = make()
+    fnn.checkpoint.load(path, other)
+    for (n, a), (_, b) in zip(model.named_buffers(), other.named_buffers()):
+        np.testing.assert_array_equal(a, b, err_msg=n)
+    untracked = fnn.Sequential(fnn.Dense(4, 3), fnn.BatchNorm(3, track_running_stats=False), fnn.Dense(3, 2))
+    with pytest.raises(ValueError, match=r"checkpoint of a different model: buffers \[\['1.running_mean', \[3\]\]"):
+        fnn.checkpoint.load(path, untracked)                            # the same parameters, no buffers
+
+
+def test_batchnorm_refuses_bad_input():
+    with pytest.raises(ValueError, match=r"BatchNorm: expected more than 1 value per channel when training, got "
+                                         r"input of shape \(1, 3\)"):
+        fnn.BatchNorm(3)(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="this looks like NCHW"):
+        fnn.BatchNorm(3)(np.ones((2, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm momentum: expected a number in \[0, 1\] or None, got 1.5"):
+        fnn.BatchNorm(3, momentum=1.5)
+    with pytest.raises(ValueError, match="BatchNorm eps: expected a finite number > 0, got 0"):
+        fnn.BatchNorm(3, eps=0)
+    with pytest.raises(TypeError, match="BatchNorm num_features: expected an int >= 1"):
+        fnn.BatchNorm(3.0)
+    bn = fnn.BatchNorm(3)
+    with pytest.raises(RuntimeError, match="BatchNorm.backward called before forward"):
+        bn.backward(np.ones((2, 3), np.float32))
+    bn(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm output gradient: expected shape \(2, 3\), got \(3, 2\)"):
+        bn.backward(np.ones((3, 2), np.float32))
+    assert fnn.BatchNorm(3).eval()(np.ones((1, 3), np.float32)).shape == (1, 3)     # eval takes one sample

@@ -722,7 +722,8 @@ def test_one_model_runs_inference_from_two_threads():
     take pytest down."""
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
     r = subprocess.run([sys.executable, "-c", SHARED_INFERENCE], capture_output=True, text=True, timeout=240, env=env)
-    assert r.returncode == 0 and r.stdout.split() == ["wrong", "outputs:", "0"], (r.returncode, r.stdout, r.stderr[-2000:])
+    assert r.returncode == 0 and r.stdout.split() == ["wrong", "outputs:", "0"], (r.returncode, r.stdout,
+                                                                                    r.stderr[-2000:])
 
 
 def test_maxpool_hands_its_kernel_the_index_array_of_its_own_call(monkeypatch):

@@ -1087,3 +1087,39 @@ def test_fit_refuses_what_would_train_nothing_before_any_step(change, error, mat
         fnn.train.fit(model, x=x, y=y, **kwargs)
     np.testing.assert_array_equal(model.flat.data, before)
     assert not model.flat.grad.any()
+
+
+def test_resume_restores_batchnorm_running_statistics(tmp_path):
+    """The checkpoint holds the buffers: a run stopped after step 7 and resumed from its step-5
+    checkpoint ends with the uninterrupted run's parameters and running statistics, bitwise."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((120, 6)), rng.integers(0, 3, 120)
+
+    class Stop(Exception):
+        pass
+
+    def run(path, stop_at=None):
+        fnn.manual_seed(0)
+        model = fnn.Sequential(fnn.Dense(6, 8, dtype=np.float64), fnn.BatchNorm(8, dtype=np.float64), fnn.ReLU(),
+                               fnn.Dense(8, 3, dtype=np.float64))
+        opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+
+        def on_step(step, loss):
+            if step == stop_at:
+                raise Stop
+
+        kw = dict(epochs=3, batch_size=16, seed=1, checkpoint=path, checkpoint_every=5, progress=False)
+        try:
+            fnn.train.fit(model, opt, x, y, on_step=on_step, **kw)
+        except Stop:
+            fnn.manual_seed(0)
+            model = fnn.Sequential(fnn.Dense(6, 8, dtype=np.float64), fnn.BatchNorm(8, dtype=np.float64), fnn.ReLU(),
+                                   fnn.Dense(8, 3, dtype=np.float64))
+            opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+            fnn.train.fit(model, opt, x, y, resume=True, **kw)
+        return model.state_dict()
+
+    full, resumed = run(tmp_path / "a.npz"), run(tmp_path / "b.npz", stop_at=7)
+    assert int(full["1.num_batches_tracked"]) == 24
+    for name in full:
+        np.testing.assert_array_equal(full[name], resumed[name], err_msg=name)

@@ -567,6 +567,7 @@ class DataParallel:
                              "accumulate_steps": self.accumulate_steps, "compression": self.compression,
                              "deterministic": self.deterministic},
                 "params": [(n, list(s.shape)) for n, s in flat.slots.items()],
+                "buffers": [(n, list(b.shape), str(b.dtype)) for n, b in self.model.named_buffers()],
                 "buckets": [(b.start, b.stop) for b in self.buckets]}
         every = self._guarded("model check (allgather)", lambda: self._wire.allgather(mine))
         bad = [r for r, sig in enumerate(every) if sig != every[0]]
@@ -576,6 +577,8 @@ class DataParallel:
 
     def _broadcast_state(self) -> None:
         self._guarded("parameter broadcast", lambda: self._wire.Bcast(self.model.flat.data, root=0))
+        for name, buf in self.model.named_buffers():     # BatchNorm's running statistics
+            self._guarded(f"buffer {name!r} broadcast", lambda b=buf: self._wire.Bcast(b, root=0))
         state = self.optimizer.state_dict()
         meta = self._guarded("optimizer state broadcast",
                              lambda: self._wire.bcast({k: v for k, v in state.items() if k != "state"}, root=0))
@@ -677,6 +680,8 @@ def _first_difference(ref: dict, other: dict, r: int) -> str:
             return f"parameter {i} is {a[0]} {tuple(a[1])} on rank 0 but {b[0]} {tuple(b[1])} on rank {r}"
     if len(ref["params"]) != len(other["params"]):
         return f"rank 0 has {len(ref['params'])} parameters, rank {r} has {len(other['params'])}"
+    if ref["buffers"] != other["buffers"]:
+        return f"the buffers (name, shape, dtype) are {ref['buffers']} on rank 0 but {other['buffers']} on rank {r}"
     return (f"the gradient buckets (start, stop) are {ref['buckets']} on rank 0 but {other['buckets']} on rank {r} "
             "(bucket_cap_mb or first_bucket_mb differ)")
 

@@ -1,5 +1,6 @@
 """Layers with forward and backward; each keeps its parameters as views into a flat buffer."""
 from .activations import ReLU, Sigmoid, Tanh
+from .batchnorm import BatchNorm
 from .blockdiag import BlockDiagonalDense
 from .concat import Concat
 from .conv import Conv2D
@@ -11,6 +12,6 @@ from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .residual import Residual
 from .sequential import Sequential
 
-__all__ = ["AvgPool2D", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
+__all__ = ["AvgPool2D", "BatchNorm", "BlockDiagonalDense", "Concat", "Conv2D", "GlobalAvgPool2D", "LocallyConnected1D",
            "LocallyConnected2D", "MaxPool2D", "Dense", "Dropout", "Flatten", "ReLU", "Residual", "Sequential",
            "Sigmoid", "Tanh"]

@@ -23,6 +23,8 @@ OPT = dict(a.split("=", 1) for a in sys.argv[3:])
 def build(hidden=32, dtype=np.float64):
     fnn.manual_seed(int(OPT.get("init_seed", 0)))
     dropout = [fnn.Dropout(float(OPT["dropout"]))] if "dropout" in OPT else []
+    if "bn" in OPT:         # bn=1: BatchNorm after the first layer; bn=untracked: without running statistics
+        dropout.insert(0, fnn.BatchNorm(hidden, track_running_stats=OPT["bn"] == "1", dtype=dtype))
     model = fnn.Sequential(fnn.Dense(64, hidden, activation="relu", dtype=dtype), *dropout,
                            fnn.Dense(hidden, hidden, activation="tanh", dtype=dtype),
                            fnn.Dense(hidden, 10, dtype=dtype))
@@ -90,6 +92,21 @@ def main() -> None:
             except (RuntimeError, ValueError) as e:
                 print(f"refused: {e}", flush=True)
         print(f"rank {fnn.distributed.rank()} of {fnn.distributed.size()}", flush=True)
+        return
+    if CASE == "bn_buffers":  # BatchNorm's running statistics: rank 0's at wrap time, then each rank's own
+        fnn.distributed.init()
+        rank = fnn.distributed.rank()
+        OPT["bn"] = "untracked" if OPT.get("untracked_rank") == str(rank) else "1"
+        model = build()
+        stats = dict(model.named_buffers())
+        for b in stats.values():
+            b[...] = rank + 1
+        opt = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.1, momentum=0.9))
+        print(f"rank {rank} wrapped mean {stats['1.running_mean'][0]} count {stats['1.num_batches_tracked']}",
+              flush=True)
+        x, y = fnn.data.load_digits(np.float64)
+        train(model, opt, x, y, 5, fnn.distributed.comm())
+        print(f"rank {rank} count {stats['1.num_batches_tracked']}", flush=True)
         return
     if CASE == "fail_before_init":  # rank 1 stops before init(): rank 0's MPI start-up must not wait for ever
         fnn.distributed.runtime.STARTUP_S = 3

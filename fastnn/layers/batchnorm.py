@@ -1,0 +1,121 @@
+"""BatchNorm: batch normalization over every axis but the last (channels-last).
+
+Math    training: mean_c, var_c over the N*H*W values of channel c (biased var);
+        xhat = (x - mean) / sqrt(var + eps); y = weight * xhat + bias.
+        running_mean <- (1 - m) running_mean + m mean; running_var <- (1 - m) running_var
+        + m var * n / (n - 1) (unbiased), m = momentum, or 1 / num_batches_tracked when None.
+        eval: the running statistics stand for mean and var (with track_running_stats).
+        backward (batch statistics): dxhat = dy * weight;
+        dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / sqrt(var + eps);
+        dweight = sum(dy * xhat), dbias = sum(dy) over every axis but the last.
+Shapes  x, y: (N, C) as torch's BatchNorm1d, or (N, H, W, C) images as BatchNorm2d on NHWC
+        (Keras's BatchNormalization(axis=-1), whose momentum is 1 - m and epsilon eps).
+How     NumPy on the (N*H*W, C) view, statistics and the backward's sums in float64.
+Oracle  torch.nn.BatchNorm1d/2d (tests/test_layers.py), finite differences.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..checks import check_array, check_bool, check_int, check_real, param_dtype
+from ..module import Module
+
+
+class BatchNorm(Module):
+    """Normalize each channel (the last axis) by its batch statistics in training and by the
+    running statistics in eval mode, then scale and shift (``affine``: ``weight`` ones and
+    ``bias`` zeros, parameters in the model's flat buffer). ``running_mean``, ``running_var``
+    and ``num_batches_tracked`` are buffers: in ``state_dict`` and checkpoints, not trained.
+    Arguments as torch's ``BatchNorm1d``/``BatchNorm2d``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, dtype: np.dtype | type = np.float32) -> None:
+        super().__init__()
+        self.num_features = check_int(num_features, "BatchNorm num_features", 1)
+        self.eps = float(check_real(eps, "BatchNorm eps", 0.0, math.inf))
+        if self.eps == 0:
+            raise ValueError("BatchNorm eps: expected a finite number > 0, got 0")
+        if momentum is not None:
+            momentum = float(check_real(momentum, "BatchNorm momentum (None: a cumulative average)", 0.0, math.inf))
+            if momentum > 1:
+                raise ValueError(f"BatchNorm momentum: expected a number in [0, 1] or None, got {momentum}")
+        self.momentum = momentum
+        self.dtype = param_dtype(dtype, "BatchNorm")
+        self.affine = check_bool(affine, "BatchNorm affine")
+        self.track_running_stats = check_bool(track_running_stats, "BatchNorm track_running_stats")
+        c = self.num_features
+        if self.affine:
+            self._create_params({"weight": np.ones(c, self.dtype), "bias": np.zeros(c, self.dtype)})
+        if self.track_running_stats:
+            self.buffers = {"running_mean": np.zeros(c, self.dtype), "running_var": np.ones(c, self.dtype),
+                            "num_batches_tracked": np.zeros((), np.int64)}
+        self._saved = None          # (xhat, 1 / sqrt(var + eps), batch statistics used, shape) of the last forward
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        c = self.num_features
+        check_array(x, "BatchNorm input", dtype=self.dtype)
+        if x.ndim < 2 or x.shape[-1] != c:
+            hint = (" (this looks like NCHW; fastnn images are NHWC: use x.transpose(0, 2, 3, 1))"
+                    if x.ndim == 4 and x.shape[1] == c else "")
+            raise ValueError(f"BatchNorm input: expected shape (N, ..., {c}) with the {c} channels last, got "
+                             f"{x.shape}{hint}")
+        xs = x.reshape(-1, c)
+        n = xs.shape[0]
+        batch = self.training or not self.track_running_stats
+        if batch:
+            if n < 2 and self.training:
+                raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, got input "
+                                 f"of shape {x.shape}")
+            mean = xs.mean(axis=0, dtype=np.float64)
+            centered = xs - mean
+            var = np.einsum("ij,ij->j", centered, centered) / max(n, 1)
+        else:
+            mean = self.buffers["running_mean"].astype(np.float64)
+            centered = xs - mean
+            var = self.buffers["running_var"].astype(np.float64)
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        xhat = (centered * inv_std).astype(self.dtype)
+        y = xhat * self.params["weight"] + self.params["bias"] if self.affine else xhat.copy()
+        if self.training and self.track_running_stats:
+            self._update_running(mean, var, n)
+        self._saved = (xhat, inv_std, batch, x.shape)
+        return y.reshape(x.shape)
+
+    def _update_running(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
+        b = self.buffers
+        b["num_batches_tracked"] += 1
+        m = 1.0 / float(b["num_batches_tracked"]) if self.momentum is None else self.momentum
+        b["running_mean"][...] = (1 - m) * b["running_mean"] + m * mean
+        b["running_var"][...] = (1 - m) * b["running_var"] + m * var * (n / (n - 1))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        if self._saved is None:
+            raise RuntimeError("BatchNorm.backward called before forward")
+        xhat, inv_std, batch, shape = self._saved
+        check_array(dy, "BatchNorm output gradient", dtype=self.dtype, shape=shape)
+        dys = np.ascontiguousarray(dy).reshape(-1, self.num_features)
+        if self.affine:
+            self.grads["weight"][...] += np.einsum("ij,ij->j", dys, xhat, dtype=np.float64)
+            self.grads["bias"][...] += dys.sum(axis=0, dtype=np.float64)
+        if not self.input_grad:
+            return None
+        g = dys * self.params["weight"].astype(np.float64) if self.affine else dys.astype(np.float64)
+        if batch:
+            g = g - g.mean(axis=0) - xhat * (np.einsum("ij,ij->j", g, xhat) / len(g))
+        return (g * inv_std).astype(self.dtype).reshape(dy.shape)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not input_shape or input_shape[-1] != self.num_features:
+            raise ValueError(f"BatchNorm: expected a per-sample input with {self.num_features} channels last, got "
+                             f"{tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """One multiply-add per value (the normalization folded into a scale and a shift)."""
+        return int(np.prod(input_shape, dtype=np.int64))
+
+    def __repr__(self) -> str:
+        return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats})")
