@@ -10,7 +10,8 @@ Math    training: mean_c, var_c over the N*H*W values of channel c (biased var);
         dweight = sum(dy * xhat), dbias = sum(dy) over every axis but the last.
 Shapes  x, y: (N, C) as torch's BatchNorm1d, or (N, H, W, C) images as BatchNorm2d on NHWC
         (Keras's BatchNormalization(axis=-1), whose momentum is 1 - m and epsilon eps).
-How     NumPy on the (N*H*W, C) view, statistics and the backward's sums in float64.
+How     kernels/batchnorm.py on the (N*H*W, C) view: one pass for the statistics (float64 sums),
+        one for y; backward one pass for its two sums, one for dx. x is kept, not xhat.
 Oracle  torch.nn.BatchNorm1d/2d (tests/test_layers.py), finite differences.
 """
 from __future__ import annotations
@@ -19,8 +20,25 @@ import math
 
 import numpy as np
 
+from fastnn.kernels.batchnorm import affine, affine2, two_sums
+from fastnn.kernels.local.threads import run_chunks
+
 from ..checks import check_array, check_bool, check_int, check_real, param_dtype
 from ..module import Module
+from ._spatial import threads_for
+
+#: rows per chunk of the per-channel sums, at least: the chunk count depends on the rows alone
+#: (results equal at any thread count), at most MAX_CHUNKS chunks
+ROWS_PER_CHUNK, MAX_CHUNKS = 256, 64
+
+
+def _sums(u: np.ndarray, us: np.ndarray, v: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum(u - us), sum((u - us) * (v - vs))) over the rows of (M, C) arrays, in float64."""
+    k = max(1, min(MAX_CHUNKS, len(u) // ROWS_PER_CHUNK))
+    partial = np.empty((k, 2, u.shape[1]))
+    run_chunks(two_sums, (u, us, v, vs, partial), k, min(k, threads_for(u.size)))
+    total = partial.sum(axis=0)
+    return total[0], total[1]
 
 
 class BatchNorm(Module):
@@ -51,7 +69,7 @@ class BatchNorm(Module):
         if self.track_running_stats:
             self.buffers = {"running_mean": np.zeros(c, self.dtype), "running_var": np.ones(c, self.dtype),
                             "num_batches_tracked": np.zeros((), np.int64)}
-        self._saved = None          # (xhat, 1 / sqrt(var + eps), batch statistics used, shape) of the last forward
+        self._saved = None          # (x as (M, C), mean, 1 / std, batch statistics used, shape) of the last forward
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         c = self.num_features
@@ -61,27 +79,39 @@ class BatchNorm(Module):
                     if x.ndim == 4 and x.shape[1] == c else "")
             raise ValueError(f"BatchNorm input: expected shape (N, ..., {c}) with the {c} channels last, got "
                              f"{x.shape}{hint}")
-        xs = x.reshape(-1, c)
+        xs = np.ascontiguousarray(x).reshape(-1, c)
         n = xs.shape[0]
         batch = self.training or not self.track_running_stats
-        if batch:
-            if n < 2 and self.training:
-                raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, got input "
-                                 f"of shape {x.shape}")
-            mean = xs.mean(axis=0, dtype=np.float64)
-            centered = xs - mean
-            var = np.einsum("ij,ij->j", centered, centered) / max(n, 1)
+        if batch and self.training and n < 2:
+            raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, got input "
+                             f"of shape {x.shape}")
+        if batch and n:
+            shift = xs[0].astype(np.float64)          # a sample of each channel: no cancellation in the variance
+            s0, s1 = _sums(xs, shift, xs, shift)
+            mean = shift + s0 / n
+            var = np.maximum(s1 / n - (s0 / n) ** 2, 0.0)
+        elif batch:                                   # an empty batch in eval without running statistics
+            mean, var = np.zeros(c), np.ones(c)
         else:
             mean = self.buffers["running_mean"].astype(np.float64)
-            centered = xs - mean
             var = self.buffers["running_var"].astype(np.float64)
         inv_std = 1.0 / np.sqrt(var + self.eps)
-        xhat = (centered * inv_std).astype(self.dtype)
-        y = xhat * self.params["weight"] + self.params["bias"] if self.affine else xhat.copy()
+        w, b = self._weight_bias()
+        y = np.empty_like(xs)
+        run_chunks(affine, (xs, *self._cast(mean, w * inv_std, b), y), n, threads_for(xs.size))
         if self.training and self.track_running_stats:
             self._update_running(mean, var, n)
-        self._saved = (xhat, inv_std, batch, x.shape)
+        self._saved = (xs, mean, inv_std, batch, x.shape)
         return y.reshape(x.shape)
+
+    def _weight_bias(self) -> tuple[np.ndarray, np.ndarray]:
+        """weight and bias in float64 (ones and zeros without ``affine``)."""
+        if not self.affine:
+            return np.ones(self.num_features), np.zeros(self.num_features)
+        return self.params["weight"].astype(np.float64), self.params["bias"].astype(np.float64)
+
+    def _cast(self, *vectors: np.ndarray) -> list[np.ndarray]:
+        return [v.astype(self.dtype) for v in vectors]
 
     def _update_running(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
         b = self.buffers
@@ -93,18 +123,24 @@ class BatchNorm(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward called before forward")
-        xhat, inv_std, batch, shape = self._saved
+        xs, mean, inv_std, batch, shape = self._saved
         check_array(dy, "BatchNorm output gradient", dtype=self.dtype, shape=shape)
-        dys = np.ascontiguousarray(dy).reshape(-1, self.num_features)
+        dys = np.ascontiguousarray(dy).reshape(xs.shape)
+        n = len(xs)
+        if not (self.affine or (self.input_grad and batch)):     # eval, no parameters: dx = dy / std
+            return None if not self.input_grad else (dys * (inv_std.astype(self.dtype))).reshape(shape)
+        s_dy, s_dyx = _sums(dys, np.zeros(len(mean)), xs, mean)  # sum(dy), sum(dy * (x - mean))
         if self.affine:
-            self.grads["weight"][...] += np.einsum("ij,ij->j", dys, xhat, dtype=np.float64)
-            self.grads["bias"][...] += dys.sum(axis=0, dtype=np.float64)
+            self.grads["weight"][...] += s_dyx * inv_std
+            self.grads["bias"][...] += s_dy
         if not self.input_grad:
             return None
-        g = dys * self.params["weight"].astype(np.float64) if self.affine else dys.astype(np.float64)
-        if batch:
-            g = g - g.mean(axis=0) - xhat * (np.einsum("ij,ij->j", g, xhat) / len(g))
-        return (g * inv_std).astype(self.dtype).reshape(dy.shape)
+        w, _ = self._weight_bias()
+        a = w * inv_std
+        s, b = (-a * inv_std ** 2 * s_dyx / n, -a * s_dy / n) if batch else (np.zeros_like(a), np.zeros_like(a))
+        dx = np.empty_like(dys)
+        run_chunks(affine2, (dys, a.astype(self.dtype), xs, *self._cast(mean, s, b), dx), n, threads_for(dys.size))
+        return dx.reshape(shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if not input_shape or input_shape[-1] != self.num_features:
