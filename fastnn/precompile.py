@@ -68,8 +68,9 @@ def _dense(dt: np.dtype) -> None:
 
 
 def _spatial(dt: np.dtype) -> None:
-    """The demo's CNN and every convolution path (in place, tiled, packed), pooling, the
-    locally connected and block-diagonal layers, with and without the input gradient."""
+    """The demo's CNN and every convolution path (in place, tiled, packed), pooling, batch
+    normalization, the locally connected and block-diagonal layers, with and without the input
+    gradient."""
     import fastnn as fnn
 
     rng = np.random.default_rng(0)
@@ -78,8 +79,8 @@ def _spatial(dt: np.dtype) -> None:
         (fnn.Sequential(fnn.Conv2D(3, 16, 3, padding="same", activation="relu", dtype=dt), fnn.MaxPool2D(2),
                         fnn.Conv2D(16, 16, 3, stride=2, dtype=dt), fnn.AvgPool2D(2), fnn.Flatten(),
                         fnn.Dense(64, 10, dtype=dt)), (20, 20, 3)),
-        (fnn.Sequential(fnn.Conv2D(4, 6, 3, groups=2, dtype=dt), fnn.GlobalAvgPool2D(), fnn.Dense(6, 10, dtype=dt)),
-         (6, 6, 4)),
+        (fnn.Sequential(fnn.Conv2D(4, 6, 3, groups=2, dtype=dt), fnn.BatchNorm(6, dtype=dt), fnn.GlobalAvgPool2D(),
+                        fnn.Dense(6, 10, dtype=dt)), (6, 6, 4)),
         (fnn.Sequential(fnn.LocallyConnected1D(3, 8, 3, input_length=10, activation="relu", dtype=dt), fnn.Flatten(),
                         fnn.BlockDiagonalDense(64, 20, groups=4, dtype=dt), fnn.Dense(20, 10, dtype=dt)), (10, 3)),
     ]
