@@ -15,7 +15,7 @@ How     rows cut into K = partial.shape[0] chunks fixed by M alone, so the calle
         (two_sums) or rows (the maps), run on kernels/local/threads.py's pool. Each row's
         channel loop vectorizes.
 Oracle  fastnn/layers/batchnorm.py's tests against torch.nn.BatchNorm1d/2d.
-Bench   python bench/bench_local.py (the BatchNorm row).
+Bench   python bench/bench_batchnorm.py (against torch's BatchNorm1d/2d, channels_last).
 """
 from __future__ import annotations
 
