@@ -10,7 +10,7 @@ import time
 
 from .distributed.runtime import launched_rank
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "resnet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "inverse-time", "cosine", "step", "exponential", "warmup-cosine")
 #: the options of fastnn train that set an optimizer's hyperparameters, by their param_groups key
@@ -82,11 +82,12 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=_Defaults)
     t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a folder of MNIST IDX files")
     t.add_argument("--model", choices=MODELS, default="mlp",
-                   help="mlp: dense ReLU layers; cnn: conv 3x3, max pool, locally connected 3x3, dense")
+                   help="mlp: dense ReLU layers; cnn: conv 3x3, max pool, locally connected 3x3, dense; resnet: "
+                        "conv 3x3 and BatchNorm, two residual blocks, global average pool, dense")
     t.add_argument("--hidden", type=_POSITIVE, nargs="+", default=None,
                    help="hidden layer widths of the mlp (default: 128 128)")
     t.add_argument("--dropout", type=_number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=0.0,
-                   help="dropout rate after each hidden layer (cnn: before its dense layer)")
+                   help="dropout rate after each hidden layer (cnn, resnet: before its dense layer)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="as torch.optim's")
     t.add_argument("--lr", type=_NONNEG, default=2e-3, help="learning rate (the lr schedule's base)")
     t.add_argument("--momentum", type=_NONNEG, default=None, help="SGD momentum (default: 0.9)")
@@ -257,14 +258,15 @@ def _train(args) -> int:
             print(f"fastnn train: --checkpoint: {e}", file=sys.stderr)
         return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
-    if args.model == "cnn":
-        from .models import small_cnn
+    if args.model in ("cnn", "resnet"):
+        from .models import small_cnn, small_resnet
 
         try:
-            model = small_cnn(x_train.shape[1:], classes, dtype=dtype, dropout=args.dropout)
+            build = small_cnn if args.model == "cnn" else small_resnet
+            model = build(x_train.shape[1:], classes, dtype=dtype, dropout=args.dropout)
         except ValueError as e:
             if rank == 0:
-                print(f"fastnn train: --model cnn on --data {args.data}: {e}", file=sys.stderr)
+                print(f"fastnn train: --model {args.model} on --data {args.data}: {e}", file=sys.stderr)
             return 2
     else:
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)

@@ -549,13 +549,19 @@ def test_conv2d_results_do_not_depend_on_the_chunk_count(layer, shape, dtype, mo
             np.testing.assert_array_equal(a, b)
 
 
-def test_cli_trains_the_cnn_to_97_percent(tmp_path, capsys):
+@pytest.mark.parametrize("model, epochs", [("cnn", "30"), ("resnet", "8")])
+def test_cli_trains_the_image_models_to_97_percent(tmp_path, capsys, model, epochs):
+    """The CNN (locally connected) and the small ResNet (BatchNorm, shortcut connections) on
+    the digits; the ResNet's checkpoint holds its BatchNorm statistics, and the test accuracy
+    is measured in eval mode with them."""
     from fastnn.cli import main
 
-    assert main(["train", "--model", "cnn", "--no-progress", "--checkpoint", str(tmp_path / "cnn.npz")]) == 0
+    path = tmp_path / f"{model}.npz"
+    assert main(["train", "--model", model, "--epochs", epochs, "--no-progress", "--checkpoint", str(path)]) == 0
     out = capsys.readouterr().out
     acc = float(out.split("test accuracy")[1].split("%")[0])
     assert acc >= 97.0, out
+    assert (model == "resnet") == any(k.startswith("buffer.") for k in np.load(path).files)
 
 
 @pytest.mark.parametrize("layer", [fnn.AvgPool2D(512), fnn.GlobalAvgPool2D()])

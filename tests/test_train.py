@@ -606,11 +606,12 @@ def test_cli_trains_the_cnn_on_non_square_images_and_refuses_tiny_ones(tmp_path,
     (64, TypeError, r"expected image_shape a tuple \(height, width, channels\), got 64"),
     ((8.0, 8, 1), TypeError, r"image_shape \(8.0, 8, 1\): expected an int >= 1, got float 8.0"),
 ])
-def test_small_cnn_names_a_bad_image_shape(shape, error, match):
+@pytest.mark.parametrize("build", ["small_cnn", "small_resnet"])
+def test_the_image_models_name_a_bad_image_shape(shape, error, match, build):
     """(8, 8) failed to unpack ("not enough values"), and a float side reached the locally
     connected layer, whose error named a shape (4.0, 4) that the caller never gave."""
-    with pytest.raises(error, match=f"small_cnn: {match}"):
-        fnn.models.small_cnn(shape, 10)
+    with pytest.raises(error, match=f"{build}: {match}"):
+        getattr(fnn.models, build)(shape, 10)
 
 
 def test_evaluate_accuracy_follows_the_targets():
