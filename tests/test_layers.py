@@ -770,3 +770,19 @@ def test_batchnorm_refuses_bad_input():
     with pytest.raises(ValueError, match=r"BatchNorm output gradient: expected shape \(2, 3\), got \(3, 2\)"):
         bn.backward(np.ones((3, 2), np.float32))
     assert fnn.BatchNorm(3).eval()(np.ones((1, 3), np.float32)).shape == (1, 3)     # eval takes one sample
+
+
+def test_batchnorm_gives_the_same_bits_on_any_number_of_threads(monkeypatch):
+    """The statistics' chunks depend on the rows alone: 1, 2 or 3 threads, one result."""
+    from fastnn.layers import batchnorm
+
+    x = np.random.default_rng(0).standard_normal((4096, 5)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    results = []
+    for chunks in (1, 2, 3):
+        monkeypatch.setattr(batchnorm, "_chunks", lambda values, c=chunks: c)
+        bn = fnn.BatchNorm(5)
+        results.append((bn(x), bn.backward(dy), bn.grads["weight"].copy(), bn.buffers["running_var"].copy()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
