@@ -773,16 +773,24 @@ def test_batchnorm_refuses_bad_input():
 
 
 def test_batchnorm_gives_the_same_bits_on_any_number_of_threads(monkeypatch):
-    """The statistics' chunks depend on the rows alone: 1, 2 or 3 threads, one result."""
-    from fastnn.layers import batchnorm
+    """The statistics' chunks depend on the rows alone: the serial kernels, or the parallel
+    ones on 1 or 2 threads, give one result."""
+    import numba
+
+    from fastnn.kernels import parallel
 
     x = np.random.default_rng(0).standard_normal((4096, 5)).astype(np.float32)
     dy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     results = []
-    for chunks in (1, 2, 3):
-        monkeypatch.setattr(batchnorm, "_chunks", lambda values, c=chunks: c)
-        bn = fnn.BatchNorm(5)
-        results.append((bn(x), bn.backward(dy), bn.grads["weight"].copy(), bn.buffers["running_var"].copy()))
+    before = numba.get_num_threads()
+    for minimum, threads in ((1 << 40, 1), (1, 1), (1, 2)):
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", minimum)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            bn = fnn.BatchNorm(5)
+            results.append((bn(x), bn.backward(dy), bn.grads["weight"].copy(), bn.buffers["running_var"].copy()))
+        finally:
+            numba.set_num_threads(before)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)

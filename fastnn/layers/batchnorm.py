@@ -11,7 +11,8 @@ Math    training: mean_c, var_c over the N*H*W values of channel c (biased var);
 Shapes  x, y: (N, C) as torch's BatchNorm1d, or (N, H, W, C) images as BatchNorm2d on NHWC
         (Keras's BatchNormalization(axis=-1), whose momentum is 1 - m and epsilon eps).
 How     kernels/batchnorm.py on the (N*H*W, C) view: one pass for the statistics (float64 sums),
-        one for y; backward one pass for its two sums, one for dx. x is kept, not xhat.
+        one for y; backward one pass for its two sums, one for dx. x is kept, not xhat. Numba's
+        threads from kernels/parallel.py's PARALLEL_MIN_ELEMENTS values.
 Oracle  torch.nn.BatchNorm1d/2d (tests/test_layers.py), finite differences.
 """
 from __future__ import annotations
@@ -20,32 +21,23 @@ import math
 
 import numpy as np
 
-from fastnn.kernels.batchnorm import affine, affine2, two_sums
-from fastnn.kernels.local.threads import run_chunks
+from fastnn.kernels.batchnorm import (affine2_cpu, affine2_serial, affine_cpu, affine_serial, two_sums_cpu,
+                                      two_sums_serial)
+from fastnn.kernels.parallel import pick
 
 from ..checks import check_array, check_bool, check_int, check_real, param_dtype
 from ..module import Module
-from ._spatial import threads_for
 
 #: rows per chunk of the per-channel sums, at least: the chunk count depends on the rows alone
 #: (results equal at any thread count), at most MAX_CHUNKS chunks
 ROWS_PER_CHUNK, MAX_CHUNKS = 256, 64
-#: values from which the passes run on several threads: the thread pool's wake-up costs tens of
-#: microseconds per pass. Forward + backward, float32, 2 chunks on 2 threads against 1 chunk
-#: (medians of 21 interleaved pairs, this 2-core host): 0.51x at 128K values, 0.70x at 256K,
-#: 0.96x at 512K, 1.23x at 1M, 1.61x at 2M, 1.73x at 4M.
-PARALLEL_VALUES = 1 << 20
-
-
-def _chunks(values: int) -> int:
-    return threads_for(values) if values >= PARALLEL_VALUES else 1
 
 
 def _sums(u: np.ndarray, us: np.ndarray, v: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sum(u - us), sum((u - us) * (v - vs))) over the rows of (M, C) arrays, in float64."""
     k = max(1, min(MAX_CHUNKS, len(u) // ROWS_PER_CHUNK))
     partial = np.empty((k, 2, u.shape[1]))
-    run_chunks(two_sums, (u, us, v, vs, partial), k, min(k, _chunks(u.size)))
+    pick(two_sums_cpu, two_sums_serial, u.size if k > 1 else 0)(u, us, v, vs, partial)
     total = partial.sum(axis=0)
     return total[0], total[1]
 
@@ -107,7 +99,7 @@ class BatchNorm(Module):
         inv_std = 1.0 / np.sqrt(var + self.eps)
         w, b = self._weight_bias()
         y = np.empty_like(xs)
-        run_chunks(affine, (xs, *self._cast(mean, w * inv_std, b), y), n, _chunks(xs.size))
+        pick(affine_cpu, affine_serial, xs.size)(xs, *self._cast(mean, w * inv_std, b), y)
         if self.training and self.track_running_stats:
             self._update_running(mean, var, n)
         self._saved = (xs, mean, inv_std, batch, x.shape)
@@ -148,7 +140,7 @@ class BatchNorm(Module):
         a = w * inv_std
         s, b = (-a * inv_std ** 2 * s_dyx / n, -a * s_dy / n) if batch else (np.zeros_like(a), np.zeros_like(a))
         dx = np.empty_like(dys)
-        run_chunks(affine2, (dys, a.astype(self.dtype), xs, *self._cast(mean, s, b), dx), n, _chunks(dys.size))
+        pick(affine2_cpu, affine2_serial, dys.size)(dys, a.astype(self.dtype), xs, *self._cast(mean, s, b), dx)
         return dx.reshape(shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
