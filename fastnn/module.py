@@ -225,6 +225,7 @@ class Module:
         not read, and the step went where the layers did not look). A leaf comes back with a
         buffer of its own; a container, rebuilt after its layers, gathers theirs into one."""
         self.__dict__.update(state)
+        self.__dict__.setdefault("buffers", {})     # pickled before modules had buffers
         if self.children():
             self._adopt_children()
         elif self.params:

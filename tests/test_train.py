@@ -1099,24 +1099,23 @@ def test_resume_restores_batchnorm_running_statistics(tmp_path):
     class Stop(Exception):
         pass
 
-    def run(path, stop_at=None):
+    def build():
         fnn.manual_seed(0)
         model = fnn.Sequential(fnn.Dense(6, 8, dtype=np.float64), fnn.BatchNorm(8, dtype=np.float64), fnn.ReLU(),
                                fnn.Dense(8, 3, dtype=np.float64))
-        opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+        return model, fnn.optim.SGD(model, lr=0.1, momentum=0.9)
 
+    def run(path, stop_at=None):
         def on_step(step, loss):
             if step == stop_at:
                 raise Stop
 
         kw = dict(epochs=3, batch_size=16, seed=1, checkpoint=path, checkpoint_every=5, progress=False)
+        model, opt = build()
         try:
             fnn.train.fit(model, opt, x, y, on_step=on_step, **kw)
         except Stop:
-            fnn.manual_seed(0)
-            model = fnn.Sequential(fnn.Dense(6, 8, dtype=np.float64), fnn.BatchNorm(8, dtype=np.float64), fnn.ReLU(),
-                                   fnn.Dense(8, 3, dtype=np.float64))
-            opt = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+            model, opt = build()
             fnn.train.fit(model, opt, x, y, resume=True, **kw)
         return model.state_dict()
 
