@@ -89,6 +89,11 @@ def _spatial(dt: np.dtype) -> None:
         for batch in (4, 64):
             x, y = rng.random((batch, *shape)).astype(dt), rng.integers(0, 10, batch)
             _step(model, x, y, opt, input_grad=batch == 4)
+    from fastnn.kernels.parallel import PARALLEL_MIN_ELEMENTS
+
+    bn = fnn.BatchNorm(16, dtype=dt)              # enough values for the threaded kernels
+    x = rng.random((PARALLEL_MIN_ELEMENTS // 16, 16)).astype(dt)
+    bn.backward(bn(x))
 
 
 def _run(task: tuple[str, str]) -> tuple[str, str, float]:

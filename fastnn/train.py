@@ -52,7 +52,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     ``samples_per_s`` measured after the first step (which loads or compiles the kernels;
     NaN for a run of one step); with ``validation_data=(x_val, y_val)`` also ``val_loss``
     and ``val_accuracy`` per epoch, as ``evaluate`` gives them (in eval mode; every rank
-    evaluates the whole set). The model stays in training mode; ``predict`` runs in eval mode.
+    evaluates the whole set). The model trains in training mode (a model in eval mode is put
+    into it; layers that a model in training mode holds in eval mode, such as a frozen
+    BatchNorm, stay so); ``predict`` runs in eval mode.
 
     With a ``fastnn.distributed.DataParallel`` optimizer over several ranks, each rank takes its
     share of every global batch of ``batch_size`` (an epoch's last batch with fewer samples than
@@ -177,7 +179,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     if validation_data is not None:
         history.update(val_loss=[], val_accuracy=[])
     sums: list[tuple[float, float]] = []  # (loss sum, samples) per epoch, this rank's
-    model.train()
+    if not model.training:
+        model.train()
     began, warm_samples = None, 0
     due = False             # a checkpoint is due
     pending = (0.0, 0)      # loss sum and samples of the accumulated step's micro-batches under way
@@ -327,13 +330,15 @@ def predict(model: Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarr
 
 @contextlib.contextmanager
 def _in_eval(model: Module):
-    """Eval mode inside, the mode found restored after."""
-    was_training = model.training
+    """Eval mode inside, every module's mode found restored after (a frozen layer of a model in
+    training mode stays frozen)."""
+    modes = [(m, m.training) for _, m in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_samples: int,

@@ -759,8 +759,9 @@ def test_batchnorm_refuses_bad_input():
         fnn.BatchNorm(3)(np.ones((2, 3, 4, 4), np.float32))
     with pytest.raises(ValueError, match=r"BatchNorm momentum: expected a number in \[0, 1\] or None, got 1.5"):
         fnn.BatchNorm(3, momentum=1.5)
-    with pytest.raises(ValueError, match="BatchNorm eps: expected a finite number > 0, got 0"):
-        fnn.BatchNorm(3, eps=0)
+    for eps in (0, -1):
+        with pytest.raises(ValueError, match=f"BatchNorm eps: expected a finite number > 0, got {eps}"):
+            fnn.BatchNorm(3, eps=eps)
     with pytest.raises(TypeError, match="BatchNorm num_features: expected an int >= 1"):
         fnn.BatchNorm(3.0)
     bn = fnn.BatchNorm(3)
@@ -794,3 +795,30 @@ def test_batchnorm_gives_the_same_bits_on_any_number_of_threads(monkeypatch):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_batchnorm_a_non_finite_batch_leaves_the_running_statistics():
+    """torch's turn NaN for good (eval mode then gives NaN for every input); the step of such a
+    batch is skipped or refused, so the statistics stay as the weights do."""
+    import warnings
+
+    bn = fnn.BatchNorm(2, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((8, 2))
+    bn(x)
+    before = {n: b.copy() for n, b in bn.buffers.items()}
+    bad = x.copy()
+    bad[3, 0], bad[5, 1] = np.nan, np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # NaN and Inf pass silently, as in torch
+        y = bn(bad)
+        bn.backward(np.ones_like(y))
+    assert np.isnan(y[:, 0]).all() and not np.isfinite(y[:, 1]).all()
+    for n, b in bn.buffers.items():
+        np.testing.assert_array_equal(b, before[n], err_msg=n)
+
+
+def test_batchnorm_takes_an_empty_batch_in_training_as_torch():
+    bn = fnn.BatchNorm(4)
+    y = bn(np.zeros((0, 4), np.float32))
+    assert y.shape == (0, 4) and bn.backward(y).shape == (0, 4)
+    assert int(bn.buffers["num_batches_tracked"]) == 0

@@ -823,3 +823,19 @@ def test_residual_refuses_a_block_that_changes_the_shape_without_a_shortcut():
         fnn.Residual(fnn.ReLU(), lambda x: x)
     with pytest.raises(RuntimeError, match="Residual.backward called before forward"):
         fnn.Residual(fnn.ReLU()).backward(np.ones(3))
+
+
+def test_a_concat_pickled_before_the_branches_base_loads():
+    """Its state held only ``branches`` (and the last output's shape and dtype): unpickling
+    failed on the missing ``_named`` when the container gathered its layers."""
+    fnn.manual_seed(0)
+    model = fnn.Concat(fnn.Dense(3, 2, dtype=np.float64), fnn.Dense(3, 4, dtype=np.float64))
+    import copy
+
+    state = copy.deepcopy(model.__getstate__())         # the layers as a pickle brings them back
+    del state["_named"], state["_y_spec"]
+    old = object.__new__(fnn.Concat)
+    old.__setstate__({**state, "_y_shape": None, "_dtype": None})
+    x = np.ones((2, 3))
+    np.testing.assert_array_equal(old(x), model(x))
+    assert [n for n, _ in old.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]

@@ -162,3 +162,18 @@ def test_import_and_a_kernel_run_from_a_read_only_install_with_a_read_only_home(
         pytest.skip(f"no private read-only mount here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(tmpdir / f"fastnn-numba-cache-{os.getuid()}"), "3.0"], r.stdout
+
+
+def test_the_spatial_part_reaches_batchnorms_threaded_kernels():
+    """Its CNNs' BatchNorm saw too few values for the threaded kernels, so the first real one
+    compiled them (5 s) in every process."""
+    import numba
+
+    from fastnn.kernels import batchnorm
+    from fastnn.precompile import _run
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: no threaded kernels to reach")
+    _run(("float64", "spatial"))
+    for kernel in (batchnorm.two_sums_cpu, batchnorm.affine_cpu, batchnorm.affine2_cpu):
+        assert kernel.signatures, kernel

@@ -1123,3 +1123,25 @@ def test_resume_restores_batchnorm_running_statistics(tmp_path):
     assert int(full["1.num_batches_tracked"]) == 24
     for name in full:
         np.testing.assert_array_equal(full[name], resumed[name], err_msg=name)
+
+
+def test_a_frozen_batchnorm_stays_frozen_through_evaluate_predict_and_fit():
+    """torch's fine-tuning idiom, model.train() then a BatchNorm's eval(): evaluate and predict
+    restored the whole model to training mode, and fit unfroze the layer and moved its statistics."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 4)), rng.integers(0, 3, 64)
+    model = fnn.Sequential(fnn.Dense(4, 6, dtype=np.float64), fnn.BatchNorm(6, dtype=np.float64),
+                           fnn.Dense(6, 3, dtype=np.float64))
+    model.train()
+    model[1].eval()
+    stats = {n: b.copy() for n, b in model.named_buffers()}
+    fnn.train.evaluate(model, x, y)
+    fnn.train.predict(model, x)
+    assert [m.training for _, m in model.modules()] == [True, True, False, True]
+    fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x, y, epochs=1, batch_size=16, progress=False)
+    assert [m.training for _, m in model.modules()] == [True, True, False, True]
+    for n, b in model.named_buffers():
+        np.testing.assert_array_equal(b, stats[n], err_msg=n)
+    model.eval()
+    fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x, y, epochs=1, batch_size=16, progress=False)
+    assert all(m.training for _, m in model.modules())       # a model in eval mode trains in training mode

@@ -47,15 +47,17 @@ class BatchNorm(Module):
     running statistics in eval mode, then scale and shift (``affine``: ``weight`` ones and
     ``bias`` zeros, parameters in the model's flat buffer). ``running_mean``, ``running_var``
     and ``num_batches_tracked`` are buffers: in ``state_dict`` and checkpoints, not trained.
-    Arguments as torch's ``BatchNorm1d``/``BatchNorm2d``."""
+    Arguments as torch's ``BatchNorm1d``/``BatchNorm2d``. Unlike torch, a batch whose statistics
+    are not finite (a NaN or Inf input) leaves the running statistics as they were: its step is
+    skipped or refused (``nonfinite=``), and eval mode keeps working."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, dtype: np.dtype | type = np.float32) -> None:
         super().__init__()
         self.num_features = check_int(num_features, "BatchNorm num_features", 1)
-        self.eps = float(check_real(eps, "BatchNorm eps", 0.0, math.inf))
-        if self.eps == 0:
-            raise ValueError("BatchNorm eps: expected a finite number > 0, got 0")
+        self.eps = float(check_real(eps, "BatchNorm eps", None, math.inf))
+        if not self.eps > 0:
+            raise ValueError(f"BatchNorm eps: expected a finite number > 0, got {eps}")
         if momentum is not None:
             momentum = float(check_real(momentum, "BatchNorm momentum (None: a cumulative average)", 0.0, math.inf))
             if momentum > 1:
@@ -83,24 +85,25 @@ class BatchNorm(Module):
         xs = np.ascontiguousarray(x).reshape(-1, c)
         n = xs.shape[0]
         batch = self.training or not self.track_running_stats
-        if batch and self.training and n < 2:
+        if batch and self.training and n == 1:
             raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, got input "
                              f"of shape {x.shape}")
-        if batch and n:
-            shift = xs[0].astype(np.float64)          # a sample of each channel: no cancellation in the variance
-            s0, s1 = _sums(xs, shift, xs, shift)
-            mean = shift + s0 / n
-            var = np.maximum(s1 / n - (s0 / n) ** 2, 0.0)
-        elif batch:                                   # an empty batch in eval without running statistics
-            mean, var = np.zeros(c), np.ones(c)
-        else:
-            mean = self.buffers["running_mean"].astype(np.float64)
-            var = self.buffers["running_var"].astype(np.float64)
-        inv_std = 1.0 / np.sqrt(var + self.eps)
-        w, b = self._weight_bias()
-        y = np.empty_like(xs)
-        pick(affine_cpu, affine_serial, xs.size)(xs, *self._cast(mean, w * inv_std, b), y)
-        if self.training and self.track_running_stats:
+        with np.errstate(invalid="ignore", over="ignore"):    # NaN and Inf propagate, as in torch
+            if batch and n:
+                shift = xs[0].astype(np.float64)          # a sample of each channel: no cancellation in the variance
+                s0, s1 = _sums(xs, shift, xs, shift)
+                mean = shift + s0 / n
+                var = np.maximum(s1 / n - (s0 / n) ** 2, 0.0)
+            elif batch:                                   # an empty batch: nothing to normalize or track
+                mean, var = np.zeros(c), np.ones(c)
+            else:
+                mean = self.buffers["running_mean"].astype(np.float64)
+                var = self.buffers["running_var"].astype(np.float64)
+            inv_std = 1.0 / np.sqrt(var + self.eps)
+            w, b = self._weight_bias()
+            y = np.empty_like(xs)
+            pick(affine_cpu, affine_serial, xs.size)(xs, *self._cast(mean, w * inv_std, b), y)
+        if self.training and self.track_running_stats and n and np.isfinite(mean).all() and np.isfinite(var).all():
             self._update_running(mean, var, n)
         self._saved = (xs, mean, inv_std, batch, x.shape)
         return y.reshape(x.shape)
@@ -130,17 +133,20 @@ class BatchNorm(Module):
         n = len(xs)
         if not (self.affine or (self.input_grad and batch)):     # eval, no parameters: dx = dy / std
             return None if not self.input_grad else (dys * (inv_std.astype(self.dtype))).reshape(shape)
-        s_dy, s_dyx = _sums(dys, np.zeros(len(mean)), xs, mean)  # sum(dy), sum(dy * (x - mean))
-        if self.affine:
-            self.grads["weight"][...] += s_dyx * inv_std
-            self.grads["bias"][...] += s_dy
-        if not self.input_grad:
-            return None
-        w, _ = self._weight_bias()
-        a = w * inv_std
-        s, b = (-a * inv_std ** 2 * s_dyx / n, -a * s_dy / n) if batch else (np.zeros_like(a), np.zeros_like(a))
-        dx = np.empty_like(dys)
-        pick(affine2_cpu, affine2_serial, dys.size)(dys, a.astype(self.dtype), xs, *self._cast(mean, s, b), dx)
+        if n == 0:
+            return np.empty(shape, self.dtype) if self.input_grad else None
+        with np.errstate(invalid="ignore", over="ignore"):    # NaN and Inf propagate, as in torch
+            s_dy, s_dyx = _sums(dys, np.zeros(len(mean)), xs, mean)  # sum(dy), sum(dy * (x - mean))
+            if self.affine:
+                self.grads["weight"][...] += s_dyx * inv_std
+                self.grads["bias"][...] += s_dy
+            if not self.input_grad:
+                return None
+            w, _ = self._weight_bias()
+            a = w * inv_std
+            s, b = (-a * inv_std ** 2 * s_dyx / n, -a * s_dy / n) if batch else (np.zeros_like(a), np.zeros_like(a))
+            dx = np.empty_like(dys)
+            pick(affine2_cpu, affine2_serial, dys.size)(dys, a.astype(self.dtype), xs, *self._cast(mean, s, b), dx)
         return dx.reshape(shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -28,6 +28,12 @@ class Branches(Module):
     def children(self) -> list[tuple[str, Module]]:
         return list(self._named)
 
+    def __setstate__(self, state: dict) -> None:
+        """A Concat pickled before this base existed kept only its ``branches``."""
+        state.setdefault("_named", [(str(i), b) for i, b in enumerate(state.get("branches", []))])
+        state.setdefault("_y_spec", None)
+        super().__setstate__(state)
+
     @property
     def input_grad(self) -> bool:
         return self.__dict__.get("_input_grad", True)
