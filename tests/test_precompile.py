@@ -96,7 +96,10 @@ def _no_writable_cache(monkeypatch, tmp_path):
 
     from fastnn.kernels import cache_dir
 
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    # set, then removed: monkeypatch then removes at teardown what ensure_writable_cache sets
+    # (left behind, it sent every later subprocess of the suite to an empty cache: cold compiles)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
     monkeypatch.setattr(numba.config, "CACHE_DIR", "")
     monkeypatch.setattr(cache_dir, "FALLBACK", None)
     monkeypatch.setattr(cache_dir.tempfile, "gettempdir", lambda: str(tmp_path))
@@ -134,6 +137,12 @@ def test_a_cache_directory_left_to_the_user_is_kept(monkeypatch, tmp_path):
     assert cache_dir.ensure_writable_cache() is None and cache_dir.FALLBACK is None
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     assert cache_dir.ensure_writable_cache() is None        # this checkout's kernels/__pycache__ is writable
+
+
+def test_the_fallback_cache_directory_does_not_outlive_its_test():
+    """Runs after the tests above (file order): they left NUMBA_CACHE_DIR set, and every later
+    subprocess of the suite compiled its kernels afresh into an empty directory (a minute)."""
+    assert "fastnn-numba-cache" not in os.environ.get("NUMBA_CACHE_DIR", "")
 
 
 @pytest.mark.skipif(not shutil.which("unshare"), reason="needs util-linux unshare for a read-only mount")
