@@ -189,7 +189,9 @@ def _kernel_cache_status() -> str:
     if os.environ.get("NUMBA_CACHE_DIR"):
         return f"{os.environ['NUMBA_CACHE_DIR']} (NUMBA_CACHE_DIR)"
     here = Path(cache_dir.__file__).parent / "__pycache__"
-    return f"{here} (beside the kernels)" if cache_dir.writable(here) else f"{cache_dir.user_cache()} (Numba's user-wide)"
+    if cache_dir.writable(here):
+        return f"{here} (beside the kernels)"
+    return f"{cache_dir.user_cache()} (Numba's user-wide)"
 
 
 def _omp_wait_status() -> str:
