@@ -160,9 +160,9 @@ def test_import_and_a_kernel_run_from_a_read_only_install_with_a_read_only_home(
     probe = ("import fastnn, numpy as np; from fastnn.kernels.cache_dir import FALLBACK; "
              "from fastnn.kernels.reduce import add_column_sums; out = np.zeros(2); "
              "add_column_sums(np.ones((3, 2)), out); print(FALLBACK, out[0])")
+    home = tmp_path / "home"
     script = (f"mount --bind {site} {site} && mount -o remount,ro,bind {site} && "
-              f"mount --bind {tmp_path / 'home'} {tmp_path / 'home'} && mount -o remount,ro,bind {tmp_path / 'home'} && "
-              f"{sys.executable} -c '{probe}'")
+              f"mount --bind {home} {home} && mount -o remount,ro,bind {home} && {sys.executable} -c '{probe}'")
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "GOMP_SPINCOUNT", "XDG_CACHE_HOME")}
     env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(site), TMPDIR=str(tmpdir))
     r = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], capture_output=True, text=True,
