@@ -29,14 +29,16 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None, resume: bool = False,
         progress: bool = True, on_step: Callable[[int, float], None] | None = None,
         settings: dict | None = None, initial_epoch: int = 0,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None, drop_last: bool = False) -> dict:
     """Train ``model`` on (x, y) for ``epochs`` passes; returns a history dict.
 
     Each epoch draws minibatches without replacement from the permutation seeded by
     (seed, epoch); epochs run from ``initial_epoch`` (Keras's: a run continued by calling
     ``fit`` again passes the epochs done, so that each epoch keeps its own order) up to
     ``epochs`` (a resumed checkpoint's position takes precedence). ``batch_size`` is an int
-    or a ``fastnn.schedules.BatchSize``. ``schedule`` (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
+    or a ``fastnn.schedules.BatchSize``; ``drop_last`` drops each epoch's last batch when it is short
+    (torch's ``DataLoader(drop_last=True)``: a BatchNorm model then never trains on a batch of one).
+    ``schedule`` (an LR schedule) is stepped after every optimizer step. With ``checkpoint`` set, a
     checkpoint is written atomically every ``checkpoint_every`` steps and at each epoch's end;
     ``resume=True`` continues from it where the file exists (either without ``checkpoint``: a
     ValueError), with the same data position, RNG and optimizer state, giving
@@ -97,6 +99,10 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             raise type(e)(f"fit: validation_data: {e}") from e
     if not isinstance(batch_size, BatchSizeSchedule):
         batch_size = check_int(batch_size, "fit: batch_size", 1)
+    drop_last = check_bool(drop_last, "fit: drop_last")
+    if drop_last and isinstance(batch_size, int) and batch_size > len(x):
+        raise ValueError(f"fit: drop_last=True with batch_size={batch_size} drops every batch of the {len(x)} "
+                         f"samples: expected a batch_size <= {len(x)}")
     epochs = check_int(epochs, "fit: epochs", 0)
     initial_epoch = check_int(initial_epoch, "fit: initial_epoch", 0)
     if checkpoint_every is not None:
@@ -135,7 +141,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         try:
             info = ckpt.load(checkpoint, model, optimizer, schedule,
                              check_extra=lambda extra: _check_resume(checkpoint, extra, model, batch_size, seed,
-                                                                     len(x), settings))
+                                                                     len(x), settings, drop_last))
         except ValueError as e:
             raise ckpt.ResumeError(f"cannot resume from {checkpoint}: {e}") from e
         extra = info["extra"]       # checked whole by _check_resume before anything was loaded
@@ -171,6 +177,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         bss = batch_size.state_dict() if hasattr(batch_size, "state_dict") else None
         ckpt.save(checkpoint, model, optimizer, schedule, step=step,
                   extra={"epoch": epoch, "sample": sample, "seed": seed, "samples": len(x), "batch_size_schedule": bss,
+                         "drop_last": drop_last,
                          "batch_size": batch_size if isinstance(batch_size, int) else None,
                          "settings": settings, "rank_rngs": rank_rngs, "epoch_loss": rank_sums})
 
@@ -186,8 +193,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     pending = (0.0, 0)      # loss sum and samples of the accumulated step's micro-batches under way
     steps_left = None
     if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
-        per_epoch = -(-len(x) // batch_size)
-        steps_left = -(-(len(x) - start_sample) // batch_size) + (epochs - start_epoch - 1) * per_epoch
+        steps = (lambda n: n // batch_size) if drop_last else (lambda n: -(-n // batch_size))
+        steps_left = steps(len(x) - start_sample) + (epochs - start_epoch - 1) * steps(len(x))
     bar = tqdm(total=max(steps_left, 0) if steps_left is not None else None, disable=not progress, unit="step",
                dynamic_ncols=True)
     joined = optimizer.join(schedule) if isinstance(optimizer, DataParallel) else contextlib.nullcontext()
@@ -196,7 +203,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             sample = start_sample if epoch == start_epoch else 0
             total, count = resumed_sums if epoch == start_epoch else (0.0, 0)
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            for xb, yb in batches(x, y, drawn, seed=seed, epoch=epoch, start_sample=sample, shard=shard):
+            for xb, yb in batches(x, y, drawn, seed=seed, epoch=epoch, start_sample=sample, shard=shard,
+                                  drop_last=drop_last):
                 # samples of the epoch's permutation this step took, on all ranks
                 taken = drawn.last if drawn is not batch_size else min(batch_size, len(x) - sample)
                 value, dout = loss(model(xb), yb)
@@ -342,12 +350,11 @@ def _in_eval(model: Module):
 
 
 def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_samples: int,
-                  settings: dict | None) -> None:
+                  settings: dict | None, drop_last: bool) -> None:
     """Refuse a checkpoint ``fit`` cannot continue, before anything is loaded: not written by
     ``fit``, a data position outside this data set, written over another number of samples or
-    with another data seed (its data position is in that permutation), batch size, batch-size
-    schedule or ``settings``,
-    or a batch-size schedule state, loss sums or per-rank generator states that would fail to
+    with another data seed (its data position is in that permutation), ``drop_last``, batch
+    size, batch-size schedule or ``settings``, or a batch-size schedule state, loss sums or per-rank generator states that would fail to
     load (each is tried on a copy)."""
     if not isinstance(extra, dict) or "epoch" not in extra or "sample" not in extra:
         got = f"extra keys {sorted(extra)}" if isinstance(extra, dict) else f"extra {extra!r:.200}"
@@ -363,6 +370,9 @@ def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_sam
     if extra.get("samples", n_samples) != n_samples:     # absent from checkpoints written before it was saved
         raise ValueError(f"{path}: saved by a run over {extra['samples']!r:.50} samples, expected this run's "
                          f"{n_samples} (the data position is a place in that data's permutation)")
+    if extra.get("drop_last", False) != drop_last:     # absent from checkpoints written before it was saved
+        raise ValueError(f"{path}: saved by a run with drop_last={extra['drop_last']!r:.50}, expected this run's "
+                         f"drop_last={drop_last}")
     state = extra.get("batch_size_schedule")
     if state is not None and not isinstance(state, dict):
         raise ValueError(f"{path}: expected the batch-size schedule's state a dict or null, got {state!r:.200}")

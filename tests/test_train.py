@@ -1145,3 +1145,37 @@ def test_a_frozen_batchnorm_stays_frozen_through_evaluate_predict_and_fit():
     model.eval()
     fnn.train.fit(model, fnn.optim.SGD(model, lr=0.1), x, y, epochs=1, batch_size=16, progress=False)
     assert all(m.training for _, m in model.modules())       # a model in eval mode trains in training mode
+
+
+def test_fit_drop_last_skips_the_short_batch_batchnorm_cannot_train_on(tmp_path):
+    """103 samples in batches of 34 leave a batch of one, on which BatchNorm raised mid-epoch:
+    drop_last=True takes the steps that batches(drop_last=True) gives, and resume checks it."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((103, 6)), rng.integers(0, 3, 103)
+
+    def build():
+        fnn.manual_seed(0)
+        model = fnn.Sequential(fnn.Dense(6, 8, dtype=np.float64), fnn.BatchNorm(8, dtype=np.float64), fnn.ReLU(),
+                               fnn.Dense(8, 3, dtype=np.float64))
+        return model, fnn.optim.SGD(model, lr=0.1, momentum=0.9)
+
+    with pytest.raises(ValueError, match="expected more than 1 value per channel when training"):
+        fnn.train.fit(*build(), x, y, epochs=1, batch_size=34, progress=False)
+    path = tmp_path / "d.npz"
+    model, opt = build()
+    hist = fnn.train.fit(model, opt, x, y, epochs=2, batch_size=34, drop_last=True, seed=3, checkpoint=path,
+                         progress=False)
+    assert (hist["steps"], hist["samples"]) == (6, 204)
+    ref, ref_opt = build()
+    for epoch in range(2):
+        for xb, yb in fnn.data.batches(x, y, 34, seed=3, epoch=epoch, drop_last=True):
+            ref.backward(fnn.losses.softmax_cross_entropy(ref(xb), yb)[1])
+            ref_opt.step()
+            ref_opt.zero_grad()
+    np.testing.assert_array_equal(model.flat.data, ref.flat.data)
+    with pytest.raises(fnn.checkpoint.ResumeError, match="saved by a run with drop_last=True, expected this run's "
+                                                          "drop_last=False"):
+        fnn.train.fit(*build(), x, y, epochs=3, batch_size=34, seed=3, checkpoint=path, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"drop_last=True with batch_size=104 drops every batch of the 103 "
+                                         r"samples: expected a batch_size <= 103"):
+        fnn.train.fit(*build(), x, y, batch_size=104, drop_last=True, progress=False)
