@@ -99,11 +99,11 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
               shared.state, {n: b.copy() for n, b in buffers.items()})
     try:
         shared.state = meta["global_rng"]
+        if schedule is not None:    # first: the optimizer's groups then set the saved lr, as in torch
+            schedule.load_state_dict(meta["schedule"])      # (an lr set by hand since the schedule's step)
         if optimizer is not None:
             state = {k: v for k, v in arrays.items() if k.startswith("state.")}
             optimizer.load_state_dict({**meta["optimizer"], "state": {k[6:]: v for k, v in state.items()}})
-        if schedule is not None:
-            schedule.load_state_dict(meta["schedule"])
         for name, g in rngs.items():
             g.bit_generator.state = meta["rng"][name]
         model.flat.data[...] = params
@@ -113,10 +113,10 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         model.flat.data[...] = before[0]
         for n, b in buffers.items():
             b[...] = before[5][n]
-        if optimizer is not None:
-            optimizer.load_state_dict(before[1])
         if schedule is not None:
             schedule.load_state_dict(before[2])
+        if optimizer is not None:
+            optimizer.load_state_dict(before[1])
         for name, g in rngs.items():
             g.bit_generator.state = before[3][name]
         shared.state = before[4]

@@ -570,9 +570,16 @@ class BatchSize:
         if self.factor == 1:
             return 0
         k = max(0, math.ceil(math.log(self._cap / self.start) / math.log(self.factor)) - 1)
-        while self.start * self.factor ** k < self._cap:
+        while self._grown(k) < self._cap:
             k += 1
         return k
+
+    def _grown(self, k: int) -> float:
+        """start * factor**k, inf where that overflows a float."""
+        try:
+            return self.start * self.factor ** k
+        except OverflowError:
+            return math.inf
 
     def batch_size_at(self, samples: int) -> int:
         """The batch size once ``samples`` samples have been seen."""
@@ -581,7 +588,8 @@ class BatchSize:
             k = samples // self.every_samples
         else:
             k = bisect_right(self.milestones, samples)
-        return min(round(self.start * self.factor ** min(k, self._max_growths)), self._cap)
+        grown = self._grown(min(k, self._max_growths))
+        return self._cap if grown >= self._cap else min(round(grown), self._cap)
 
     def steps(self, epoch_samples: int, epochs: int) -> int:
         """The number of batches (optimizer steps) in ``epochs`` epochs of ``epoch_samples``

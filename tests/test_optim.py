@@ -227,9 +227,12 @@ def test_zero_grad_takes_torchs_set_to_none():
 
 @pytest.mark.parametrize("key, make", [("lr", lambda pair: fnn.optim.SGD(pair, lr=np.inf)),
                                        ("momentum", lambda pair: fnn.optim.SGD(pair, lr=0.1, momentum=np.inf)),
-                                       ("weight_decay", lambda pair: fnn.optim.Adam(pair, weight_decay=np.inf))])
+                                       ("weight_decay", lambda pair: fnn.optim.Adam(pair, weight_decay=np.inf)),
+                                       ("dampening", lambda pair: fnn.optim.SGD(pair, momentum=0.9,
+                                                                                dampening=-np.inf))])
 def test_infinite_hyperparameters_are_refused(key, make):
-    with pytest.raises(ValueError, match=f"{key}: expected a finite number >= 0, got inf"):
+    with pytest.raises(ValueError, match=f"{key}: expected a finite number( >= 0)?(,| within float64's range .*,) "
+                                         f"got -?inf"):
         make((np.zeros(3), np.zeros(3)))
     p = np.ones(3)
     opt = fnn.optim.SGD((p, np.ones(3)), lr=0.1, momentum=0.5)
@@ -237,6 +240,26 @@ def test_infinite_hyperparameters_are_refused(key, make):
     with pytest.raises(ValueError, match="lr: expected a finite number >= 0"):
         opt.step()
     np.testing.assert_array_equal(p, 1.0)
+
+
+@pytest.mark.parametrize("make, key", [(lambda pair: fnn.optim.SGD(pair, lr=1e39), "lr"),
+                                       (lambda pair: fnn.optim.SGD(pair, momentum=1e39), "momentum"),
+                                       (lambda pair: fnn.optim.SGD(pair, momentum=0.9, dampening=-1e39), "dampening"),
+                                       (lambda pair: fnn.optim.AdamW(pair, weight_decay=1e39), "weight_decay"),
+                                       (lambda pair: fnn.optim.Adam(pair, eps=1e39), "eps")])
+def test_settings_beyond_float32_are_refused_for_float32_parameters(make, key):
+    """lr=1e39 is finite in float64 but an inf kernel scalar in float32: every parameter became
+    NaN, even those with a zero gradient, with only NumPy's cast warning."""
+    with pytest.raises(ValueError, match=f"{key}: expected a finite number within float32's range .*, got [-]?1e[+]39"):
+        make((np.ones(3, np.float32), np.zeros(3, np.float32)))
+    make((p := np.ones(3), np.zeros(3))).step()                  # float64 parameters hold it
+    p32 = np.ones(3, np.float32)
+    opt = fnn.optim.SGD((p32, np.array([1, 0, 0], np.float32)), lr=0.1)
+    opt.param_groups[0]["lr"] = 1e39                             # edited by hand, or grown by a schedule
+    with pytest.raises(ValueError, match="lr: expected a finite number within float32's range"):
+        opt.step()
+    np.testing.assert_array_equal(p32, 1.0)
+    assert opt.step_count == 0
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -418,6 +418,10 @@ def test_batch_size_without_cap_stops_growing_instead_of_overflowing():
     assert bs.batch_size_at(10) == 1024
     assert bs.batch_size_at(1100) == bs.batch_size_at(10**9) == 2 ** 62      # 2.0**1100 overflows a float
     assert S.BatchSize(3, factor=1.5, every_samples=1).batch_size_at(10**6) == 2 ** 62
+    # a factor whose first growth overflows a float: round(inf) raised OverflowError, capped or not
+    assert S.BatchSize(3, factor=1e308, every_samples=10, max_batch=100).batch_size_at(10) == 100
+    assert S.BatchSize(3, factor=1e308, every_samples=10).batch_size_at(10) == 2 ** 62
+    assert S.BatchSize(3, factor=1e300, every_samples=10).batch_size_at(100) == 2 ** 62    # 1e300**2 raised too
 
 
 def test_batch_size_milestones_and_counting():

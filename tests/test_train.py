@@ -182,6 +182,32 @@ def test_failed_load_restores_everything(tmp_path):
     np.testing.assert_array_equal(target.flat.data, before)
 
 
+def test_a_checkpoint_keeps_an_lr_set_by_hand_and_a_refused_one_restores_it(tmp_path):
+    """An lr edited between schedule steps lasts until the schedule's next step: load set it to the
+    schedule's formula instead (the resumed run was not exact), and so did the rollback of a
+    refused load."""
+    def build(t_max=10):
+        fnn.manual_seed(0)
+        model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+        opt = fnn.optim.SGD(model, lr=0.1)
+        return model, opt, fnn.schedules.Cosine(opt, t_max)
+
+    model, opt, sched = build()
+    model.flat.grad[:] = 1
+    opt.step()
+    sched.step()
+    opt.param_groups[0]["lr"] = 0.5
+    path = fnn.checkpoint.save(tmp_path / "lr.npz", model, opt, sched)
+    _, opt2, sched2 = build()
+    fnn.checkpoint.load(path, _, opt2, sched2)
+    assert (opt2.param_groups[0]["lr"], sched2.t) == (0.5, 1)
+    _, opt3, sched3 = build(t_max=20)
+    opt3.param_groups[0]["lr"] = 0.25
+    with pytest.raises(ValueError, match="expected one of Cosine"):
+        fnn.checkpoint.load(path, _, opt3, sched3)
+    assert (opt3.param_groups[0]["lr"], sched3.t) == (0.25, 0)
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     model = fnn.Sequential(fnn.Dense(4, 3))
     path = fnn.checkpoint.save(tmp_path / "m.npz", model)

@@ -37,7 +37,7 @@ class Adam(Optimizer):
             raise TypeError(f"{where}: expected betas a pair of numbers in [0, 1), got {betas!r}")
         for i, b in enumerate(betas):
             check_real(b, f"{where}: betas[{i}]", 0.0, 1.0)
-        check_real(group["eps"], f"{where}: eps", 0.0)
+        self._check_setting(group, "eps", where)
 
     def _update(self, grad_scale: float, step: int) -> None:
         hp = adam_hparams(self.param_groups, step, self.decoupled, grad_scale, self.params.dtype)

@@ -169,9 +169,18 @@ class Optimizer:
         by the ranks of a data-parallel job): an option that needs another one then raises."""
         self._state_pinned = True
 
+    def _check_setting(self, group: dict, key: str, where: str, minimum: float | None = 0.0) -> None:
+        """``group[key]`` a finite number >= ``minimum`` that the parameters' dtype holds: inf, or a
+        float64 beyond float32's range cast to an inf kernel scalar, made every parameter NaN (even
+        those with a zero gradient)."""
+        value = check_real(group[key], f"{where}: {key}", minimum, math.inf)
+        if not abs(value) <= (top := float(np.finfo(self.params.dtype).max)):       # -inf, with no minimum
+            raise ValueError(f"{where}: {key}: expected a finite number within {self.params.dtype}'s range (the "
+                             f"parameters' dtype, at most {top:g} in size), got {value:g}")
+
     def _check_hparams(self, group: dict, where: str) -> None:
-        for key in ("lr", "weight_decay"):      # inf made every parameter NaN
-            check_real(group[key], f"{where}: {key}", 0.0, math.inf)
+        for key in ("lr", "weight_decay"):
+            self._check_setting(group, key, where)
         for key in ("maximize", "amsgrad", "nesterov"):
             if key in group:
                 check_bool(group[key], f"{where}: {key}")

@@ -1,14 +1,11 @@
 """SGD with momentum (the lecture's form, torch.optim.SGD semantics), one fused kernel call."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fastnn.kernels.optim.sgd import sgd_hparams, sgd_step_cpu, sgd_step_serial
 from fastnn.kernels.parallel import pick
 
-from ..checks import check_real
 from .base import Optimizer
 
 
@@ -44,8 +41,8 @@ class SGD(Optimizer):
 
     def _check_hparams(self, group: dict, where: str) -> None:
         super()._check_hparams(group, where)
-        check_real(group["momentum"], f"{where}: momentum", 0.0, math.inf)
-        check_real(group["dampening"], f"{where}: dampening", None)
+        self._check_setting(group, "momentum", where)
+        self._check_setting(group, "dampening", where, None)
 
     def _update(self, grad_scale: float, step: int) -> None:
         if "momentum_buffer" not in self.state:
