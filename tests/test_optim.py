@@ -361,7 +361,7 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=-1), "lr: expected a finite number >= 0, got -1"),
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr="0.1"), "lr: expected a finite number >= 0, got str '0.1'"),
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), lr=True), "lr: expected a finite number >= 0, got bool True"),
-    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), eps="1e-8"), "eps: expected a number >= 0, got str"),
+    (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), eps="1e-8"), "eps: expected a finite number >= 0, got str"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), maximize="False"),
      "maximize: expected True or False, got str 'False'"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), amsgrad=1), "amsgrad: expected True or False, got int 1"),
