@@ -370,7 +370,7 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas=("a", 0.9)),
      r"betas\[0\]: expected a number >= 0 and < 1, got str 'a'"),
     (lambda: fnn.optim.Adam((np.ones(3), np.ones(3)), betas=(0.9,)), "expected betas a pair of numbers"),
-    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), dampening="0.1"), "dampening: expected a number, got str"),
+    (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), dampening="0.1"), "dampening: expected a finite number, got str"),
     (lambda: fnn.optim.SGD((np.ones(3), np.ones(3)), momentum=float("nan")), "momentum: expected a finite number >= 0"),
     (lambda: fnn.optim.SGD(fnn.Sequential(fnn.Dense(2, 2)), param_groups=[{"params": None}]),
      r"param_groups\[0\]\['params'\]: expected a list of parameter names"),
