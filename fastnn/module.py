@@ -7,6 +7,8 @@ the model's optimizer step, allreduce and checkpoint each touch a single array.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
@@ -27,26 +29,92 @@ class Views(dict):
     """A layer's ``params`` or ``grads``: name -> view into the model's flat buffer. Values are
     written in place (``layer.params["weight"][...] = w``). Replacing an entry (torch's
     ``layer.weight = Parameter(w)``, Keras's ``assign``) would leave the layer reading an array
-    the optimizer never updates, so it raises TypeError, as every other change of the keys."""
+    the optimizer never updates, so it raises TypeError, as every other change of the keys
+    (an in-place operator, ``params["weight"] -= lr * g``, stores the same array: allowed)."""
 
     def _refuse(self, *args, **kwargs) -> None:
         raise TypeError("a layer's params and grads are views into the model's flat buffer, which the optimizer "
                         "updates: write into them in place, e.g. layer.params['weight'][...] = value")
 
-    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = __ior__ = _refuse
+    __delitem__ = update = setdefault = pop = popitem = clear = __ior__ = _refuse
+
+    def __setitem__(self, name: str, value: object) -> None:
+        """Only the entry itself: ``params["weight"] -= lr * g`` has written in place already, then
+        stores the same array back."""
+        if name not in self or value is not dict.__getitem__(self, name):
+            self._refuse()
 
     def __reduce__(self) -> tuple:
         return Views, (dict(self),)
 
 
+#: numbers each forward as it completes, in every module (the pairing guard of ``backward``)
+_FORWARDS = itertools.count(1)
+
+
+def _stamped(forward):
+    """A layer's forward that records its completion: ``_pending`` (a backward may follow) and
+    ``_stamp``, later than its sub-modules' stamps from this same forward."""
+    @functools.wraps(forward)
+    def run(self, x):
+        self._pending = False           # a forward that fails partway leaves mixed activations
+        y = forward(self, x)
+        self._stamp, self._pending = next(_FORWARDS), True
+        return y
+    return run
+
+
+def _paired(backward):
+    """A layer's backward that, called on the model itself (not by a container running it),
+    differentiates the model's most recent forward, once."""
+    @functools.wraps(backward)
+    def run(self, dy):
+        if self._parent is not None:    # run by its container, which checked
+            return backward(self, dy)
+        self._check_paired()
+        dx = backward(self, dy)
+        self._pending = False           # done (a backward refused on a bad dy may be retried)
+        return dx
+    return run
+
+
 class Module:
     """Base class: ``forward(x) -> y``, ``backward(dy) -> dx`` (accumulating parameter
-    gradients into ``grads``), ``output_shape``/``macs`` per sample for ``summary``."""
+    gradients into ``grads``), ``output_shape``/``macs`` per sample for ``summary``.
+
+    A subclass's ``forward`` and ``backward`` (a user's own layer's too) are wrapped so that a
+    model's ``backward`` differentiates its most recent complete forward once: a second backward
+    without a forward in between, or after a layer inside the model ran a forward of its own
+    (``model[0](x2)``, ``model[:-1](x2)``), is a RuntimeError, not a silently wrong gradient."""
 
     dtype: np.dtype | None = None
     #: whether ``backward`` must return the input gradient; a model's first layer may skip it
     #: (``model.input_grad = False``: training needs no gradient with respect to the data)
     input_grad: bool = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "forward" in own:
+            cls.forward = _stamped(own["forward"])
+        if "backward" in own:
+            cls.backward = _paired(own["backward"])
+
+    def _check_paired(self) -> None:
+        """RuntimeError unless a forward of this model completed since its last backward, and no
+        module inside it ran a forward after that one (it would hold another batch's activations)."""
+        if not self.__dict__.get("_pending", False):
+            raise RuntimeError(f"{type(self).__name__}.backward without a complete forward since the last backward "
+                               "(none ran, or the last one failed): each backward differentiates the most recent forward, once "
+                               "(two forwards then two backwards would pair the first gradient with the second "
+                               "forward's activations); run forward and backward in pairs, or concatenate the "
+                               "inputs into one batch")
+        later = [(path, m) for path, m in self.modules() if m.__dict__.get("_stamp", 0) > self._stamp]
+        if later:
+            path, m = later[0]
+            raise RuntimeError(f"backward: layer {path!r} ({type(m).__name__}) ran a forward of its own after "
+                               "this model's forward, so it holds another batch's activations: each backward "
+                               "differentiates the model's most recent forward; run the model's forward again")
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:

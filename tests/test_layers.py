@@ -293,7 +293,7 @@ def test_dropout_backward_without_a_mask_still_checks_its_input():
     """In eval mode or with p = 0 backward is the identity: it returned whatever came (a string,
     a gradient of another shape), and before any forward raised nothing."""
     for d in (fnn.Dropout(0.5).eval(), fnn.Dropout(0.0)):
-        with pytest.raises(RuntimeError, match="Dropout.backward called before forward"):
+        with pytest.raises(RuntimeError, match="Dropout.backward without a complete forward"):
             d.backward(np.ones((2, 3), np.float32))
         d(np.zeros((2, 3), np.float32))
         with pytest.raises(TypeError, match="Dropout output gradient: expected a numpy.ndarray, got str"):
@@ -451,7 +451,7 @@ def test_summary_starts_from_any_first_layer_that_fixes_the_input_shape(first, s
     (lambda m: fnn.losses.softmax_cross_entropy(np.ones((2, 3)), np.array([0])), ValueError, r"expected shape \(2,\)"),
     (lambda m: fnn.Dense(3, 2, activation="gelu"), ValueError, "activation"),
     (lambda m: fnn.Sequential(fnn.Dense(2, 2), fnn.Dense(2, 2, dtype=np.float64)), TypeError, "one dtype"),
-    (lambda m: fnn.Dense(2, 2).backward(np.ones((1, 2), np.float32)), RuntimeError, "before forward"),
+    (lambda m: fnn.Dense(2, 2).backward(np.ones((1, 2), np.float32)), RuntimeError, "Dense.backward without a complete forward"),
     (lambda m: fnn.Dense(2.5, 2), TypeError, "Dense in_features: expected an int >= 1, got float 2.5"),
     (lambda m: fnn.Dense(2, 0), ValueError, "Dense out_features: expected an int >= 1, got 0"),
     (lambda m: fnn.Conv2D("3", 4, 3), TypeError, "Conv2D in_channels: expected an int >= 1, got str '3'"),
@@ -765,7 +765,7 @@ def test_batchnorm_refuses_bad_input():
     with pytest.raises(TypeError, match="BatchNorm num_features: expected an int >= 1"):
         fnn.BatchNorm(3.0)
     bn = fnn.BatchNorm(3)
-    with pytest.raises(RuntimeError, match="BatchNorm.backward called before forward"):
+    with pytest.raises(RuntimeError, match="BatchNorm.backward without a complete forward"):
         bn.backward(np.ones((2, 3), np.float32))
     bn(np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match=r"BatchNorm output gradient: expected shape \(2, 3\), got \(3, 2\)"):

@@ -198,6 +198,14 @@ def test_replacing_a_parameter_array_is_refused_since_the_optimizer_would_never_
     with pytest.raises(TypeError):
         clone.layers[0].params["weight"] = w
     np.testing.assert_array_equal(clone.layers[0].params["weight"], w)
+    view = layer.params["weight"]          # the manual-SGD idiom wrote in place, then raised TypeError
+    layer.params["weight"] -= 0.25
+    layer.grads["weight"] += 1
+    assert layer.params["weight"] is view and (model.flat.data[:12] == 0.25).all() and (model.flat.grad[:12] == 1).all()
+    with pytest.raises(TypeError):
+        layer.params["weight"] = layer.params["weight"].copy()
+    with pytest.raises(TypeError):
+        layer.params["new"] = view
 
 
 def test_a_second_backward_without_a_forward_is_refused():
@@ -224,3 +232,60 @@ def test_a_second_backward_without_a_forward_is_refused():
         model(x1[:, :2])                                   # fails in the first layer
     with pytest.raises(RuntimeError, match="none ran, or the last one failed"):
         model.backward(d)
+
+
+class _Scale(fnn.Module):
+    """A user's own layer: forward and backward only."""
+
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, dy):
+        return 2 * dy
+
+
+@pytest.mark.parametrize("build", [
+    lambda: fnn.Dense(3, 2, dtype=np.float64),
+    lambda: fnn.Concat(fnn.Dense(3, 1, dtype=np.float64), fnn.Dense(3, 1, dtype=np.float64)),
+    lambda: fnn.Residual(fnn.Dense(3, 2, dtype=np.float64), fnn.Dense(3, 2, dtype=np.float64)),
+    lambda: fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64), _Scale())])
+def test_every_kind_of_model_refuses_a_second_backward(build):
+    """The guard was Sequential's alone: a Concat, a Residual or a bare layer summed the gradient
+    twice on a repeated backward."""
+    model = build()
+    d = np.ones((4, 2))
+    model(np.ones((4, 3)))
+    model.backward(d)
+    want = model.flat.grad.copy()
+    with pytest.raises(RuntimeError, match=f"{type(model).__name__}.backward without a complete forward"):
+        model.backward(d)
+    np.testing.assert_array_equal(model.flat.grad, want)
+    scale = _Scale()
+    with pytest.raises(RuntimeError, match="_Scale.backward without a complete forward"):
+        scale.backward(d)
+    scale(d)
+    np.testing.assert_array_equal(scale.backward(d), 2 * d)
+
+
+@pytest.mark.parametrize("run_part, path", [(lambda m, x: m[0](x), "0"), (lambda m, x: m[:-1](x), "0"),
+                                            (lambda m, x: m[1].layers[0](x[:, :4]), "1.0")])
+def test_a_layer_run_on_its_own_between_forward_and_backward_is_refused(run_part, path):
+    """model(x1), then model[0](x2) or model[:-1](x2), then model.backward: layer 0 differentiated
+    x2's activations and layer 1 x1's, silently (torch keeps each forward's own graph)."""
+    rng = np.random.default_rng(0)
+    model = fnn.Sequential(fnn.Dense(3, 4, activation="relu", dtype=np.float64),
+                           fnn.Sequential(fnn.Dense(4, 4, dtype=np.float64), fnn.ReLU()),
+                           fnn.Dense(4, 2, dtype=np.float64))
+    x1, x2, d = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    model(x1)
+    model.backward(d)
+    want = model.flat.grad.copy()
+    model.zero_grad()
+    model(x1)
+    run_part(model, np.hstack([x2, x2]) if path == "1.0" else x2)
+    with pytest.raises(RuntimeError, match=f"layer {path!r} .* ran a forward of its own after this model's forward"):
+        model.backward(d)
+    assert not model.flat.grad.any()
+    model(x1)
+    model.backward(d)
+    np.testing.assert_array_equal(model.flat.grad, want)

@@ -41,24 +41,13 @@ class Sequential(Module):
         return len(self.layers)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._forwarded = False          # a forward that fails partway leaves mixed activations
         for layer in self.layers:
             x = layer.forward(x)
-        self._forwarded = True
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
-        """Differentiates the most recent forward (each layer keeps that one's activations), once:
-        a second backward without a forward in between is a RuntimeError (torch's "backward
-        through the graph a second time"; here it summed the gradient again, or with two
-        forwards before two backwards paired the first gradient with the second forward)."""
-        root = self._parent is None              # the model the user calls; nested ones run inside it
-        if root and not self.__dict__.get("_forwarded", False):
-            raise RuntimeError("backward without a complete forward since the last backward (none ran, or the "
-                               "last one failed): each backward differentiates the most recent forward, once "
-                               "(two forwards then two backwards would pair the first gradient with the second "
-                               "forward's activations); run forward and backward in pairs, or concatenate the "
-                               "inputs into one batch")
+        """Differentiates the most recent forward (each layer keeps that one's activations), once
+        (``Module``'s guard: torch's "backward through the graph a second time")."""
         if self._grad_hooks:
             self._grads_ready_from(self.flat.grad.size)
         for i in range(len(self.layers) - 1, -1, -1):
@@ -67,8 +56,6 @@ class Sequential(Module):
                 self._grads_ready_from(self._ready_from[i])
             if dy is None:        # input_grad off: the layers before have no parameters to update
                 break
-        if root:                  # done (a backward refused on a bad dy may be retried)
-            self._forwarded = False
         return dy
 
     @property
