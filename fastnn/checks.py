@@ -61,7 +61,13 @@ def check_bool(value: object, what: str) -> bool:
 
 def cast_in_range(v: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """Real-valued ``v`` cast to a model's ``dtype``; a ValueError where a finite value would
-    become +-inf (1e300 into float32) instead of NumPy's warning."""
+    become +-inf (1e300 into float32) instead of NumPy's warning, and, from integers to an
+    integer ``dtype`` (a buffer's count), where a value is beyond its range (2**63 wrapped around)."""
+    if np.issubdtype(dtype, np.integer) and np.issubdtype(v.dtype, np.integer) and v.size:
+        info = np.iinfo(dtype)
+        if not (info.min <= v.min() and v.max() <= info.max):
+            raise ValueError(f"{what}: expected integers in {info.min}..{info.max} (the {np.dtype(dtype)} it is "
+                             f"kept in), got values from {v.min()} to {v.max()}")
     with np.errstate(over="ignore"):
         cast = v.astype(dtype, copy=False)
     if cast is not v and (np.isfinite(v) & ~np.isfinite(cast)).any():

@@ -132,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:     # `fastnn info | head -1`: the reader left; no traceback (Python's recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -257,26 +265,22 @@ def _train(args) -> int:
         if rank == 0:
             print(f"fastnn train: --checkpoint: {e}", file=sys.stderr)
         return 2
+    if len(x_train) < ranks:
+        if rank == 0:
+            print(f"fastnn train: --data {args.data}: {len(x_train)} training samples for {ranks} ranks: expected "
+                  "at least one sample per rank", file=sys.stderr)
+        return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
-    if args.model in ("cnn", "resnet"):
-        from .models import small_cnn, small_resnet
-
-        try:
-            build = small_cnn if args.model == "cnn" else small_resnet
-            model = build(x_train.shape[1:], classes, dtype=dtype, dropout=args.dropout)
-        except ValueError as e:
-            if rank == 0:
-                print(f"fastnn train: --model {args.model} on --data {args.data}: {e}", file=sys.stderr)
-            return 2
-    else:
+    if args.model == "mlp":
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
-        widths = [x_train.shape[1], *(args.hidden or (128, 128))]
-        layers = []
-        for a, b in zip(widths, widths[1:]):
-            layers.append(fnn.Dense(a, b, activation="relu", dtype=dtype))
-            if args.dropout:
-                layers.append(fnn.Dropout(args.dropout))
-        model = fnn.Sequential(*layers, fnn.Dense(widths[-1], classes, dtype=dtype))
+    try:
+        model = _model(fnn, args, x_train.shape[1:], classes, dtype)
+    except (ValueError, MemoryError) as e:
+        if rank == 0:
+            what = f"--model {args.model} on --data {args.data}" if args.model != "mlp" else \
+                f"--hidden {' '.join(map(str, args.hidden or (128, 128)))}"
+            print(f"fastnn train: {what}: {e or type(e).__name__}", file=sys.stderr)
+        return 2
     decay = [v for n, v in model.named_parameters() if n.endswith("bias")]
     groups = [{"params": decay, "weight_decay": 0.0}]
     wd = args.weight_decay if args.weight_decay is not None else 1e-2 if args.optimizer == "adamw" else 0.0
@@ -362,6 +366,22 @@ def _train(args) -> int:
     if os.path.exists(path):
         print(f"checkpoint        {os.path.abspath(path)}")
     return 0
+
+
+def _model(fnn, args, sample_shape: tuple[int, ...], classes: int, dtype):
+    """The network ``--model`` names, for samples of ``sample_shape``."""
+    if args.model in ("cnn", "resnet"):
+        from .models import small_cnn, small_resnet
+
+        build = small_cnn if args.model == "cnn" else small_resnet
+        return build(sample_shape, classes, dtype=dtype, dropout=args.dropout)
+    widths = [sample_shape[0], *(args.hidden or (128, 128))]
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers.append(fnn.Dense(a, b, activation="relu", dtype=dtype))
+        if args.dropout:
+            layers.append(fnn.Dropout(args.dropout))
+    return fnn.Sequential(*layers, fnn.Dense(widths[-1], classes, dtype=dtype))
 
 
 def _saved(fnn, path: str) -> str:

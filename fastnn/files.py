@@ -18,7 +18,8 @@ from typing import BinaryIO, Callable
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a new binary file and move it to ``path`` in one step; returns the path.
 
-    The file gets mode 0666 less the umask, as any file the user writes (mkstemp gives 0600).
+    The file gets mode 0666 less the umask, as any file the user writes (mkstemp gives 0600); a
+    file it replaces keeps its permission bits (a checkpoint made private stays private).
     A symbolic link at ``path`` is followed: the file it points to is replaced (the temporary
     file goes into that file's folder) and the link stays. An existing ``path`` that is not a
     regular file (a folder, a device such as /dev/null, a FIFO, a socket), or a path ending in
@@ -32,12 +33,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     # the name cut short (48 characters, at most 192 bytes): one near the 255-byte limit left no room
     tmp = path.parent / f".{path.name[:48]}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
+        kept = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        kept = None
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:            # named for the path asked for, not the temporary file's
         raise OSError(e.errno, f"cannot write {given} in {path.parent} ({e.strerror or e})") from e
     try:
         with os.fdopen(fd, "wb") as f:
+            if kept is not None:
+                os.fchmod(fd, kept)
             write(f)
             f.flush()
             os.fsync(f.fileno())

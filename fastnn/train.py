@@ -79,6 +79,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     if model._flat is None or not np.shares_memory(inner.params, model._flat.data):
         raise ValueError("fit: the optimizer updates another model's parameters (it was made from another "
                          "model, or from this one before it was nested or rehomed): make it from this model")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"fit: on_step: expected a function (step, loss) or None, got {type(on_step).__name__} "
+                        f"{on_step!r:.50}")
     if y is None and loss in (softmax_cross_entropy, mean_squared_error):
         raise TypeError(f"fit: expected a y array of targets for {loss.__name__}, got None")
     if schedule is not None:
@@ -117,6 +120,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             raise TypeError(f"fit: settings: expected a JSON-able dict, got {settings!r} ({e})") from None
     dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
+    if dp is not None and len(x) < dp.size:     # every batch would be dropped: no step, on every rank alike
+        raise ValueError(f"fit: {len(x)} samples for {dp.size} ranks: expected at least one sample per rank")
     progress = progress and lead
     if checkpoint is None and lead and (resume or checkpoint_every is not None):    # rank 0's path decides
         given = "resume=True" if resume else f"checkpoint_every={checkpoint_every}"  # (both were ignored in silence)
@@ -139,6 +144,10 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     if resuming:
         own = _rng_states(model)
         try:
+            meta = ckpt.read_meta(checkpoint)
+            if schedule is None and isinstance(meta, dict) and meta.get("schedule") is not None:
+                raise ValueError(f"{checkpoint}: holds an lr schedule's state, but no schedule was given: pass the "
+                                 "schedule the run used (it sets the lr of every step from here)")
             info = ckpt.load(checkpoint, model, optimizer, schedule,
                              check_extra=lambda extra: _check_resume(checkpoint, extra, model, batch_size, seed,
                                                                      len(x), settings, drop_last))
@@ -371,8 +380,8 @@ def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_sam
         raise ValueError(f"{path}: saved by a run over {extra['samples']!r:.50} samples, expected this run's "
                          f"{n_samples} (the data position is a place in that data's permutation)")
     if extra.get("drop_last", False) != drop_last:     # absent from checkpoints written before it was saved
-        raise ValueError(f"{path}: saved by a run with drop_last={extra['drop_last']!r:.50}, expected this run's "
-                         f"drop_last={drop_last}")
+        raise ValueError(f"{path}: saved by a run with drop_last={extra.get('drop_last', False)!r:.50}, expected "
+                         f"this run's drop_last={drop_last}")
     state = extra.get("batch_size_schedule")
     if state is not None and not isinstance(state, dict):
         raise ValueError(f"{path}: expected the batch-size schedule's state a dict or null, got {state!r:.200}")

@@ -564,6 +564,21 @@ def test_cli_usage_errors_print_once_under_mpiexec(tmp_path):
         assert r.stderr.count("fastnn train: error: argument") == 1, r.stderr       # rank 0's, not every rank's
 
 
+def test_cli_refuses_fewer_training_samples_than_ranks_under_mpiexec(tmp_path):
+    """One training image on 2 ranks: every batch was dropped, and the run took no step, exited 0
+    and claimed that the checkpoint had trained --epochs epochs."""
+    for prefix in ("train", "t10k"):
+        fnn.data.write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((1, 4, 4), np.uint8))
+        fnn.data.write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.zeros(1, np.uint8))
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    r = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN / "fastnn"), "train", "--data", str(tmp_path),
+                        "--checkpoint", str(tmp_path / "c.npz"), "--no-progress"], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "1 training samples for 2 ranks: expected at least one sample per rank" in r.stderr
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_a_communicator_given_without_init_sets_up_the_runtime(tmp_path):
     r = job(2, "comm_arg", tmp_path / "p.npy", timeout=60)
     assert r.returncode == 0, r.stderr

@@ -741,6 +741,10 @@ def test_batchnorm_buffers_are_in_state_dict_and_checkpoints_not_trained(tmp_pat
     np.testing.assert_array_equal(twin.eval()(x), model.eval()(x))
     with pytest.raises(TypeError, match="load_state_dict: 1.num_batches_tracked: expected integers, got dtype float64"):
         twin.load_state_dict({**state, "1.num_batches_tracked": np.array(2.5)})
+    with pytest.raises(ValueError, match=r"load_state_dict: 1.num_batches_tracked: expected integers in "
+                                         r"-9223372036854775808..9223372036854775807 \(the int64 it is kept in\), "
+                                         r"got values from 9223372036854775808 to 9223372036854775808"):
+        twin.load_state_dict({**state, "1.num_batches_tracked": np.array(2**63, np.uint64)})    # wrapped to -2**63
     path = fnn.checkpoint.save(tmp_path / "bn.npz", model)
     other = make()
     fnn.checkpoint.load(path, other)

@@ -312,6 +312,9 @@ def test_checkpoint_takes_numpy_hyperparameters_and_an_ordinary_file_mode(tmp_pa
     umask = os.umask(0o022)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o600)                   # made private: a new save replaced it with a 0644 file
+    fnn.checkpoint.save(path, model, opt)
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_resume_with_another_batch_schedule_is_refused_before_anything_changes(tmp_path):
@@ -606,6 +609,28 @@ def test_cli_info():
     assert out.returncode == 0, out.stderr
     for key in ("CPU", "SIMD width", "caches", "cores", "numba", "MPI", "CUDA"):
         assert key in out.stdout
+
+
+def test_cli_output_into_a_closed_pipe_ends_without_a_traceback():
+    """`fastnn info | true` printed a BrokenPipeError traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = subprocess.run([sys.executable, "-m", "fastnn.cli", "info"], stdout=write, stderr=subprocess.PIPE,
+                             text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (out.returncode, out.stderr) == (1, "")
+
+
+def test_cli_train_says_in_one_line_that_a_model_does_not_fit_in_memory(tmp_path, capsys):
+    from fastnn.cli import main
+
+    assert main(["train", "--hidden", str(10**9), str(10**9), "--checkpoint", str(tmp_path / "c.npz"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastnn train: --hidden {10**9} {10**9}: ") and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
 
 
 def test_cli_trains_the_cnn_on_non_square_images_and_refuses_tiny_ones(tmp_path, capsys):
@@ -1205,3 +1230,30 @@ def test_fit_drop_last_skips_the_short_batch_batchnorm_cannot_train_on(tmp_path)
     with pytest.raises(ValueError, match=r"drop_last=True with batch_size=104 drops every batch of the 103 "
                                          r"samples: expected a batch_size <= 103"):
         fnn.train.fit(*build(), x, y, batch_size=104, drop_last=True, progress=False)
+    _rewrite_meta(path, lambda m: m["extra"].pop("drop_last"))      # a checkpoint from before it was saved
+    with pytest.raises(fnn.checkpoint.ResumeError, match="saved by a run with drop_last=False, expected this run's "
+                                                          "drop_last=True"):
+        fnn.train.fit(*build(), x, y, epochs=3, batch_size=34, drop_last=True, seed=3, checkpoint=path, resume=True,
+                      progress=False)
+
+
+def test_resume_without_the_schedule_the_checkpoint_holds_is_refused(tmp_path):
+    """It went on at the last lr, frozen: another trajectory than the uninterrupted run's."""
+    model, opt, x, y = _small_fit_setup()
+    path = tmp_path / "s.npz"
+    fnn.train.fit(model, opt, x, y, epochs=1, batch_size=32, checkpoint=path, progress=False,
+                  schedule=fnn.schedules.InverseTime(opt, decay_steps=2))
+    model, opt, x, y = _small_fit_setup()
+    before = model.flat.data.copy()
+    with pytest.raises(fnn.checkpoint.ResumeError, match=f"{path}: holds an lr schedule's state, but no schedule "
+                                                          "was given"):
+        fnn.train.fit(model, opt, x, y, epochs=2, batch_size=32, checkpoint=path, resume=True, progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
+
+
+def test_fit_checks_on_step_before_the_first_step():
+    model, opt, x, y = _small_fit_setup()
+    before = model.flat.data.copy()
+    with pytest.raises(TypeError, match="fit: on_step: expected a function .step, loss. or None, got int 5"):
+        fnn.train.fit(model, opt, x, y, epochs=1, on_step=5, progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
