@@ -34,7 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     tmp = path.parent / f".{path.name[:48]}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
         kept = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
+    except OSError:                 # none there (or no folder: creating the file names why below)
         kept = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -97,9 +97,13 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                             f"{type(validation_data).__name__}")
         _n_samples(*validation_data)
         try:                                    # now, not after the first epoch's training
-            evaluate(model, validation_data[0][:1], validation_data[1][:1], loss=loss)
+            evaluate(model, validation_data[0][:2], validation_data[1][:2], loss=loss)
         except (TypeError, ValueError) as e:
             raise type(e)(f"fit: validation_data: {e}") from e
+    try:        # the data's sample shape, dtype and targets, before a checkpoint is loaded or a step taken
+        predict(model, x[:2]) if y is None else evaluate(model, x[:2], y[:2], loss=loss)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"fit: on x[:2] (x of shape {getattr(x, 'shape', '?')}): {e}") from e
     if not isinstance(batch_size, BatchSizeSchedule):
         batch_size = check_int(batch_size, "fit: batch_size", 1)
     drop_last = check_bool(drop_last, "fit: drop_last")

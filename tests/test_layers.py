@@ -440,6 +440,12 @@ def test_summary_starts_from_any_first_layer_that_fixes_the_input_shape(first, s
     assert rows[0]["macs"] == layer.macs(sample) > 0
     with pytest.raises(ValueError, match="does not fix the input shape"):
         fnn.Sequential(fnn.Flatten(), first()).summary(print_fn=None)
+    for branched in (fnn.Concat(first(), first()), fnn.Residual(first(), first())):   # as Sequential
+        rows = branched.summary(print_fn=None)
+        assert rows == branched.summary(sample, print_fn=None) and rows[-1]["macs"] == 2 * layer.macs(sample)
+        assert fnn.Sequential(branched, fnn.Flatten()).summary(print_fn=None)[0]["macs"] == 2 * layer.macs(sample)
+    with pytest.raises(ValueError, match="does not fix the input shape"):
+        fnn.Concat(fnn.Flatten(), fnn.ReLU()).summary(print_fn=None)
 
 
 @pytest.mark.parametrize("call,exc,match", [
@@ -768,6 +774,9 @@ def test_batchnorm_refuses_bad_input():
             fnn.BatchNorm(3, eps=eps)
     with pytest.raises(TypeError, match="BatchNorm num_features: expected an int >= 1"):
         fnn.BatchNorm(3.0)
+    with pytest.raises(ValueError, match=r"more than 1 value per channel when training \(track_running_stats=False: "
+                                         r"eval mode normalizes by the batch too\), got input of shape \(1, 3\)"):
+        fnn.BatchNorm(3, track_running_stats=False).eval()(np.ones((1, 3), np.float32))   # as torch: it gave beta
     bn = fnn.BatchNorm(3)
     with pytest.raises(RuntimeError, match="BatchNorm.backward without a complete forward"):
         bn.backward(np.ones((2, 3), np.float32))

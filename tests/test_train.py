@@ -1257,3 +1257,23 @@ def test_fit_checks_on_step_before_the_first_step():
     with pytest.raises(TypeError, match="fit: on_step: expected a function .step, loss. or None, got int 5"):
         fnn.train.fit(model, opt, x, y, epochs=1, on_step=5, progress=False)
     np.testing.assert_array_equal(model.flat.data, before)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda x, y: (x[:, :4], y), ValueError, r"Dense input: expected shape \(N, 5\), got \(2, 4\)"),
+    (lambda x, y: (x.astype(np.float32), y), TypeError, "Dense input: expected dtype float64, got float32"),
+    (lambda x, y: (x, y + 5), ValueError, r"softmax_cross_entropy labels: expected values in \[0, 3\)")])
+def test_fit_checks_the_data_on_the_model_before_it_resumes(tmp_path, change, error, match):
+    """Data of another shape or dtype (or labels out of range) failed at the first forward, after
+    the checkpoint had been loaded into the model and optimizer."""
+    model, opt, x, y = _small_fit_setup()
+    path = tmp_path / "r.npz"
+    fnn.train.fit(model, opt, x, y, epochs=1, batch_size=32, checkpoint=path, progress=False)
+    model, opt, x, y = _small_fit_setup()
+    before = model.flat.data.copy()
+    bad_x, bad_y = change(x, y)
+    with pytest.raises(error, match=rf"fit: on x\[:2\] \(x of shape {re.escape(str(bad_x.shape))}\): {match}"):
+        fnn.train.fit(model, opt, bad_x, bad_y, epochs=2, batch_size=32, checkpoint=path, resume=True,
+                      progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert opt.step_count == 0 and not opt.state["momentum_buffer"].any()

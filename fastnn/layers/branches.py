@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..module import Module
-from .sequential import _format_rows
+from .sequential import _format_rows, _summary_input
 
 
 class Branches(Module):
@@ -58,8 +58,14 @@ class Branches(Module):
     def macs(self, input_shape: tuple[int, ...]) -> int:
         return sum(b.macs(input_shape) for b in self.branches)
 
-    def summary(self, input_shape: tuple[int, ...], print_fn=print) -> list[dict]:
-        """One row per branch (output shape, parameters, multiply-adds per sample) and the total."""
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return next((s for s in (b.sample_shape for b in self.branches) if s is not None), None)
+
+    def summary(self, input_shape: tuple[int, ...] | None = None, print_fn=print) -> list[dict]:
+        """One row per branch (output shape, parameters, multiply-adds per sample) and the total;
+        ``input_shape`` per sample, as ``Sequential.summary`` takes it (None: a branch's)."""
+        input_shape = _summary_input(self, input_shape)
         rows = [{"name": n, "type": type(b).__name__, "output_shape": b.output_shape(input_shape),
                  "params": b.num_params, "macs": b.macs(input_shape)} for n, b in self.children()]
         rows.append({"name": "total", "type": "", "output_shape": self.output_shape(input_shape),

@@ -71,6 +71,10 @@ class Sequential(Module):
             if layer.named_parameters():
                 break
 
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return self.layers[0].sample_shape
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         for layer in self.layers:
             input_shape = layer.output_shape(input_shape)
@@ -88,18 +92,7 @@ class Sequential(Module):
         count and multiply-adds per sample, then a "total" row. ``input_shape`` is per sample
         (no batch axis); when None it is the first layer's ``sample_shape`` (Dense,
         BlockDiagonalDense and the locally connected layers fix one)."""
-        if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not all(
-                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in input_shape)):
-            raise TypeError(f"summary: input_shape must be a tuple of ints (per sample, no batch axis), got "
-                            f"{type(input_shape).__name__} {input_shape!r}")
-        if input_shape is None:
-            first = self.layers[0]
-            while isinstance(first, Sequential):
-                first = first.layers[0]
-            input_shape = first.sample_shape
-            if input_shape is None:
-                raise ValueError("summary: the first layer does not fix the input shape; pass input_shape")
-        rows, shape = [], tuple(int(d) for d in input_shape)
+        rows, shape = [], _summary_input(self, input_shape)
         for name, layer in self.children():
             macs = layer.macs(shape)
             shape = layer.output_shape(shape)
@@ -110,6 +103,19 @@ class Sequential(Module):
         if print_fn is not None:
             print_fn(_format_rows(rows))
         return rows
+
+
+def _summary_input(model: Module, input_shape) -> tuple[int, ...]:
+    """``summary``'s per-sample input shape: ``input_shape`` checked, or the model's own."""
+    if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in input_shape)):
+        raise TypeError(f"summary: input_shape must be a tuple of ints (per sample, no batch axis), got "
+                        f"{type(input_shape).__name__} {input_shape!r}")
+    if input_shape is None:
+        input_shape = model.sample_shape
+        if input_shape is None:
+            raise ValueError("summary: the first layer does not fix the input shape; pass input_shape")
+    return tuple(int(d) for d in input_shape)
 
 
 def _format_rows(rows: list[dict]) -> str:
