@@ -100,8 +100,10 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             evaluate(model, validation_data[0][:2], validation_data[1][:2], loss=loss)
         except (TypeError, ValueError) as e:
             raise type(e)(f"fit: validation_data: {e}") from e
-    try:        # the data's sample shape, dtype and targets, before a checkpoint is loaded or a step taken
-        predict(model, x[:2]) if y is None else evaluate(model, x[:2], y[:2], loss=loss)
+    try:        # the data's sample shape and dtype (and targets, for fastnn's losses, which keep no state of
+        out = predict(model, x[:2])     # their own), before a checkpoint is loaded or a step taken
+        if loss in (softmax_cross_entropy, mean_squared_error):
+            loss(out, y[:2])
     except (TypeError, ValueError) as e:
         raise type(e)(f"fit: on x[:2] (x of shape {getattr(x, 'shape', '?')}): {e}") from e
     if not isinstance(batch_size, BatchSizeSchedule):
