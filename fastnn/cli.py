@@ -276,6 +276,8 @@ def _train(args) -> int:
     try:
         model = _model(fnn, args, x_train.shape[1:], classes, dtype)
     except (ValueError, MemoryError) as e:
+        if isinstance(e, MemoryError) and comm is not None:
+            raise       # perhaps on this rank alone: the abort hook ends every rank now, not at a timeout
         if rank == 0:
             what = f"--model {args.model} on --data {args.data}" if args.model != "mlp" else \
                 f"--hidden {' '.join(map(str, args.hidden or (128, 128)))}"

@@ -44,7 +44,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     try:
         with os.fdopen(fd, "wb") as f:
             if kept is not None:
-                os.fchmod(fd, kept)
+                try:
+                    os.fchmod(fd, kept)
+                except OSError:     # a file system without modes (vfat, some CIFS mounts): its default
+                    pass
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -48,18 +48,22 @@ class Views(dict):
         return Views, (dict(self),)
 
 
-#: numbers each forward as it completes, in every module (the pairing guard of ``backward``)
+#: numbers each forward as it completes, in every module (the pairing guard of ``backward``);
+#: _LATEST[0] is the last number given (no module can have run a forward since a model whose
+#: stamp it is: its backward need not look inside)
 _FORWARDS = itertools.count(1)
+_LATEST = [0]
 
 
 def _stamped(forward):
     """A layer's forward that records its completion: ``_pending`` (a backward may follow) and
     ``_stamp``, later than its sub-modules' stamps from this same forward."""
     @functools.wraps(forward)
-    def run(self, x):
+    def run(self, x, *args, **kwargs):
         self._pending = False           # a forward that fails partway leaves mixed activations
-        y = forward(self, x)
-        self._stamp, self._pending = next(_FORWARDS), True
+        y = forward(self, x, *args, **kwargs)
+        self._stamp = _LATEST[0] = next(_FORWARDS)
+        self._pending = True
         return y
     return run
 
@@ -68,11 +72,11 @@ def _paired(backward):
     """A layer's backward that, called on the model itself (not by a container running it),
     differentiates the model's most recent forward, once."""
     @functools.wraps(backward)
-    def run(self, dy):
-        if self._parent is not None:    # run by its container, which checked
-            return backward(self, dy)
+    def run(self, dy, *args, **kwargs):
+        if self.__dict__.get("_parent") is not None:     # run by its container, which checked
+            return backward(self, dy, *args, **kwargs)
         self._check_paired()
-        dx = backward(self, dy)
+        dx = backward(self, dy, *args, **kwargs)
         self._pending = False           # done (a backward refused on a bad dy may be retried)
         return dx
     return run
@@ -109,6 +113,8 @@ class Module:
                                "(two forwards then two backwards would pair the first gradient with the second "
                                "forward's activations); run forward and backward in pairs, or concatenate the "
                                "inputs into one batch")
+        if self._stamp == _LATEST[0]:
+            return
         later = [(path, m) for path, m in self.modules() if m.__dict__.get("_stamp", 0) > self._stamp]
         if later:
             path, m = later[0]
@@ -294,6 +300,8 @@ class Module:
         buffer of its own; a container, rebuilt after its layers, gathers theirs into one."""
         self.__dict__.update(state)
         self.__dict__.setdefault("buffers", {})     # pickled before modules had buffers
+        if "_stamp" in state:           # another process's numbering: a pair begun before pickling stays one
+            self._stamp = 0
         if self.children():
             self._adopt_children()
         elif self.params:

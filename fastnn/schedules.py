@@ -591,17 +591,21 @@ class BatchSize:
         grown = self._grown(min(k, self._max_growths))
         return self._cap if grown >= self._cap else min(round(grown), self._cap)
 
-    def steps(self, epoch_samples: int, epochs: int) -> int:
+    def steps(self, epoch_samples: int, epochs: int, drop_last: bool = False) -> int:
         """The number of batches (optimizer steps) in ``epochs`` epochs of ``epoch_samples``
         samples each, counted from no samples seen, each epoch's last batch holding the
-        remainder (``fastnn.data.batches`` without ``drop_last``): what an LR schedule meant
-        to span the run is sized by."""
+        remainder, or dropped and not counted with ``drop_last`` (as ``fastnn.data.batches``
+        takes them): what an LR schedule meant to span the run is sized by."""
         epoch_samples = _int_at_least(epoch_samples, "epoch_samples", 1)
+        drop_last = check_bool(drop_last, "drop_last")
         seen = steps = 0
         for _ in range(_int_at_least(epochs, "epochs", 0)):
             left = epoch_samples
             while left:
-                n = min(self.batch_size_at(seen), left)
+                size = self.batch_size_at(seen)
+                if drop_last and size > left:
+                    break
+                n = min(size, left)
                 seen, left, steps = seen + n, left - n, steps + 1
         return steps
 

@@ -43,8 +43,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     ``resume=True`` continues from it where the file exists (either without ``checkpoint``: a
     ValueError), with the same data position, RNG and optimizer state, giving
     the same trajectory as an uninterrupted run; it refuses (``ResumeError``, before anything
-    is loaded) a checkpoint saved over another number of samples, with another seed, batch size
-    or batch-size schedule, or
+    is loaded) a checkpoint saved over another number of samples, with another seed, batch size,
+    batch-size schedule or ``drop_last``, one holding an lr schedule's state when ``schedule`` is
+    None, or
     with other ``settings``: a JSON-able dict of the run's choices that fit cannot see but
     that shape the trajectory (``fastnn train`` keeps its dropout, clipping and batch size
     there), saved in each checkpoint; the keys that both have are compared.
@@ -100,6 +101,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             evaluate(model, validation_data[0][:2], validation_data[1][:2], loss=loss)
         except (TypeError, ValueError) as e:
             raise type(e)(f"fit: validation_data: {e}") from e
+    _n_samples(x, y)
     try:        # the data's sample shape and dtype (and targets, for fastnn's losses, which keep no state of
         out = predict(model, x[:2])     # their own), before a checkpoint is loaded or a step taken
         if loss in (softmax_cross_entropy, mean_squared_error):
@@ -109,8 +111,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     if not isinstance(batch_size, BatchSizeSchedule):
         batch_size = check_int(batch_size, "fit: batch_size", 1)
     drop_last = check_bool(drop_last, "fit: drop_last")
-    if drop_last and isinstance(batch_size, int) and batch_size > len(x):
-        raise ValueError(f"fit: drop_last=True with batch_size={batch_size} drops every batch of the {len(x)} "
+    first = batch_size if isinstance(batch_size, int) else batch_size.batch_size
+    if drop_last and first > len(x):
+        raise ValueError(f"fit: drop_last=True with batch_size={first} drops every batch of the {len(x)} "
                          f"samples: expected a batch_size <= {len(x)}")
     epochs = check_int(epochs, "fit: epochs", 0)
     initial_epoch = check_int(initial_epoch, "fit: initial_epoch", 0)

@@ -235,13 +235,14 @@ def test_a_second_backward_without_a_forward_is_refused():
 
 
 class _Scale(fnn.Module):
-    """A user's own layer: forward and backward only."""
+    """A user's own layer: forward and backward only, with an option each."""
 
-    def forward(self, x):
-        return 2 * x
+    def forward(self, x, times=2):
+        self._times = times
+        return times * x
 
-    def backward(self, dy):
-        return 2 * dy
+    def backward(self, dy, *, extra=0):
+        return self._times * dy + extra
 
 
 @pytest.mark.parametrize("build", [
@@ -265,6 +266,27 @@ def test_every_kind_of_model_refuses_a_second_backward(build):
         scale.backward(d)
     scale(d)
     np.testing.assert_array_equal(scale.backward(d), 2 * d)
+    scale.forward(d, 3)                                 # the guard passes a layer's own arguments on
+    np.testing.assert_array_equal(scale.backward(d, extra=1), 3 * d + 1)
+    scale(d)
+    clone = pickle.loads(pickle.dumps(scale))           # pickled between its forward and backward
+    np.testing.assert_array_equal(clone.backward(d), 2 * d)
+
+
+def test_a_layer_that_skips_modules_init_still_pairs():
+    class Bare(fnn.Module):
+        def __init__(self):     # no super().__init__(): it had worked before the guard
+            pass
+
+        def forward(self, x):
+            return x
+
+        def backward(self, dy):
+            return dy
+
+    bare = Bare()
+    bare(np.ones(2))
+    np.testing.assert_array_equal(bare.backward(np.ones(2)), 1)
 
 
 @pytest.mark.parametrize("run_part, path", [(lambda m, x: m[0](x), "0"), (lambda m, x: m[:-1](x), "0"),

@@ -496,10 +496,12 @@ def test_batch_size_steps_counts_the_loaders_batches(make):
     import fastnn as fnn
 
     x, y = np.zeros((1437, 1), np.float32), np.zeros(1437, np.int64)
-    bs, drawn = make(), 0
-    for epoch in range(4):
-        drawn += sum(1 for _ in fnn.data.batches(x, y, batch_size=bs, seed=0, epoch=epoch))
-    assert make().steps(1437, 4) == drawn
+    for drop_last in (False, True):     # fit(drop_last=True) draws fewer: an lr schedule sized by it overran
+        bs, drawn = make(), 0
+        for epoch in range(4):
+            drawn += sum(1 for _ in fnn.data.batches(x, y, batch_size=bs, seed=0, epoch=epoch, drop_last=drop_last))
+        assert make().steps(1437, 4, drop_last=drop_last) == drawn
+    assert make().steps(1437, 4, drop_last=True) < make().steps(1437, 4)
     assert make().steps(1437, 0) == 0
 
 

@@ -85,9 +85,8 @@ class BatchNorm(Module):
         xs = np.ascontiguousarray(x).reshape(-1, c)
         n = xs.shape[0]
         batch = self.training or not self.track_running_stats
-        if batch and n == 1:        # torch's check too, in eval mode without running statistics
-            why = "" if self.training else " (track_running_stats=False: eval mode normalizes by the batch too)"
-            raise ValueError(f"BatchNorm: expected more than 1 value per channel when training{why}, got input "
+        if batch and self.training and n == 1:
+            raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, got input "
                              f"of shape {x.shape}")
         with np.errstate(invalid="ignore", over="ignore"):    # NaN and Inf propagate, as in torch
             if batch and n:

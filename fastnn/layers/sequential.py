@@ -114,7 +114,8 @@ def _summary_input(model: Module, input_shape) -> tuple[int, ...]:
     if input_shape is None:
         input_shape = model.sample_shape
         if input_shape is None:
-            raise ValueError("summary: the first layer does not fix the input shape; pass input_shape")
+            raise ValueError("summary: the model's first layer (or branch) does not fix the input shape; pass "
+                             "input_shape")
     return tuple(int(d) for d in input_shape)
 
 
