@@ -45,6 +45,8 @@ _SERIAL: set = set()
 _ND = np.ndarray
 _compiled: set = set()
 _local = threading.local()
+#: ndarray subclasses whose meaning a kernel would drop: matrix's * and shapes, a masked array's mask
+_REFUSED = (np.matrix, np.ma.MaskedArray)
 
 
 #: the generated module of a dtype's register tile (kernels/matmul/__init__.py)
@@ -127,6 +129,12 @@ def _operand(x: np.ndarray, trans: bool):
     return view + x.shape
 
 
+def free_packing_buffers() -> None:
+    """Drop the packing buffers this thread keeps between calls (one set per dtype, thread
+    count and block sizes: a sweep over block sizes, ``fastnn.tune``, leaves hundreds of MB)."""
+    _local.__dict__.pop("buffers", None)
+
+
 def _buffers(dt, threads: int, b: _blocks.Blocks):
     key = (dt.char, threads, b)
     cache = getattr(_local, "buffers", None)
@@ -178,7 +186,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
         # (`trans_a is False`, `type(trans_a) is bool`: only Python's bools take the fast paths;
         # _matmul refuses the rest, so a truthy "N" or "False" never transposes.)
         if (bias is None and activation is None and alpha == 1.0 and beta == 0.0 and trans_a is False
-                and trans_b is False and b.dtype is a.dtype):
+                and trans_b is False and type(a) is type(b) is _ND and b.dtype is a.dtype):
             try:
                 if out is None:
                     (m, k), (k2, n) = a.shape, b.shape
@@ -190,7 +198,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
                     return out
             except (TypingError, ValueError):      # ValueError: an operand not 2-D (_matmul says so)
                 pass
-        elif (type(trans_a) is bool and type(trans_b) is bool and b.dtype is a.dtype and a.ndim == 2 and b.ndim == 2
+        elif (type(trans_a) is bool and type(trans_b) is bool and type(a) is type(b) is _ND and b.dtype is a.dtype
+              and a.ndim == 2 and b.ndim == 2
               and alpha != 0.0
               and (bias is None or (type(bias) is np.ndarray and bias.dtype is a.dtype and bias.ndim == 1
                                     and bias.size))
@@ -238,7 +247,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, trans
 def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads):
     """fastnn.matmul's general path: every check, any layout (matmul keeps the fast paths in a
     small frame: a Python frame costs per local variable, ~80 ns a call with these here)."""
-    if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
+    if not all(isinstance(x, np.ndarray) and not isinstance(x, _REFUSED) for x in (a, b)):
         raise TypeError(f"matmul: expected numpy.ndarray operands, got {type_name(a)} and {type_name(b)}")
     trans_a, trans_b = check_bool(trans_a, "matmul: trans_a"), check_bool(trans_b, "matmul: trans_b")
     a, b = _native(a), _native(b)
@@ -258,7 +267,8 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
     act = check_activation(activation, "matmul")
     if bias is None:
         bias = _EMPTY[dt.char]
-    elif not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (n,):
+    elif (not isinstance(bias, np.ndarray) or isinstance(bias, _REFUSED) or bias.dtype.newbyteorder("=") != dt
+          or bias.shape != (n,)):
         raise ValueError(f"matmul: bias must be a {dt} array of shape ({n},), got "
                          f"{type_name(bias)} {getattr(bias, 'dtype', '')} {getattr(bias, 'shape', '')}")
     elif not bias.flags.c_contiguous or not bias.dtype.isnative:
@@ -267,7 +277,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha, beta, bias, activation, threads)
         if beta != 0:
             raise ValueError("matmul: beta != 0 needs an out array to accumulate into")
         out = np.empty((m, n), dt)
-    elif (not isinstance(out, np.ndarray) or isinstance(out, np.matrix) or out.dtype.newbyteorder("=") != dt
+    elif (not isinstance(out, np.ndarray) or isinstance(out, _REFUSED) or out.dtype.newbyteorder("=") != dt
           or out.shape != (m, n)):
         raise ValueError(f"matmul: out must be a {dt} array of shape ({m}, {n}), got "
                          f"{type_name(out)} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}")
@@ -390,7 +400,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
     written in place. One call runs every group, one group at a time per thread (``threads``,
     default numba.get_num_threads()), each on the packed GEMM: no Python per group.
     """
-    if not all(isinstance(x, np.ndarray) and not isinstance(x, np.matrix) for x in (a, b)):
+    if not all(isinstance(x, np.ndarray) and not isinstance(x, _REFUSED) for x in (a, b)):
         raise TypeError(f"batched_matmul: expected numpy.ndarray operands, got {type_name(a)} and {type_name(b)}")
     for name, x in (("a", a), ("b", b)):
         if x.ndim != 3:
@@ -414,12 +424,14 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, 
         if beta != 0:
             raise ValueError("batched_matmul: beta != 0 needs an out array to accumulate into")
         out = np.empty((G, m, n), dt)
-    elif not isinstance(out, np.ndarray) or out.dtype.newbyteorder("=") != dt or out.shape != (G, m, n):
+    elif (not isinstance(out, np.ndarray) or isinstance(out, _REFUSED) or out.dtype.newbyteorder("=") != dt
+          or out.shape != (G, m, n)):
         raise ValueError(f"batched_matmul: out must be a {dt} array of shape ({G}, {m}, {n}), got "
                          f"{type_name(out)} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}")
     elif not out.flags.writeable:
         raise ValueError("batched_matmul: out is read-only")
-    if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype.newbyteorder("=") != dt or bias.shape != (G, n)):
+    if bias is not None and (not isinstance(bias, np.ndarray) or isinstance(bias, _REFUSED)
+                             or bias.dtype.newbyteorder("=") != dt or bias.shape != (G, n)):
         raise ValueError(f"batched_matmul: bias must be a {dt} array of shape ({G}, {n}), got "
                          f"{type_name(bias)} {getattr(bias, 'dtype', '')} {getattr(bias, 'shape', '')}")
     act = check_activation(activation, "batched_matmul")

@@ -52,19 +52,24 @@ def glibc_version() -> str | None:
 def keep_freed_memory() -> str:
     """Apply the settings unless opted out; returns (and remembers) what happened, in words."""
     version = glibc_version()
+    kept = (f"glibc {version}, freed memory kept (mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold "
+            f"{TRIM_THRESHOLD >> 20} MiB")
     if version is None:
         status = "not glibc: allocator left as it is"
-    elif switched_off(OPT_OUT):
-        status = f"glibc {version} defaults ({OPT_OUT}={os.environ[OPT_OUT]})"
-    elif (any(name.startswith("MALLOC_") for name in os.environ)
-          or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
-        status = f"glibc {version}, the user's malloc settings (MALLOC_* or GLIBC_TUNABLES glibc.malloc.*)"
+    elif switched_off(OPT_OUT) or any(name.startswith("MALLOC_") for name in os.environ) \
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        if _state.get("applied"):   # mallopt has no undo: the opt-out counts only before the first call
+            status = (f"{kept}), set at import: {OPT_OUT}=0 or the user's malloc settings count only when set "
+                      "before fastnn is imported")
+        elif switched_off(OPT_OUT):
+            status = f"glibc {version} defaults ({OPT_OUT}={os.environ[OPT_OUT]})"
+        else:
+            status = f"glibc {version}, the user's malloc settings (MALLOC_* or GLIBC_TUNABLES glibc.malloc.*)"
     else:
         mallopt = ctypes.CDLL(None).mallopt
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-            status = (f"glibc {version}, freed memory kept (mmap threshold {MMAP_THRESHOLD >> 20} MiB, "
-                      f"trim threshold {TRIM_THRESHOLD >> 20} MiB; {OPT_OUT}=0 to leave glibc's defaults)")
+            status, _state["applied"] = f"{kept}; {OPT_OUT}=0 to leave glibc's defaults)", True
         else:
             status = f"glibc {version} rejected mallopt: allocator left as it is"
     _state["status"] = status

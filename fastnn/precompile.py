@@ -110,7 +110,10 @@ def precompile(dtypes: str | tuple[str, ...] = DTYPES, jobs: int | None = None) 
     (or whose worker dies) raises RuntimeError naming it."""
     from .sysinfo import cores
 
-    dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
+    if not isinstance(dtypes, (str, tuple, list)):
+        raise TypeError(f"precompile: expected a dtype name or a tuple of them among {DTYPES}, got "
+                        f"{type(dtypes).__name__} {dtypes!r:.50}")
+    dtypes = tuple(dict.fromkeys((dtypes,) if isinstance(dtypes, str) else dtypes))     # each once
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise ValueError(f"precompile: expected dtypes among {DTYPES}, got {list(dtypes)}")

@@ -63,6 +63,8 @@ def tune(n: int = 1024, repeats: int = 3, write: bool = True, progress: bool = T
     Bad arguments and a table folder that cannot be written fail before the sweep starts."""
     from tqdm import tqdm
 
+    from . import gemm
+
     if type(n) is not int or not MIN_N <= n <= MAX_N or type(repeats) is not int or repeats < 1:
         raise ValueError(f"tune: expected an int n in [{MIN_N}, {MAX_N}] (a smaller product cannot tell the KC "
                          f"candidates up to {max(KCS)} apart) and an int repeats >= 1, got n={n!r}, repeats={repeats!r}")
@@ -70,12 +72,16 @@ def tune(n: int = 1024, repeats: int = 3, write: bool = True, progress: bool = T
         check_writable(blocks.table_path().parent, "the block table", "; set FASTNN_CACHE_DIR to a writable folder")
 
     table, everything = {}, []
-    with tqdm(total=2 * len(KCS) * len(MC_FACTORS), desc="fastnn tune", disable=not progress) as bar:
-        for dt in (np.float32, np.float64):
-            rows = sweep(dt, n, repeats, progress=bar)
-            best = max(rows, key=lambda r: r["gflops"])
-            table[np.dtype(dt).name] = blocks.Blocks(best["mr"], best["nr"], best["mc"], best["kc"], best["nc"], "tuned")
-            everything += rows
+    try:
+        with tqdm(total=2 * len(KCS) * len(MC_FACTORS), desc="fastnn tune", disable=not progress) as bar:
+            for dt in (np.float32, np.float64):
+                rows = sweep(dt, n, repeats, progress=bar)
+                best = max(rows, key=lambda r: r["gflops"])
+                table[np.dtype(dt).name] = blocks.Blocks(best["mr"], best["nr"], best["mc"], best["kc"], best["nc"],
+                                                         "tuned")
+                everything += rows
+    finally:
+        gemm.free_packing_buffers()     # every candidate's: the table's are made again on first use
     if write:
         blocks.save(table)
     return table, everything

@@ -68,10 +68,27 @@ def test_the_opt_out_takes_what_users_write_for_off(value, off, monkeypatch):
 
     monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a: SimpleNamespace(mallopt=mallopt))
     monkeypatch.setitem(memory._state, "status", memory._state["status"])
+    monkeypatch.setitem(memory._state, "applied", False)
     monkeypatch.setenv(OPT_OUT, value)
     for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
     assert memory.keep_freed_memory().startswith("glibc 2.39 defaults") is off
+
+
+def test_an_opt_out_after_import_says_the_settings_stay(monkeypatch):
+    """FASTNN_KEEP_FREED_MEMORY=0 set after import: the status said glibc's defaults while the
+    32 MiB threshold set at import stayed (mallopt has no undo)."""
+    monkeypatch.setattr(memory, "glibc_version", lambda: "2.39")
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a: SimpleNamespace(mallopt=lambda *args: 1))
+    monkeypatch.setitem(memory._state, "status", memory._state["status"])
+    monkeypatch.setitem(memory._state, "applied", False)
+    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(OPT_OUT, "1")
+    assert memory.keep_freed_memory().startswith("glibc 2.39, freed memory kept")
+    monkeypatch.setenv(OPT_OUT, "0")
+    assert memory.keep_freed_memory().startswith("glibc 2.39, freed memory kept (mmap threshold 32 MiB, trim "
+                                                 "threshold 256 MiB), set at import: FASTNN_KEEP_FREED_MEMORY=0")
 
 
 def test_status_is_reported():

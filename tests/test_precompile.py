@@ -40,7 +40,7 @@ def test_a_second_process_compiles_nothing(part):
 def test_cli_compile_reports_each_task(capsys):
     from fastnn.cli import main
 
-    assert main(["compile", "--dtype", "float64", "--jobs", "1"]) == 0
+    assert main(["compile", "--dtype", "float64", "float64", "--jobs", "1"]) == 0     # each dtype once
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in out[:2]] == [["float64", "dense"], ["float64", "spatial"]]
     assert out[2].startswith("kernels cached in ")
@@ -52,6 +52,8 @@ def test_cli_compile_reports_each_task(capsys):
 def test_precompile_refuses_bad_arguments(dtypes, jobs, match):
     with pytest.raises(ValueError, match=match):
         precompile(dtypes, jobs)
+    with pytest.raises(TypeError, match="precompile: expected a dtype name or a tuple of them .* got NoneType"):
+        precompile(None)
 
 
 def test_a_failing_task_is_named():
