@@ -109,8 +109,8 @@ class Module:
         module inside it ran a forward after that one (it would hold another batch's activations)."""
         if not self.__dict__.get("_pending", False):
             raise RuntimeError(f"{type(self).__name__}.backward without a complete forward since the last backward "
-                               "(none ran, or the last one failed): each backward differentiates the most recent forward, once "
-                               "(two forwards then two backwards would pair the first gradient with the second "
+                               "(none ran, or the last one failed): each backward differentiates the most recent "
+                               "forward, once (two forwards then two backwards would pair the first gradient with the second "
                                "forward's activations); run forward and backward in pairs, or concatenate the "
                                "inputs into one batch")
         if self._stamp == _LATEST[0]:

@@ -372,8 +372,8 @@ def _check_resume(path, extra: dict, model: Module, batch_size, seed: int, n_sam
     """Refuse a checkpoint ``fit`` cannot continue, before anything is loaded: not written by
     ``fit``, a data position outside this data set, written over another number of samples or
     with another data seed (its data position is in that permutation), ``drop_last``, batch
-    size, batch-size schedule or ``settings``, or a batch-size schedule state, loss sums or per-rank generator states that would fail to
-    load (each is tried on a copy)."""
+    size, batch-size schedule or ``settings``, or a batch-size schedule state, loss sums or
+    per-rank generator states that would fail to load (each is tried on a copy)."""
     if not isinstance(extra, dict) or "epoch" not in extra or "sample" not in extra:
         got = f"extra keys {sorted(extra)}" if isinstance(extra, dict) else f"extra {extra!r:.200}"
         raise ValueError(f"{path}: expected a checkpoint written by fit (with the data position), got {got}")
