@@ -110,9 +110,9 @@ class Module:
         if not self.__dict__.get("_pending", False):
             raise RuntimeError(f"{type(self).__name__}.backward without a complete forward since the last backward "
                                "(none ran, or the last one failed): each backward differentiates the most recent "
-                               "forward, once (two forwards then two backwards would pair the first gradient with the second "
-                               "forward's activations); run forward and backward in pairs, or concatenate the "
-                               "inputs into one batch")
+                               "forward, once (two forwards then two backwards would pair the first gradient with "
+                               "the second forward's activations); run forward and backward in pairs, or "
+                               "concatenate the inputs into one batch")
         if self._stamp == _LATEST[0]:
             return
         later = [(path, m) for path, m in self.modules() if m.__dict__.get("_stamp", 0) > self._stamp]
