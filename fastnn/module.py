@@ -289,8 +289,10 @@ class Module:
 
     def __getstate__(self) -> dict:
         """``copy.deepcopy`` and ``pickle`` leave out the model a layer belongs to: a layer copied
-        on its own comes back a layer of its own (as torch's), not part of a copy of its model."""
-        return {**self.__dict__, "_parent": None}
+        on its own comes back a layer of its own (as torch's), not part of a copy of its model;
+        and the gradient hooks (a DataParallel wrapper's: the copy is not wrapped, as torch's
+        ``copy.deepcopy(ddp.module)``)."""
+        return {**self.__dict__, "_parent": None, "_grad_hooks": []}
 
     def __setstate__(self, state: dict) -> None:
         """``copy.deepcopy`` and ``pickle``: the copy's parameters and gradients are again one

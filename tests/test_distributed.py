@@ -360,7 +360,10 @@ def test_different_reduction_settings_fail_at_wrap_time(tmp_path):
 @pytest.mark.parametrize("mismatch, rank0, rank1", [
     ("amsgrad", "'amsgrad': False}", "'amsgrad': True}"),
     ("clip", "{'max_grad_norm': None}", "{'max_grad_norm': 1.0}"),
-    ("nonfinite", "{'nonfinite': 'raise'}", "{'nonfinite': 'skip'}")])
+    ("nonfinite", "{'nonfinite': 'raise'}", "{'nonfinite': 'skip'}"),
+    # rank 1's biases in a group of their own: it refused only at the broadcast of the state, on rank 1,
+    # in a checkpoint's words, after rank 1's parameters were overwritten
+    ("groups", "'0.bias', '1.weight', '1.bias', '2.weight', '2.bias']]}", "'2.weight', '2.bias'], ['0.bias']]}")])
 def test_different_optimizer_options_fail_at_wrap_time(tmp_path, mismatch, rank0, rank1):
     """amsgrad's extra state buffer, clipping's norm or the non-finite check on one rank only
     would leave the other rank waiting in a collective: refused at wrap time, naming both values."""
@@ -579,6 +582,19 @@ def test_cli_refuses_fewer_training_samples_than_ranks_under_mpiexec(tmp_path):
     assert not (tmp_path / "c.npz").exists()
 
 
+def test_an_error_of_one_rank_inside_the_sharded_step_ends_the_job_at_once(tmp_path):
+    """Rank 1's step() refused its lr before the step's collectives, then waited in the fence
+    after the update while rank 0 waited in the norm's allreduce: the job ended at the timeout
+    (60 s here), and only with the two timeouts' messages, never the ValueError."""
+    import time
+
+    began = time.perf_counter()
+    r = job(2, "local_error_in_sharded_step", tmp_path / "p.npy", timeout=90)
+    assert r.returncode != 0
+    assert "ValueError: param_groups[0]: lr: expected a finite number >= 0, got -1.0" in r.stderr, r.stderr
+    assert "timed out" not in r.stderr and time.perf_counter() - began < 45, r.stderr
+
+
 def test_a_communicator_given_without_init_sets_up_the_runtime(tmp_path):
     r = job(2, "comm_arg", tmp_path / "p.npy", timeout=60)
     assert r.returncode == 0, r.stderr
@@ -608,6 +624,23 @@ def test_the_launchers_rank_is_read_from_mpich_pmix_or_open_mpi(var, monkeypatch
     assert fnn.distributed.launched_rank() == 0
     monkeypatch.setenv(var, "3")
     assert fnn.distributed.launched_rank() == 3
+
+
+def test_a_wrapped_model_copies_and_pickles_without_its_wrapper():
+    """The wrapper's gradient hook went into every copy: deepcopy failed ('Sequential' object has no
+    attribute '_flat'), and under mpiexec pickle met the communicator."""
+    import copy
+    import pickle
+
+    model = fnn.Sequential(fnn.Dense(4, 3, dtype=np.float64), fnn.Dense(3, 2, dtype=np.float64))
+    fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.1))
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_array_equal(clone.flat.data, model.flat.data)
+        assert clone._grad_hooks == [] and not np.shares_memory(clone.flat.data, model.flat.data)
+        clone(np.ones((2, 4)))
+        clone.backward(np.ones((2, 2)))
+        assert clone.flat.grad.any() and not model.flat.grad.any()
+    assert len(model._grad_hooks) == 1                      # the original stays wrapped
 
 
 def test_single_process_without_mpiexec_is_a_pass_through():

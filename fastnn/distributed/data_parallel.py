@@ -165,6 +165,7 @@ class DataParallel:
         self._count = np.zeros(4, np.float64)     # see _set_count
         self._rows, self._taken = 0, 0            # samples and micro-batches since the last step
         self._m, self._pre, self._scale, self._unequal = 0.0, 1.0, 1.0, False
+        self._combined = 0                        # the sharded step's reductions so far (_combine)
         self._events: list[dict] = []
         if self.size > 1:          # the checks and the transport choice before anything changes
             # every collective of this wrapper runs on a duplicate of comm, so the communication
@@ -503,16 +504,23 @@ class DataParallel:
         t0 = self._us()
         self._shared.sum_share(0, self.model.flat.grad.size, into_all=False)
         self._rest_zero = True
+        self._combined, done = 0, False
         try:
-            return self.optimizer.step(grad_scale=self._scale)
+            stepped = self.optimizer.step(grad_scale=self._scale)
+            done = True
+            return stepped
         finally:
-            self._guarded("fence after the sharded update", self._shared.fence)
+            # not after this rank's own error before the step's collectives (a bad lr): the abort hook
+            # ends the job with it now, where a fence waited for the ranks inside them until the timeout
+            if done or self._combined:
+                self._guarded("fence after the sharded update", self._shared.fence)
             if self.timeline_path:
                 self._events.append({"name": "sum + update own share", "ph": "X", "ts": t0, "dur": self._us() - t0,
                                      "pid": self.rank, "tid": "main", "args": {"step": self._sync_steps() + 1}})
 
     def _combine(self, value: float, op: str) -> float:
         """A float reduced over the ranks (the sharded optimizer's norm and checks)."""
+        self._combined += 1
         mpi = self._mpi
         buf = np.array([value], np.float64)
         self._guarded(f"allreduce ({op}) of the gradient norm or non-finite count",
@@ -560,7 +568,8 @@ class DataParallel:
                 "optimizer": {"type": type(opt).__name__,
                               "state buffers": sorted(opt.state),
                               **{o: opt.param_groups[0][o] for o in opt.global_options},
-                              "max_grad_norm": opt.max_grad_norm, "nonfinite": opt.nonfinite},
+                              "max_grad_norm": opt.max_grad_norm, "nonfinite": opt.nonfinite,
+                              "parameter groups": [g["params"] for g in opt.param_groups]},
                 # what must agree for the collectives to match ("thread" and "none" both block)
                 "settings": {"nonblocking": self.overlap == "nonblocking",
                              "transport": self.transport, "shard_optimizer": self.shard_optimizer,

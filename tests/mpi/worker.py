@@ -108,6 +108,18 @@ def main() -> None:
         train(model, opt, x, y, 5, fnn.distributed.comm())
         print(f"rank {rank} count {stats['1.num_batches_tracked']}", flush=True)
         return
+    if CASE == "local_error_in_sharded_step":   # rank 1 alone raises inside step(), before its collectives
+        comm = fnn.distributed.init()
+        model = build()
+        opt = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.1), timeout=60)
+        x, y = fnn.data.load_digits(np.float64)
+        for i, (xb, yb) in enumerate(fnn.data.batches(x, y, batch_size=32, shard=comm)):
+            if i == 2 and fnn.distributed.rank() == 1:
+                opt.param_groups[0]["lr"] = -1.0
+            model.backward(fnn.losses.softmax_cross_entropy(model(xb), yb)[1])
+            opt.step()
+            opt.zero_grad()
+        return
     if CASE == "fail_before_init":  # rank 1 stops before init(): rank 0's MPI start-up must not wait for ever
         fnn.distributed.runtime.STARTUP_S = 3
         if fnn.distributed.runtime.launched_rank() == 1:
@@ -127,7 +139,8 @@ def main() -> None:
                               param_groups=[{"params": biases, "weight_decay": 0.0}])
     if CASE == "optimizer_mismatch" and rank == 1:  # options that change the collectives, on one rank
         inner = fnn.optim.Adam(model, lr=1e-2, **{"amsgrad": {"amsgrad": True}, "clip": {"max_grad_norm": 1.0},
-                                                  "nonfinite": {"nonfinite": "skip"}}[OPT["mismatch"]])
+                                                  "nonfinite": {"nonfinite": "skip"},
+                                                  "groups": {"param_groups": [{"params": ["0.bias"]}]}}[OPT["mismatch"]])
     kw = dict(overlap=OPT.get("overlap", "thread"), bucket_cap_mb=float(OPT.get("cap_mb", 0.004)),
               first_bucket_mb=float(OPT.get("first_mb", 0.002)), compression=OPT.get("compression") or None,
               deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
