@@ -213,7 +213,9 @@ def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
             field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
             error(f"{expected} (bare: no attribute, index, conversion or format spec), got {field} in "
                   f"{args.checkpoint!r}")
-    args.checkpoint = args.checkpoint.format(data=os.path.basename(os.path.normpath(args.data)), model=args.model)
+    # the folder's own name: `--data .` gave the hidden file checkpoints/.-mlp.npz
+    args.checkpoint = args.checkpoint.format(data=os.path.basename(os.path.abspath(args.data)) or "data",
+                                             model=args.model)
     if not args.checkpoint:
         error("argument --checkpoint: expected a file path, got ''")
 

@@ -9,6 +9,7 @@ bundled 8x8 digits with nothing to download.
 """
 from __future__ import annotations
 
+import glob
 import gzip
 import importlib.util
 import math
@@ -300,12 +301,24 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         f.write(payload)
 
 
-def _find(directory: str | os.PathLike, name: str) -> str:
-    tried = [os.path.join(directory, name + suffix) for suffix in ("", ".gz")]
-    for candidate in tried:
-        if os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(f"no MNIST file found, tried: {', '.join(tried)}")
+def _find(directory: str | os.PathLike, prefix: str, kind: str) -> str:
+    """The file of ``prefix`` ("train", "t10k") and ``kind`` ("images-idx3") in ``directory`` or,
+    as torchvision downloads it, in one ``<directory>/<DataSet>/raw``; named as LeCun's site
+    names it (``train-images-idx3-ubyte``) or as Kaggle's copy does (``train-images.idx3-ubyte``),
+    optionally with ``.gz``."""
+    names = [f"{prefix}-{k}-ubyte{gz}" for k in (kind, kind.replace("-", ".")) for gz in ("", ".gz")]
+    folders = [os.fspath(directory), *sorted(glob.glob(os.path.join(glob.escape(os.fspath(directory)), "*", "raw")))]
+    found = [[p for p in (os.path.join(f, n) for n in names) if os.path.isfile(p)] for f in folders]
+    if found[0]:
+        return found[0][0]
+    raw = [f[0] for f in found[1:] if f]
+    if len(raw) > 1:
+        raise ValueError(f"{directory}: several data sets hold {prefix}-{kind}-ubyte ({', '.join(raw)}): expected "
+                         "one; pass its folder")
+    if raw:
+        return raw[0]
+    raise FileNotFoundError(f"no MNIST file found in {directory} (or a <name>/raw folder in it), tried: "
+                            f"{', '.join(names)}")
 
 
 def load_mnist(
@@ -318,7 +331,9 @@ def load_mnist(
 
     Reads ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` for
     ``split="train"`` and ``t10k-...`` for ``split="test"``, each optionally
-    with ``.gz``. Returns x of ``dtype`` with pixels scaled from 0..255 to
+    with ``.gz`` or named ``train-images.idx3-ubyte`` (Kaggle's copy), in
+    ``directory`` or in torchvision's ``directory/MNIST/raw`` (any one
+    ``<name>/raw``, e.g. FashionMNIST's). Returns x of ``dtype`` with pixels scaled from 0..255 to
     [0, 1], shape (N, H*W) when ``flatten`` else NHWC (N, H, W, 1); and
     y (N,) int64 labels.
     """
@@ -327,8 +342,8 @@ def load_mnist(
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     dtype = _check_float_dtype(dtype)
     flatten = check_bool(flatten, "flatten")
-    images_path = _find(directory, f"{prefixes[split]}-images-idx3-ubyte")
-    labels_path = _find(directory, f"{prefixes[split]}-labels-idx1-ubyte")
+    images_path = _find(directory, prefixes[split], "images-idx3")
+    labels_path = _find(directory, prefixes[split], "labels-idx1")
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ValueError(f"{images_path}: expected uint8 images of shape (N, H, W),"

@@ -94,8 +94,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                              "optimizer): make it from this one")
     if validation_data is not None:
         if not isinstance(validation_data, tuple) or len(validation_data) != 2:
-            raise TypeError(f"fit: validation_data: expected a tuple (x_val, y_val), got "
-                            f"{type(validation_data).__name__}")
+            got = f"a tuple of {len(validation_data)}" if isinstance(validation_data, tuple) else \
+                type(validation_data).__name__
+            raise TypeError(f"fit: validation_data: expected a tuple (x_val, y_val), got {got}")
         _n_samples(*validation_data)
         try:                                    # now, not after the first epoch's training
             evaluate(model, validation_data[0][:2], validation_data[1][:2], loss=loss)

@@ -340,10 +340,32 @@ def test_load_mnist_wrong_kind_of_file_names_it(mnist_dir):
 
 
 def test_load_mnist_missing_files_lists_the_names_tried(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte, .*train-images-idx3-ubyte.gz"):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte, .*train-images-idx3-ubyte.gz, "
+                                                "train-images.idx3-ubyte"):
         load_mnist(tmp_path)
     with pytest.raises(ValueError, match="split: expected 'train' or 'test', got 'val'"):
         load_mnist(tmp_path, "val")
+
+
+def test_load_mnist_finds_torchvisions_and_kaggles_layouts(mnist_dir):
+    """Only LeCun's names in the folder itself were found: torchvision's MNIST/raw and Kaggle's
+    train-images.idx3-ubyte were "no MNIST file found"."""
+    src, sets = mnist_dir
+    want = load_mnist(src)
+    for folder, rename in ((src.parent / "tv", lambda n: os.path.join("MNIST", "raw", n)),
+                           (src.parent / "kaggle", lambda n: n.replace("-idx", ".idx"))):
+        for f in os.listdir(src):
+            target = folder / rename(f)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((src / f).read_bytes())
+        got = load_mnist(folder)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    (src.parent / "tv" / "FashionMNIST" / "raw").mkdir(parents=True)
+    for f in os.listdir(src):
+        (src.parent / "tv" / "FashionMNIST" / "raw" / f).write_bytes((src / f).read_bytes())
+    with pytest.raises(ValueError, match="several data sets hold train-images-idx3-ubyte .*FashionMNIST.*MNIST"):
+        load_mnist(src.parent / "tv")
 
 
 def test_load_digits_shapes_range_dtype():

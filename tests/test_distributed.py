@@ -711,12 +711,15 @@ def test_schedule_on_an_accumulating_wrapper_counts_optimizer_steps():
     ({"shard_optimizer": True, "compression": "fp16"}, ValueError, "shard_optimizer=True needs the shared-memory"),
     ({"shard_optimizer": True, "transport": "mpi"}, ValueError, "shard_optimizer=True needs the shared-memory"),
     ({"model": "net"}, TypeError, "DataParallel: expected a fastnn model .a Module. to wrap, got str 'net'"),
+    # None said "the optimizer must be built on this model", naming nothing
+    ({"optimizer": None}, TypeError, r"DataParallel: expected a fastnn optimizer \(fnn.optim.X\(model, ...\)\), got "
+                                     "NoneType None"),
 ])
 def test_bad_argument_types(kw, error, match):
     model = fnn.Sequential(fnn.Dense(3, 2))
     opt = fnn.optim.SGD(model)
     with pytest.raises(error, match=match):     # a str model said: 'str' object has no attribute 'flat'
-        fnn.distributed.DataParallel(kw.pop("model", model), opt, **kw)
+        fnn.distributed.DataParallel(kw.pop("model", model), kw.pop("optimizer", opt), **kw)
 
 
 def test_a_wrapper_is_refused_as_the_optimizer_and_tiny_buckets_hold_one_parameter_each():

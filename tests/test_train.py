@@ -1111,6 +1111,7 @@ def test_fit_trains_on_one_hot_targets():
     (dict(optimizer="adam"), TypeError, r"fit: optimizer: expected a fastnn optimizer .* got str 'adam'"),
     (dict(optimizer="other"), ValueError, "the optimizer updates another model's parameters"),
     (dict(validation_data=[1, 2]), TypeError, r"validation_data: expected a tuple \(x_val, y_val\), got list"),
+    (dict(validation_data=(1,)), TypeError, r"validation_data: expected a tuple \(x_val, y_val\), got a tuple of 1"),
     (dict(initial_epoch=-1), ValueError, "initial_epoch: expected an int >= 0"),
     # a schedule of another optimizer left this run's lr alone and changed the other's; a float
     # failed after the first step; bad validation data after a whole epoch; y=None in the loss
@@ -1277,3 +1278,15 @@ def test_fit_checks_the_data_on_the_model_before_it_resumes(tmp_path, change, er
                       progress=False)
     np.testing.assert_array_equal(model.flat.data, before)
     assert opt.step_count == 0 and not opt.state["momentum_buffer"].any()
+
+
+def test_cli_names_the_checkpoint_after_the_data_folder_itself(tmp_path, monkeypatch):
+    """`--data .` named it checkpoints/.-mlp.npz, a hidden file."""
+    from fastnn.cli import _check_train_args, _parser
+
+    monkeypatch.chdir(tmp_path)
+    parser = _parser()
+    for data, name in ((".", tmp_path.name), (f"{tmp_path}/", tmp_path.name), ("digits", "digits")):
+        args = parser.parse_args(["train", "--data", data])
+        _check_train_args(parser, args)
+        assert args.checkpoint == f"checkpoints/{name}-mlp.npz"

@@ -135,7 +135,12 @@ class DataParallel:
         if isinstance(optimizer, DataParallel):
             raise TypeError("DataParallel: expected a fastnn optimizer, got a DataParallel (the optimizer is wrapped "
                             "already): wrap the optimizer itself, once")
-        if getattr(optimizer, "grads", None) is not model.flat.grad:
+        from ..optim.base import Optimizer
+
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"DataParallel: expected a fastnn optimizer (fnn.optim.X(model, ...)), got "
+                            f"{type(optimizer).__name__} {optimizer!r:.50}")
+        if optimizer.grads is not model.flat.grad:
             raise ValueError("DataParallel: the optimizer must be built on this model (fnn.optim.X(model, ...))")
         self.model, self.optimizer = model, optimizer
         self.size = 1 if self.comm is None else self.comm.Get_size()
