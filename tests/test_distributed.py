@@ -415,11 +415,12 @@ def test_exit_on_one_rank_under_mpi4py_runner_aborts_the_job_with_its_code(tmp_p
     assert "timed out" not in r.stderr
 
 
-def test_a_rank_that_fails_before_init_does_not_leave_the_others_waiting(tmp_path):
+def test_a_rank_that_fails_before_init_does_not_leave_the_others_waiting(tmp_path, monkeypatch):
     """MPI_Init waits for every rank holding the GIL, out of the Python watchdog's reach: rank 0
     waited for ever for a rank 1 that had raised before init(). MPICH's mpiexec lets rank 0 wait,
     so fastnn's start-up watchdog must end it; Open MPI's mpiexec aborts the job itself when a rank
     exits non-zero (seen on the lent GPU host), before any watchdog can fire."""
+    monkeypatch.setenv("FASTNN_STARTUP_TIMEOUT", "3")          # rather than 120 s
     r = job(2, "fail_before_init", tmp_path / "p.npy", timeout=60)
     assert r.returncode != 0
     assert "deliberate failure on rank 1 before init" in r.stderr, r.stderr
@@ -428,6 +429,25 @@ def test_a_rank_that_fails_before_init_does_not_leave_the_others_waiting(tmp_pat
         assert "exited with non-zero status" in r.stderr, r.stderr
     else:
         assert "Timeout (0:00:03)!" in r.stderr and "_start_mpi" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("value, limit", [(None, 120.0), ("", 120.0), ("600", 600.0), (" 7.5 ", 7.5), ("0", None),
+                                          ("-1", None), ("inf", None), ("nan", None), ("2m", None)])
+def test_the_start_up_limit_is_read_from_the_environment(value, limit, monkeypatch):
+    """Ranks that work longer than 120 s before init() (a large data set loaded first) had the
+    others ended by the start-up watchdog, with no way to wait longer."""
+    from fastnn.distributed import runtime
+
+    if value is None:
+        monkeypatch.delenv("FASTNN_STARTUP_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("FASTNN_STARTUP_TIMEOUT", value)
+    if limit is None:
+        with pytest.raises(ValueError, match=f"FASTNN_STARTUP_TIMEOUT: expected a number of seconds > 0, got "
+                                             f"{value.strip()!r}"):
+            runtime.startup_limit()
+    else:
+        assert runtime.startup_limit() == limit
 
 
 def test_stuck_collective_aborts_naming_rank_and_step(tmp_path):

@@ -558,10 +558,10 @@ class DataParallel:
     # -- faults --------------------------------------------------------------------------
     def _guarded(self, what: str, call, limit: float | None = None):
         """Run a collective under the watchdog and return its result: abort after ``limit`` s;
-        by default ``timeout``, or at least STARTUP_S during the first step (ranks load or
-        compile kernels at their own pace before it)."""
+        by default ``timeout``, or at least ``runtime.startup_limit()`` during the first step
+        (ranks load or compile kernels at their own pace before it)."""
         if limit is None and self.timeout is not None:
-            limit = self.timeout if self._sync_steps() > 0 else max(self.timeout, runtime.STARTUP_S)
+            limit = self.timeout if self._sync_steps() > 0 else max(self.timeout, runtime.startup_limit())
         return runtime.guarded(f"{what} at step {self._sync_steps() + 1}", call, limit)
 
     def _check_same_model(self) -> None:

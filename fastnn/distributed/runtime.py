@@ -25,8 +25,10 @@ _state: dict = {"comm": None}
 ABORT_GRACE_S = 0.5
 #: seconds a collective may take before the job is aborted (DataParallel's ``timeout``)
 DEFAULT_TIMEOUT_S = 300.0
-#: the limit while ranks still start up (import, load or compile kernels at their own pace)
+#: the limit while ranks still start up (import, load or compile kernels at their own pace);
+#: FASTNN_STARTUP_TIMEOUT (seconds) overrides it for a job whose ranks work longer before init()
 STARTUP_S = 120.0
+STARTUP_VAR = "FASTNN_STARTUP_TIMEOUT"
 WATCH_PERIOD_S = 0.25
 _inflight: dict[int, tuple[str, float, float]] = {}   # thread -> (what, since, limit)
 _watch_lock = threading.Lock()
@@ -57,7 +59,8 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     cores over its ranks, or all of a rank's own when the launcher bound each rank apart.
     With more than one, its Numba workers are pinned within its share (kernels/affinity.py).
     Later calls return the same communicator (another ``comm`` is a ValueError). Ranks waiting
-    in MPI's start-up for one that never calls it (it failed before) end after STARTUP_S.
+    in MPI's start-up for one that never calls it (it failed before) end after 120 s
+    (``FASTNN_STARTUP_TIMEOUT`` seconds where set: a job whose ranks work longer before ``init()``).
     """
     if threads_per_rank is not None:
         threads_per_rank = check_int(threads_per_rank, "init: threads_per_rank", 1)
@@ -87,13 +90,29 @@ def init(comm=None, *, threads_per_rank: int | None = None, abort_on_exception: 
     return comm
 
 
+def startup_limit() -> float:
+    """Seconds ranks wait in MPI's start-up for the others: ``FASTNN_STARTUP_TIMEOUT`` where set,
+    else STARTUP_S; a value that is not a number of seconds > 0 is a ValueError naming it."""
+    raw = os.environ.get(STARTUP_VAR, "").strip()
+    if not raw:
+        return STARTUP_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{STARTUP_VAR}: expected a number of seconds > 0, got {raw!r}")
+    return value
+
+
 def _start_mpi():
     """Import mpi4py, which starts MPI. MPI_Init waits for every rank while holding the GIL, so
     no Python watchdog runs: for a rank that stopped before it (an exception before ``init()``)
     it would wait for ever. faulthandler's watchdog, a C thread, ends this process instead
-    after STARTUP_S with the stack it waited in (replacing a ``dump_traceback_later`` of the
+    after ``startup_limit()`` seconds with the stack it waited in (replacing a
+    ``dump_traceback_later`` of the
     caller's own while it runs), and the launcher then ends the job."""
-    faulthandler.dump_traceback_later(STARTUP_S, exit=True)
+    faulthandler.dump_traceback_later(startup_limit(), exit=True)
     try:
         from mpi4py import MPI
     except ImportError as e:
@@ -109,10 +128,10 @@ def local_layout(comm) -> tuple[int, list[tuple[int, ...]]]:
     from mpi4py import MPI
 
     local = guarded("split by machine (ranks starting up)", lambda: comm.Split_type(MPI.COMM_TYPE_SHARED),
-                    STARTUP_S)
+                    startup_limit())
     mask = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
     try:
-        masks = guarded("exchange CPU sets (ranks starting up)", lambda: local.allgather(mask), STARTUP_S)
+        masks = guarded("exchange CPU sets (ranks starting up)", lambda: local.allgather(mask), startup_limit())
         return local.Get_rank(), masks
     finally:
         local.Free()

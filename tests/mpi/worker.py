@@ -121,7 +121,6 @@ def main() -> None:
             opt.zero_grad()
         return
     if CASE == "fail_before_init":  # rank 1 stops before init(): rank 0's MPI start-up must not wait for ever
-        fnn.distributed.runtime.STARTUP_S = 3
         if fnn.distributed.runtime.launched_rank() == 1:
             raise RuntimeError("deliberate failure on rank 1 before init")
     comm = fnn.distributed.init()
