@@ -137,9 +137,9 @@ def main() -> None:
         inner = fnn.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3, max_grad_norm=0.5, nonfinite="skip",
                               param_groups=[{"params": biases, "weight_decay": 0.0}])
     if CASE == "optimizer_mismatch" and rank == 1:  # options that change the collectives, on one rank
-        inner = fnn.optim.Adam(model, lr=1e-2, **{"amsgrad": {"amsgrad": True}, "clip": {"max_grad_norm": 1.0},
-                                                  "nonfinite": {"nonfinite": "skip"},
-                                                  "groups": {"param_groups": [{"params": ["0.bias"]}]}}[OPT["mismatch"]])
+        options = {"amsgrad": {"amsgrad": True}, "clip": {"max_grad_norm": 1.0}, "nonfinite": {"nonfinite": "skip"},
+                   "groups": {"param_groups": [{"params": ["0.bias"]}]}}
+        inner = fnn.optim.Adam(model, lr=1e-2, **options[OPT["mismatch"]])
     kw = dict(overlap=OPT.get("overlap", "thread"), bucket_cap_mb=float(OPT.get("cap_mb", 0.004)),
               first_bucket_mb=float(OPT.get("first_mb", 0.002)), compression=OPT.get("compression") or None,
               deterministic=OPT.get("deterministic") == "1", timeout=float(OPT.get("timeout", 60)),
