@@ -269,8 +269,8 @@ def _train(args) -> int:
         return 2
     if len(x_train) < ranks:
         if rank == 0:
-            print(f"fastnn train: --data {args.data}: {len(x_train)} training samples for {ranks} ranks: expected "
-                  "at least one sample per rank", file=sys.stderr)
+            print(f"fastnn train: --data {args.data}: expected at least one training sample per rank ({ranks} "
+                  f"ranks), got {len(x_train)}", file=sys.stderr)
         return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
     if args.model == "mlp":

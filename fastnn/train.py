@@ -131,7 +131,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     if dp is not None and len(x) < dp.size:     # every batch would be dropped: no step, on every rank alike
-        raise ValueError(f"fit: {len(x)} samples for {dp.size} ranks: expected at least one sample per rank")
+        raise ValueError(f"fit: expected at least one sample per rank ({dp.size} ranks), got {len(x)}")
     progress = progress and lead
     if checkpoint is None and lead and (resume or checkpoint_every is not None):    # rank 0's path decides
         given = "resume=True" if resume else f"checkpoint_every={checkpoint_every}"  # (both were ignored in silence)
