@@ -143,8 +143,16 @@ class Module:
 
     # -- structure -------------------------------------------------------------------
     def children(self) -> list[tuple[str, "Module"]]:
-        """Named direct sub-modules (empty for a leaf layer)."""
-        return []
+        """Named direct sub-modules, as torch registers them: every Module held in an attribute
+        (``self.fc1 = Dense(...)``; a list or tuple of Modules gives one per item, named
+        "<attribute>.<index>"), in the order they were assigned. Empty for a leaf layer."""
+        named = []
+        for name, v in self.__dict__.items():
+            if isinstance(v, Module) and name != "_parent":
+                named.append((name, v))
+            elif isinstance(v, (list, tuple)) and v and all(isinstance(m, Module) for m in v):
+                named.extend((f"{name}.{i}", m) for i, m in enumerate(v))
+        return named
 
     def modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         """Every module of the tree, depth first, with its qualified name."""
@@ -200,10 +208,14 @@ class Module:
 
     @property
     def flat(self) -> FlatBuffer:
-        """The model's flat buffer: ``flat.data`` holds every parameter, ``flat.grad`` the gradients."""
+        """The model's flat buffer: ``flat.data`` holds every parameter, ``flat.grad`` the gradients.
+        A module of one's own with sub-modules in attributes gathers theirs into it here, at the
+        first use (making an optimizer from it)."""
         if self._parent is not None:
             raise AttributeError(
                 f"{type(self).__name__} is part of a larger model; use the model's .flat")
+        if any(m.__dict__.get("_flat") is not None for _, m in itertools.islice(self.modules(), 1, None)):
+            self._adopt_children()     # a sub-module still holds a buffer of its own
         if self._flat is None:
             raise AttributeError(f"{type(self).__name__} has no parameters")
         return self._flat
@@ -211,6 +223,35 @@ class Module:
     @property
     def num_params(self) -> int:
         return sum(v.size for _, v in self.named_parameters())
+
+    def create_params(self, values: Mapping[str, np.ndarray]) -> None:
+        """Declare a layer's own parameters, once, in its ``__init__`` after ``super().__init__()``:
+        name -> initial values (an array of any shape). The layer reads and writes them as
+        ``self.params[name]`` and accumulates their gradients (zero to start) into
+        ``self.grads[name]`` in place; a model gathers them into its flat buffer with every other
+        layer's. Their dtype is ``self.dtype`` where the layer set one, else the values' own
+        (float32 or float64)."""
+        if self.__dict__.get("params"):
+            raise ValueError(f"{type(self).__name__}.create_params: the layer has parameters already "
+                             f"({sorted(self.params)}): declare all of them in one call")
+        if "params" not in self.__dict__:
+            raise TypeError(f"{type(self).__name__}.create_params: call super().__init__() first")
+        if not isinstance(values, Mapping) or not values:
+            raise TypeError(f"{type(self).__name__}.create_params: expected a non-empty dict of name -> array, "
+                            f"got {type_name(values)}")
+        arrays = {}
+        for name, v in values.items():
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(f"{type(self).__name__}.create_params: expected names without dots, got {name!r}")
+            arrays[name] = np.asarray(v)
+            if arrays[name].dtype.kind not in "iuf":
+                raise TypeError(f"{type(self).__name__}.create_params: {name}: expected real numbers, got dtype "
+                                f"{arrays[name].dtype}")
+        if self.dtype is None:
+            kinds = np.result_type(*arrays.values())
+            self.dtype = kinds if kinds in (np.float32, np.float64) else np.float32
+        self.dtype = np.dtype(self.dtype)
+        self._create_params(arrays)
 
     def _create_params(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray] | None = None) -> None:
         """Leaf layers: allocate a buffer of their own holding ``values`` (and ``grads``, else zeros)."""
@@ -226,33 +267,41 @@ class Module:
         self.grads = Views({n: flat.grad_view(prefix + n) for n in self.params})
 
     def _adopt_children(self) -> None:
-        """Containers: gather every parameter below into one buffer and rebind the leaves."""
+        """Containers: gather every parameter below (and the container's own, if it has some)
+        into one buffer and rebind the layers."""
         seen: dict[int, str] = {}
+        tree = []
         for path, m in self.modules():
+            if "params" not in m.__dict__:
+                raise TypeError(f"layer {path!r} ({type(m).__name__}) was not set up as a fastnn Module: its "
+                                "__init__ must call super().__init__() first")
             if id(m) in seen:
                 raise ValueError(f"layer {path!r} is the same object as layer {seen[id(m)]!r}: expected each layer "
                                  f"once in a model ({type(m).__name__}; make a second one to use it twice)")
             seen[id(m)] = path
-        leaves = [(mp, m) for mp, m in self.modules() if m is not self and m.params]
+            tree.append((path, m))
+        leaves = [(mp, m) for mp, m in tree if m.params]
         dtypes = {m.dtype for _, m in leaves}
         if len(dtypes) > 1:
             raise TypeError(f"all layers of a model must share one dtype, got {sorted(map(str, dtypes))}")
-        for name, child in self.children():      # all checked before any is adopted
-            if child._parent is not None and child._parent is not self:
-                raise ValueError(f"layer {name} ({type(child).__name__}) already belongs to another model")
-        for _, child in self.children():
-            child._parent = self
+        links = [(f"{mp}.{name}" if mp else name, m, child) for mp, m in tree for name, child in m.children()]
+        for path, m, child in links:      # all checked before any is adopted
+            if child._parent is not None and child._parent is not m:
+                raise ValueError(f"layer {path} ({type(child).__name__}) already belongs to another model")
+        for _, m, child in links:
+            child._parent = m
         self.dtype = dtypes.pop() if dtypes else self.dtype
         if not leaves:
             return
-        shapes = {f"{mp}.{n}": v.shape for mp, m in leaves for n, v in m.params.items()}
+        prefixes = {id(m): f"{mp}." if mp else "" for mp, m in leaves}
+        shapes = {f"{prefixes[id(m)]}{n}": v.shape for _, m in leaves for n, v in m.params.items()}
         flat = FlatBuffer(shapes, self.dtype)
-        for mp, m in leaves:               # values and accumulated gradients move with the layer
+        for _, m in leaves:               # values and accumulated gradients move with the layer
             for n, v in m.params.items():
-                flat.view(f"{mp}.{n}")[...] = v
-                flat.grad_view(f"{mp}.{n}")[...] = m.grads[n]
-            m._bind(flat, f"{mp}.")
-        for _, m in list(self.modules())[1:]:
+                flat.view(f"{prefixes[id(m)]}{n}")[...] = v
+                flat.grad_view(f"{prefixes[id(m)]}{n}")[...] = m.grads[n]
+            m._bind(flat, prefixes[id(m)])
+        for _, m in tree[1:]:
             m._flat = None
         self._flat = flat
 
@@ -361,7 +410,13 @@ class Module:
 
     # -- description -----------------------------------------------------------------
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Per-sample output shape for a per-sample input shape (no batch axis)."""
+        """Per-sample output shape for a per-sample input shape (no batch axis): by default the
+        input's, as an elementwise layer gives; a module of one's own with sub-modules defines it
+        (``summary`` cannot know what its forward makes of them)."""
+        if self.children():
+            raise TypeError(f"{type(self).__name__}: summary needs the per-sample output shape of this module of "
+                            f"sub-modules: define {type(self).__name__}.output_shape(input_shape) (and macs(input_shape)"
+                            " for its multiply-adds)")
         return tuple(input_shape)
 
     def _expect_input(self, input_shape: tuple[int, ...], want: tuple[int | None, ...]) -> None:

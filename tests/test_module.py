@@ -311,3 +311,82 @@ def test_a_layer_run_on_its_own_between_forward_and_backward_is_refused(run_part
     model(x1)
     model.backward(d)
     np.testing.assert_array_equal(model.flat.grad, want)
+
+
+class _Block(fnn.Module):
+    """A user's own module as torch's are written: sub-layers in attributes (one in a list), a
+    parameter of its own, forward and backward by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = fnn.Dense(4, 5, activation="tanh", dtype=np.float64)
+        self.rest = [fnn.Dense(5, 3, dtype=np.float64)]
+        self.create_params({"scale": np.array([1.5, -0.5, 2.0])})
+
+    def forward(self, x):
+        self._y = self.rest[0](self.fc1(x))
+        return self._y * self.params["scale"]
+
+    def backward(self, dy):
+        self.grads["scale"] += (dy * self._y).sum(axis=0)
+        return self.fc1.backward(self.rest[0].backward(dy * self.params["scale"]))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_modules_sub_layers_in_attributes_are_part_of_the_model(nested):
+    """Sub-layers held in attributes were not registered: not in the flat buffer, the optimizer,
+    state_dict or checkpoints, so training left them as they were, silently."""
+    rng = np.random.default_rng(0)
+    block = _Block()
+    model = fnn.Sequential(block, fnn.Dense(3, 2, dtype=np.float64)) if nested else block
+    p = "0." if nested else ""
+    names = [f"{p}scale", f"{p}fc1.weight", f"{p}fc1.bias", f"{p}rest.0.weight", f"{p}rest.0.bias"]
+    assert [n for n, _ in model.named_parameters()][:5] == names
+    assert list(model.state_dict())[:5] == names
+    first = {n: v.copy() for n, v in model.named_parameters()}
+    opt = fnn.optim.SGD(model, lr=0.1)
+    assert model.flat.data.size >= model.num_params == sum(v.size for v in first.values())
+    x = rng.normal(size=(6, 4))
+    dy = rng.normal(size=(6, 2 if nested else 3))
+    model(x)
+    model.backward(dy)
+    grads = {n: g.copy() for n, g in model.named_gradients()}
+    opt.step()
+    for n, v in model.named_parameters():       # every parameter stepped: w - lr * g, by finite differences' g
+        np.testing.assert_allclose(v, first[n] - 0.1 * grads[n], rtol=1e-12, atol=1e-15)
+    assert all(np.any(g != 0) for g in grads.values())
+    w = first[f"{p}fc1.weight"]
+    i = (1, 2)
+
+    def loss(delta):
+        model.load_state_dict({**first, f"{p}fc1.weight": w + delta}, strict=False)
+        return float(np.sum(model.eval()(x) * dy))
+    e = np.zeros_like(w)
+    e[i] = 1e-6
+    np.testing.assert_allclose(grads[f"{p}fc1.weight"][i], (loss(e) - loss(-e)) / 2e-6, rtol=1e-6)
+    if nested:
+        with pytest.raises(TypeError, match="define _Block.output_shape"):
+            model.summary(input_shape=(4,))
+
+
+def test_a_module_that_skips_modules_init_is_named_when_a_model_adopts_it():
+    class Bare(fnn.Module):
+        def __init__(self):
+            self.k = 2.0
+
+    with pytest.raises(TypeError, match=r"layer '0' \(Bare\) .* must call super\(\).__init__\(\)"):
+        fnn.Sequential(Bare(), fnn.Dense(3, 2))
+
+
+def test_create_params_names_what_it_expected():
+    layer = fnn.Module()
+    layer.create_params({"w": np.zeros(2, np.float32)})
+    assert layer.dtype == np.float32 and layer.params["w"].dtype == np.float32
+    with pytest.raises(ValueError, match="has parameters already"):
+        layer.create_params({"b": np.zeros(2)})
+    with pytest.raises(ValueError, match="without dots"):
+        fnn.Module().create_params({"a.b": np.zeros(2)})
+    with pytest.raises(TypeError, match="expected real numbers"):
+        fnn.Module().create_params({"w": np.array(["x"])})
+    with pytest.raises(TypeError, match="non-empty dict"):
+        fnn.Module().create_params({})
