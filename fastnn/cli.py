@@ -367,7 +367,7 @@ def _train(args) -> int:
         rate = (f"{hist['samples_per_s']:,.0f}" if math.isfinite(hist["samples_per_s"])
                 else "n/a (the first step, which loads the kernels, is not timed)")
         print(f"samples/s         {rate} ({hist['steps']} steps, {hist['skipped']} skipped)")
-    if os.path.exists(path):
+    if hist["steps"] or (args.resume and os.path.exists(path)):     # saved, or resumed from: not an old file
         print(f"checkpoint        {os.path.abspath(path)}")
     return 0
 

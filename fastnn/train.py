@@ -109,6 +109,10 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             loss(out, y[:2])
     except (TypeError, ValueError) as e:
         raise type(e)(f"fit: on x[:2] (x of shape {getattr(x, 'shape', '?')}): {e}") from e
+    if loss is softmax_cross_entropy and out.ndim == 2:    # every label, not a late batch's alone
+        _check_labels(y, out.shape[1], "y")
+        if validation_data is not None:
+            _check_labels(validation_data[1], out.shape[1], "validation_data y")
     if not isinstance(batch_size, BatchSizeSchedule):
         batch_size = check_int(batch_size, "fit: batch_size", 1)
     drop_last = check_bool(drop_last, "fit: drop_last")
@@ -222,6 +226,11 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             sample = start_sample if epoch == start_epoch else 0
             total, count = resumed_sums if epoch == start_epoch else (0.0, 0)
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            if drop_last and sample == 0 and drawn is not batch_size and batch_size.batch_size > len(x):
+                raise ValueError(f"fit: drop_last=True: the batch-size schedule has grown to {batch_size.batch_size} "
+                                 f"after {batch_size.samples_seen} samples, beyond the {len(x)} samples, so epoch "
+                                 f"{epoch + 1} would drop every batch and take no step: expected its max_batch at "
+                                 f"most {len(x)} (the checkpoint, if any, holds the epochs before)")
             for xb, yb in batches(x, y, drawn, seed=seed, epoch=epoch, start_sample=sample, shard=shard,
                                   drop_last=drop_last):
                 # samples of the epoch's permutation this step took, on all ranks
@@ -316,6 +325,18 @@ def _without_input_grad(model: Module):
         yield
     finally:
         model.input_grad = wanted
+
+
+def _check_labels(y: np.ndarray, classes: int, what: str) -> None:
+    """ValueError naming the first of integer class labels (N,) outside [0, classes): the loss
+    sees one batch at a time, so a bad label late in the data failed after steps had been taken."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        return
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if bad.size:
+        raise ValueError(f"fit: {what}[{bad[0]}] = {y[bad[0]]}: expected class labels in [0, {classes}) for a "
+                         f"model of {classes} outputs ({bad.size} of {len(y)} labels outside)")
 
 
 def evaluate(model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,

@@ -154,6 +154,28 @@ def test_param_groups_by_name_and_per_group_lr():
     np.testing.assert_allclose(model[0].params["bias"], b - 0.5)
 
 
+@pytest.mark.parametrize("make", [fnn.optim.SGD, fnn.optim.Adam])
+@pytest.mark.parametrize("edit, error, match", [
+    (lambda groups: groups.pop(), ValueError, "expected the 2 groups this optimizer was made with, got 1"),
+    (lambda groups: groups.append(dict(groups[0], params=[])), ValueError, "expected the 2 groups .* got 3"),
+    (lambda groups: groups[1]["params"].append("0.weight"), ValueError,
+     r"param_groups\[1\]\['params'\]: expected the parameters the group was made with \['0.bias'\]"),
+    (lambda groups: groups.__setitem__(1, None), TypeError, "param_groups: expected a list of dicts")])
+def test_a_group_popped_or_appended_is_refused_before_the_step(make, edit, error, match):
+    """A popped group had the kernels read past their table of groups (Adam's bias went NaN, at
+    random); an appended one was ignored, or an IndexError."""
+    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+    opt = make(model, lr=0.1, param_groups=[{"params": ["0.bias"], "lr": 0.5}])
+    model.flat.grad[:] = 1.0
+    saved = opt.state_dict()
+    edit(opt.param_groups)
+    before = model.flat.data.copy()
+    for call in (opt.step, lambda: opt.load_state_dict(saved)):
+        with pytest.raises(error, match=match):
+            call()
+    np.testing.assert_array_equal(model.flat.data, before)
+
+
 @pytest.mark.parametrize("eps", [0.1, 0.0, 1e-46])  # eps = 0 made the padding 0 / (0 + 0) = NaN; 1e-46 is 0 in float32
 def test_padding_between_tensors_stays_zero(eps):
     model = fnn.Sequential(fnn.Dense(3, 5), fnn.Dense(5, 3))

@@ -1290,3 +1290,45 @@ def test_cli_names_the_checkpoint_after_the_data_folder_itself(tmp_path, monkeyp
         args = parser.parse_args(["train", "--data", data])
         _check_train_args(parser, args)
         assert args.checkpoint == f"checkpoints/{name}-mlp.npz"
+
+
+@pytest.mark.parametrize("where", ["y", "validation_data y"])
+def test_fit_checks_every_label_before_the_first_step(where):
+    """Only y[:2] was checked: a label out of range at the end of y failed after an epoch's steps
+    had changed the model (at the end of y_val, after a whole epoch, before its checkpoint)."""
+    model, opt, x, y = _small_fit_setup()
+    before = model.flat.data.copy()
+    bad = y.copy()
+    bad[-1] = 3
+    ys = (bad, y) if where == "y" else (y, bad)
+    with pytest.raises(ValueError, match=rf"fit: {where}\[{len(y) - 1}\] = 3: expected class labels in \[0, 3\) "
+                                         rf"for a model of 3 outputs \(1 of {len(y)} labels outside\)"):
+        fnn.train.fit(model, opt, x, ys[0], epochs=1, batch_size=8, validation_data=(x, ys[1]), progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert opt.step_count == 0
+
+
+def test_cli_epochs_0_names_no_old_file_as_its_checkpoint(tmp_path, capsys):
+    """--epochs 0 wrote nothing, yet printed an earlier run's file (another model) as its checkpoint."""
+    from fastnn.cli import main
+
+    ck = str(tmp_path / "e0.npz")
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--no-progress", "--checkpoint", ck]) == 0
+    assert f"checkpoint        {ck}" in capsys.readouterr().out
+    assert main(["train", "--epochs", "0", "--no-progress", "--checkpoint", ck]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train  --epochs 0" in out and "checkpoint  " not in out
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--no-progress", "--checkpoint", ck, "--resume"]) == 0
+    assert f"checkpoint        {ck}" in capsys.readouterr().out     # resumed from it: it is this run's
+
+
+def test_fit_drop_last_refuses_an_epoch_the_grown_batch_would_leave_without_a_step(tmp_path):
+    """A batch-size schedule grown beyond the data set with drop_last=True: the later epochs took
+    no step, silently (the history's loss NaN)."""
+    model, opt, x, y = _small_fit_setup()
+    sizes = fnn.schedules.BatchSize(16, factor=4, every_samples=len(x), max_batch=256)
+    path = tmp_path / "g.npz"
+    with pytest.raises(ValueError, match=r"fit: drop_last=True: the batch-size schedule has grown to 256 after 240 "
+                                         r"samples, beyond the 103 samples, so epoch 4 would drop every batch"):
+        fnn.train.fit(model, opt, x, y, epochs=5, batch_size=sizes, drop_last=True, checkpoint=path, progress=False)
+    assert fnn.checkpoint.read_meta(path)["extra"]["epoch"] == 3

@@ -68,6 +68,7 @@ class Optimizer:
         self._check_hparams(self.defaults, "defaults")
         self.max_grad_norm, self.nonfinite = max_grad_norm, nonfinite
         self.param_groups, self._segments = self._build_groups(param_groups or [])
+        self._group_params = [list(g["params"]) for g in self.param_groups]     # fixed: the kernels' group table
         self._starts, self._stops, self._groups = make_chunks(self._segments)
         self._share = (0, self.params.size)
         self._combine = None
@@ -236,10 +237,28 @@ class Optimizer:
     def _update(self, grad_scale: float, step: int) -> None:
         raise NotImplementedError
 
+    def _check_group_layout(self) -> None:
+        """The groups are fixed when the optimizer is made (each chunk of the buffer knows its
+        group's row in the kernels' table): a group popped or appended since had the kernels read
+        past their table, a changed 'params' list did nothing."""
+        built, groups = self._group_params, self.param_groups
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise TypeError(f"param_groups: expected a list of dicts, got {type_name(groups)}")
+        if len(groups) != len(built):
+            raise ValueError(f"param_groups: expected the {len(built)} groups this optimizer was made with, got "
+                             f"{len(groups)}: the groups are fixed (set a group's lr to 0 to freeze its parameters, "
+                             "or make a new optimizer with param_groups=[...])")
+        for k, (group, names) in enumerate(zip(groups, built)):
+            if group.get("params") != names:
+                raise ValueError(f"param_groups[{k}]['params']: expected the parameters the group was made with "
+                                 f"{names[:4]}{'...' if len(names) > 4 else ''}, got {group.get('params')!r:.200}: "
+                                 "the groups are fixed; make a new optimizer to regroup")
+
     def _check_groups(self) -> None:
         """Every group's hyperparameters as the constructor checks them, before a step: torch
         users edit ``param_groups`` by hand between steps, and a None or a string went to the
         kernel as NaN or a number (a momentum of None even wrote through an empty buffer)."""
+        self._check_group_layout()
         for k, group in enumerate(self.param_groups):
             missing = [key for key in self.defaults if key not in group]
             if missing:
@@ -251,6 +270,7 @@ class Optimizer:
         the copy steps the copied model's buffers, which the model rebuilt for itself, and
         keeps its state in aligned buffers of its own."""
         self.__dict__.update(state)
+        self.__dict__.setdefault("_group_params", [list(g["params"]) for g in self.param_groups])
         if self._model is not None and self._model._flat is not None:
             self.params, self.grads = self._model._flat.data, self._model._flat.grad
         for k, v in self.state.items():
@@ -364,6 +384,7 @@ class Optimizer:
             raise ValueError(f"optimizer state: expected slots a list of [name, offset, size], got {slots!r:.200}")
         groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
                   for g in state["param_groups"]]
+        self._check_group_layout()
         if len(groups) != len(self.param_groups):
             raise ValueError(f"optimizer state: expected {len(self.param_groups)} parameter groups, "
                              f"got {len(groups)}")
