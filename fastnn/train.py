@@ -19,6 +19,7 @@ from .checks import check_bool, check_int
 from .data import BatchSizeSchedule, _n_samples, batches
 from .files import check_file_target
 from .losses import mean_squared_error, softmax_cross_entropy
+from .layers.batchnorm import BatchNorm
 from .module import Module
 
 LossFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
@@ -136,6 +137,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     if dp is not None and len(x) < dp.size:     # every batch would be dropped: no step, on every rank alike
         raise ValueError(f"fit: expected at least one sample per rank ({dp.size} ranks), got {len(x)}")
+    if isinstance(batch_size, int):
+        _check_batchnorm_shares(model, len(x), batch_size, dp.size if dp is not None else 1, drop_last)
     progress = progress and lead
     if checkpoint is None and lead and (resume or checkpoint_every is not None):    # rank 0's path decides
         given = "resume=True" if resume else f"checkpoint_every={checkpoint_every}"  # (both were ignored in silence)
@@ -325,6 +328,23 @@ def _without_input_grad(model: Module):
         yield
     finally:
         model.input_grad = wanted
+
+
+def _check_batchnorm_shares(model: Module, n: int, batch: int, ranks: int, drop_last: bool) -> None:
+    """ValueError before training where a batch would hand a rank one sample and a BatchNorm in
+    training mode sees one value per channel there (its input (N, C)), which it cannot normalize:
+    it failed at that batch, an epoch in (with ranks, on one rank's share of the last batch)."""
+    last = n % batch if not drop_last and n % batch >= ranks else 0     # fewer than ranks: dropped
+    for size in (batch, last):
+        if size and size // ranks == 1:
+            for path, m in model.modules():
+                if isinstance(m, BatchNorm) and m.training and m.values_per_sample == 1:
+                    gives = (f"the last batch of each epoch ({n} samples, batch_size {batch}) holds {size} sample"
+                             if ranks == 1 else f"a batch of {size} samples gives a rank 1 sample on {ranks} ranks "
+                             f"({n} samples, batch_size {batch})")
+                    fix = "pass drop_last=True or another batch_size" if size == last else "a larger batch_size"
+                    raise ValueError(f"fit: {gives}, and BatchNorm layer {path!r} cannot train on one value per "
+                                     f"channel: expected at least 2 samples per rank in every batch ({fix})")
 
 
 def _check_labels(y: np.ndarray, classes: int, what: str) -> None:

@@ -1211,8 +1211,8 @@ def test_fit_drop_last_skips_the_short_batch_batchnorm_cannot_train_on(tmp_path)
                                fnn.Dense(8, 3, dtype=np.float64))
         return model, fnn.optim.SGD(model, lr=0.1, momentum=0.9)
 
-    with pytest.raises(ValueError, match="expected more than 1 value per channel when training"):
-        fnn.train.fit(*build(), x, y, epochs=1, batch_size=34, progress=False)
+    with pytest.raises(ValueError, match="BatchNorm layer '1' cannot train on one value per channel"):
+        fnn.train.fit(*build(), x, y, epochs=1, batch_size=34, progress=False)   # now before training
     path = tmp_path / "d.npz"
     model, opt = build()
     hist = fnn.train.fit(model, opt, x, y, epochs=2, batch_size=34, drop_last=True, seed=3, checkpoint=path,
@@ -1227,7 +1227,9 @@ def test_fit_drop_last_skips_the_short_batch_batchnorm_cannot_train_on(tmp_path)
     np.testing.assert_array_equal(model.flat.data, ref.flat.data)
     with pytest.raises(fnn.checkpoint.ResumeError, match="saved by a run with drop_last=True, expected this run's "
                                                           "drop_last=False"):
-        fnn.train.fit(*build(), x, y, epochs=3, batch_size=34, seed=3, checkpoint=path, resume=True, progress=False)
+        model, opt = build()        # in eval mode: the short batch of one is no BatchNorm's concern
+        fnn.train.fit(model.eval(), opt, x, y, epochs=3, batch_size=34, seed=3, checkpoint=path, resume=True,
+                      progress=False)
     with pytest.raises(ValueError, match=r"drop_last=True with batch_size=104 drops every batch of the 103 "
                                          r"samples: expected a batch_size <= 103"):
         fnn.train.fit(*build(), x, y, batch_size=104, drop_last=True, progress=False)
@@ -1332,3 +1334,33 @@ def test_fit_drop_last_refuses_an_epoch_the_grown_batch_would_leave_without_a_st
                                          r"samples, beyond the 103 samples, so epoch 4 would drop every batch"):
         fnn.train.fit(model, opt, x, y, epochs=5, batch_size=sizes, drop_last=True, checkpoint=path, progress=False)
     assert fnn.checkpoint.read_meta(path)["extra"]["epoch"] == 3
+
+
+def test_fit_refuses_batches_that_leave_a_batchnorm_one_sample_before_training():
+    """A last batch of one sample (or a rank's share of one) failed in BatchNorm an epoch in."""
+    from fastnn.train import _check_batchnorm_shares
+
+    x, y = np.random.default_rng(1).standard_normal((103, 5)), np.random.default_rng(2).integers(0, 3, 103)
+    model = fnn.Sequential(fnn.Dense(5, 8, dtype=np.float64), fnn.BatchNorm(8, dtype=np.float64),
+                           fnn.Dense(8, 3, dtype=np.float64))
+    opt = fnn.optim.SGD(model, lr=0.1)
+    before = model.flat.data.copy()
+    with pytest.raises(ValueError, match=r"fit: the last batch of each epoch \(103 samples, batch_size 17\) holds 1 "
+                                         r"sample, and BatchNorm layer '1' cannot train on one value per channel: "
+                                         r".*\(pass drop_last=True or another batch_size\)"):
+        fnn.train.fit(model, opt, x, y, epochs=1, batch_size=17, progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert fnn.train.fit(model, opt, x, y, epochs=1, batch_size=17, drop_last=True, progress=False)["steps"] == 6
+    with pytest.raises(ValueError, match=r"a batch of 3 samples gives a rank 1 sample on 2 ranks \(103 samples, "
+                                         r"batch_size 20\)"):
+        _check_batchnorm_shares(model, 103, 20, 2, False)
+    with pytest.raises(ValueError, match=r"a batch of 2 samples .* \(a larger batch_size\)"):
+        _check_batchnorm_shares(model, 103, 2, 2, True)
+    _check_batchnorm_shares(model, 103, 20, 2, True)        # the short batch dropped
+    _check_batchnorm_shares(model, 103, 17, 4, False)       # 103 % 17 = 1 < 4 ranks: dropped
+    model.eval()
+    _check_batchnorm_shares(model, 103, 17, 1, False)       # running statistics: any batch
+    images = fnn.Sequential(fnn.Conv2D(1, 2, 3, dtype=np.float64), fnn.BatchNorm(2, dtype=np.float64),
+                            fnn.Flatten(), fnn.Dense(8, 3, dtype=np.float64))
+    xi = np.random.default_rng(3).standard_normal((103, 4, 4, 1))
+    fnn.train.fit(images, fnn.optim.SGD(images, lr=0.1), xi, y, epochs=1, batch_size=17, progress=False)  # 2x2 each

@@ -73,6 +73,9 @@ class BatchNorm(Module):
             self.buffers = {"running_mean": np.zeros(c, self.dtype), "running_var": np.ones(c, self.dtype),
                             "num_batches_tracked": np.zeros((), np.int64)}
         self._saved = None          # (x as (M, C), mean, 1 / std, batch statistics used, shape) of the last forward
+        #: values of each channel in one sample of the last input (1 for (N, C), H*W for NHWC):
+        #: training needs more than one per batch (fit checks its batches against it)
+        self.values_per_sample: int | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         c = self.num_features
@@ -84,6 +87,7 @@ class BatchNorm(Module):
                              f"{x.shape}{hint}")
         xs = np.ascontiguousarray(x).reshape(-1, c)
         n = xs.shape[0]
+        self.values_per_sample = int(np.prod(x.shape[1:-1]))
         batch = self.training or not self.track_running_stats
         if batch and self.training and n == 1:
             raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, got input "
