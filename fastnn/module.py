@@ -214,7 +214,8 @@ class Module:
         if self._parent is not None:
             raise AttributeError(
                 f"{type(self).__name__} is part of a larger model; use the model's .flat")
-        if any(m.__dict__.get("_flat") is not None for _, m in itertools.islice(self.modules(), 1, None)):
+        if not self.__dict__.get("_adopted") and any(
+                m.__dict__.get("_flat") is not None for _, m in itertools.islice(self.modules(), 1, None)):
             self._adopt_children()     # a sub-module still holds a buffer of its own
         if self._flat is None:
             raise AttributeError(f"{type(self).__name__} has no parameters")
@@ -291,6 +292,7 @@ class Module:
         for _, m, child in links:
             child._parent = m
         self.dtype = dtypes.pop() if dtypes else self.dtype
+        self._adopted = True                # ``flat`` need not look for sub-modules' own buffers again
         if not leaves:
             return
         prefixes = {id(m): f"{mp}." if mp else "" for mp, m in leaves}
