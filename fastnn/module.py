@@ -155,10 +155,18 @@ class Module:
         return named
 
     def modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
-        """Every module of the tree, depth first, with its qualified name."""
+        """Every module of the tree, depth first, with its qualified name: once, as torch's
+        ``named_modules`` (a module held twice, e.g. a tied layer in another's attribute, under its
+        first name)."""
+        return self._modules_once(prefix, set())
+
+    def _modules_once(self, prefix: str, seen: set[int]) -> Iterator[tuple[str, "Module"]]:
+        if id(self) in seen:
+            return
+        seen.add(id(self))
         yield prefix, self
         for name, child in self.children():
-            yield from child.modules(f"{prefix}.{name}" if prefix else name)
+            yield from child._modules_once(f"{prefix}.{name}" if prefix else name, seen)
 
     def named_parameters(self) -> list[tuple[str, np.ndarray]]:
         """``(qualified name, view)`` for every parameter, in buffer order ("0.weight", ...)."""
@@ -214,9 +222,8 @@ class Module:
         if self._parent is not None:
             raise AttributeError(
                 f"{type(self).__name__} is part of a larger model; use the model's .flat")
-        if not self.__dict__.get("_adopted") and any(
-                m.__dict__.get("_flat") is not None for _, m in itertools.islice(self.modules(), 1, None)):
-            self._adopt_children()     # a sub-module still holds a buffer of its own
+        if any(m.__dict__.get("_flat") is not None for _, m in itertools.islice(self.modules(), 1, None)):
+            self._adopt_children()     # a sub-module holds a buffer of its own (new, or never gathered)
         if self._flat is None:
             raise AttributeError(f"{type(self).__name__} has no parameters")
         return self._flat
@@ -230,8 +237,8 @@ class Module:
         name -> initial values (an array of any shape). The layer reads and writes them as
         ``self.params[name]`` and accumulates their gradients (zero to start) into
         ``self.grads[name]`` in place; a model gathers them into its flat buffer with every other
-        layer's. Their dtype is ``self.dtype`` where the layer set one, else the values' own
-        (float32 or float64)."""
+        layer's. Their dtype is ``self.dtype`` where the layer set one, else its sub-layers' (those
+        created before), else float32, fastnn's default: the values are cast to it."""
         if self.__dict__.get("params"):
             raise ValueError(f"{type(self).__name__}.create_params: the layer has parameters already "
                              f"({sorted(self.params)}): declare all of them in one call")
@@ -248,9 +255,9 @@ class Module:
             if arrays[name].dtype.kind not in "iuf":
                 raise TypeError(f"{type(self).__name__}.create_params: {name}: expected real numbers, got dtype "
                                 f"{arrays[name].dtype}")
-        if self.dtype is None:
-            kinds = np.result_type(*arrays.values())
-            self.dtype = kinds if kinds in (np.float32, np.float64) else np.float32
+        if self.dtype is None:          # the sub-layers' (as torch's default dtype: float32)
+            below = {np.dtype(m.dtype) for _, m in itertools.islice(self.modules(), 1, None) if m.params}
+            self.dtype = below.pop() if len(below) == 1 else np.float32
         self.dtype = np.dtype(self.dtype)
         self._create_params(arrays)
 
@@ -270,29 +277,23 @@ class Module:
     def _adopt_children(self) -> None:
         """Containers: gather every parameter below (and the container's own, if it has some)
         into one buffer and rebind the layers."""
-        seen: dict[int, str] = {}
-        tree = []
-        for path, m in self.modules():
-            if "params" not in m.__dict__:
-                raise TypeError(f"layer {path!r} ({type(m).__name__}) was not set up as a fastnn Module: its "
-                                "__init__ must call super().__init__() first")
-            if id(m) in seen:
-                raise ValueError(f"layer {path!r} is the same object as layer {seen[id(m)]!r}: expected each layer "
-                                 f"once in a model ({type(m).__name__}; make a second one to use it twice)")
-            seen[id(m)] = path
-            tree.append((path, m))
-        leaves = [(mp, m) for mp, m in tree if m.params]
-        dtypes = {m.dtype for _, m in leaves}
+        tree = self._tree()
+        leaves = [(mp, m) for mp, m, _ in tree if m.params]
+        dtypes: dict[np.dtype, list[str]] = {}
+        for mp, m in leaves:
+            dtypes.setdefault(np.dtype(m.dtype), []).append(repr(mp))
         if len(dtypes) > 1:
-            raise TypeError(f"all layers of a model must share one dtype, got {sorted(map(str, dtypes))}")
-        links = [(f"{mp}.{name}" if mp else name, m, child) for mp, m in tree for name, child in m.children()]
-        for path, m, child in links:      # all checked before any is adopted
-            if child._parent is not None and child._parent is not m:
-                raise ValueError(f"layer {path} ({type(child).__name__}) already belongs to another model")
-        for _, m, child in links:
-            child._parent = m
-        self.dtype = dtypes.pop() if dtypes else self.dtype
-        self._adopted = True                # ``flat`` need not look for sub-modules' own buffers again
+            shown = ", ".join(f"{dt} (layers {', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
+                              for dt, paths in sorted(dtypes.items(), key=lambda kv: str(kv[0])))
+            raise TypeError(f"all layers of a model must share one dtype, got {shown}")
+        inside = {id(m) for _, m, _ in tree}
+        for path, m, parent in tree[1:]:      # all checked before any is adopted
+            if m._parent is not None and m._parent is not parent and id(m._parent) not in inside:
+                raise ValueError(f"layer {path} ({type(m).__name__}) already belongs to another model")
+        for _, m, parent in tree[1:]:
+            m._parent = parent
+        self.dtype = next(iter(dtypes)) if dtypes else self.dtype
+        self._adopted = True                # copies gather theirs too (``__setstate__``)
         if not leaves:
             return
         prefixes = {id(m): f"{mp}." if mp else "" for mp, m in leaves}
@@ -303,9 +304,37 @@ class Module:
                 flat.view(f"{prefixes[id(m)]}{n}")[...] = v
                 flat.grad_view(f"{prefixes[id(m)]}{n}")[...] = m.grads[n]
             m._bind(flat, prefixes[id(m)])
-        for _, m in tree[1:]:
+        for _, m, _ in tree[1:]:
             m._flat = None
         self._flat = flat
+
+    def _tree(self) -> list[tuple[str, "Module", "Module | None"]]:
+        """``(path, module, parent)`` for each module once, depth first; checked: a layer that a
+        container (Sequential, Concat, ...) lists twice would run twice in one forward, keeping the
+        second run's activations for both backwards, so it is refused (a layer held again in an
+        attribute, as a tied weight is, is one module: counted once)."""
+        tree: list[tuple[str, Module, Module | None]] = []
+        seen: set[int] = set()
+        listed: dict[int, str] = {}     # module -> where a container lists it
+
+        def visit(path: str, m: Module, parent: Module | None) -> None:
+            if "params" not in m.__dict__:
+                raise TypeError(f"layer {path!r} ({type(m).__name__}) was not set up as a fastnn Module: its "
+                                "__init__ must call super().__init__() first")
+            if parent is not None and type(parent).children is not Module.children:
+                if id(m) in listed:
+                    raise ValueError(f"layer {path!r} is the same object as layer {listed[id(m)]!r}: expected each "
+                                     f"layer once in a model ({type(m).__name__}; make a second one to use it twice)")
+                listed[id(m)] = path
+            if id(m) in seen:
+                return
+            seen.add(id(m))
+            tree.append((path, m, parent))
+            for name, child in m.children():
+                visit(f"{path}.{name}" if path else name, child, m)
+
+        visit("", self, None)
+        return tree
 
     def rehome(self, *, data: np.ndarray | None = None, grad: np.ndarray | None = None,
                copy: bool = True) -> None:
@@ -355,9 +384,9 @@ class Module:
         self.__dict__.setdefault("buffers", {})     # pickled before modules had buffers
         if "_stamp" in state:           # another process's numbering: a pair begun before pickling stays one
             self._stamp = 0
-        if self.children():
-            self._adopt_children()
-        elif self.params:
+        if self.children() and (state.get("_adopted") or type(self).children is not Module.children):
+            self._adopt_children()      # as the original had gathered them (a container pickled before
+        elif self.params:               # the flag always had); a module that never had, keeps to itself
             self._create_params(dict(self.params), dict(self.grads))
 
     def __copy__(self) -> "Module":

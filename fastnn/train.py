@@ -331,14 +331,15 @@ def _without_input_grad(model: Module):
 
 
 def _check_batchnorm_shares(model: Module, n: int, batch: int, ranks: int, drop_last: bool) -> None:
-    """ValueError before training where a batch would hand a rank one sample and a BatchNorm in
-    training mode sees one value per channel there (its input (N, C)), which it cannot normalize:
+    """ValueError before training where a batch would hand a rank one sample and a BatchNorm that
+    trains (fit puts a model in eval mode into training mode) sees one value per channel there
+    (its input (N, C)), which it cannot normalize:
     it failed at that batch, an epoch in (with ranks, on one rank's share of the last batch)."""
     last = n % batch if not drop_last and n % batch >= ranks else 0     # fewer than ranks: dropped
     for size in (batch, last):
         if size and size // ranks == 1:
             for path, m in model.modules():
-                if isinstance(m, BatchNorm) and m.training and m.values_per_sample == 1:
+                if isinstance(m, BatchNorm) and (m.training or not model.training) and m.values_per_sample == 1:
                     gives = (f"the last batch of each epoch ({n} samples, batch_size {batch}) holds {size} sample"
                              if ranks == 1 else f"a batch of {size} samples gives a rank 1 sample on {ranks} ranks "
                              f"({n} samples, batch_size {batch})")

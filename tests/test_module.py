@@ -390,3 +390,92 @@ def test_create_params_names_what_it_expected():
         fnn.Module().create_params({"w": np.array(["x"])})
     with pytest.raises(TypeError, match="non-empty dict"):
         fnn.Module().create_params({})
+
+
+class _Net(fnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = fnn.Dense(4, 8, activation="relu"), fnn.Dense(8, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def backward(self, dy):
+        return self.body.backward(self.head.backward(dy))
+
+
+def test_a_sub_layer_replaced_after_gathering_joins_the_next_optimizer():
+    """torch's fine-tuning idiom, net.head = Dense(...) then a new optimizer: the new head trained."""
+    net = _Net()
+    fnn.optim.Adam(net)
+    net.head = fnn.Dense(8, 3)
+    opt = fnn.optim.SGD(net, lr=0.1)
+    assert np.shares_memory(net.head.params["weight"], net.flat.data) and net.flat.data is opt.params
+    w = net.head.params["weight"].copy()
+    net(np.ones((2, 4), np.float32))
+    net.backward(np.ones((2, 3), np.float32))
+    opt.step()
+    assert not np.array_equal(net.head.params["weight"], w)
+
+
+class _Wrapper(fnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = fnn.Sequential(fnn.Dense(4, 2, dtype=np.float64))
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copy_of_a_wrapper_trained_through_its_inner_model_keeps_its_optimizer(how):
+    """A module holding a Sequential, stepped by the Sequential's optimizer: the copy gathered
+    the inner model's parameters into the wrapper, away from the copied optimizer."""
+    w = _Wrapper()
+    opt = fnn.optim.SGD(w.net, lr=0.5)
+    w2, opt2 = pickle.loads(pickle.dumps((w, opt))) if how == "pickle" else copy.deepcopy((w, opt))
+    w2.net.flat.grad[...] = 1.0
+    before = w2.net.flat.data.copy()
+    opt2.step()
+    np.testing.assert_allclose(w2.net.flat.data, before - 0.5 * (w2.net.flat.grad != 0))
+
+
+def test_a_layer_held_again_in_an_attribute_is_one_layer_as_torch_counts_it():
+    """Tied weights (a decoder keeping the encoder in an attribute) were refused as a layer used twice."""
+    class TiedDecoder(fnn.Module):
+        def __init__(self, enc):
+            super().__init__()
+            self.enc = enc
+
+        def forward(self, x):
+            self._x = x
+            return x @ self.enc.params["weight"].T
+
+        def backward(self, dy):
+            self.enc.grads["weight"] += dy.T @ self._x
+            return dy @ self.enc.params["weight"]
+
+    enc = fnn.Dense(6, 3, bias=False, dtype=np.float64)
+    model = fnn.Sequential(enc, TiedDecoder(enc))
+    assert [n for n, _ in model.named_parameters()] == ["0.weight"] and model.num_params == 18
+    x = np.random.default_rng(0).standard_normal((5, 6))
+    model(x)
+    model.backward(np.ones((5, 6)))
+    w, dy = enc.params["weight"], np.ones((5, 6))
+    want = x.T @ (dy @ w) + dy.T @ (x @ w)             # d/dW of sum(dy * (x W W^T)), both uses of W (6, 3)
+    np.testing.assert_allclose(enc.grads["weight"], want, rtol=1e-12)
+    with pytest.raises(ValueError, match="layer '2' is the same object as layer '0'"):
+        fnn.Sequential(enc2 := fnn.Dense(3, 3), fnn.ReLU(), enc2)       # a container running it twice
+
+
+def test_create_params_takes_the_sub_layers_dtype():
+    """np.ones(n) is float64: next to float32 sub-layers the layer became float64 and every
+    model of it was refused."""
+    class Scaled(fnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = fnn.Dense(3, 3)
+            self.create_params({"scale": np.ones(3)})
+
+    block = Scaled()
+    assert block.dtype == np.float32 and block.params["scale"].dtype == np.float32
+    fnn.Sequential(block, fnn.Dense(3, 2))
+    with pytest.raises(TypeError, match=r"share one dtype, got float32 \(layers '0'\), float64 \(layers '1'\)"):
+        fnn.Sequential(fnn.Dense(3, 3), fnn.Dense(3, 3, dtype=np.float64))

@@ -1227,8 +1227,9 @@ def test_fit_drop_last_skips_the_short_batch_batchnorm_cannot_train_on(tmp_path)
     np.testing.assert_array_equal(model.flat.data, ref.flat.data)
     with pytest.raises(fnn.checkpoint.ResumeError, match="saved by a run with drop_last=True, expected this run's "
                                                           "drop_last=False"):
-        model, opt = build()        # in eval mode: the short batch of one is no BatchNorm's concern
-        fnn.train.fit(model.eval(), opt, x, y, epochs=3, batch_size=34, seed=3, checkpoint=path, resume=True,
+        model, opt = build()
+        model[1].eval()             # frozen: the short batch of one is no BatchNorm's concern
+        fnn.train.fit(model, opt, x, y, epochs=3, batch_size=34, seed=3, checkpoint=path, resume=True,
                       progress=False)
     with pytest.raises(ValueError, match=r"drop_last=True with batch_size=104 drops every batch of the 103 "
                                          r"samples: expected a batch_size <= 103"):
@@ -1358,8 +1359,12 @@ def test_fit_refuses_batches_that_leave_a_batchnorm_one_sample_before_training()
         _check_batchnorm_shares(model, 103, 2, 2, True)
     _check_batchnorm_shares(model, 103, 20, 2, True)        # the short batch dropped
     _check_batchnorm_shares(model, 103, 17, 4, False)       # 103 % 17 = 1 < 4 ranks: dropped
-    model.eval()
-    _check_batchnorm_shares(model, 103, 17, 1, False)       # running statistics: any batch
+    model.eval()                                            # fit puts it into training mode
+    with pytest.raises(ValueError, match="BatchNorm layer '1' cannot train on one value per channel"):
+        _check_batchnorm_shares(model, 103, 17, 1, False)
+    model.train()
+    model[1].eval()                                         # frozen: running statistics, any batch
+    _check_batchnorm_shares(model, 103, 17, 1, False)
     images = fnn.Sequential(fnn.Conv2D(1, 2, 3, dtype=np.float64), fnn.BatchNorm(2, dtype=np.float64),
                             fnn.Flatten(), fnn.Dense(8, 3, dtype=np.float64))
     xi = np.random.default_rng(3).standard_normal((103, 4, 4, 1))

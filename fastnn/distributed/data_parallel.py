@@ -216,6 +216,12 @@ class DataParallel:
         self._ready = True
 
     @property
+    def _grad(self) -> np.ndarray:
+        """The model's flat gradient, read per bucket and step: the buffer the wrapper was made on
+        (``model.flat`` also looks for sub-modules added since, a walk of the whole model)."""
+        return self.model._flat.grad
+
+    @property
     def _sharing(self) -> bool:
         """Whether the parameters are one copy in shared memory for every rank of the machine."""
         return self._shared is not None and self.shard_optimizer
@@ -288,7 +294,7 @@ class DataParallel:
         """Refuse to add to or reduce a finished step's summed gradient (zeroed by this
         zero_grad(), or by model.zero_grad(): then the buffer reads all zero)."""
         if self._stale:
-            if self.model.flat.grad.any():
+            if self._grad.any():
                 raise RuntimeError(f"DataParallel: {what}: the gradient buffer holds the ranks' summed gradient (a "
                                    "sharded rank: its share of it), not this rank's, so adding to it or reducing it "
                                    "again would not give what one process gives. Call zero_grad() after each step(); "
@@ -349,7 +355,7 @@ class DataParallel:
         return self._micro // self.accumulate_steps
 
     def _on_grads_ready(self, offset: int) -> None:
-        if offset >= self.model.flat.grad.size:     # a backward begins, before it writes anything
+        if offset >= self._grad.size:     # a backward begins, before it writes anything
             self._check_fresh("backward() after step() without zero_grad()")
             if self._backward_ran:
                 raise RuntimeError(
@@ -445,7 +451,7 @@ class DataParallel:
 
     def _bucket(self, index: int) -> np.ndarray:
         b = self.buckets[index]
-        return self.model.flat.grad[b.start:b.stop]
+        return self._grad[b.start:b.stop]
 
     def _reduce(self, index: int) -> None:
         """Blocking reduction of the count (index -1) or of one bucket (weighed first)."""
@@ -504,10 +510,10 @@ class DataParallel:
             return None
         if self._unequal:                                # shares differ: weigh every row before the sum
             if self._m:
-                self.model.flat.grad[...] *= self._pre
+                self._grad[...] *= self._pre
             self._guarded("fence after weighing the gradients", self._shared.fence)
         t0 = self._us()
-        self._shared.sum_share(0, self.model.flat.grad.size, into_all=False)
+        self._shared.sum_share(0, self._grad.size, into_all=False)
         self._rest_zero = True
         self._combined, done = 0, False
         try:
@@ -534,7 +540,7 @@ class DataParallel:
         return float(buf[0])
 
     def _check_home(self) -> None:
-        if self.model.flat.grad is not self._shared.grad:
+        if self._grad is not self._shared.grad:
             raise RuntimeError("DataParallel: the model's gradient buffer moved after wrapping (wrapped twice, or "
                                "rehome() called since): this wrapper's shared window no longer holds it")
 
@@ -545,7 +551,7 @@ class DataParallel:
         pending = self._micro % self.accumulate_steps != 0    # micro-batches of an unfinished step
         while True:
             if not pending:
-                self.model.flat.grad[...] = 0
+                self._grad[...] = 0
                 self._stale = False
             stepped = self._synchronized_step(active=1.0 if pending else 0.0)
             if stepped is None:
