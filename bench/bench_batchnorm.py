@@ -94,7 +94,7 @@ def main() -> None:
         f"# BatchNorm forward + backward, float32, medians of {args.repeats} interleaved rounds\n\n"
         f"CPU: {info['cpu_model']} ({info['usable_cpus']} usable cores); torch {info['torch']}; load average "
         f"{info['loadavg_start'][0]:.2f} at start, {info['loadavg_end'][0]:.2f} at end.\n\n"
-        f"Run: `python bench/bench_batchnorm.py`\n\n{text}\n")
+        f"Run: `{' '.join(['python bench/bench_batchnorm.py', *sys.argv[1:]])}`\n\n{text}\n")
     (out / "batchnorm.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
 
 

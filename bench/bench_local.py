@@ -496,7 +496,7 @@ NOTES = """Notes
   bodies (kernels/local/threads.py); BlockDiagonalDense runs on fastnn.batched_matmul.
 - The torch locally connected layer is the usual community one (F.unfold, permute, torch.bmm
   over positions, permute back, + bias; autograd for backward): it materialises the im2col
-  matrix (N*P*K floats, 33 MB here) and its gradient. fastnn reads each position's patches in
+  matrix (N*P*K floats, 33 MB at batch 64) and its gradient. fastnn reads each position's patches in
   place on fastnn.matmul's register tile (the weight gradient from a zero-padded copy of x)
   and never builds it.
 - GFLOP/s counts 2 FLOP per multiply-add, forward + backward = 3 x forward (input and weight

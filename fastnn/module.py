@@ -70,13 +70,33 @@ def _stamped(forward):
 
 def _paired(backward):
     """A layer's backward that, called on the model itself (not by a container running it),
-    differentiates the model's most recent forward, once."""
+    differentiates the model's most recent forward, once; run by its container, once per forward
+    of its own (a layer run twice in one forward keeps the second run's activations only). On the
+    model, it tells the gradient hooks (data parallelism) when the backward begins and that every
+    gradient is final at its end (``Sequential`` also reports each layer's as it goes)."""
     @functools.wraps(backward)
     def run(self, dy, *args, **kwargs):
-        if self.__dict__.get("_parent") is not None:     # run by its container, which checked
-            return backward(self, dy, *args, **kwargs)
+        if self.__dict__.get("_parent") is not None:     # run by its container, which checked the model
+            if not self.__dict__.get("_pending", True):
+                raise RuntimeError(f"{type(self).__name__}.backward ran twice for one forward of its own: a layer run "
+                                   "twice in one forward keeps the second run's activations only, so a gradient "
+                                   "would be wrong; make a second layer for the second use")
+            dx = backward(self, dy, *args, **kwargs)
+            self._pending = False
+            return dx
         self._check_paired()
-        dx = backward(self, dy, *args, **kwargs)
+        hooks = bool(self.__dict__.get("_grad_hooks"))
+        if hooks:
+            self._grads_ready_from(self._flat.grad.size)
+        try:
+            dx = backward(self, dy, *args, **kwargs)
+        except BaseException:           # the layers that had run theirs may run it again on a retry
+            for _, m in itertools.islice(self.modules(), 1, None):
+                if 0 < m.__dict__.get("_stamp", 0) < self._stamp:
+                    m._pending = True
+            raise
+        if hooks:
+            self._grads_ready_from(0)
         self._pending = False           # done (a backward refused on a bad dy may be retried)
         return dx
     return run
@@ -144,14 +164,16 @@ class Module:
     # -- structure -------------------------------------------------------------------
     def children(self) -> list[tuple[str, "Module"]]:
         """Named direct sub-modules, as torch registers them: every Module held in an attribute
-        (``self.fc1 = Dense(...)``; a list or tuple of Modules gives one per item, named
-        "<attribute>.<index>"), in the order they were assigned. Empty for a leaf layer."""
+        (``self.fc1 = Dense(...)``; one in a list or tuple is named "<attribute>.<index>", in a
+        dict "<attribute>.<key>"), in the order they were assigned. Empty for a leaf layer."""
         named = []
         for name, v in self.__dict__.items():
             if isinstance(v, Module) and name != "_parent":
                 named.append((name, v))
-            elif isinstance(v, (list, tuple)) and v and all(isinstance(m, Module) for m in v):
-                named.extend((f"{name}.{i}", m) for i, m in enumerate(v))
+            elif isinstance(v, (list, tuple)):
+                named.extend((f"{name}.{i}", m) for i, m in enumerate(v) if isinstance(m, Module))
+            elif isinstance(v, dict) and not isinstance(v, Views):
+                named.extend((f"{name}.{k}", m) for k, m in v.items() if isinstance(m, Module))
         return named
 
     def modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -281,7 +303,7 @@ class Module:
         leaves = [(mp, m) for mp, m, _ in tree if m.params]
         dtypes: dict[np.dtype, list[str]] = {}
         for mp, m in leaves:
-            dtypes.setdefault(np.dtype(m.dtype), []).append(repr(mp))
+            dtypes.setdefault(np.dtype(m.dtype), []).append(repr(mp) if mp else f"{type(m).__name__}'s own")
         if len(dtypes) > 1:
             shown = ", ".join(f"{dt} (layers {', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
                               for dt, paths in sorted(dtypes.items(), key=lambda kv: str(kv[0])))

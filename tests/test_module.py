@@ -479,3 +479,84 @@ def test_create_params_takes_the_sub_layers_dtype():
     fnn.Sequential(block, fnn.Dense(3, 2))
     with pytest.raises(TypeError, match=r"share one dtype, got float32 \(layers '0'\), float64 \(layers '1'\)"):
         fnn.Sequential(fnn.Dense(3, 3), fnn.Dense(3, 3, dtype=np.float64))
+
+
+class _Twice(fnn.Module):
+    """Runs one sub-layer twice in its forward: its activations are the second run's only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = fnn.Dense(3, 3, dtype=np.float64)
+
+    def forward(self, x):
+        return self.fc(self.fc(x))
+
+    def backward(self, dy):
+        return self.fc.backward(self.fc.backward(dy))
+
+
+def _snapshots_at_hooks(model, x, dy):
+    """(offset, gradient at that moment) for each report of the gradient hook during a backward."""
+    seen = []
+    model.register_grad_ready_hook(lambda offset: seen.append((offset, model.flat.grad.copy())))
+    model(x)
+    model.backward(dy)
+    return seen
+
+
+@pytest.mark.parametrize("build", [
+    lambda: fnn.Sequential(_Block(), fnn.Dense(3, 2, dtype=np.float64)),
+    lambda: _Block(),
+    lambda: fnn.Residual(fnn.Sequential(fnn.Dense(4, 4, dtype=np.float64), fnn.ReLU()), fnn.Dense(4, 4, dtype=np.float64)),
+    lambda: fnn.Concat(fnn.Dense(4, 2, dtype=np.float64), fnn.Dense(4, 1, dtype=np.float64))])
+@pytest.mark.parametrize("replace", [False, True])
+def test_the_gradient_hooks_report_only_final_gradients_for_every_kind_of_model(build, replace):
+    """Only a Sequential told the hooks (data parallelism's bucket reducer) that a backward began
+    and ended; and a Sequential whose layer was replaced kept the old buffer's offsets, handing
+    buckets to the reducer before their gradients were written."""
+    rng = np.random.default_rng(0)
+    model = build()
+    if replace and isinstance(model, fnn.Sequential):
+        model[0].fc1 = fnn.Sequential(fnn.Dense(4, 16, activation="tanh", dtype=np.float64),   # gathered again:
+                                      fnn.Dense(16, 5, dtype=np.float64))                      # offsets move
+    elif replace:
+        return
+    model.flat
+    x = rng.normal(size=(3, 4))
+    dy = rng.normal(size=model.eval()(x).shape)
+    model.train()
+    seen = _snapshots_at_hooks(model, x, dy)
+    assert seen[0][0] == model.flat.grad.size and not seen[0][1].any()       # a backward begins, none written
+    assert seen[-1][0] == 0
+    final = model.flat.grad
+    for offset, grad in seen:
+        np.testing.assert_array_equal(grad[offset:], final[offset:])
+
+
+def test_a_layer_run_twice_in_one_forward_is_refused_at_its_second_backward():
+    """Once gathered into a model, the layer's backward ran unchecked: the second use's activations
+    served both backwards, a wrong gradient, silently."""
+    model = fnn.Sequential(_Twice(), fnn.Dense(3, 1, dtype=np.float64))
+    model(np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match="Dense.backward ran twice for one forward of its own"):
+        model.backward(np.ones((2, 1)))
+    fnn.Sequential(_Block(), fnn.Dense(3, 1, dtype=np.float64))      # each once: fine
+    m = fnn.Sequential(fnn.Dense(3, 3, dtype=np.float64), fnn.Dense(3, 1, dtype=np.float64))
+    m(np.ones((2, 3)))
+    with pytest.raises(ValueError):
+        m.backward(np.ones((2, 2)))        # refused in the last layer
+    m.backward(np.ones((2, 1)))            # and retried
+
+
+def test_sub_layers_in_a_list_with_other_items_or_in_a_dict_are_registered():
+    """A list holding a None beside its layers (an optional BatchNorm) or a dict of layers was
+    skipped whole: those layers never trained."""
+    class Heads(fnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norms = [None, fnn.Dense(2, 2)]
+            self.heads = {"a": fnn.Dense(2, 1), "b": fnn.Dense(2, 3)}
+
+    names = [n for n, _ in Heads().named_parameters()]
+    assert names == ["norms.1.weight", "norms.1.bias", "heads.a.weight", "heads.a.bias", "heads.b.weight",
+                     "heads.b.bias"]

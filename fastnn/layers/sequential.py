@@ -22,7 +22,11 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: layer {i} must be a fastnn Module, got {type(layer).__name__}")
         self.layers = list(layers)
         self._adopt_children()
-        # flat offset from which all gradients are final once layer i's backward has run
+
+    def _adopt_children(self) -> None:
+        """Gather the layers' parameters (again, when a layer was replaced), then note the flat
+        offset from which all gradients are final once layer i's backward has run."""
+        super()._adopt_children()
         starts = [min((s.start for n, s in self._flat.slots.items() if n.split(".", 1)[0] == str(i)),
                       default=None) if self._flat else None for i in range(len(self.layers))]
         self._ready_from = [min((s for s in starts[i:] if s is not None), default=None) for i in range(len(starts))]
@@ -48,8 +52,6 @@ class Sequential(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         """Differentiates the most recent forward (each layer keeps that one's activations), once
         (``Module``'s guard: torch's "backward through the graph a second time")."""
-        if self._grad_hooks:
-            self._grads_ready_from(self.flat.grad.size)
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy)
             if self._grad_hooks and self._ready_from[i] is not None:
