@@ -250,6 +250,10 @@ CONV_CASES = [  # (N, H, W, C, O, kernel, stride, padding, dilation, groups)
     # ... and on gathered patches where the output lines are narrow (or w is dilated)
     (3, 7, 6, 4, 16, 3, 1, "same", 1, 1),
     (2, 8, 9, 3, 8, (2, 3), (1, 2), 1, (1, 2), 1),
+    # O filling half or more of a multiple of NR, not all: the weight gradient on dy widened
+    # with zero columns (in place, then gathered)
+    (2, 6, 17, 4, 20, 3, 1, "same", 1, 1),
+    (2, 5, 6, 4, 12, 3, 1, "same", 1, 1),
 ]
 
 
