@@ -55,13 +55,39 @@ _FORWARDS = itertools.count(1)
 _LATEST = [0]
 
 
+#: forwards begun on a model itself (not by a container running it), or on a Slice of one: a
+#: layer that runs twice within one of them, before a backward, keeps its second run's
+#: activations only; _BACKWARDS[0] counts the backwards finished (a model's failed backward after
+#: some of its layers finished theirs cannot be retried: those gradients would be added twice)
+_RUNS = [0]
+_BACKWARDS = [0]
+
+
+def begin_run() -> None:
+    """A forward over a model's layers begins (the model's own, or a Slice's)."""
+    _RUNS[0] += 1
+
+
 def _stamped(forward):
     """A layer's forward that records its completion: ``_pending`` (a backward may follow) and
-    ``_stamp``, later than its sub-modules' stamps from this same forward."""
+    ``_stamp``, later than its sub-modules' stamps from this same forward; run by its container,
+    whether it ran already in this forward of the model (``_twice``)."""
     @functools.wraps(forward)
     def run(self, x, *args, **kwargs):
+        d = self.__dict__
+        if d.get("_in_forward"):        # a subclass's forward calling super()'s: stamped once, outside
+            return forward(self, x, *args, **kwargs)
+        if d.get("_parent") is None:
+            begin_run()
+        else:
+            d["_twice"] = d.get("_run") == _RUNS[0] and d.get("_pending", False)
+            d["_run"] = _RUNS[0]
         self._pending = False           # a forward that fails partway leaves mixed activations
-        y = forward(self, x, *args, **kwargs)
+        d["_in_forward"] = True
+        try:
+            y = forward(self, x, *args, **kwargs)
+        finally:
+            d["_in_forward"] = False
         self._stamp = _LATEST[0] = next(_FORWARDS)
         self._pending = True
         return y
@@ -70,34 +96,39 @@ def _stamped(forward):
 
 def _paired(backward):
     """A layer's backward that, called on the model itself (not by a container running it),
-    differentiates the model's most recent forward, once; run by its container, once per forward
-    of its own (a layer run twice in one forward keeps the second run's activations only). On the
-    model, it tells the gradient hooks (data parallelism) when the backward begins and that every
-    gradient is final at its end (``Sequential`` also reports each layer's as it goes)."""
+    differentiates the model's most recent forward, once; run by its container, the activations
+    of one run (a layer run twice in one forward of the model keeps the second run's only). On
+    the model, it tells the gradient hooks (data parallelism) when the backward begins and that
+    every gradient is final at its end (``Sequential`` also reports each layer's as it goes)."""
     @functools.wraps(backward)
     def run(self, dy, *args, **kwargs):
-        if self.__dict__.get("_parent") is not None:     # run by its container, which checked the model
-            if not self.__dict__.get("_pending", True):
-                raise RuntimeError(f"{type(self).__name__}.backward ran twice for one forward of its own: a layer run "
-                                   "twice in one forward keeps the second run's activations only, so a gradient "
-                                   "would be wrong; make a second layer for the second use")
-            dx = backward(self, dy, *args, **kwargs)
-            self._pending = False
-            return dx
-        self._check_paired()
-        hooks = bool(self.__dict__.get("_grad_hooks"))
-        if hooks:
-            self._grads_ready_from(self._flat.grad.size)
+        d = self.__dict__
+        if d.get("_in_backward"):       # a subclass's backward calling super()'s: checked once, outside
+            return backward(self, dy, *args, **kwargs)
+        root = d.get("_parent") is None
+        if root:
+            self._check_paired()
+        elif d.get("_twice"):
+            raise RuntimeError(f"{type(self).__name__}.backward: the layer ran twice in the model's last forward and "
+                               "keeps the second run's activations only, so a gradient would be wrong; make a second "
+                               "layer for the second use")
+        hooks = root and bool(d.get("_grad_hooks"))
+        done = _BACKWARDS[0]
+        d["_in_backward"] = True
         try:
+            if hooks:
+                self._grads_ready_from(self._flat.grad.size)
             dx = backward(self, dy, *args, **kwargs)
-        except BaseException:           # the layers that had run theirs may run it again on a retry
-            for _, m in itertools.islice(self.modules(), 1, None):
-                if 0 < m.__dict__.get("_stamp", 0) < self._stamp:
-                    m._pending = True
+            if hooks:
+                self._grads_ready_from(0)
+        except BaseException:
+            if root and _BACKWARDS[0] != done:      # layers inside had added their gradients
+                self._pending = False
             raise
-        if hooks:
-            self._grads_ready_from(0)
-        self._pending = False           # done (a backward refused on a bad dy may be retried)
+        finally:
+            d["_in_backward"] = False
+        self._pending = False           # done (a backward refused before any layer's finished may be retried)
+        _BACKWARDS[0] += 1
         return dx
     return run
 
@@ -165,15 +196,18 @@ class Module:
     def children(self) -> list[tuple[str, "Module"]]:
         """Named direct sub-modules, as torch registers them: every Module held in an attribute
         (``self.fc1 = Dense(...)``; one in a list or tuple is named "<attribute>.<index>", in a
-        dict "<attribute>.<key>"), in the order they were assigned. Empty for a leaf layer."""
+        dict "<attribute>.<key>": layers and None, read up to the first other item), in the order
+        they were assigned. Empty for a leaf layer."""
         named = []
         for name, v in self.__dict__.items():
             if isinstance(v, Module) and name != "_parent":
                 named.append((name, v))
-            elif isinstance(v, (list, tuple)):
-                named.extend((f"{name}.{i}", m) for i, m in enumerate(v) if isinstance(m, Module))
-            elif isinstance(v, dict) and not isinstance(v, Views):
-                named.extend((f"{name}.{k}", m) for k, m in v.items() if isinstance(m, Module))
+            elif isinstance(v, (list, tuple)) or (isinstance(v, dict) and not isinstance(v, Views)):
+                for k, m in (v.items() if isinstance(v, dict) else enumerate(v)):
+                    if isinstance(m, Module):
+                        named.append((f"{name}.{k}", m))
+                    elif m is not None:     # a list of data, not of layers: not read through (it may be long)
+                        break
         return named
 
     def modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numba
@@ -47,6 +48,8 @@ from numba.extending import intrinsic
 from .env import openmp_started, switched_off
 
 _USER_BINDING = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
+#: seconds to wait for a worker above a smaller team to end (see _ended)
+ENDING_S = 0.05
 
 
 def _getcpu_fn():
@@ -208,6 +211,19 @@ def pin(threads: int | None = None) -> Pinning:
                          frozenset(share[:1] + share[threads:])))
 
 
+def _ended(tids: list[int]) -> bool:
+    """Whether one of these workers ended. libgomp ends the workers above a smaller team when it
+    starts it, but on a loaded machine one may still be exiting when the next larger team is
+    due: it is waited for, up to ENDING_S (once per such change of team size)."""
+    deadline = time.monotonic() + ENDING_S
+    while True:
+        if any(not os.path.exists(f"/proc/self/task/{tid}") for tid in tids):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+
+
 def keep_off(threads: int) -> None:
     """Before a parallel kernel on ``threads`` threads: pin the workers (once; again for a
     larger team, or when libgomp replaced them); move the calling thread off their CPUs."""
@@ -215,8 +231,7 @@ def keep_off(threads: int) -> None:
     if p is None or p.threads < threads <= p.limit:
         p = pin(threads)
     elif p.cpus and threads > p.smallest:
-        gone = [tid for tid in p.tids[p.smallest:threads] if not os.path.exists(f"/proc/self/task/{tid}")]
-        p = pin(p.threads) if gone else p
+        p = pin(p.threads) if _ended(p.tids[p.smallest:threads]) else p
         p.smallest = min(threads, p.threads)
     if not p.cpus:
         return

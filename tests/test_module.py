@@ -538,7 +538,7 @@ def test_a_layer_run_twice_in_one_forward_is_refused_at_its_second_backward():
     served both backwards, a wrong gradient, silently."""
     model = fnn.Sequential(_Twice(), fnn.Dense(3, 1, dtype=np.float64))
     model(np.ones((2, 3)))
-    with pytest.raises(RuntimeError, match="Dense.backward ran twice for one forward of its own"):
+    with pytest.raises(RuntimeError, match="Dense.backward: the layer ran twice in the model's last forward"):
         model.backward(np.ones((2, 1)))
     fnn.Sequential(_Block(), fnn.Dense(3, 1, dtype=np.float64))      # each once: fine
     m = fnn.Sequential(fnn.Dense(3, 3, dtype=np.float64), fnn.Dense(3, 1, dtype=np.float64))
@@ -560,3 +560,85 @@ def test_sub_layers_in_a_list_with_other_items_or_in_a_dict_are_registered():
     names = [n for n, _ in Heads().named_parameters()]
     assert names == ["norms.1.weight", "norms.1.bias", "heads.a.weight", "heads.a.bias", "heads.b.weight",
                      "heads.b.bias"]
+
+
+def test_a_sub_model_differentiated_twice_for_one_forward_adds_both_gradients():
+    """torch's retain_graph: a trunk run once and backpropagated once per head gives the gradient
+    of the sum (refused for a while as 'ran twice')."""
+    class TwoHeads(fnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = fnn.Sequential(fnn.Dense(3, 4, activation="tanh", dtype=np.float64))
+            self.a, self.b = fnn.Dense(4, 1, dtype=np.float64), fnn.Dense(4, 1, dtype=np.float64)
+
+        def forward(self, x):
+            h = self.trunk(x)
+            return np.concatenate([self.a(h), self.b(h)], axis=1)
+
+        def backward(self, dy):
+            return self.trunk.backward(self.a.backward(dy[:, :1])) + self.trunk.backward(self.b.backward(dy[:, 1:]))
+
+    model = TwoHeads()
+    fnn.optim.SGD(model, lr=0.1)
+    x, dy = np.random.default_rng(0).normal(size=(5, 3)), np.random.default_rng(1).normal(size=(5, 2))
+    model(x)
+    model.backward(dy)
+    got = {n: g.copy() for n, g in model.named_gradients()}
+    h = model.trunk.layers[0]
+    g = dy[:, :1] @ model.a.params["weight"].T + dy[:, 1:] @ model.b.params["weight"].T
+    t = np.tanh(x @ h.params["weight"] + h.params["bias"])
+    np.testing.assert_allclose(got["trunk.0.weight"], x.T @ (g * (1 - t * t)), rtol=1e-12)
+
+
+def test_a_subclass_backward_calling_super_tells_the_hooks_once():
+    """Both wrapped backwards took the model's path: 'a backward begins' twice, which data
+    parallelism refuses as a second backward before step()."""
+    class MySeq(fnn.Sequential):
+        def backward(self, dy):
+            return super().backward(dy)
+
+    model = MySeq(fnn.Dense(3, 4, dtype=np.float64), fnn.Dense(4, 2, dtype=np.float64))
+    seen = [offset for offset, _ in _snapshots_at_hooks(model, np.ones((2, 3)), np.ones((2, 2)))]
+    assert seen[0] == model.flat.grad.size and seen.count(model.flat.grad.size) == 1 and seen[-1] == 0
+
+
+def test_a_backward_that_failed_after_some_layers_finished_needs_a_new_forward():
+    """Retried, the layers that had finished added their gradients a second time."""
+    class Flaky(fnn.ReLU):
+        fail = True
+
+        def backward(self, dy):
+            if Flaky.fail:
+                Flaky.fail = False
+                raise KeyboardInterrupt
+            return super().backward(dy)
+
+    model = fnn.Sequential(fnn.Dense(3, 4, dtype=np.float64), Flaky(), fnn.Dense(4, 2, dtype=np.float64))
+    model(np.ones((2, 3)))
+    with pytest.raises(KeyboardInterrupt):
+        model.backward(np.ones((2, 2)))
+    with pytest.raises(RuntimeError, match="none ran, or the last one failed"):
+        model.backward(np.ones((2, 2)))
+
+
+def test_a_list_of_data_is_not_read_through():
+    """children() read every item of every list attribute: a growing log made each zero_grad slower."""
+    class Logged(fnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = fnn.Dense(2, 2)
+            self.log = [0.0, fnn.Dense(2, 2)]       # data first: not a list of layers
+
+    assert [n for n, _ in Logged().children()] == ["fc"]
+
+
+def test_a_slice_runs_forward_and_backward_after_the_models_forward():
+    """model(x) for the outputs, then model[:-1] forward and backward for the features' gradient."""
+    model = fnn.Sequential(fnn.Dense(3, 4, activation="relu", dtype=np.float64), fnn.Dense(4, 2, dtype=np.float64))
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    model(x)
+    features = model[:-1]
+    h = features(x)
+    dx = features.backward(np.ones_like(h))
+    w, b = model[0].params["weight"], model[0].params["bias"]
+    np.testing.assert_allclose(dx, ((x @ w + b) > 0) @ w.T, rtol=1e-12)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..module import Module
+from ..module import Module, begin_run
 
 
 class Sequential(Module):
@@ -143,6 +143,7 @@ class Slice:
         return self.forward(x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        begin_run()
         for layer in self.layers:
             x = layer.forward(x)
         return x
