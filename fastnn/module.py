@@ -75,21 +75,16 @@ def _stamped(forward):
     @functools.wraps(forward)
     def run(self, x, *args, **kwargs):
         d = self.__dict__
-        if d.get("_in_forward"):        # a subclass's forward calling super()'s: stamped once, outside
-            return forward(self, x, *args, **kwargs)
         if d.get("_parent") is None:
-            begin_run()
-        else:
-            d["_twice"] = d.get("_run") == _RUNS[0] and d.get("_pending", False)
-            d["_run"] = _RUNS[0]
-        self._pending = False           # a forward that fails partway leaves mixed activations
-        d["_in_forward"] = True
-        try:
-            y = forward(self, x, *args, **kwargs)
-        finally:
-            d["_in_forward"] = False
-        self._stamp = _LATEST[0] = next(_FORWARDS)
-        self._pending = True
+            _RUNS[0] += 1
+        else:       # (a subclass's forward calling super()'s finds _pending False: not twice)
+            run_ = _RUNS[0]
+            d["_twice"] = d.get("_run") == run_ and d.get("_pending", False)
+            d["_run"] = run_
+        d["_pending"] = False           # a forward that fails partway leaves mixed activations
+        y = forward(self, x, *args, **kwargs)
+        d["_stamp"] = _LATEST[0] = next(_FORWARDS)
+        d["_pending"] = True
         return y
     return run
 
@@ -103,7 +98,7 @@ def _paired(backward):
     @functools.wraps(backward)
     def run(self, dy, *args, **kwargs):
         d = self.__dict__
-        if d.get("_in_backward"):       # a subclass's backward calling super()'s: checked once, outside
+        if d.get("_in_backward"):       # a subclass's backward calling super()'s, on a model with hooks
             return backward(self, dy, *args, **kwargs)
         root = d.get("_parent") is None
         if root:
@@ -114,7 +109,8 @@ def _paired(backward):
                                "layer for the second use")
         hooks = root and bool(d.get("_grad_hooks"))
         done = _BACKWARDS[0]
-        d["_in_backward"] = True
+        if hooks:                       # told once (a subclass's backward calling super()'s: not again)
+            d["_in_backward"] = True
         try:
             if hooks:
                 self._grads_ready_from(self._flat.grad.size)
@@ -123,11 +119,12 @@ def _paired(backward):
                 self._grads_ready_from(0)
         except BaseException:
             if root and _BACKWARDS[0] != done:      # layers inside had added their gradients
-                self._pending = False
+                d["_pending"] = False
             raise
         finally:
-            d["_in_backward"] = False
-        self._pending = False           # done (a backward refused before any layer's finished may be retried)
+            if hooks:
+                d["_in_backward"] = False
+        d["_pending"] = False           # done (a backward refused before any layer's finished may be retried)
         _BACKWARDS[0] += 1
         return dx
     return run

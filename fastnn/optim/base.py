@@ -242,6 +242,9 @@ class Optimizer:
         group's row in the kernels' table): a group popped or appended since had the kernels read
         past their table, a changed 'params' list did nothing."""
         built, groups = self._group_params, self.param_groups
+        if type(groups) is list and len(groups) == len(built) and all(   # the usual case, every step
+                type(g) is dict and g.get("params") == names for g, names in zip(groups, built)):
+            return
         if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
             raise TypeError(f"param_groups: expected a list of dicts, got {type_name(groups)}")
         if len(groups) != len(built):
