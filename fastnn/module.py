@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
@@ -55,34 +56,44 @@ _FORWARDS = itertools.count(1)
 _LATEST = [0]
 
 
-#: forwards begun on a model itself (not by a container running it), or on a Slice of one: a
-#: layer that runs twice within one of them, before a backward, keeps its second run's
-#: activations only; _BACKWARDS[0] counts the backwards finished (a model's failed backward after
-#: some of its layers finished theirs cannot be retried: those gradients would be added twice)
-_RUNS = [0]
-_BACKWARDS = [0]
+def _stamps_after(stamp: int) -> None:
+    """Number the forwards from here on after ``stamp`` (a module unpickled from a process that
+    had numbered further keeps its stamps, so a layer's forward after its model's stays later)."""
+    global _FORWARDS
+    _FORWARDS = itertools.count(stamp + 1)
+    _LATEST[0] = stamp
 
 
-def begin_run() -> None:
-    """A forward over a model's layers begins (the model's own, or a Slice's)."""
-    _RUNS[0] += 1
+#: per thread: ``depth``, the forwards running now (a layer's forward inside its container's);
+#: ``run``, the id of the outermost one, from _RUN_IDS (a layer that runs twice within one run,
+#: before a backward, keeps its second run's activations only); ``backwards``, the backwards
+#: finished (a model's failed backward after some of its layers finished theirs cannot be
+#: retried: those gradients would be added twice)
+_RUN_IDS = itertools.count(1)
+_LOCAL = threading.local()
 
 
 def _stamped(forward):
     """A layer's forward that records its completion: ``_pending`` (a backward may follow) and
-    ``_stamp``, later than its sub-modules' stamps from this same forward; run by its container,
-    whether it ran already in this forward of the model (``_twice``)."""
+    ``_stamp``, later than its sub-modules' stamps from this same forward; run inside another
+    module's forward, whether it ran already in that outermost forward (``_twice``)."""
     @functools.wraps(forward)
     def run(self, x, *args, **kwargs):
-        d = self.__dict__
-        if d.get("_parent") is None:
-            _RUNS[0] += 1
+        d, local = self.__dict__, _LOCAL
+        depth = getattr(local, "depth", 0)
+        if depth == 0:                  # the outermost forward: a run of its own
+            local.run = d["_run"] = next(_RUN_IDS)
+            d["_twice"] = False
         else:       # (a subclass's forward calling super()'s finds _pending False: not twice)
-            run_ = _RUNS[0]
+            run_ = local.run
             d["_twice"] = d.get("_run") == run_ and d.get("_pending", False)
             d["_run"] = run_
         d["_pending"] = False           # a forward that fails partway leaves mixed activations
-        y = forward(self, x, *args, **kwargs)
+        local.depth = depth + 1
+        try:
+            y = forward(self, x, *args, **kwargs)
+        finally:
+            local.depth = depth
         d["_stamp"] = _LATEST[0] = next(_FORWARDS)
         d["_pending"] = True
         return y
@@ -108,7 +119,8 @@ def _paired(backward):
                                "keeps the second run's activations only, so a gradient would be wrong; make a second "
                                "layer for the second use")
         hooks = root and bool(d.get("_grad_hooks"))
-        done = _BACKWARDS[0]
+        local = _LOCAL
+        done = getattr(local, "backwards", 0)
         if hooks:                       # told once (a subclass's backward calling super()'s: not again)
             d["_in_backward"] = True
         try:
@@ -117,15 +129,16 @@ def _paired(backward):
             dx = backward(self, dy, *args, **kwargs)
             if hooks:
                 self._grads_ready_from(0)
-        except BaseException:
-            if root and _BACKWARDS[0] != done:      # layers inside had added their gradients
+        except BaseException as e:      # a retry would add again what was written: layers inside that
+            if root and (getattr(local, "backwards", 0) != done or not isinstance(e, Exception)  # finished, or
+                         or (d.get("params") and self.children())):   # anything, interrupted; or own gradients
                 d["_pending"] = False
             raise
         finally:
             if hooks:
                 d["_in_backward"] = False
         d["_pending"] = False           # done (a backward refused before any layer's finished may be retried)
-        _BACKWARDS[0] += 1
+        local.backwards = getattr(local, "backwards", 0) + 1
         return dx
     return run
 
@@ -435,8 +448,8 @@ class Module:
         buffer of its own; a container, rebuilt after its layers, gathers theirs into one."""
         self.__dict__.update(state)
         self.__dict__.setdefault("buffers", {})     # pickled before modules had buffers
-        if "_stamp" in state:           # another process's numbering: a pair begun before pickling stays one
-            self._stamp = 0
+        if state.get("_stamp", 0) > _LATEST[0]:   # another process's numbering, ahead of this one's
+            _stamps_after(state["_stamp"])
         if self.children() and (state.get("_adopted") or type(self).children is not Module.children):
             self._adopt_children()      # as the original had gathered them (a container pickled before
         elif self.params:               # the flag always had); a module that never had, keeps to itself

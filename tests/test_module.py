@@ -642,3 +642,78 @@ def test_a_slice_runs_forward_and_backward_after_the_models_forward():
     dx = features.backward(np.ones_like(h))
     w, b = model[0].params["weight"], model[0].params["bias"]
     np.testing.assert_allclose(dx, ((x @ w + b) > 0) @ w.T, rtol=1e-12)
+
+
+def test_a_layer_run_on_its_own_after_its_models_forward_starts_a_forward_of_its_own():
+    """A layer of a model run alone (after predict, or twice in a row) was refused as 'ran twice
+    in the model's last forward'."""
+    enc = fnn.Dense(3, 4, dtype=np.float64)
+    model = fnn.Sequential(enc, fnn.Dense(4, 2, dtype=np.float64))
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    fnn.train.predict(model, x)
+    for _ in range(2):
+        enc(x)
+        np.testing.assert_allclose(enc.backward(np.ones((5, 4))), np.ones((5, 4)) @ enc.params["weight"].T)
+
+
+def test_another_threads_forward_does_not_hide_a_layer_run_twice():
+    """The run counter was global: a forward in another thread between the two runs of a layer
+    made its backward pass, with the second run's activations for both."""
+    import threading
+
+    other = fnn.Sequential(fnn.Dense(3, 3, dtype=np.float64))
+
+    class Twice(_Twice):
+        def forward(self, x):
+            h = self.fc(x)
+            t = threading.Thread(target=lambda: other(np.ones((2, 3))))
+            t.start()
+            t.join()
+            return self.fc(h)
+
+    model = fnn.Sequential(Twice(), fnn.Dense(3, 1, dtype=np.float64))
+    model(np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match="ran twice in the model's last forward"):
+        model.backward(np.ones((2, 1)))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_keeps_a_layer_that_ran_after_its_models_forward_refused(how):
+    """Copies numbered every forward 0: a layer's own later forward no longer showed, and the copy's
+    backward mixed two batches' activations."""
+    model = fnn.Sequential(fnn.Dense(3, 4, dtype=np.float64), fnn.Dense(4, 2, dtype=np.float64))
+    model(np.ones((2, 3)))
+    model[:1](np.zeros((2, 3)))
+    clone = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    with pytest.raises(RuntimeError, match="ran a forward of its own after this model's forward"):
+        clone.backward(np.ones((2, 2)))
+    clone(np.ones((2, 3)))
+    clone.backward(np.ones((2, 2)))
+
+
+class _Interrupt(BaseException):
+    """As KeyboardInterrupt, an exception that is no Exception (without stopping pytest)."""
+
+
+def test_an_interrupted_backward_of_a_module_with_its_own_parameters_needs_a_new_forward():
+    """Its own gradient was written before a sub-layer was interrupted; a retry added it twice."""
+    class Scaled(fnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = fnn.Dense(3, 3, dtype=np.float64)
+            self.create_params({"scale": np.ones(3)})
+
+        def forward(self, x):
+            self._y = self.fc(x)
+            return self._y * self.params["scale"]
+
+        def backward(self, dy):
+            self.grads["scale"] += (dy * self._y).sum(axis=0)
+            raise _Interrupt
+
+    model = Scaled()
+    model(np.ones((2, 3)))
+    with pytest.raises(_Interrupt):
+        model.backward(np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match="none ran, or the last one failed"):
+        model.backward(np.ones((2, 3)))
