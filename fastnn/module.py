@@ -129,9 +129,11 @@ def _paired(backward):
             dx = backward(self, dy, *args, **kwargs)
             if hooks:
                 self._grads_ready_from(0)
-        except BaseException as e:      # a retry would add again what was written: layers inside that
-            if root and (getattr(local, "backwards", 0) != done or not isinstance(e, Exception)  # finished, or
-                         or (d.get("params") and self.children())):   # anything, interrupted; or own gradients
+        except BaseException as e:
+            # a retry would add again what was written: by layers inside that finished, by anything
+            # interrupted (no Exception), by a module of sub-layers with gradients of its own
+            if root and (getattr(local, "backwards", 0) != done or not isinstance(e, Exception)
+                         or (d.get("params") and self.children())):
                 d["_pending"] = False
             raise
         finally:
