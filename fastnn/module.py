@@ -290,11 +290,29 @@ class Module:
         if self._parent is not None:
             raise AttributeError(
                 f"{type(self).__name__} is part of a larger model; use the model's .flat")
-        if any(m.__dict__.get("_flat") is not None for _, m in itertools.islice(self.modules(), 1, None)):
+        tree = list(self.modules())
+        for path, m in tree:
+            m._check_no_stray_layers(path)
+        if any(m.__dict__.get("_flat") is not None for _, m in tree[1:]):
             self._adopt_children()     # a sub-module holds a buffer of its own (new, or never gathered)
         if self._flat is None:
             raise AttributeError(f"{type(self).__name__} has no parameters")
         return self._flat
+
+    def _check_no_stray_layers(self, path: str) -> None:
+        """TypeError where a container that lists its own children (Sequential, Concat, ...; a
+        subclass of one) holds a layer in an attribute that is none of them: the model would
+        never train it."""
+        if type(self).children is Module.children:
+            return
+        listed = {id(m) for _, m in self.children()}
+        stray = [(n, m) for n, m in Module.children(self) if id(m) not in listed]
+        if stray:
+            name, m = stray[0]
+            raise TypeError(f"{type(self).__name__}{f' {path!r}' if path else ''} holds {type(m).__name__} in its "
+                            f"attribute {name!r}, which is none of its {type(self).__mro__[1].__name__} children "
+                            f"{[n for n, _ in self.children()][:5]}: the model would never train it; pass it as a "
+                            "layer, or subclass fnn.Module to hold layers in attributes")
 
     @property
     def num_params(self) -> int:

@@ -717,3 +717,19 @@ def test_an_interrupted_backward_of_a_module_with_its_own_parameters_needs_a_new
         model.backward(np.ones((2, 3)))
     with pytest.raises(RuntimeError, match="none ran, or the last one failed"):
         model.backward(np.ones((2, 3)))
+
+
+def test_a_container_subclass_holding_a_layer_beside_its_children_is_named():
+    """A Sequential subclass's extra layer in an attribute was never registered: the optimizer
+    never stepped it, silently."""
+    class MyNet(fnn.Sequential):
+        def __init__(self):
+            super().__init__(fnn.Dense(3, 4), fnn.ReLU())
+            self.head = fnn.Dense(4, 2)
+            self.last = self.layers[0]          # one of its layers again: fine
+
+    with pytest.raises(TypeError, match=r"MyNet holds Dense in its attribute 'head', which is none of its "
+                                        r"Sequential children \['0', '1'\]"):
+        fnn.optim.SGD(MyNet(), lr=0.1)
+    for model in (fnn.Residual(fnn.Dense(3, 3), fnn.Dense(3, 3)), fnn.Concat(fnn.Dense(3, 3), fnn.Dense(3, 3))):
+        fnn.optim.SGD(model, lr=0.1)
