@@ -30,7 +30,6 @@ def lc2d_ref(x, w, b, stride, pads, dilation):
     return y
 
 
-
 def lc2d_input_grad_ref(dy, w, x_shape, stride, pads, dilation):
     """dx of lc2d_ref: each output position's dy scattered back through its taps (the adjoint
     of the loop above), then the padding cut off."""
@@ -45,6 +44,21 @@ def lc2d_input_grad_ref(dy, w, x_shape, stride, pads, dilation):
                     ih, iw = oh * stride[0] + kh * dilation[0], ow * stride[1] + kw * dilation[1]
                     dxp[:, ih, iw] += dy[:, oh, ow].astype(np.float64) @ w[oh, ow, kh, kw].T
     return dxp[:, pt:pt + h, pl:pl + wd]
+
+
+def lc2d_weight_grad_ref(x, dy, w_shape, stride, pads, dilation):
+    """dw of lc2d_ref: each position's patch times its dy, summed over the samples."""
+    OH, OW, KH, KW, C, O = w_shape
+    xp = _pad(x.astype(np.float64), pads)
+    dw = np.zeros(w_shape)
+    for oh in range(OH):
+        for ow in range(OW):
+            for kh in range(KH):
+                for kw in range(KW):
+                    ih, iw = oh * stride[0] + kh * dilation[0], ow * stride[1] + kw * dilation[1]
+                    dw[oh, ow, kh, kw] = xp[:, ih, iw].T @ dy[:, oh, ow].astype(np.float64)
+    return dw
+
 
 def conv2d_ref(x, w, b, stride, pads, dilation, groups=1):
     """Grouped cross-correlation with weight (KH, KW, C/groups, O), by loops over taps."""
@@ -66,6 +80,26 @@ def conv2d_ref(x, w, b, stride, pads, dilation, groups=1):
     if b is not None:
         y += b
     return y
+
+
+def conv2d_grads_ref(x, w, dy, stride, pads, dilation):
+    """(dw, dx) of conv2d_ref with one group: each output pixel's dy times its patch summed into
+    dw, and scattered back through its taps into dx (the adjoint of the loop above)."""
+    KH, KW, C, O = w.shape
+    N, OH, OW, _ = dy.shape
+    (pt, pb), (pl, pr) = pads
+    xp = _pad(x.astype(np.float64), pads)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros((KH, KW, C, O))
+    for oh in range(OH):
+        for ow in range(OW):
+            g = dy[:, oh, ow].astype(np.float64)
+            for kh in range(KH):
+                for kw in range(KW):
+                    ih, iw = oh * stride[0] + kh * dilation[0], ow * stride[1] + kw * dilation[1]
+                    dw[kh, kw] += xp[:, ih, iw].T @ g
+                    dxp[:, ih, iw] += g @ w[kh, kw].T
+    return dw, dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]]
 
 
 def pool_ref(x, kernel, stride, pads, kind, include_pad=False):

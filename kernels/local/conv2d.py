@@ -6,12 +6,16 @@ Math    forward  y[n, oh, ow, g*Og + o] = act(b[g*Og + o] + sum_k X[n, oh, ow, k
         weight   dw2[k, g*Og + o] += sum_{n, oh, ow} X[n, oh, ow, k] * dy[n, oh, ow, g*Og + o]
         input    dx[n, ih, iw, g*Cg + c] = sum over the taps (kh, kw) whose output (oh, ow)
                  exists of sum_o dy[n, oh, ow, g*Og + o] * w[kh, kw, c, g*Og + o]
-                 (gather formulation, one writer per input pixel, deterministic).
+                 (gather formulation, one writer per input pixel, deterministic); with unit
+                 strides and one group, the forward convolution of dy by the flipped,
+                 transposed weights (_transposed), on the forward's kernels.
 Shapes  x, dx: (N, H, W, C); w, dw: (KH, KW, Cg, O) with Cg = C/G, Og = O/G; y, dy: (N, OH, OW, O);
         b: (O,) or (0,); geo: int64[12] = (sh, sw, pt, pl, dh, dw, KH, KW, OH, OW, H, W).
 How     Output pixels are cut into blocks of rows; each block gathers its patches into a
         (rows, KH*KW*Cg) panel in thread-local scratch and multiplies by the packed
-        transposed weights with the micro-kernel of gemm.py. ``*_cpu`` runs ranges of rows
+        transposed weights with the micro-kernel of gemm.py; with one group and O a multiple
+        of a register tile's NR (kernels/local/tiles.py: fastnn.matmul's, or half as wide),
+        that tile runs instead, on x in place or on gathered rows (_path). ``*_cpu`` runs ranges of rows
         on threads (kernels/local/threads.py), ``*_serial`` in the calling thread. The
         weight gradient is summed in ``N_PARTS`` fixed row ranges (partials added in order
         afterwards: the same result for any thread count).
@@ -28,7 +32,7 @@ from .gemm import MR as GEMM_MR, gemm_nt, gemm_tn_acc
 from ..matmul.blocks import MT
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from .threads import run_chunks
-from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
+from .tiles import Tile, compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_for, tile_shape, wide_tile
 
 N_PARTS = 8
 
@@ -172,7 +176,7 @@ def _input_grad(dy, w, dx2, geo, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
-def _forward_direct(xp, lda, hw, w, b, y, geo, act, lo, hi):
+def _forward_direct(tile, xp, lda, hw, w, b, y, geo, act, lo, hi):
     """_forward on fastnn.matmul's register tile (one group, O a multiple of NR, no w
     dilation) for output lines (n, oh) in [lo, hi): xp is x zero-padded (kernels/local/
     pack.py padded_copy, sample stride lda), so each tile of MR adjacent output pixels reads
@@ -180,7 +184,7 @@ def _forward_direct(xp, lda, hw, w, b, y, geo, act, lo, hi):
     weights as stored (KH*KW*C, O). No gather, no transposed weights."""
     Wp = hw[1]
     KH, KW, C, O = w.shape
-    MR, NR = tile_shape(xp)
+    MR, NR = tile_shape(tile)
     sh, sw, dh, OH, OW = geo[0], geo[1], geo[4], geo[8], geo[9]
     w1 = w.reshape(-1)
     y1 = y.reshape(-1)
@@ -196,22 +200,22 @@ def _forward_direct(xp, lda, hw, w, b, y, geo, act, lo, hi):
         for jr in range(0, O, NR):
             bj = b[jr:] if b.shape[0] > 0 else b
             for i0 in range(0, OW, MR):
-                micro_seg(run, KH, dh * Wp * C, run * O, xp[a0 + i0 * sw * C:], sw * C, w1[jr:], O, t)
+                micro_seg(tile, run, KH, dh * Wp * C, run * O, xp[a0 + i0 * sw * C:], sw * C, w1[jr:], O, t)
                 if i0 + MR <= OW:
-                    store(t, yl[i0 * O + jr:], O, one, zero, True, True, bj, act)
+                    store(tile, t, yl[i0 * O + jr:], O, one, zero, True, True, bj, act)
                 else:
-                    store_edge(t, yl, O, i0, jr, OW - i0, NR, one, zero, True, True, b, act)
+                    store_edge(tile, t, yl, O, i0, jr, OW - i0, NR, one, zero, True, True, b, act)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
-def _forward_tiled(x, w, b, y2, geo, act, lo, hi):
+def _forward_tiled(tile, x, w, b, y2, geo, act, lo, hi):
     """_forward for one group and O a multiple of NR on narrow output lines: output pixels
     [lo, hi) (rows of y2) gather their patches into a (rows, K) panel, which the register
     tile reads with B = the weights as stored (no transposed copy)."""
     N, H, W, C = x.shape
     KH, KW, _, O = w.shape
     K = KH * KW * C
-    MR, NR = tile_shape(x)
+    MR, NR = tile_shape(tile)
     xf = x.reshape(N, H, W * C)
     w1 = w.reshape(-1)
     y1 = y2.reshape(-1)
@@ -230,21 +234,21 @@ def _forward_tiled(x, w, b, y2, geo, act, lo, hi):
         for jr in range(0, O, NR):
             bj = b[jr:] if b.shape[0] > 0 else b
             for i0 in range(0, m, MR):
-                micro(K, A1[i0 * K:], K, w1[jr:], O, t)
+                micro(tile, K, A1[i0 * K:], K, w1[jr:], O, t)
                 if i0 + MR <= m:
-                    store(t, yr[i0 * O + jr:], O, one, zero, True, True, bj, act)
+                    store(tile, t, yr[i0 * O + jr:], O, one, zero, True, True, bj, act)
                 else:
-                    store_edge(t, yr, O, i0, jr, m - i0, NR, one, zero, True, True, b, act)
+                    store_edge(tile, t, yr, O, i0, jr, m - i0, NR, one, zero, True, True, b, act)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
-def _weight_grad_tiled(x, dy2, parts, geo, lo, hi):
+def _weight_grad_tiled(tile, x, dy2, parts, geo, lo, hi):
     """_weight_grad_parts for one group, O a multiple of NR and K of MT on narrow lines: each
     part's rows gather their patches into a panel that the accumulating transposed tile
     reads (MT K-values per pixel), summed over the panel's pixels straight into the part."""
     N, H, W, C = x.shape
     Kg, O = parts.shape[1], parts.shape[2]
-    NR = tile_shape(x)[1]
+    NR = tile_shape(tile)[1]
     R = dy2.shape[0]
     xf = x.reshape(N, H, W * C)
     dy1 = dy2.reshape(-1)
@@ -258,11 +262,11 @@ def _weight_grad_tiled(x, dy2, parts, geo, lo, hi):
             m = min(mb, (j + 1) * R // N_PARTS - r0)
             _gather_pixels(xf, 0, C, geo, r0, m, A)
             for jr in range(0, O, NR):
-                micro_t(m, Kg // MT, A1, Kg, dy1[r0 * O + jr:], O, p1[jr:], O)
+                micro_t(tile, m, Kg // MT, A1, Kg, dy1[r0 * O + jr:], O, p1[jr:], O)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
-def _weight_grad_direct(xp, lda, hw, dy2, parts, geo, lo, hi):
+def _weight_grad_direct(tile, xp, lda, hw, dy2, parts, geo, lo, hi):
     """parts[j] = the weight gradient (KH*KW*C, O) of the output lines j*L//N_PARTS up to
     (j+1)*L//N_PARTS (L = N*OH lines), for j in [lo, hi): per line, kernel row and NR columns
     one accumulating product over the OW pixels (A = patches read transposed in place from
@@ -271,7 +275,7 @@ def _weight_grad_direct(xp, lda, hw, dy2, parts, geo, lo, hi):
     Kg, O = parts.shape[1], parts.shape[2]
     sh, sw, dh, KH, KW, OH, OW = geo[0], geo[1], geo[4], geo[6], geo[7], geo[8], geo[9]
     C = Kg // (KH * KW)
-    NR = tile_shape(dy2)[1]
+    NR = tile_shape(tile)[1]
     run = KW * C
     L = dy2.shape[0] // OW
     dy1 = dy2.reshape(-1)
@@ -284,7 +288,8 @@ def _weight_grad_direct(xp, lda, hw, dy2, parts, geo, lo, hi):
             for kh in range(KH):
                 a0 = n * lda + (oh * sh + kh * dh) * Wp * C
                 for jr in range(0, O, NR):
-                    micro_t(OW, run // MT, xp[a0:], sw * C, dy1[line * OW * O + jr:], O, p1[kh * run * O + jr:], O)
+                    micro_t(tile, OW, run // MT, xp[a0:], sw * C, dy1[line * OW * O + jr:], O,
+                            p1[kh * run * O + jr:], O)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
@@ -310,31 +315,36 @@ def _sum_parts(parts, dw):
                 dw2[k, o] += parts[j, k, o]
 
 
-#: the register-tile kernels tile each output line: narrower lines go the packed way (an
-#: 8-pixel line wastes a third of its second 6-row tile; measured slower at 8x8x64)
+#: the in-place kernels tile each output line with MR-pixel tiles: narrower lines go the
+#: gathered way (an 8-pixel line wastes a third of its second 6-row tile: measured slower at
+#: 8x8x64 on AVX2), unless they are whole tiles (AVX-512's 8 rows, 8x8 images, forward and
+#: backward, one thread: 1.31 against 1.85 ms with 32 channels, 0.63 against 1.21 with 16,
+#: equal with 64)
 MIN_DIRECT_WIDTH = 16
 
 
-def _path(x, w, geo, groups, k_multiple=1, widen=False) -> str:
-    """Which kernels run: "inplace" (register tile on a padded copy: one group, O a multiple
-    of NR, no w dilation, lines of MIN_DIRECT_WIDTH+ pixels, KW*C a multiple of k_multiple),
-    "tiled" (register tile on gathered patches: one group, O a multiple of NR, K of
-    k_multiple) or "packed" (gathered patches, transposed weights, the 4x2 kernel). ``widen``
-    (the weight gradient): O may instead fill half or more of its _width, the operand then
-    zero-padded to it (16 output channels on AVX-512's 32-wide tile: 6.5 -> 4.9 ms for the
-    weight gradient of bench_local's 32x32x16 case; the forward gained nothing so)."""
+def _path(x, w, geo, groups, k_multiple=1, widen=False) -> tuple[str, Tile | None]:
+    """Which kernels run, on which register tile: "inplace" (the tile on a padded copy: one
+    group, O a multiple of NR, no w dilation, lines of MIN_DIRECT_WIDTH+ pixels or of whole
+    MR-pixel tiles, KW*C a multiple of k_multiple), "tiled" (the tile on gathered patches:
+    one group, O a multiple of NR, K of k_multiple) or "packed" (gathered patches, transposed
+    weights, the 4x2 kernel; no tile). The tile is the widest whose NR divides O (tiles.tile_for). ``widen`` (the
+    weight gradient): where none does, O may instead fill half or more of the wide tile, the
+    operand then zero-padded to it (_widened)."""
     KH, KW, Cg, O = w.shape
-    if groups != 1 or (2 * O < _width(O, x.dtype) if widen else O % tile_shape_py(x.dtype)[1]):
-        return "packed"
-    if geo[5] == 1 and geo[9] >= MIN_DIRECT_WIDTH and (KW * Cg) % k_multiple == 0:
-        return "inplace"
-    return "tiled" if (KH * KW * Cg) % k_multiple == 0 else "packed"
+    tile = tile_for(x.dtype, O)
+    if tile is None and widen and 2 * O >= _width(O, wide_tile(x.dtype)):
+        tile = wide_tile(x.dtype)
+    if groups != 1 or tile is None:
+        return "packed", None
+    if geo[5] == 1 and (geo[9] >= MIN_DIRECT_WIDTH or geo[9] % tile.mr == 0) and (KW * Cg) % k_multiple == 0:
+        return "inplace", tile
+    return ("tiled", tile) if (KH * KW * Cg) % k_multiple == 0 else ("packed", None)
 
 
-def _width(O: int, dtype) -> int:
-    """O rounded up to a multiple of the register tile's NR columns."""
-    nr = tile_shape_py(dtype)[1]
-    return -(-O // nr) * nr
+def _width(O: int, tile: Tile) -> int:
+    """O rounded up to a multiple of the tile's NR columns."""
+    return -(-O // tile.nr) * tile.nr
 
 
 def _widened(a: np.ndarray, width: int) -> np.ndarray:
@@ -350,14 +360,13 @@ def _widened(a: np.ndarray, width: int) -> np.ndarray:
 def conv2d_forward_cpu(x, w, b, y, geo, act, groups, n_chunks):
     """Output lines (in place) or rows split into n_chunks ranges on threads
     (kernels/local/threads.py); the packed path's chunks pack the transposed weights each."""
-    path = _path(x, w, geo, groups)
+    path, tile = _path(x, w, geo, groups)
     if path == "inplace":
-        mr = tile_shape_py(x.dtype)[0]
-        args = (*padded_copy(x, geo, (mr * int(geo[1]) + w.shape[1]) * x.shape[3]), w, b, y, geo, act)
+        args = (tile, *padded_copy(x, geo, (tile.mr * int(geo[1]) + w.shape[1]) * x.shape[3]), w, b, y, geo, act)
         compile_with_slp(_forward_direct, (*args, 0, 0))
         run_chunks(_forward_direct, args, y.shape[0] * y.shape[1], n_chunks)
     elif path == "tiled":
-        args = (x, w, b, y.reshape(-1, y.shape[3]), geo, act)
+        args = (tile, x, w, b, y.reshape(-1, y.shape[3]), geo, act)
         compile_with_slp(_forward_tiled, (*args, 0, 0))
         run_chunks(_forward_tiled, args, y.size // y.shape[3], n_chunks)
     else:
@@ -370,17 +379,17 @@ def conv2d_forward_serial(x, w, b, y, geo, act, groups, n_chunks=1):
 
 def _weight_grad(x, dy, dw, geo, groups, n_chunks):
     KH, KW, Cg, O = dw.shape
-    path = _path(x, dw, geo, groups, MT, widen=True)
+    path, tile = _path(x, dw, geo, groups, MT, widen=True)
     if path != "packed":
-        O = _width(O, dw.dtype)
+        O = _width(O, tile)
         dy = _widened(dy, O)
     parts = np.empty((N_PARTS, KH * KW * Cg, O), dw.dtype)
     if path == "inplace":
-        args = (*padded_copy(x, geo), dy.reshape(-1, O), parts, geo)
+        args = (tile, *padded_copy(x, geo), dy.reshape(-1, O), parts, geo)
         compile_with_slp(_weight_grad_direct, (*args, 0, 0))
         run_chunks(_weight_grad_direct, args, N_PARTS, n_chunks)
     elif path == "tiled":
-        args = (x, dy.reshape(-1, O), parts, geo)
+        args = (tile, x, dy.reshape(-1, O), parts, geo)
         compile_with_slp(_weight_grad_tiled, (*args, 0, 0))
         run_chunks(_weight_grad_tiled, args, N_PARTS, n_chunks)
     else:
@@ -397,9 +406,30 @@ def conv2d_weight_grad_serial(x, dy, dw, geo, groups, n_chunks=1):
     _weight_grad(x, dy, dw, geo, groups, 1)
 
 
+def _transposed(w, geo):
+    """(flipped weights, geometry) of the input gradient as a forward convolution of dy, or
+    None: with unit strides and one group, dx[n, ih, iw, c] = sum dy[n, ih - pt' + kh*dh,
+    iw - pl' + kw*dw, o] * w[KH-1-kh, KW-1-kw, c, o] (zero outside dy), pt' = (KH-1)*dh - pt
+    and pl' = (KW-1)*dw - pl, which the forward kernels run on the register tile (with C a
+    multiple of its NR; no gather of dy, no packed 4x2 product). None where padding exceeds
+    the kernel's extent (pt' < 0) or a stride is not 1."""
+    sh, sw, pt, pl, dh, dw, KH, KW, OH, OW, H, W = (int(v) for v in geo)
+    ptt, plt = (KH - 1) * dh - pt, (KW - 1) * dw - pl
+    if sh != 1 or sw != 1 or ptt < 0 or plt < 0:
+        return None
+    wf = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+    return wf, np.array([1, 1, ptt, plt, dh, dw, KH, KW, H, W, OH, OW], np.int64)
+
+
 def conv2d_input_grad_cpu(dy, w, dx, geo, n_chunks):
+    """dx = the input gradient (overwritten): on the register tile as a forward convolution of
+    dy (_transposed) where the shapes fit it, else gathered dy rows and the packed 4x2 product."""
+    t = _transposed(w, geo) if w.shape[2] == dx.shape[3] else None     # one group
+    if t is not None and _path(dy, t[0], t[1], 1)[0] != "packed":
+        conv2d_forward_cpu(dy, t[0], np.empty(0, dy.dtype), dx, t[1], 0, 1, n_chunks)
+        return
     run_chunks(_input_grad, (dy, w, dx.reshape(-1, dx.shape[3]), geo), dx.size // dx.shape[3], n_chunks, GEMM_MR)
 
 
 def conv2d_input_grad_serial(dy, w, dx, geo, n_chunks=1):
-    _input_grad(dy, w, dx.reshape(-1, dx.shape[3]), geo, 0, dx.size // dx.shape[3])
+    conv2d_input_grad_cpu(dy, w, dx, geo, 1)

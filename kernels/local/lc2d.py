@@ -36,7 +36,7 @@ from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_r
 from ..matmul.blocks import MT
 from ..transpose import transpose_block
 from .threads import run_chunks
-from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_shape, tile_shape_py
+from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_for, tile_shape
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
@@ -72,14 +72,14 @@ def _forward(x, w, b, y, geo, act, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
-def _forward_direct(x, w, b, y, geo, act, lo, hi):
+def _forward_direct(tile, x, w, b, y, geo, act, lo, hi):
     """_forward on fastnn.matmul's register tile (O a multiple of NR, no w dilation): interior
     positions read their patches in place, the kernel rows summed in registers (A rows strided
     by the sample, B = w[p] rows as stored: no gather, no transpose); border positions and the
     last N % MR samples go through gathered rows."""
     N, H, W, Cin = x.shape
     P, K, O = w.shape
-    MR, NR = tile_shape(x)
+    MR, NR = tile_shape(tile)
     sh, sw, pt, pl, dh, KH, KW, OW = geo[0], geo[1], geo[2], geo[3], geo[4], geo[6], geo[7], geo[9]
     xs = x.reshape(N, H, W * Cin)
     x1 = x.reshape(-1)
@@ -110,9 +110,9 @@ def _forward_direct(x, w, b, y, geo, act, lo, hi):
             for jr in range(0, O, NR):
                 bj = bp[jr:] if nb > 0 else bp
                 for n0 in range(0, nfull, MR):
-                    micro_seg(run, KH, dh * W * Cin, run * O, x1[n0 * lda + ih0 * W * Cin + iw0 * Cin:], lda,
+                    micro_seg(tile, run, KH, dh * W * Cin, run * O, x1[n0 * lda + ih0 * W * Cin + iw0 * Cin:], lda,
                               wp[jr:], O, t)
-                    store(t, yp[n0 * ldc + jr:], ldc, one, zero, True, True, bj, act)
+                    store(tile, t, yp[n0 * ldc + jr:], ldc, one, zero, True, True, bj, act)
             g0 = nfull
         for n0 in range(g0, N, mb):
             m = min(mb, N - n0)
@@ -123,11 +123,11 @@ def _forward_direct(x, w, b, y, geo, act, lo, hi):
             for jr in range(0, O, NR):
                 bj = bp[jr:] if nb > 0 else bp
                 for i0 in range(0, m, MR):
-                    micro(K, A1[i0 * K:], K, wp[jr:], O, t)
+                    micro(tile, K, A1[i0 * K:], K, wp[jr:], O, t)
                     if i0 + MR <= m:
-                        store(t, yp[(n0 + i0) * ldc + jr:], ldc, one, zero, True, True, bj, act)
+                        store(tile, t, yp[(n0 + i0) * ldc + jr:], ldc, one, zero, True, True, bj, act)
                     else:
-                        store_edge(t, yp, ldc, n0 + i0, jr, m - i0, NR, one, zero, True, True, bp, act)
+                        store_edge(tile, t, yp, ldc, n0 + i0, jr, m - i0, NR, one, zero, True, True, bp, act)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
@@ -157,7 +157,7 @@ def _weight_grad(x, dy, dw_, geo, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
-def _weight_grad_direct(xp, lda, hw, dy, dw_, geo, lo, hi):
+def _weight_grad_direct(tile, xp, lda, hw, dy, dw_, geo, lo, hi):
     """_weight_grad on fastnn.matmul's register tile, reading patches in place from xp: x
     zero-padded on all sides (so every window is inside) with a sample stride lda of an odd
     number of cache lines (so the samples of one tile column do not evict each other from
@@ -167,7 +167,7 @@ def _weight_grad_direct(xp, lda, hw, dy, dw_, geo, lo, hi):
     N = dy.shape[0]
     P, K, O = dw_.shape
     Cin = K // (geo[6] * geo[7])
-    NR = tile_shape(dy)[1]
+    NR = tile_shape(tile)[1]
     sh, sw, dh, KH, KW, OW = geo[0], geo[1], geo[4], geo[6], geo[7], geo[9]
     dy1 = dy.reshape(-1)
     dw1 = dw_.reshape(-1)
@@ -178,7 +178,8 @@ def _weight_grad_direct(xp, lda, hw, dy, dw_, geo, lo, hi):
         for kh in range(KH):
             base = (oh * sh + kh * dh) * Wp * Cin + ow * sw * Cin
             for jr in range(0, O, NR):
-                micro_t(N, run // MT, xp[base:], lda, dy1[p * O + jr:], P * O, dw1[p * K * O + kh * run * O + jr:], O)
+                micro_t(tile, N, run // MT, xp[base:], lda, dy1[p * O + jr:], P * O,
+                        dw1[p * K * O + kh * run * O + jr:], O)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
@@ -242,7 +243,7 @@ def _input_grad(dy, w, dx, geo, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
-def _input_grad_direct(dy, w, dx, geo, lo, hi):
+def _input_grad_direct(tile, dy, w, dx, geo, lo, hi):
     """_input_grad on fastnn.matmul's register tile (unit strides and dilation, C a multiple of
     NR). With unit strides the taps covering pixel (ih, iw) are the output positions of a
     rectangle: rows oh ascending (kh descending), in each a run of adjacent ow (kw descending).
@@ -253,7 +254,7 @@ def _input_grad_direct(dy, w, dx, geo, lo, hi):
     L x L in registers (kernels/transpose.py) when O is a multiple of L."""
     N, H, W, C = dx.shape
     P, K, O = w.shape
-    MR, NR = tile_shape(dy)
+    MR, NR = tile_shape(tile)
     pt, pl, KH, KW, OH, OW = geo[2], geo[3], geo[6], geo[7], geo[8], geo[9]
     Bt = np.empty(KH * KW * O * C, dy.dtype)
     Ar = np.zeros(MR * KH * KW * O, dy.dtype)
@@ -299,47 +300,55 @@ def _input_grad_direct(dy, w, dx, geo, lo, hi):
         a0 = (oh0 * OW + ow0) * O
         for jr in range(0, C, NR):
             for n0 in range(0, nfull, MR):
-                micro_seg(kc, nseg, OW * O, kc * C, dy1[n0 * lda + a0:], lda, Bt[jr:], C, t)
-                store(t, dx1[n0 * ldc + q * C + jr:], ldc, one, zero, True, True, b0, 0)
+                micro_seg(tile, kc, nseg, OW * O, kc * C, dy1[n0 * lda + a0:], lda, Bt[jr:], C, t)
+                store(tile, t, dx1[n0 * ldc + q * C + jr:], ldc, one, zero, True, True, b0, 0)
         if nfull < N:
             for i in range(N - nfull):
                 for sg in range(nseg):
                     copy_run(dy1[(nfull + i) * lda + a0 + sg * OW * O:], Ar[(i * nseg + sg) * kc:], kc)
             for jr in range(0, C, NR):
-                micro_seg(kc, nseg, kc, kc * C, Ar, nseg * kc, Bt[jr:], C, t)
-                store_edge(t, dx1[q * C:], ldc, nfull, jr, N - nfull, NR, one, zero, True, True, b0, 0)
+                micro_seg(tile, kc, nseg, kc, kc * C, Ar, nseg * kc, Bt[jr:], C, t)
+                store_edge(tile, t, dx1[q * C:], ldc, nfull, jr, N - nfull, NR, one, zero, True, True, b0, 0)
 
 
-def _input_grad_kernel(dy, w, dx, geo):
-    """_input_grad_direct where it applies (unit strides and dilation, C a multiple of NR)."""
-    if dx.shape[3] % tile_shape_py(dy.dtype)[1] or geo[0] != 1 or geo[1] != 1 or geo[4] != 1 or geo[5] != 1:
-        return _input_grad
-    compile_with_slp(_input_grad_direct, (dy, w, dx, geo, 0, 0))
-    return _input_grad_direct
+def _input_grad_args(dy, w, dx, geo):
+    """(kernel, its leading arguments): _input_grad_direct where it applies (unit strides and
+    dilation, C a multiple of a register tile's NR)."""
+    tile = tile_for(dy.dtype, dx.shape[3])
+    if tile is None or geo[0] != 1 or geo[1] != 1 or geo[4] != 1 or geo[5] != 1:
+        return _input_grad, (dy, w, dx, geo)
+    args = (tile, dy, w, dx, geo)
+    compile_with_slp(_input_grad_direct, (*args, 0, 0))
+    return _input_grad_direct, args
 
 
-def _forward_kernel(x, w, b, y, geo, act):
-    """_forward_direct where the register tile fits (O a multiple of NR, no w dilation)."""
-    if w.shape[2] % tile_shape_py(x.dtype)[1] or geo[5] != 1:
-        return _forward
-    compile_with_slp(_forward_direct, (x, w, b, y, geo, act, 0, 0))
-    return _forward_direct
+def _forward_args(x, w, b, y, geo, act):
+    """(kernel, its leading arguments): _forward_direct where a register tile fits (O a
+    multiple of its NR, no w dilation)."""
+    tile = tile_for(x.dtype, w.shape[2])
+    if tile is None or geo[5] != 1:
+        return _forward, (x, w, b, y, geo, act)
+    args = (tile, x, w, b, y, geo, act)
+    compile_with_slp(_forward_direct, (*args, 0, 0))
+    return _forward_direct, args
 
 
 def lc2d_forward_cpu(x, w, b, y, geo, act, n_chunks):
     """Positions split into n_chunks ranges on threads (kernels/local/threads.py)."""
-    run_chunks(_forward_kernel(x, w, b, y, geo, act), (x, w, b, y, geo, act), w.shape[0], n_chunks)
+    run_chunks(*_forward_args(x, w, b, y, geo, act), w.shape[0], n_chunks)
 
 
 def lc2d_forward_serial(x, w, b, y, geo, act, n_chunks=1):
-    _forward_kernel(x, w, b, y, geo, act)(x, w, b, y, geo, act, 0, w.shape[0])
+    fn, args = _forward_args(x, w, b, y, geo, act)
+    fn(*args, 0, w.shape[0])
 
 
 def _weight_grad_args(x, dy, dw, geo):
-    """(kernel, its leading arguments): _weight_grad_direct on a padded copy where the tile fits."""
-    if dw.shape[2] % tile_shape_py(dy.dtype)[1] or geo[5] != 1 or (x.shape[3] * int(geo[7])) % MT:
+    """(kernel, its leading arguments): _weight_grad_direct on a padded copy where a tile fits."""
+    tile = tile_for(dy.dtype, dw.shape[2])
+    if tile is None or geo[5] != 1 or (x.shape[3] * int(geo[7])) % MT:
         return _weight_grad, (x, dy, dw, geo)
-    args = (*padded_copy(x, geo), dy, dw, geo)
+    args = (tile, *padded_copy(x, geo), dy, dw, geo)
     compile_with_slp(_weight_grad_direct, (*args, 0, 0))
     return _weight_grad_direct, args
 
@@ -354,8 +363,9 @@ def lc2d_weight_grad_serial(x, dy, dw, geo, n_chunks=1):
 
 
 def lc2d_input_grad_cpu(dy, w, dx, geo, n_chunks):
-    run_chunks(_input_grad_kernel(dy, w, dx, geo), (dy, w, dx, geo), dx.shape[1] * dx.shape[2], n_chunks)
+    run_chunks(*_input_grad_args(dy, w, dx, geo), dx.shape[1] * dx.shape[2], n_chunks)
 
 
 def lc2d_input_grad_serial(dy, w, dx, geo, n_chunks=1):
-    _input_grad_kernel(dy, w, dx, geo)(dy, w, dx, geo, 0, dx.shape[1] * dx.shape[2])
+    fn, args = _input_grad_args(dy, w, dx, geo)
+    fn(*args, 0, dx.shape[1] * dx.shape[2])

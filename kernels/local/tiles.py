@@ -1,113 +1,168 @@
-"""The matmul register tile, borrowed by the local kernels: fastnn.matmul's micro-kernel per dtype.
+"""The matmul register tiles, borrowed by the local kernels: fastnn.matmul's micro-kernels.
 
-Math    micro(kc, a, lda, b, ldb, t):  t[i*NR + j] = sum_p a[i*lda + p] * b[p*ldb + j]
+Math    micro(tile, kc, a, lda, b, ldb, t):  t[i*NR + j] = sum_p a[i*lda + p] * b[p*ldb + j]
         (an MR x NR tile of A @ B read in place: A rows strided by lda, B rows by ldb);
-        micro_seg(kc, nseg, sa, sb, a, lda, b, ldb, t) the same over nseg runs of kc, the
+        micro_seg(tile, kc, nseg, sa, sb, a, lda, b, ldb, t) the same over nseg runs of kc, the
         operands advanced by sa and sb per run (a patch's kernel rows, in place);
-        micro_t(kc, nt, a, lda, b, ldb, c, ldc) nt row tiles with A read transposed, added
+        micro_t(tile, kc, nt, a, lda, b, ldb, c, ldc) nt row tiles with A read transposed, added
         into C: c[(q*MR + i)*ldc + j] += sum_p a[p*lda + q*MR + i] * b[p*ldb + j] (a weight
         gradient summed over the samples p);
-        store(t, c, ldc, alpha, beta, first, last, bias, act) writes a full tile into C
-        (row stride ldc) with the GEMM epilogue; store_edge(t, c, ldc, r0, c0, mr, nr, ...)
-        a partial one. tile_shape(x) is (MR, NR) for x's dtype.
-How     Each name is a Numba overload that, at compile time, picks the generated module
-        fastnn.matmul uses for that dtype (kernels/matmul/blocks.py: 6x16 fp32 and 6x8 fp64 on
-        AVX2, 8x32 / 8x16 with AVX-512) and inlines a call to its micro_direct / micro_direct_seg /
-        micro_direct_t / store_c / _store. Kernels that call these must be compiled inside settings.slp_scope()
+        store(tile, t, c, ldc, alpha, beta, first, last, bias, act) writes a full tile into C
+        (row stride ldc) with the GEMM epilogue; store_edge(tile, t, c, ldc, r0, c0, mr, nr, ...)
+        a partial one. tile_shape(tile) is (MR, NR).
+How     A kernel takes a ``Tile`` argument, which tile_for(dtype, n) picks in Python: its Numba
+        type carries (MR, NR), so each name above, a Numba overload, inlines at compile time a
+        call to the generated gemm_<MR>x<NR> module's micro_direct / micro_direct_seg /
+        micro_direct_t / store_c / _store. The wide tile is fastnn.matmul's for the dtype
+        (kernels/matmul/blocks.py: 6x16 fp32 and 6x8 fp64 on AVX2, 8x32 / 8x16 with AVX-512);
+        the narrow one keeps MR and halves NR where that module is shipped (8x16 fp32 with
+        AVX-512, 6x8 fp32 on AVX2), for channel counts the wide tile does not divide: 16
+        channels on AVX-512 had gone the packed 4x2 way, or half of each tile was zeros.
+        Kernels that call these must be compiled inside settings.slp_scope()
         (``compile_with_slp``): the tile lives in scalar variables only SLP vectorizes.
-Oracle  through tests/test_local.py (every local layer against plain loops).
+Oracle  through tests/test_local.py (every local layer against plain loops, on both tiles).
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.extending import overload
+from numba.core import types
+from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
 
-from ..matmul import blocks, module_for
+from ..matmul import blocks, module_of
+from ..matmul.generate import SHAPES
 from ..matmul.settings import slp_scope
 
 _ready: set = set()
 
 
-def _module(dtype):
-    """The generated gemm_<MR>x<NR> module fastnn.matmul uses for this (Numba) dtype."""
-    return module_for(np.dtype(str(dtype)))
+class Tile:
+    """An MR x NR register tile of fastnn.matmul's generated modules, passed to a kernel so
+    that it compiles with that module's micro-kernels."""
+
+    __slots__ = ("mr", "nr")
+
+    def __init__(self, mr: int, nr: int):
+        self.mr, self.nr = mr, nr
+
+    def __repr__(self) -> str:
+        return f"Tile({self.mr}x{self.nr})"
+
+
+class TileType(types.Type):
+    """Numba type of a Tile: the shape is part of the type, so each tile compiles its own code."""
+
+    def __init__(self, mr: int, nr: int):
+        self.mr, self.nr = mr, nr
+        super().__init__(name=f"Tile({mr}x{nr})")
+
+
+@typeof_impl.register(Tile)
+def _typeof_tile(val, c):
+    return TileType(val.mr, val.nr)
+
+
+register_model(TileType)(models.OpaqueModel)
+
+
+@unbox(TileType)
+def _unbox_tile(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+def tile_for(dtype, n: int) -> Tile | None:
+    """The widest register tile for this dtype whose NR columns divide n (None: none does)."""
+    b = blocks.blocks_for(np.dtype(dtype).char)
+    for mr, nr in ((b.mr, b.nr), (b.mr, b.nr // 2)):
+        if n % nr == 0 and (mr, nr) in SHAPES:
+            return Tile(mr, nr)
+    return None
+
+
+def wide_tile(dtype) -> Tile:
+    """fastnn.matmul's register tile for this dtype."""
+    b = blocks.blocks_for(np.dtype(dtype).char)
+    return Tile(b.mr, b.nr)
+
+
+def _type_key(a):
+    """What Numba's type of ``a`` depends on, found faster than numba.typeof (~10 us an array,
+    7 arrays a kernel call: 0.3 ms of a 5 ms Conv2D step)."""
+    if isinstance(a, np.ndarray):
+        f = a.flags
+        return a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned
+    if isinstance(a, Tile):
+        return Tile, a.mr, a.nr
+    return type(a)
 
 
 def compile_with_slp(fn, args: tuple) -> None:
     """Compile the Numba function ``fn`` for these arguments' types with SLP on (once)."""
-    key = (fn, tuple(numba.typeof(a) for a in args))
+    key = (fn, tuple(_type_key(a) for a in args))
     if key not in _ready:
         with slp_scope():
-            fn.compile(key[1])
+            fn.compile(tuple(numba.typeof(a) for a in args))
         _ready.add(key)
 
 
-def tile_shape_py(dtype) -> tuple[int, int]:
-    """(MR, NR) for this NumPy dtype, from Python."""
-    b = blocks.blocks_for(np.dtype(dtype).char)
-    return b.mr, b.nr
+def tile_shape(tile):
+    """(MR, NR) of the tile."""
 
 
-def tile_shape(x):
-    """(MR, NR) of x's dtype."""
-
-
-def micro(kc, a, lda, b, ldb, t):
+def micro(tile, kc, a, lda, b, ldb, t):
     """t[i*NR + j] = sum_p a[i*lda + p] * b[p*ldb + j] for i < MR, j < NR."""
 
 
-def micro_seg(kc, nseg, sa, sb, a, lda, b, ldb, t):
+def micro_seg(tile, kc, nseg, sa, sb, a, lda, b, ldb, t):
     """micro summed over nseg runs of kc: a advanced by sa, b by sb per run (registers hold the tile)."""
 
 
-def micro_t(kc, nt, a, lda, b, ldb, c, ldc):
+def micro_t(tile, kc, nt, a, lda, b, ldb, c, ldc):
     """c[(q*MR + i)*ldc + j] += sum_p a[p*lda + q*MR + i] * b[p*ldb + j] for q < nt."""
 
 
-def store(t, c, ldc, alpha, beta, first, last, bias, act):
+def store(tile, t, c, ldc, alpha, beta, first, last, bias, act):
     """A full tile into C with the epilogue (see the generated store_c)."""
 
 
-def store_edge(t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, act):
+def store_edge(tile, t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, act):
     """The first mr x nr of a tile into C[r0:, c0:] with the epilogue (the generated _store)."""
 
 
 @overload(tile_shape)
-def _tile_shape(x):
-    mod = _module(x.dtype)
-    shape = (mod.MR, mod.NR)
-    return lambda x: shape
+def _tile_shape(tile):
+    shape = (tile.mr, tile.nr)
+    return lambda tile: shape
 
 
 @overload(micro)
-def _micro(kc, a, lda, b, ldb, t):
-    mod = _module(a.dtype)
+def _micro(tile, kc, a, lda, b, ldb, t):
+    mod = module_of(tile.mr, tile.nr)
     fn, nr = mod.micro_direct, mod.NR
-    return lambda kc, a, lda, b, ldb, t: fn(kc, 1, a, lda, b, ldb, t, nr)
+    return lambda tile, kc, a, lda, b, ldb, t: fn(kc, 1, a, lda, b, ldb, t, nr)
 
 
 @overload(micro_seg)
-def _micro_seg(kc, nseg, sa, sb, a, lda, b, ldb, t):
-    fn = _module(a.dtype).micro_direct_seg
-    return lambda kc, nseg, sa, sb, a, lda, b, ldb, t: fn(kc, nseg, sa, sb, a, lda, b, ldb, t)
+def _micro_seg(tile, kc, nseg, sa, sb, a, lda, b, ldb, t):
+    fn = module_of(tile.mr, tile.nr).micro_direct_seg
+    return lambda tile, kc, nseg, sa, sb, a, lda, b, ldb, t: fn(kc, nseg, sa, sb, a, lda, b, ldb, t)
 
 
 @overload(micro_t)
-def _micro_t(kc, nt, a, lda, b, ldb, c, ldc):
-    fn = _module(a.dtype).micro_direct_t
-    return lambda kc, nt, a, lda, b, ldb, c, ldc: fn(kc, nt, a, lda, b, ldb, c, ldc)
+def _micro_t(tile, kc, nt, a, lda, b, ldb, c, ldc):
+    fn = module_of(tile.mr, tile.nr).micro_direct_t
+    return lambda tile, kc, nt, a, lda, b, ldb, c, ldc: fn(kc, nt, a, lda, b, ldb, c, ldc)
 
 
 @overload(store)
-def _store(t, c, ldc, alpha, beta, first, last, bias, act):
-    fn = _module(t.dtype).store_c
-    return lambda t, c, ldc, alpha, beta, first, last, bias, act: fn(t, c, ldc, alpha, beta, first, last, bias,
-                                                                     act)
+def _store(tile, t, c, ldc, alpha, beta, first, last, bias, act):
+    fn = module_of(tile.mr, tile.nr).store_c
+    return lambda tile, t, c, ldc, alpha, beta, first, last, bias, act: fn(t, c, ldc, alpha, beta, first, last,
+                                                                           bias, act)
 
 
 @overload(store_edge)
-def _store_edge(t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, act):
-    fn = _module(t.dtype)._store
-    return (lambda t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, act:
+def _store_edge(tile, t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, act):
+    fn = module_of(tile.mr, tile.nr)._store
+    return (lambda tile, t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, act:
             fn(t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, act))

@@ -23,7 +23,12 @@ def module_for(dtype):
     """The generated gemm_<MR>x<NR> module of this dtype's register tile (blocks.blocks_for);
     imported once (importlib's lookup costs ~1 us, which a medium product notices)."""
     b = blocks_for(np.dtype(dtype).char)
-    mod = _modules.get((b.mr, b.nr))
+    return module_of(b.mr, b.nr)
+
+
+def module_of(mr: int, nr: int):
+    """The generated module gemm_<mr>x<nr> (one of generate.SHAPES)."""
+    mod = _modules.get((mr, nr))
     if mod is None:
-        mod = _modules[(b.mr, b.nr)] = importlib.import_module(f"fastnn.kernels.matmul.gemm_{b.mr}x{b.nr}")
+        mod = _modules[(mr, nr)] = importlib.import_module(f"fastnn.kernels.matmul.gemm_{mr}x{nr}")
     return mod
