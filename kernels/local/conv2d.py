@@ -29,10 +29,10 @@ from numba import njit
 
 from ..activation import _act
 from .gemm import MR as GEMM_MR, gemm_nt, gemm_tn_acc
-from ..matmul.blocks import MT
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
 from .threads import run_chunks
-from .tiles import Tile, compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_for, tile_shape, wide_tile
+from .tiles import (Tile, compile_with_slp, micro, micro_seg, micro_t, store, store_edge, t_rows, tile_for, tile_shape,
+                    wide_tile)
 
 N_PARTS = 8
 
@@ -249,6 +249,7 @@ def _weight_grad_tiled(tile, x, dy2, parts, geo, lo, hi):
     N, H, W, C = x.shape
     Kg, O = parts.shape[1], parts.shape[2]
     NR = tile_shape(tile)[1]
+    MT = t_rows(tile)
     R = dy2.shape[0]
     xf = x.reshape(N, H, W * C)
     dy1 = dy2.reshape(-1)
@@ -276,6 +277,7 @@ def _weight_grad_direct(tile, xp, lda, hw, dy2, parts, geo, lo, hi):
     sh, sw, dh, KH, KW, OH, OW = geo[0], geo[1], geo[4], geo[6], geo[7], geo[8], geo[9]
     C = Kg // (KH * KW)
     NR = tile_shape(tile)[1]
+    MT = t_rows(tile)
     run = KW * C
     L = dy2.shape[0] // OW
     dy1 = dy2.reshape(-1)
@@ -323,20 +325,22 @@ def _sum_parts(parts, dw):
 MIN_DIRECT_WIDTH = 16
 
 
-def _path(x, w, geo, groups, k_multiple=1, widen=False) -> tuple[str, Tile | None]:
+def _path(x, w, geo, groups, weight_grad=False) -> tuple[str, Tile | None]:
     """Which kernels run, on which register tile: "inplace" (the tile on a padded copy: one
     group, O a multiple of NR, no w dilation, lines of MIN_DIRECT_WIDTH+ pixels or of whole
-    MR-pixel tiles, KW*C a multiple of k_multiple), "tiled" (the tile on gathered patches:
-    one group, O a multiple of NR, K of k_multiple) or "packed" (gathered patches, transposed
-    weights, the 4x2 kernel; no tile). The tile is the widest whose NR divides O (tiles.tile_for). ``widen`` (the
-    weight gradient): where none does, O may instead fill half or more of the wide tile, the
-    operand then zero-padded to it (_widened)."""
+    MR-pixel tiles; for the weight gradient KW*C a multiple of the tile's MT), "tiled" (the tile
+    on gathered patches: one group, O a multiple of NR; for the weight gradient K a multiple of
+    MT) or "packed" (gathered patches, transposed weights, the 4x2 kernel; no tile). The tile
+    is the widest whose NR divides O (tiles.tile_for). For the weight gradient, where none
+    does, O may instead fill half or more of the wide tile, the operand then zero-padded to it
+    (_widened)."""
     KH, KW, Cg, O = w.shape
     tile = tile_for(x.dtype, O)
-    if tile is None and widen and 2 * O >= _width(O, wide_tile(x.dtype)):
+    if tile is None and weight_grad and 2 * O >= _width(O, wide_tile(x.dtype)):
         tile = wide_tile(x.dtype)
     if groups != 1 or tile is None:
         return "packed", None
+    k_multiple = tile.mt if weight_grad else 1
     if geo[5] == 1 and (geo[9] >= MIN_DIRECT_WIDTH or geo[9] % tile.mr == 0) and (KW * Cg) % k_multiple == 0:
         return "inplace", tile
     return ("tiled", tile) if (KH * KW * Cg) % k_multiple == 0 else ("packed", None)
@@ -379,7 +383,7 @@ def conv2d_forward_serial(x, w, b, y, geo, act, groups, n_chunks=1):
 
 def _weight_grad(x, dy, dw, geo, groups, n_chunks):
     KH, KW, Cg, O = dw.shape
-    path, tile = _path(x, dw, geo, groups, MT, widen=True)
+    path, tile = _path(x, dw, geo, groups, weight_grad=True)
     if path != "packed":
         O = _width(O, tile)
         dy = _widened(dy, O)

@@ -33,10 +33,9 @@ from numba import njit
 from ..activation import _act
 from .gemm import gemm_nt, gemm_tn_acc
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
-from ..matmul.blocks import MT
 from ..transpose import transpose_block
 from .threads import run_chunks
-from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, tile_for, tile_shape
+from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, t_rows, tile_for, tile_shape
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
@@ -168,6 +167,7 @@ def _weight_grad_direct(tile, xp, lda, hw, dy, dw_, geo, lo, hi):
     P, K, O = dw_.shape
     Cin = K // (geo[6] * geo[7])
     NR = tile_shape(tile)[1]
+    MT = t_rows(tile)
     sh, sw, dh, KH, KW, OW = geo[0], geo[1], geo[4], geo[6], geo[7], geo[9]
     dy1 = dy.reshape(-1)
     dw1 = dw_.reshape(-1)
@@ -346,7 +346,7 @@ def lc2d_forward_serial(x, w, b, y, geo, act, n_chunks=1):
 def _weight_grad_args(x, dy, dw, geo):
     """(kernel, its leading arguments): _weight_grad_direct on a padded copy where a tile fits."""
     tile = tile_for(dy.dtype, dw.shape[2])
-    if tile is None or geo[5] != 1 or (x.shape[3] * int(geo[7])) % MT:
+    if tile is None or geo[5] != 1 or (x.shape[3] * int(geo[7])) % tile.mt:
         return _weight_grad, (x, dy, dw, geo)
     args = (tile, *padded_copy(x, geo), dy, dw, geo)
     compile_with_slp(_weight_grad_direct, (*args, 0, 0))

@@ -4,12 +4,12 @@ Math    micro(tile, kc, a, lda, b, ldb, t):  t[i*NR + j] = sum_p a[i*lda + p] * 
         (an MR x NR tile of A @ B read in place: A rows strided by lda, B rows by ldb);
         micro_seg(tile, kc, nseg, sa, sb, a, lda, b, ldb, t) the same over nseg runs of kc, the
         operands advanced by sa and sb per run (a patch's kernel rows, in place);
-        micro_t(tile, kc, nt, a, lda, b, ldb, c, ldc) nt row tiles with A read transposed, added
-        into C: c[(q*MR + i)*ldc + j] += sum_p a[p*lda + q*MR + i] * b[p*ldb + j] (a weight
-        gradient summed over the samples p);
+        micro_t(tile, kc, nt, a, lda, b, ldb, c, ldc) nt tiles of MT rows with A read transposed,
+        added into C: c[(q*MT + i)*ldc + j] += sum_p a[p*lda + q*MT + i] * b[p*ldb + j] (a
+        weight gradient summed over the samples p);
         store(tile, t, c, ldc, alpha, beta, first, last, bias, act) writes a full tile into C
         (row stride ldc) with the GEMM epilogue; store_edge(tile, t, c, ldc, r0, c0, mr, nr, ...)
-        a partial one. tile_shape(tile) is (MR, NR).
+        a partial one. tile_shape(tile) is (MR, NR), t_rows(tile) MT.
 How     A kernel takes a ``Tile`` argument, which tile_for(dtype, n) picks in Python: its Numba
         type carries (MR, NR), so each name above, a Numba overload, inlines at compile time a
         call to the generated gemm_<MR>x<NR> module's micro_direct / micro_direct_seg /
@@ -17,7 +17,9 @@ How     A kernel takes a ``Tile`` argument, which tile_for(dtype, n) picks in Py
         (kernels/matmul/blocks.py: 6x16 fp32 and 6x8 fp64 on AVX2, 8x32 / 8x16 with AVX-512);
         the narrow one keeps MR and halves NR where that module is shipped (8x16 fp32 with
         AVX-512, 6x8 fp32 on AVX2), for channel counts the wide tile does not divide: 16
-        channels on AVX-512 had gone the packed 4x2 way, or half of each tile was zeros.
+        channels on AVX-512 had gone the packed 4x2 way, or half of each tile was zeros. A
+        narrow tile's row is one vector, so its transposed kernel runs 8 rows (micro_direct_t8)
+        where the wide tile's runs MT = 4 rows of two vectors: 8 accumulators either way.
         Kernels that call these must be compiled inside settings.slp_scope()
         (``compile_with_slp``): the tile lives in scalar variables only SLP vectorizes.
 Oracle  through tests/test_local.py (every local layer against plain loops, on both tiles).
@@ -30,6 +32,7 @@ from numba.core import types
 from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
 
 from ..matmul import blocks, module_of
+from ..matmul.blocks import MT
 from ..matmul.generate import SHAPES
 from ..matmul.settings import slp_scope
 
@@ -37,29 +40,29 @@ _ready: set = set()
 
 
 class Tile:
-    """An MR x NR register tile of fastnn.matmul's generated modules, passed to a kernel so
-    that it compiles with that module's micro-kernels."""
+    """An MR x NR register tile of fastnn.matmul's generated modules, with MT rows for its
+    transposed kernel, passed to a kernel so that it compiles with that module's micro-kernels."""
 
-    __slots__ = ("mr", "nr")
+    __slots__ = ("mr", "nr", "mt")
 
-    def __init__(self, mr: int, nr: int):
-        self.mr, self.nr = mr, nr
+    def __init__(self, mr: int, nr: int, mt: int = MT):
+        self.mr, self.nr, self.mt = mr, nr, mt
 
     def __repr__(self) -> str:
-        return f"Tile({self.mr}x{self.nr})"
+        return f"Tile({self.mr}x{self.nr}, mt={self.mt})"
 
 
 class TileType(types.Type):
     """Numba type of a Tile: the shape is part of the type, so each tile compiles its own code."""
 
-    def __init__(self, mr: int, nr: int):
-        self.mr, self.nr = mr, nr
-        super().__init__(name=f"Tile({mr}x{nr})")
+    def __init__(self, mr: int, nr: int, mt: int):
+        self.mr, self.nr, self.mt = mr, nr, mt
+        super().__init__(name=f"Tile({mr}x{nr}, mt={mt})")
 
 
 @typeof_impl.register(Tile)
 def _typeof_tile(val, c):
-    return TileType(val.mr, val.nr)
+    return TileType(val.mr, val.nr, val.mt)
 
 
 register_model(TileType)(models.OpaqueModel)
@@ -73,9 +76,10 @@ def _unbox_tile(typ, obj, c):
 def tile_for(dtype, n: int) -> Tile | None:
     """The widest register tile for this dtype whose NR columns divide n (None: none does)."""
     b = blocks.blocks_for(np.dtype(dtype).char)
-    for mr, nr in ((b.mr, b.nr), (b.mr, b.nr // 2)):
-        if n % nr == 0 and (mr, nr) in SHAPES:
-            return Tile(mr, nr)
+    if n % b.nr == 0:
+        return Tile(b.mr, b.nr)
+    if n % (b.nr // 2) == 0 and (b.mr, b.nr // 2) in SHAPES:
+        return Tile(b.mr, b.nr // 2, 8)
     return None
 
 
@@ -92,7 +96,7 @@ def _type_key(a):
         f = a.flags
         return a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned
     if isinstance(a, Tile):
-        return Tile, a.mr, a.nr
+        return Tile, a.mr, a.nr, a.mt
     return type(a)
 
 
@@ -109,6 +113,10 @@ def tile_shape(tile):
     """(MR, NR) of the tile."""
 
 
+def t_rows(tile):
+    """MT, the rows of the tile's transposed kernel (micro_t)."""
+
+
 def micro(tile, kc, a, lda, b, ldb, t):
     """t[i*NR + j] = sum_p a[i*lda + p] * b[p*ldb + j] for i < MR, j < NR."""
 
@@ -118,7 +126,7 @@ def micro_seg(tile, kc, nseg, sa, sb, a, lda, b, ldb, t):
 
 
 def micro_t(tile, kc, nt, a, lda, b, ldb, c, ldc):
-    """c[(q*MR + i)*ldc + j] += sum_p a[p*lda + q*MR + i] * b[p*ldb + j] for q < nt."""
+    """c[(q*MT + i)*ldc + j] += sum_p a[p*lda + q*MT + i] * b[p*ldb + j] for q < nt."""
 
 
 def store(tile, t, c, ldc, alpha, beta, first, last, bias, act):
@@ -133,6 +141,12 @@ def store_edge(tile, t, c, ldc, r0, c0, mr, nr, alpha, beta, first, last, bias, 
 def _tile_shape(tile):
     shape = (tile.mr, tile.nr)
     return lambda tile: shape
+
+
+@overload(t_rows)
+def _t_rows(tile):
+    mt = tile.mt
+    return lambda tile: mt
 
 
 @overload(micro)
@@ -150,7 +164,8 @@ def _micro_seg(tile, kc, nseg, sa, sb, a, lda, b, ldb, t):
 
 @overload(micro_t)
 def _micro_t(tile, kc, nt, a, lda, b, ldb, c, ldc):
-    fn = module_of(tile.mr, tile.nr).micro_direct_t
+    mod = module_of(tile.mr, tile.nr)
+    fn = mod.micro_direct_t if tile.mt == mod.MT else mod.micro_direct_t8
     return lambda tile, kc, nt, a, lda, b, ldb, c, ldc: fn(kc, nt, a, lda, b, ldb, c, ldc)
 
 

@@ -1075,6 +1075,175 @@ def micro_direct_t(kc, nt, a, lda, b, ldb, c, ldc):
         cq[uint64(3) * ldcu + uint64(7)] += c3_7
 
 
+@njit(fastmath={'contract'}, **_OPTS)
+def micro_direct_t8(kc, nt, a, lda, b, ldb, c, ldc):
+    """c[(q*8 + i)*ldc + j] += sum_p a[p*lda + q*8 + i] * b[p*ldb + j] for q < nt: A read
+    transposed in place (8 consecutive values per p) and the tiles added straight into C,
+    e.g. a weight gradient X.T @ dY summed over the samples p."""
+    ldbu = uint64(ldb)
+    ldau = uint64(lda)
+    ldcu = uint64(ldc)
+    z = b.dtype.type(0)
+    for q in range(nt):
+        aq = a[q * 8:]
+        cq = c[q * 8 * ldc:]
+        c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = z
+        c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = z
+        c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = z
+        c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = z
+        c4_0 = c4_1 = c4_2 = c4_3 = c4_4 = c4_5 = c4_6 = c4_7 = z
+        c5_0 = c5_1 = c5_2 = c5_3 = c5_4 = c5_5 = c5_6 = c5_7 = z
+        c6_0 = c6_1 = c6_2 = c6_3 = c6_4 = c6_5 = c6_6 = c6_7 = z
+        c7_0 = c7_1 = c7_2 = c7_3 = c7_4 = c7_5 = c7_6 = c7_7 = z
+        for p in range(kc):
+            bo = uint64(p) * ldbu
+            ao = uint64(p) * ldau
+            b0 = b[bo + uint64(0)]
+            b1 = b[bo + uint64(1)]
+            b2 = b[bo + uint64(2)]
+            b3 = b[bo + uint64(3)]
+            b4 = b[bo + uint64(4)]
+            b5 = b[bo + uint64(5)]
+            b6 = b[bo + uint64(6)]
+            b7 = b[bo + uint64(7)]
+            a0 = aq[ao + uint64(0)]
+            c0_0 += a0 * b0
+            c0_1 += a0 * b1
+            c0_2 += a0 * b2
+            c0_3 += a0 * b3
+            c0_4 += a0 * b4
+            c0_5 += a0 * b5
+            c0_6 += a0 * b6
+            c0_7 += a0 * b7
+            a1 = aq[ao + uint64(1)]
+            c1_0 += a1 * b0
+            c1_1 += a1 * b1
+            c1_2 += a1 * b2
+            c1_3 += a1 * b3
+            c1_4 += a1 * b4
+            c1_5 += a1 * b5
+            c1_6 += a1 * b6
+            c1_7 += a1 * b7
+            a2 = aq[ao + uint64(2)]
+            c2_0 += a2 * b0
+            c2_1 += a2 * b1
+            c2_2 += a2 * b2
+            c2_3 += a2 * b3
+            c2_4 += a2 * b4
+            c2_5 += a2 * b5
+            c2_6 += a2 * b6
+            c2_7 += a2 * b7
+            a3 = aq[ao + uint64(3)]
+            c3_0 += a3 * b0
+            c3_1 += a3 * b1
+            c3_2 += a3 * b2
+            c3_3 += a3 * b3
+            c3_4 += a3 * b4
+            c3_5 += a3 * b5
+            c3_6 += a3 * b6
+            c3_7 += a3 * b7
+            a4 = aq[ao + uint64(4)]
+            c4_0 += a4 * b0
+            c4_1 += a4 * b1
+            c4_2 += a4 * b2
+            c4_3 += a4 * b3
+            c4_4 += a4 * b4
+            c4_5 += a4 * b5
+            c4_6 += a4 * b6
+            c4_7 += a4 * b7
+            a5 = aq[ao + uint64(5)]
+            c5_0 += a5 * b0
+            c5_1 += a5 * b1
+            c5_2 += a5 * b2
+            c5_3 += a5 * b3
+            c5_4 += a5 * b4
+            c5_5 += a5 * b5
+            c5_6 += a5 * b6
+            c5_7 += a5 * b7
+            a6 = aq[ao + uint64(6)]
+            c6_0 += a6 * b0
+            c6_1 += a6 * b1
+            c6_2 += a6 * b2
+            c6_3 += a6 * b3
+            c6_4 += a6 * b4
+            c6_5 += a6 * b5
+            c6_6 += a6 * b6
+            c6_7 += a6 * b7
+            a7 = aq[ao + uint64(7)]
+            c7_0 += a7 * b0
+            c7_1 += a7 * b1
+            c7_2 += a7 * b2
+            c7_3 += a7 * b3
+            c7_4 += a7 * b4
+            c7_5 += a7 * b5
+            c7_6 += a7 * b6
+            c7_7 += a7 * b7
+        cq[uint64(0) * ldcu + uint64(0)] += c0_0
+        cq[uint64(0) * ldcu + uint64(1)] += c0_1
+        cq[uint64(0) * ldcu + uint64(2)] += c0_2
+        cq[uint64(0) * ldcu + uint64(3)] += c0_3
+        cq[uint64(0) * ldcu + uint64(4)] += c0_4
+        cq[uint64(0) * ldcu + uint64(5)] += c0_5
+        cq[uint64(0) * ldcu + uint64(6)] += c0_6
+        cq[uint64(0) * ldcu + uint64(7)] += c0_7
+        cq[uint64(1) * ldcu + uint64(0)] += c1_0
+        cq[uint64(1) * ldcu + uint64(1)] += c1_1
+        cq[uint64(1) * ldcu + uint64(2)] += c1_2
+        cq[uint64(1) * ldcu + uint64(3)] += c1_3
+        cq[uint64(1) * ldcu + uint64(4)] += c1_4
+        cq[uint64(1) * ldcu + uint64(5)] += c1_5
+        cq[uint64(1) * ldcu + uint64(6)] += c1_6
+        cq[uint64(1) * ldcu + uint64(7)] += c1_7
+        cq[uint64(2) * ldcu + uint64(0)] += c2_0
+        cq[uint64(2) * ldcu + uint64(1)] += c2_1
+        cq[uint64(2) * ldcu + uint64(2)] += c2_2
+        cq[uint64(2) * ldcu + uint64(3)] += c2_3
+        cq[uint64(2) * ldcu + uint64(4)] += c2_4
+        cq[uint64(2) * ldcu + uint64(5)] += c2_5
+        cq[uint64(2) * ldcu + uint64(6)] += c2_6
+        cq[uint64(2) * ldcu + uint64(7)] += c2_7
+        cq[uint64(3) * ldcu + uint64(0)] += c3_0
+        cq[uint64(3) * ldcu + uint64(1)] += c3_1
+        cq[uint64(3) * ldcu + uint64(2)] += c3_2
+        cq[uint64(3) * ldcu + uint64(3)] += c3_3
+        cq[uint64(3) * ldcu + uint64(4)] += c3_4
+        cq[uint64(3) * ldcu + uint64(5)] += c3_5
+        cq[uint64(3) * ldcu + uint64(6)] += c3_6
+        cq[uint64(3) * ldcu + uint64(7)] += c3_7
+        cq[uint64(4) * ldcu + uint64(0)] += c4_0
+        cq[uint64(4) * ldcu + uint64(1)] += c4_1
+        cq[uint64(4) * ldcu + uint64(2)] += c4_2
+        cq[uint64(4) * ldcu + uint64(3)] += c4_3
+        cq[uint64(4) * ldcu + uint64(4)] += c4_4
+        cq[uint64(4) * ldcu + uint64(5)] += c4_5
+        cq[uint64(4) * ldcu + uint64(6)] += c4_6
+        cq[uint64(4) * ldcu + uint64(7)] += c4_7
+        cq[uint64(5) * ldcu + uint64(0)] += c5_0
+        cq[uint64(5) * ldcu + uint64(1)] += c5_1
+        cq[uint64(5) * ldcu + uint64(2)] += c5_2
+        cq[uint64(5) * ldcu + uint64(3)] += c5_3
+        cq[uint64(5) * ldcu + uint64(4)] += c5_4
+        cq[uint64(5) * ldcu + uint64(5)] += c5_5
+        cq[uint64(5) * ldcu + uint64(6)] += c5_6
+        cq[uint64(5) * ldcu + uint64(7)] += c5_7
+        cq[uint64(6) * ldcu + uint64(0)] += c6_0
+        cq[uint64(6) * ldcu + uint64(1)] += c6_1
+        cq[uint64(6) * ldcu + uint64(2)] += c6_2
+        cq[uint64(6) * ldcu + uint64(3)] += c6_3
+        cq[uint64(6) * ldcu + uint64(4)] += c6_4
+        cq[uint64(6) * ldcu + uint64(5)] += c6_5
+        cq[uint64(6) * ldcu + uint64(6)] += c6_6
+        cq[uint64(6) * ldcu + uint64(7)] += c6_7
+        cq[uint64(7) * ldcu + uint64(0)] += c7_0
+        cq[uint64(7) * ldcu + uint64(1)] += c7_1
+        cq[uint64(7) * ldcu + uint64(2)] += c7_2
+        cq[uint64(7) * ldcu + uint64(3)] += c7_3
+        cq[uint64(7) * ldcu + uint64(4)] += c7_4
+        cq[uint64(7) * ldcu + uint64(5)] += c7_5
+        cq[uint64(7) * ldcu + uint64(6)] += c7_6
+        cq[uint64(7) * ldcu + uint64(7)] += c7_7
+
+
 @njit(parallel=True, **_OPTS)
 def gemm_cpu(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, act, mcb, kcb, ncb, nsplit, bsplit, ap,
              bp, tiles):

@@ -88,21 +88,23 @@ def direct_source(mr: int, nr: int, name: str = "micro_direct") -> str:
     return "\n".join(lines) + "\n"
 
 
-def transposed_source(mr: int, nr: int) -> str:
-    """Accumulating micro-kernel over nt row tiles (MT rows each) of column-major A (column
-    stride lda); ``mr`` is unused (the tile has MT rows), kept for the common signature."""
-    lines = [f"MT = {MT}", "", "", "@njit(fastmath={'contract'}, **_OPTS)",
-             "def micro_direct_t(kc, nt, a, lda, b, ldb, c, ldc):",
-             '    """c[(q*MT + i)*ldc + j] += sum_p a[p*lda + q*MT + i] * b[p*ldb + j] for q < nt: A read',
-             "    transposed in place (MT consecutive values per p) and the tiles added straight into C,",
+def transposed_source(mr: int, nr: int, rows: int | None = None, name: str = "micro_direct_t") -> str:
+    """Accumulating micro-kernel over nt row tiles (MT rows each, or ``rows``) of column-major A
+    (column stride lda); ``mr`` is unused (the tile has those rows), kept for the common signature."""
+    r = "MT" if rows is None else str(rows)
+    lines = ["@njit(fastmath={'contract'}, **_OPTS)",
+             f"def {name}(kc, nt, a, lda, b, ldb, c, ldc):",
+             f'    """c[(q*{r} + i)*ldc + j] += sum_p a[p*lda + q*{r} + i] * b[p*ldb + j] for q < nt: A read',
+             f"    transposed in place ({r} consecutive values per p) and the tiles added straight into C,",
              '    e.g. a weight gradient X.T @ dY summed over the samples p."""',
              "    ldbu = uint64(ldb)", "    ldau = uint64(lda)", "    ldcu = uint64(ldc)", "    z = b.dtype.type(0)",
-             "    for q in range(nt):", "        aq = a[q * MT:]", "        cq = c[q * MT * ldc:]"]
-    body = _accumulate(MT, nr, lambda i: f"aq[ao + uint64({i})]")
+             "    for q in range(nt):", f"        aq = a[q * {r}:]", f"        cq = c[q * {r} * ldc:]"]
+    rows = MT if rows is None else rows
+    body = _accumulate(rows, nr, lambda i: f"aq[ao + uint64({i})]")
     at = body.index("        bo = uint64(p) * ldbu")
     body = body[:at + 1] + ["        ao = uint64(p) * ldau"] + body[at + 1:]
     lines += ["    " + ln for ln in body]
-    lines += [f"        cq[uint64({i}) * ldcu + uint64({j})] += c{i}_{j}" for i in range(MT) for j in range(nr)]
+    lines += [f"        cq[uint64({i}) * ldcu + uint64({j})] += c{i}_{j}" for i in range(rows) for j in range(nr)]
     return "\n".join(lines) + "\n"
 
 
@@ -136,7 +138,16 @@ def module_source(mr: int, nr: int) -> str:
     head = gemm[0].replace("__MR__", str(mr)).replace("__NR__", str(nr))
     return (head + micro_source(mr, nr) + "\n\n" + direct_source(mr, nr) + "\n\n"
             + direct_source(mr, nr // 2, "micro_narrow") + "\n\n" + segmented_source(mr, nr)
-            + "\n\n" + transposed_source(mr, nr) + "\n\n" + drivers)
+            + "\n\n" + f"MT = {MT}\n\n\n" + transposed_source(mr, nr) + _transposed_8(mr, nr) + "\n\n" + drivers)
+
+
+def _transposed_8(mr: int, nr: int) -> str:
+    """micro_direct_t8, the transposed kernel over 8 rows, for the tiles half as wide as another
+    (the local kernels' narrow fp32 tiles, kernels/local/tiles.py): a row of such a tile is one
+    vector, and MT = 4 rows keep only 4 accumulators, too few to cover the FMA latency (Zen 5,
+    8x16 fp32, a locally connected weight gradient: 3.3 -> 2.4-2.6 ms with 8 rows; the wide
+    tiles' 4 rows of 2 vectors stay as fast as 8 rows, or faster)."""
+    return "\n\n" + transposed_source(mr, nr, 8, "micro_direct_t8") if (mr, 2 * nr) in SHAPES else ""
 
 
 def path_for(mr: int, nr: int) -> Path:
