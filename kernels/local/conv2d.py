@@ -366,7 +366,8 @@ def conv2d_forward_cpu(x, w, b, y, geo, act, groups, n_chunks):
     (kernels/local/threads.py); the packed path's chunks pack the transposed weights each."""
     path, tile = _path(x, w, geo, groups)
     if path == "inplace":
-        args = (tile, *padded_copy(x, geo, (tile.mr * int(geo[1]) + w.shape[1]) * x.shape[3]), w, b, y, geo, act)
+        tail = (tile.mr * int(geo[1]) + w.shape[1]) * x.shape[3]
+        args = (tile, *padded_copy(x, geo, tail, n_chunks), w, b, y, geo, act)
         compile_with_slp(_forward_direct, (*args, 0, 0))
         run_chunks(_forward_direct, args, y.shape[0] * y.shape[1], n_chunks)
     elif path == "tiled":
@@ -389,7 +390,7 @@ def _weight_grad(x, dy, dw, geo, groups, n_chunks):
         dy = _widened(dy, O)
     parts = np.empty((N_PARTS, KH * KW * Cg, O), dw.dtype)
     if path == "inplace":
-        args = (tile, *padded_copy(x, geo), dy.reshape(-1, O), parts, geo)
+        args = (tile, *padded_copy(x, geo, 0, n_chunks), dy.reshape(-1, O), parts, geo)
         compile_with_slp(_weight_grad_direct, (*args, 0, 0))
         run_chunks(_weight_grad_direct, args, N_PARTS, n_chunks)
     elif path == "tiled":

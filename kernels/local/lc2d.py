@@ -343,22 +343,22 @@ def lc2d_forward_serial(x, w, b, y, geo, act, n_chunks=1):
     fn(*args, 0, w.shape[0])
 
 
-def _weight_grad_args(x, dy, dw, geo):
+def _weight_grad_args(x, dy, dw, geo, n_chunks):
     """(kernel, its leading arguments): _weight_grad_direct on a padded copy where a tile fits."""
     tile = tile_for(dy.dtype, dw.shape[2])
     if tile is None or geo[5] != 1 or (x.shape[3] * int(geo[7])) % tile.mt:
         return _weight_grad, (x, dy, dw, geo)
-    args = (tile, *padded_copy(x, geo), dy, dw, geo)
+    args = (tile, *padded_copy(x, geo, 0, n_chunks), dy, dw, geo)
     compile_with_slp(_weight_grad_direct, (*args, 0, 0))
     return _weight_grad_direct, args
 
 
 def lc2d_weight_grad_cpu(x, dy, dw, geo, n_chunks):
-    run_chunks(*_weight_grad_args(x, dy, dw, geo), dw.shape[0], n_chunks)
+    run_chunks(*_weight_grad_args(x, dy, dw, geo, n_chunks), dw.shape[0], n_chunks)
 
 
 def lc2d_weight_grad_serial(x, dy, dw, geo, n_chunks=1):
-    fn, args = _weight_grad_args(x, dy, dw, geo)
+    fn, args = _weight_grad_args(x, dy, dw, geo, 1)
     fn(*args, 0, dw.shape[0])
 
 
