@@ -33,6 +33,7 @@ from numba import njit
 from ..activation import _act
 from .gemm import gemm_nt, gemm_tn_acc
 from .pack import FASTMATH, block_rows, copy_run, padded_copy, patch_row, zero_run
+from ..prefetch import prefetch_read
 from ..transpose import transpose_block
 from .threads import run_chunks
 from .tiles import compile_with_slp, micro, micro_seg, micro_t, store, store_edge, t_rows, tile_for, tile_shape
@@ -242,6 +243,20 @@ def _input_grad(dy, w, dx, geo, lo, hi):
             gemm_nt(A, B, Cv, m, C, kk, False, b0)
 
 
+@njit(inline="always")
+def _taps(q, W, pt, pl, KH, KW, OH, OW):
+    """The output positions whose windows cover input pixel q (unit strides and dilation): a
+    rectangle of nseg rows from oh0 and run columns from ow0, reached by the taps kh_hi and
+    kw_hi downwards, as (oh0, ow0, kh_hi, kw_hi, nseg, run); nseg or run <= 0 when none."""
+    ih = q // W
+    iw = q - ih * W
+    kh_hi = min(KH - 1, ih + pt)
+    kw_hi = min(KW - 1, iw + pl)
+    nseg = kh_hi - max(0, ih + pt - OH + 1) + 1
+    run = kw_hi - max(0, iw + pl - OW + 1) + 1
+    return ih + pt - kh_hi, iw + pl - kw_hi, kh_hi, kw_hi, nseg, run
+
+
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 def _input_grad_direct(tile, dy, w, dx, geo, lo, hi):
     """_input_grad on fastnn.matmul's register tile (unit strides and dilation, C a multiple of
@@ -251,7 +266,10 @@ def _input_grad_direct(tile, dy, w, dx, geo, lo, hi):
     segments in registers); only the pixel's weight blocks are copied, transposed to (O, C)
     rows, into L1-sized scratch (each block of w is used by exactly one pixel). The last
     N % MR samples go through a zero-padded copy of their dy rows. The blocks are transposed
-    L x L in registers (kernels/transpose.py) when O is a multiple of L."""
+    L x L in registers (kernels/transpose.py) when O is a multiple of L. The next pixel's
+    blocks (1 KiB runs at scattered positions for 16 x 16 channels, which the hardware
+    prefetchers miss) are prefetched while this pixel's products run: 3.0-3.3 -> 2.6-2.7 ms
+    at 32x32x16 on Zen 5, one thread."""
     N, H, W, C = dx.shape
     P, K, O = w.shape
     MR, NR = tile_shape(tile)
@@ -269,21 +287,20 @@ def _input_grad_direct(tile, dy, w, dx, geo, lo, hi):
     zero = dy.dtype.type(0)
     b0 = np.empty(0, dy.dtype)
     nfull = N // MR * MR
+    line = 64 // dy.itemsize
     for q in range(lo, hi):
-        ih = q // W
-        iw = q - ih * W
-        kh_hi = min(KH - 1, ih + pt)
-        kh_lo = max(0, ih + pt - OH + 1)
-        kw_hi = min(KW - 1, iw + pl)
-        kw_lo = max(0, iw + pl - OW + 1)
-        nseg = kh_hi - kh_lo + 1
-        run = kw_hi - kw_lo + 1
+        oh0, ow0, kh_hi, kw_hi, nseg, run = _taps(q, W, pt, pl, KH, KW, OH, OW)
         if nseg <= 0 or run <= 0:
             for n in range(N):
                 zero_run(dx1[n * ldc + q * C:], C)
             continue
-        oh0 = ih + pt - kh_hi
-        ow0 = iw + pl - kw_hi
+        if q + 1 < hi:      # the next pixel's weight blocks, while this one's products run
+            oh1, ow1, kh1, kw1, nseg1, run1 = _taps(q + 1, W, pt, pl, KH, KW, OH, OW)
+            for sg in range(nseg1):
+                for r in range(run1):
+                    s1 = ((oh1 + sg) * OW + ow1 + r) * K * O + ((kh1 - sg) * KW + kw1 - r) * C * O
+                    for e in range(0, C * O, line):
+                        prefetch_read(w1, s1 + e)
         kc = run * O
         for sg in range(nseg):
             for r in range(run):
