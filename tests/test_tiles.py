@@ -16,7 +16,9 @@ from test_local import _pads, _randomize
 
 RNG = np.random.default_rng
 DTYPES = [np.float32, np.float64]
-CHANNELS = [(16, 16), (32, 32), (8, 48), (48, 8)]
+# (C, O); with 4 input channels a 3-wide kernel row is 12 values: the narrow tile's weight
+# gradient then sums 4 rows at a time, not 8 (16 outputs are half a tile on AVX-512, 24 on AVX2)
+CHANNELS = [(16, 16), (32, 32), (8, 48), (48, 8), (4, 16), (4, 24)]
 
 
 def _tol(dtype):
@@ -37,14 +39,27 @@ def test_half_a_tile_of_output_channels_runs_on_the_narrow_tile():
     nr = wide_tile(np.float32).nr
     x = np.zeros((2, 9, 19, 4), np.float32)
     layer = fnn.Conv2D(4, nr // 2, 3, padding="same")
-    path, tile = conv2d._path(x, layer.params["weight"], layer._geometry((9, 19))[1], 1)
+    w, geo = layer.params["weight"], layer._geometry((9, 19))[1]
+    path, tile = conv2d._path(x, w, geo, 1)
     assert (path, tile.nr) == ("inplace", nr // 2)
+    # the weight gradient's kernel row of 3 x 4 values takes the narrow tile's 4-row kernel
+    path, tile = conv2d._path(x, w, geo, 1, weight_grad=True)
+    assert (path, tile.nr, tile.mt) == ("inplace", nr // 2, 4)
+
+
+def test_transposed_for_takes_the_most_rows_that_divide():
+    narrow = tile_for(np.float32, wide_tile(np.float32).nr // 2)
+    assert narrow.mt == 8
+    assert narrow.transposed_for(48) is narrow
+    assert narrow.transposed_for(12).mt == 4
+    assert narrow.transposed_for(6) is None
 
 
 # (H, W, kernel, stride, padding, dilation): output lines wide enough for the in-place kernels
 # (with OW % MR pixels left over), narrow lines (gathered patches), dilation along h, dilation
 # along w, stride 2 (the input gradient the packed way), padding past the kernel's reach (the
-# same)
+# same), even kernels with 'same' padding longer after than before, and unequal explicit
+# padding (the input gradient's transposed padding differs between h and w)
 CONV_GEOMETRIES = [
     (9, 19, 3, 1, "same", 1),
     (7, 6, 3, 1, "same", 1),
@@ -52,6 +67,8 @@ CONV_GEOMETRIES = [
     (8, 9, (2, 3), 1, 1, (1, 2)),
     (9, 33, 3, 2, "same", 1),
     (5, 17, 3, 1, 3, 1),
+    (8, 20, (2, 4), 1, "same", 1),
+    (7, 16, (5, 3), 1, (1, 2), 1),
 ]
 
 
@@ -65,7 +82,8 @@ def test_conv2d_forward_and_gradients_match_numpy(geometry, channels, dtype):
     _randomize(layer)
     x = RNG(0).standard_normal((3, h, w, c)).astype(dtype)
     kk, ss, dd = (fnn.layers._spatial.pair(v, "") for v in (k, s, d))
-    pads = [_pads(pad, (h, w)[a], kk[a], ss[a], dd[a]) for a in (0, 1)]
+    pp = (pad, pad) if isinstance(pad, str) else fnn.layers._spatial.pair(pad, "")
+    pads = [_pads(pp[a], (h, w)[a], kk[a], ss[a], dd[a]) for a in (0, 1)]
     weight = layer.params["weight"].astype(np.float64)
     y = layer(x)
     np.testing.assert_allclose(y, conv2d_ref(x, weight, layer.params["bias"], ss, pads, dd), **_tol(dtype))

@@ -331,8 +331,9 @@ def _path(x, w, geo, groups, weight_grad=False) -> tuple[str, Tile | None]:
     MR-pixel tiles; for the weight gradient KW*C a multiple of the tile's MT), "tiled" (the tile
     on gathered patches: one group, O a multiple of NR; for the weight gradient K a multiple of
     MT) or "packed" (gathered patches, transposed weights, the 4x2 kernel; no tile). The tile
-    is the widest whose NR divides O (tiles.tile_for). For the weight gradient, where none
-    does, O may instead fill half or more of the wide tile, the operand then zero-padded to it
+    is the widest whose NR divides O (tiles.tile_for), for the weight gradient with the most
+    transposed rows that fit (Tile.transposed_for). There, where no tile divides O, O may
+    instead fill half or more of the wide tile, the operand then zero-padded to it
     (_widened)."""
     KH, KW, Cg, O = w.shape
     tile = tile_for(x.dtype, O)
@@ -340,10 +341,14 @@ def _path(x, w, geo, groups, weight_grad=False) -> tuple[str, Tile | None]:
         tile = wide_tile(x.dtype)
     if groups != 1 or tile is None:
         return "packed", None
-    k_multiple = tile.mt if weight_grad else 1
-    if geo[5] == 1 and (geo[9] >= MIN_DIRECT_WIDTH or geo[9] % tile.mr == 0) and (KW * Cg) % k_multiple == 0:
-        return "inplace", tile
-    return ("tiled", tile) if (KH * KW * Cg) % k_multiple == 0 else ("packed", None)
+    inplace = geo[5] == 1 and (geo[9] >= MIN_DIRECT_WIDTH or geo[9] % tile.mr == 0)
+    if not weight_grad:
+        return ("inplace" if inplace else "tiled"), tile
+    for path, k in ((("inplace", KW * Cg),) if inplace else ()) + (("tiled", KH * KW * Cg),):
+        fitting = tile.transposed_for(k)
+        if fitting is not None:
+            return path, fitting
+    return "packed", None
 
 
 def _width(O: int, tile: Tile) -> int:

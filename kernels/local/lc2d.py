@@ -363,7 +363,8 @@ def lc2d_forward_serial(x, w, b, y, geo, act, n_chunks=1):
 def _weight_grad_args(x, dy, dw, geo, n_chunks):
     """(kernel, its leading arguments): _weight_grad_direct on a padded copy where a tile fits."""
     tile = tile_for(dy.dtype, dw.shape[2])
-    if tile is None or geo[5] != 1 or (x.shape[3] * int(geo[7])) % tile.mt:
+    tile = None if tile is None else tile.transposed_for(x.shape[3] * int(geo[7]))
+    if tile is None or geo[5] != 1:
         return _weight_grad, (x, dy, dw, geo)
     args = (tile, *padded_copy(x, geo, 0, n_chunks), dy, dw, geo)
     compile_with_slp(_weight_grad_direct, (*args, 0, 0))

@@ -105,6 +105,7 @@ def padded_copy(x: np.ndarray, geo: np.ndarray, tail: int = 0, n_chunks: int = 1
     whole register tile past the last valid row). Samples are copied in n_chunks ranges on
     threads, each element written once (np.zeros and a slice copy wrote the frame twice, in
     one thread: 0.58 of a 4.9 ms Conv2D step at 2 threads)."""
+    x = np.ascontiguousarray(x)
     N, H, W, C = x.shape
     sh, sw, pt, pl, dh, dw, KH, KW, OH, OW = (int(v) for v in geo[:10])
     hp = max(H + pt, (OH - 1) * sh + (KH - 1) * dh + 1)

@@ -51,9 +51,20 @@ class Tile:
     def __repr__(self) -> str:
         return f"Tile({self.mr}x{self.nr}, mt={self.mt})"
 
+    def transposed_for(self, k: int) -> Tile | None:
+        """This tile with the most rows of its transposed kernel (its MT, else the 4-row one)
+        that divide k, the rows it sums a weight gradient over at once; None if neither does."""
+        for mt in dict.fromkeys((self.mt, MT)):
+            if k % mt == 0:
+                return self if mt == self.mt else Tile(self.mr, self.nr, mt)
+        return None
+
 
 class TileType(types.Type):
-    """Numba type of a Tile: the shape is part of the type, so each tile compiles its own code."""
+    """Numba type of a Tile: the shape is part of the type, so each tile compiles its own code.
+    Numba pickles it by name into the cache indexes of the kernels that take a Tile, and reads
+    an index before it checks the source: renaming or moving this class breaks loading caches
+    written before (clear kernels/**/__pycache__ then)."""
 
     def __init__(self, mr: int, nr: int, mt: int):
         self.mr, self.nr, self.mt = mr, nr, mt
