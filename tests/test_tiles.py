@@ -25,6 +25,14 @@ def _tol(dtype):
     return dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
 
 
+def _forward_backward(layer, x):
+    """(y, dy, dx) of one forward and backward with a random output gradient, gradients zeroed."""
+    y = layer(x)
+    dy = RNG(1).standard_normal(y.shape).astype(x.dtype)
+    layer.zero_grad()
+    return y, dy, layer.backward(dy)
+
+
 def test_tile_for_picks_the_widest_tile_whose_columns_divide():
     for dtype in DTYPES:
         wide = wide_tile(dtype)
@@ -85,11 +93,8 @@ def test_conv2d_forward_and_gradients_match_numpy(geometry, channels, dtype):
     pp = (pad, pad) if isinstance(pad, str) else fnn.layers._spatial.pair(pad, "")
     pads = [_pads(pp[a], (h, w)[a], kk[a], ss[a], dd[a]) for a in (0, 1)]
     weight = layer.params["weight"].astype(np.float64)
-    y = layer(x)
+    y, dy, dx = _forward_backward(layer, x)
     np.testing.assert_allclose(y, conv2d_ref(x, weight, layer.params["bias"], ss, pads, dd), **_tol(dtype))
-    dy = RNG(1).standard_normal(y.shape).astype(dtype)
-    layer.zero_grad()
-    dx = layer.backward(dy)
     dw, dx_want = conv2d_grads_ref(x, weight, dy, ss, pads, dd)
     np.testing.assert_allclose(layer.grads["weight"], dw, **_tol(dtype), err_msg="weight gradient")
     np.testing.assert_allclose(dx, dx_want, **_tol(dtype), err_msg="input gradient")
@@ -112,11 +117,8 @@ def test_lc2d_forward_and_gradients_match_numpy(geometry, channels, dtype):
     kk, ss = (fnn.layers._spatial.pair(v, "") for v in (k, s))
     pads = [_pads(pad, (h, w)[a], kk[a], ss[a], 1) for a in (0, 1)]
     weight = layer.params["weight"].astype(np.float64)
-    y = layer(x)
+    y, dy, dx = _forward_backward(layer, x)
     np.testing.assert_allclose(y, lc2d_ref(x, weight, layer.params["bias"], ss, pads, (1, 1)), **_tol(dtype))
-    dy = RNG(1).standard_normal(y.shape).astype(dtype)
-    layer.zero_grad()
-    dx = layer.backward(dy)
     np.testing.assert_allclose(layer.grads["weight"], lc2d_weight_grad_ref(x, dy, weight.shape, ss, pads, (1, 1)),
                                **_tol(dtype), err_msg="weight gradient")
     np.testing.assert_allclose(dx, lc2d_input_grad_ref(dy, weight, x.shape, ss, pads, (1, 1)), **_tol(dtype),
