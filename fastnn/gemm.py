@@ -491,10 +491,14 @@ def describe() -> str:
     """One line for ``fastnn info``: which micro-kernel runs and why."""
     from .sysinfo import jit_features, simd_width_bits
 
+    from .kernels.local.tiles import tile_for
+
     parts = []
     for ch in "fd":
         b = _blocks.blocks_for(ch)
-        parts.append(f"{np.dtype(ch).name} {b.mr}x{b.nr} (MC {b.mc}, KC {b.kc}, NC {b.nc}, {b.source})")
+        narrow = tile_for(ch, b.nr // 2)
+        local = f", the local layers' also {narrow.mr}x{narrow.nr}" if narrow is not None else ""
+        parts.append(f"{np.dtype(ch).name} {b.mr}x{b.nr} (MC {b.mc}, KC {b.kc}, NC {b.nc}, {b.source}{local})")
     bits, features = simd_width_bits(), jit_features()
     if numba.config.CPU_NAME not in (None, "host"):
         why = (f"NUMBA_CPU_NAME={numba.config.CPU_NAME}: Numba compiles for that CPU, not this one, and may emit "

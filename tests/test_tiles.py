@@ -40,7 +40,9 @@ def test_tile_for_picks_the_widest_tile_whose_columns_divide():
         half = tile_for(dtype, wide.nr // 2)
         assert half is None or (half.mr, half.nr) == (wide.mr, wide.nr // 2)
         assert tile_for(dtype, 3) is None
-    assert tile_for(np.float32, wide_tile(np.float32).nr // 2) is not None, "fp32 has a narrow tile"
+    narrow = tile_for(np.float32, wide_tile(np.float32).nr // 2)
+    assert narrow is not None, "fp32 has a narrow tile"
+    assert f"the local layers' also {narrow.mr}x{narrow.nr}" in fnn.gemm.describe()       # fastnn info
 
 
 def test_half_a_tile_of_output_channels_runs_on_the_narrow_tile():
