@@ -489,9 +489,8 @@ def _group_buffers(dt, threads: int, b: _blocks.Blocks):
 
 def describe() -> str:
     """One line for ``fastnn info``: which micro-kernel runs and why."""
-    from .sysinfo import jit_features, simd_width_bits
-
     from .kernels.local.tiles import tile_for
+    from .sysinfo import jit_features, simd_width_bits
 
     parts = []
     for ch in "fd":

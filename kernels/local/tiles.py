@@ -19,11 +19,12 @@ How     A kernel takes a ``Tile`` argument, which tile_for(dtype, n) picks in Py
         AVX-512, 6x8 fp32 on AVX2), for channel counts the wide tile does not divide: 16
         channels on AVX-512 had gone the packed 4x2 way, or half of each tile was zeros. A
         narrow tile's row is one vector, so its transposed kernel runs 8 rows (micro_direct_t8)
-        where the wide tile's runs MT = 4 rows of two vectors: 8 accumulators either way.
+        where the wide tile's runs MT = 4 rows of two vectors: 8 accumulators either way (4
+        rows still where 8 do not divide the weight gradient's rows: Tile.transposed_for).
         Kernels that call these must be compiled inside settings.slp_scope()
         (``compile_with_slp``): the tile lives in scalar variables only SLP vectorizes.
-Oracle  through tests/test_local.py (every local layer against plain loops, on both tiles).
-"""
+Oracle  tests/test_tiles.py (Conv2D and LocallyConnected2D on each tile against NumPy loops)
+        and tests/test_local.py (every local layer against plain loops)."""
 from __future__ import annotations
 
 import numba
