@@ -90,6 +90,9 @@ def load(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
         if saved is None or saved.shape != b.shape or saved.dtype != b.dtype:
             raise ValueError(f"{path}: expected buffer {n} of {b.dtype}{b.shape}, got "
                              f"{'none' if saved is None else f'{saved.dtype}{saved.shape}'}")
+    for name, g in rngs.items():
+        random.check_state(g, meta["rng"][name], f"{path}: malformed checkpoint: random generator {name}")
+    random.check_state(random.generator(), meta["global_rng"], f"{path}: malformed checkpoint: global random generator")
     if check_extra is not None:
         check_extra(meta["extra"])
 

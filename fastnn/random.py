@@ -18,3 +18,13 @@ def manual_seed(seed: int) -> None:
 def generator() -> np.random.Generator:
     """The current global generator (layers take their initial values from it)."""
     return _generator
+
+
+def check_state(gen: np.random.Generator, state, what: str) -> None:
+    """Raise ValueError naming ``what`` unless ``state`` is a state ``gen``'s kind of bit
+    generator takes; tried on a fresh generator, so ``gen`` itself is left as it was."""
+    try:
+        type(gen.bit_generator)().state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise ValueError(f"{what}: expected a {type(gen.bit_generator).__name__} state, got a malformed one "
+                         f"({type(e).__name__}: {e})") from e

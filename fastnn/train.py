@@ -485,10 +485,7 @@ def _check_rank_rngs(path, saved, model: Module) -> None:
     for r in saved:
         pairs = [(gens[n], r["model"][n]) for n in gens] + [(random.generator(), r["global"])]
         for gen, state in pairs:
-            try:
-                type(gen.bit_generator)().state = state
-            except (TypeError, ValueError, KeyError, OverflowError) as e:
-                raise ValueError(f"{path}: {expected}, got a malformed one ({type(e).__name__}: {e})") from e
+            random.check_state(gen, state, f"{path}: rank_rngs")
 
 
 def _rng_states(model: Module) -> dict:

@@ -284,6 +284,16 @@ def test_settings_beyond_float32_are_refused_for_float32_parameters(make, key):
     assert opt.step_count == 0
 
 
+@pytest.mark.filterwarnings("error")
+def test_numpy_float32_settings_on_float64_parameters_step_without_warnings():
+    """The range check compared np.float32(lr) with float64's largest value: NumPy cast that to
+    float32 (inf) with an overflow warning on every step(), an error under -W error."""
+    p, g = np.zeros(4), np.ones(4)
+    opt = fnn.optim.Adam((p, g), lr=np.float32(0.5))
+    opt.step(grad_scale=np.float32(0.5))
+    np.testing.assert_allclose(p, -0.5)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_gradient_raises_and_changes_nothing(bad):
     p, g = np.ones(50), np.ones(50)

@@ -1,6 +1,7 @@
 """The training loop end to end: accuracy on digits, checkpoints, exact resume, the CLI."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -780,6 +781,21 @@ def test_a_malformed_checkpoint_loads_nothing(tmp_path, edit, match):
     assert opt2.param_groups[0]["lr"] == 0.1 and fnn.random.generator().bit_generator.state == rng
 
 
+def test_a_malformed_generator_state_is_refused_before_the_optimizer_changes(tmp_path):
+    """A damaged Dropout generator state was found after the optimizer had taken the file's
+    groups, leaving a schedule's initial_lr behind in a fresh optimizer."""
+    model = fnn.Sequential(fnn.Dense(4, 3), fnn.Dropout(0.5))
+    opt = fnn.optim.SGD(model, lr=0.5)
+    path = fnn.checkpoint.save(tmp_path / "m.npz", model, opt, fnn.schedules.Cosine(opt, T_max=10))
+    _rewrite_meta(path, lambda m: m["rng"].update({"1": "garbage"}))
+    target = fnn.Sequential(fnn.Dense(4, 3), fnn.Dropout(0.5))
+    opt2 = fnn.optim.SGD(target, lr=0.01)
+    groups = copy.deepcopy(opt2.param_groups)
+    with pytest.raises(ValueError, match=f"{path}: malformed checkpoint: random generator 1: expected a PCG64 state"):
+        fnn.checkpoint.load(path, target, opt2)
+    assert opt2.param_groups == groups
+
+
 def test_cli_without_scikit_learn_says_what_to_install(tmp_path, capsys, monkeypatch):
     from fastnn.cli import main
 
@@ -993,7 +1009,7 @@ def _batch_size_run(path, batch_size, *, stop=None, resume=False, settings=None)
     ("epoch_loss", lambda s: [[1.0, -3]], r"expected epoch_loss a list"),
     ("rank_rngs", lambda s: [{"model": {}, "global": {}}], "expected rank_rngs a list of each rank's generator"),
     ("rank_rngs", lambda s: [{"model": {"1": {"bit_generator": "PCG64", "state": 3}}, "global": {}}],
-     "expected rank_rngs .* got a malformed one"),
+     "rank_rngs: expected a PCG64 state, got a malformed one"),
 ])
 def test_a_malformed_resume_state_is_refused_before_anything_is_loaded(tmp_path, key, value, match):
     """A bad batch-size schedule state was found only after the model and optimizer were

@@ -174,7 +174,7 @@ class Optimizer:
         """``group[key]`` a finite number >= ``minimum`` that the parameters' dtype holds: inf, or a
         float64 beyond float32's range cast to an inf kernel scalar, made every parameter NaN (even
         those with a zero gradient)."""
-        value = check_real(group[key], f"{where}: {key}", minimum, math.inf)
+        value = float(check_real(group[key], f"{where}: {key}", minimum, math.inf))    # np.float32: no cast
         if not abs(value) <= (top := float(np.finfo(self.params.dtype).max)):       # -inf, with no minimum
             raise ValueError(f"{where}: {key}: expected a finite number within {self.params.dtype}'s range (the "
                              f"parameters' dtype, at most {top:g} in size), got {value:g}")
@@ -201,6 +201,7 @@ class Optimizer:
         if isinstance(grad_scale, (bool, np.bool_)) or not isinstance(grad_scale, numbers.Real) \
                 or not math.isfinite(grad_scale):
             raise ValueError(f"step: expected a finite number grad_scale, got {grad_scale!r}")
+        grad_scale = float(grad_scale)      # an np.float32 compared with float64's range would overflow
         if abs(grad_scale) > float(np.finfo(self.params.dtype).max):     # the kernel's scalar would be inf
             raise ValueError(f"step: expected |grad_scale| <= {np.finfo(self.params.dtype).max:g} (the largest "
                              f"{self.params.dtype}), got {grad_scale!r}")
