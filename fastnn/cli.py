@@ -8,7 +8,7 @@ import string
 import sys
 import time
 
-from .distributed.runtime import launched_rank
+from .distributed.runtime import abort, launched_rank
 
 MODELS = ("mlp", "cnn", "resnet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -167,6 +167,9 @@ def _main(argv: list[str] | None) -> int:
         except RuntimeError as e:
             print(f"fastnn compile: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("fastnn compile: interrupted; the kernels compiled so far stay cached", file=sys.stderr)
+            return 130
         print(f"kernels cached in {time.perf_counter() - began:.1f} s")
         return 0
     if args.command == "bench":
@@ -328,8 +331,8 @@ def _train(args) -> int:
                              resume=args.resume, progress=not args.no_progress, on_step=on_step,
                              settings=settings)
     except KeyboardInterrupt:                        # Ctrl-C: one line, as every other stop, not a traceback
-        if comm is not None:            # under mpiexec the abort hook ends every rank (one rank that
-            raise                       # returned would leave the others waiting in a collective)
+        if comm is not None:            # under mpiexec every rank ends the job (one rank that returned
+            abort(f"fastnn train: interrupted; {_saved(fnn, path)}", 130)   # would leave the others waiting)
         print(f"fastnn train: interrupted; {_saved(fnn, path)}", file=sys.stderr)
         return 130                                   # as a shell reports a command stopped by SIGINT
     except FloatingPointError as e:                  # the reduced gradient: every rank stops alike
@@ -338,9 +341,11 @@ def _train(args) -> int:
         return 2
     except fnn.checkpoint.ResumeError as e:          # every rank reads the same file and stops alike
         if rank == 0:
+            sized = ("" if name in ("constant", "inverse-time") else
+                     f"; a {name} schedule spans the run's --epochs, so a longer run needs a new --checkpoint")
             hint = (" (it was not written by fastnn train)" if "holds no" in str(e) else
                     " (it was trained with another lr schedule: pass the --schedule, --epochs, --batch-size and "
-                    "--grow-batch it used; with --grow-batch the default schedule is constant)"
+                    f"--grow-batch it used; with --grow-batch the default schedule is constant{sized})"
                     if "schedule state" in str(e) else "")
             print(f"fastnn train: {e}{hint}; train from scratch without --resume or give another --checkpoint",
                   file=sys.stderr)

@@ -33,6 +33,7 @@ def small_cnn(image_shape: tuple[int, int, int], classes: int, *, dtype=np.float
     """Conv 3x3 (16) -> max pool 2 -> locally connected 3x3 (32, untied weights per
     position, 'same') -> dense: the demo's CNN for the 8x8 digits (or 28x28 MNIST)."""
     h, w, c = _image_shape(image_shape, "small_cnn")
+    check_int(classes, "small_cnn: classes", 1)
     if h < 2 or w < 2:
         raise ValueError(f"small_cnn: expected images of at least 2x2 pixels (it pools by 2), got {h}x{w}")
     conv = Conv2D(c, 16, 3, padding="same", activation="relu", dtype=dtype)
@@ -78,6 +79,7 @@ def small_resnet(image_shape: tuple[int, int, int], classes: int, *, dtype=np.fl
     -> global average pool -> dense: the lecture's shortcut connections and batch
     normalization in a network for the 8x8 digits (or 28x28 MNIST)."""
     c = _image_shape(image_shape, "small_resnet")[2]
+    check_int(classes, "small_resnet: classes", 1)
     layers = [Conv2D(c, 16, 3, padding=1, bias=False, dtype=dtype), BatchNorm(16, dtype=dtype), ReLU(),
               resnet_block(16, 16, dtype=dtype), resnet_block(16, 32, 2, dtype=dtype), GlobalAvgPool2D()]
     if dropout:

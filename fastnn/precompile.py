@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from multiprocessing import get_context
 
 import numpy as np
@@ -135,7 +136,7 @@ def _results(tasks: list[tuple[str, str]], jobs: int) -> Iterator[tuple[str, str
     dense one only loads them (2 cores, both dtypes: each dtype's parts side by side took 160 s).
     """
     waiting, running = list(tasks), {}
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool, _ending_workers(pool):
         while waiting or running:
             while waiting and len(running) < jobs:
                 task = _next_task(waiting, list(running.values()))
@@ -151,3 +152,18 @@ def _results(tasks: list[tuple[str, str]], jobs: int) -> Iterator[tuple[str, str
                                        "killed?)") from e
                 except Exception as e:
                     raise RuntimeError(f"compiling {dtype} {part} failed: {type(e).__name__}: {e}") from e
+
+
+@contextmanager
+def _ending_workers(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """On Ctrl-C (or any stop) end the workers at once: the pool's own exit waits for the
+    running compiles (over a minute). Numba writes each cache file whole (a temporary file,
+    then a rename), so a killed compile leaves what was cached before it."""
+    try:
+        yield
+    except BaseException:
+        workers = list((getattr(pool, "_processes", None) or {}).values())     # no public API before 3.14
+        pool.shutdown(wait=False, cancel_futures=True)                          # (which forgets them)
+        for process in workers:
+            process.terminate()
+        raise

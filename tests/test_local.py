@@ -460,8 +460,10 @@ def test_small_cnn_end_to_end_gradients():
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="larger than the padded input"):
         fnn.LocallyConnected2D(1, 1, 5, input_shape=(4, 4))
-    with pytest.raises(ValueError, match="larger than the padded input"):
+    with pytest.raises(ValueError, match=r"kernel extent 7 \(kernel 3, dilation 3\) is larger than the padded input"):
         fnn.Conv2D(1, 1, 3, dilation=3)(np.zeros((1, 6, 6, 1), np.float32))
+    with pytest.raises(ValueError, match=r"MaxPool2D.*: kernel 3 is larger than the padded input 2"):
+        fnn.MaxPool2D(3)(np.zeros((1, 2, 2, 1), np.float32))
     with pytest.raises(ValueError, match="stride"):
         fnn.Conv2D(1, 1, 3, stride=0)
     with pytest.raises(ValueError, match="stride"):

@@ -188,3 +188,23 @@ def test_the_spatial_part_reaches_batchnorms_threaded_kernels():
     _run(("float64", "spatial"))
     for kernel in (batchnorm.two_sums_cpu, batchnorm.affine_cpu, batchnorm.affine2_cpu):
         assert kernel.signatures, kernel
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_compile_ends_its_workers_instead_of_waiting_for_them():
+    """Ctrl-C during fastnn compile waited for the running compiles (over a minute) and left a
+    traceback: the pool forgets its workers once shut down, so they were never ended."""
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from fastnn.precompile import _ending_workers
+
+    with pytest.raises(KeyboardInterrupt):
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool, _ending_workers(pool):
+            pool.submit(time.sleep, 300)
+            workers = list(pool._processes.values())
+            raise KeyboardInterrupt
+    for w in workers:
+        w.join(30)
+    assert workers and all(w.exitcode == -15 for w in workers)      # SIGTERM: not a finished sleep

@@ -567,6 +567,18 @@ def test_cli_resume_with_another_schedule_names_the_options(tmp_path, capsys):
     assert "saved by Constant(), expected one of Cosine(" in err and "pass the --schedule, --epochs" in err
 
 
+def test_cli_resume_of_a_longer_cosine_run_says_the_schedule_spans_the_epochs(tmp_path, capsys):
+    """The same --schedule with more --epochs was told only "it was trained with another lr schedule"."""
+    from fastnn.cli import main
+
+    ck = str(tmp_path / "c.npz")
+    assert main(["train", "--epochs", "1", "--schedule", "cosine", "--no-progress", "--checkpoint", ck]) == 0
+    assert main(["train", "--epochs", "2", "--schedule", "cosine", "--no-progress", "--checkpoint", ck,
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "a cosine schedule spans the run's --epochs, so a longer run needs a new --checkpoint" in err
+
+
 def test_cli_train_and_resume(tmp_path):
     ck = tmp_path / "ck.npz"
     cmd = [sys.executable, "-m", "fastnn.cli", "train", "--epochs", "2", "--no-progress", "--threads", "1",
@@ -664,6 +676,13 @@ def test_the_image_models_name_a_bad_image_shape(shape, error, match, build):
     connected layer, whose error named a shape (4.0, 4) that the caller never gave."""
     with pytest.raises(error, match=f"{build}: {match}"):
         getattr(fnn.models, build)(shape, 10)
+
+
+@pytest.mark.parametrize("build", ["small_cnn", "small_resnet"])
+def test_the_image_models_name_a_bad_class_count(build):
+    """classes=0 was reported as the last Dense layer's out_features."""
+    with pytest.raises(ValueError, match=f"{build}: classes: expected an int >= 1, got 0"):
+        getattr(fnn.models, build)((8, 8, 1), 0)
 
 
 def test_evaluate_accuracy_follows_the_targets():

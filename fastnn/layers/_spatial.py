@@ -49,7 +49,8 @@ def out_size(size: int, k: int, stride: int, dilation: int, padding, axis: int, 
         return out, before
     pad = 0 if padding == "valid" else padding[axis]
     if size + 2 * pad < k_eff:
-        raise ValueError(f"{what}: kernel extent {k_eff} (kernel {k}, dilation {dilation}) is larger than the "
+        extent = f"kernel extent {k_eff} (kernel {k}, dilation {dilation})" if dilation != 1 else f"kernel {k}"
+        raise ValueError(f"{what}: {extent} is larger than the "
                          f"padded input {size + 2 * pad} (size {size}, padding {pad}) along {'hw'[axis]}")
     return (size + 2 * pad - k_eff) // stride + 1, pad
 
