@@ -819,3 +819,29 @@ def test_a_rank_without_batchnorm_statistics_is_refused_at_wrap_time(tmp_path):
     assert r.returncode != 0
     assert "ranks [1] differ from rank 0: the buffers (name, shape, dtype) are [('1.running_mean', [32], 'float64')" \
         in r.stderr, r.stderr
+
+
+def test_cli_ctrl_c_under_mpiexec_ends_the_job_with_the_resume_hint(tmp_path):
+    """SIGINT to mpiexec (Ctrl-C) printed a KeyboardInterrupt traceback from every rank and no
+    word on where to go on from."""
+    import signal
+    import time
+
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    ck = tmp_path / "c.npz"
+    p = subprocess.Popen([str(MPIEXEC), "-n", "2", str(BIN / "fastnn"), "train", "--epochs", "1000",
+                          "--checkpoint", str(ck), "--checkpoint-every", "5", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not ck.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ck.exists(), "no checkpoint was written"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode != 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert re.search(rf"\] fastnn train: interrupted; {re.escape(str(ck))} holds step \d+: go on from there with "
+                     r"--resume", err), err
