@@ -276,6 +276,11 @@ def _train(args) -> int:
                   f"ranks), got {len(x_train)}", file=sys.stderr)
         return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
+    unseen = np.flatnonzero(np.bincount(y_train, minlength=classes) == 0)
+    if len(unseen) and rank == 0:         # one stray label makes that many outputs: say so, then train
+        print(f"fastnn train: note: --data {args.data}: labels go up to {classes - 1}, so the model has {classes} "
+              f"outputs, but {len(unseen)} classes have no training sample ({', '.join(map(str, unseen[:5]))}"
+              f"{', ...' if len(unseen) > 5 else ''}): a damaged label file?", file=sys.stderr)
     if args.model == "mlp":
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
     try:

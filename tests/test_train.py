@@ -665,6 +665,23 @@ def test_cli_trains_the_cnn_on_non_square_images_and_refuses_tiny_ones(tmp_path,
     assert err.count("\n") == 1 and "expected images of at least 2x2 pixels (it pools by 2), got 1x1" in err
 
 
+def test_cli_notes_classes_without_training_samples(tmp_path, capsys):
+    """One damaged label (200) built a 201-output model without a word."""
+    from fastnn.cli import main
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        labels = np.arange(n, dtype=np.uint8) % 3
+        labels[0] = 200 if prefix == "train" else 0
+        fnn.data.write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 4, 4), dtype=np.uint8))
+        fnn.data.write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+    assert main(["train", "--data", str(tmp_path), "--epochs", "1", "--no-progress",
+                 "--checkpoint", str(tmp_path / "c.npz")]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"fastnn train: note: --data {tmp_path}: labels go up to 200, so the model has 201 outputs, but "
+                   "197 classes have no training sample (3, 4, 5, 6, 7, ...): a damaged label file?\n")
+
+
 @pytest.mark.parametrize("shape, error, match", [
     ((8, 8), ValueError, r"expected image_shape a tuple \(height, width, channels\), got \(8, 8\)"),
     (64, TypeError, r"expected image_shape a tuple \(height, width, channels\), got 64"),
