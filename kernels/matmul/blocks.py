@@ -105,15 +105,19 @@ def analytic(dtype, simd_bits: int | None = None, caches: dict[str, str] | None 
 
 
 def table_path() -> Path:
-    """Where ``fastnn tune`` writes this machine's table: $FASTNN_CACHE_DIR, else
+    """Where ``fastnn tune`` writes this machine's table: $FASTNN_CACHE_DIR (a full path), else
     $XDG_CACHE_HOME/fastnn (when absolute, as the XDG spec asks), else ~/.cache/fastnn.
-    FileNotFoundError when none can be named (no such variable and no home directory)."""
+    FileNotFoundError when none can be named (no such variable and no home directory, or a
+    relative FASTNN_CACHE_DIR)."""
     from fastnn.sysinfo import cache_sizes, cpu_model
 
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     try:
         if os.environ.get("FASTNN_CACHE_DIR"):
             root = Path(os.environ["FASTNN_CACHE_DIR"]).expanduser()
+            if not root.is_absolute():      # each process would look in its own working directory
+                raise FileNotFoundError(f"FASTNN_CACHE_DIR: expected a full path (the block table's folder), "
+                                        f"got {os.environ['FASTNN_CACHE_DIR']!r}")
         elif os.path.isabs(xdg):
             root = Path(xdg) / "fastnn"
         else:
