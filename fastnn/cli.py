@@ -258,22 +258,20 @@ def _train(args) -> int:
         numba.set_num_threads(args.threads)
     fnn.manual_seed(args.seed)
     dtype = np.dtype(args.dtype)
+    error = None            # this rank's start-up error: data or folders may be missing on one machine only
     try:
         x_train, x_test, y_train, y_test = _load(args.data, dtype)
     except (OSError, ValueError, ImportError) as e:     # ImportError: the digits need fastnn[data]
-        if rank == 0:
-            print(f"fastnn train: --data {args.data}: {e}", file=sys.stderr)
-        return 2
-    try:                      # on every rank, so that all of them stop alike
-        check_file_target(args.checkpoint, "the checkpoint")
-    except OSError as e:
-        if rank == 0:
-            print(f"fastnn train: --checkpoint: {e}", file=sys.stderr)
-        return 2
-    if len(x_train) < ranks:
-        if rank == 0:
-            print(f"fastnn train: --data {args.data}: expected at least one training sample per rank ({ranks} "
-                  f"ranks), got {len(x_train)}", file=sys.stderr)
+        error = f"fastnn train: --data {args.data}: {e}"
+    if error is None:
+        try:
+            check_file_target(args.checkpoint, "the checkpoint")
+        except OSError as e:
+            error = f"fastnn train: --checkpoint: {e}"
+    if error is None and len(x_train) < ranks:
+        error = (f"fastnn train: --data {args.data}: expected at least one training sample per rank ({ranks} "
+                 f"ranks), got {len(x_train)}")
+    if _stop_on_any_rank(comm, error):
         return 2
     classes = int(max(y_train.max(), y_test.max())) + 1
     unseen = np.flatnonzero(np.bincount(y_train, minlength=classes) == 0)
@@ -396,6 +394,20 @@ def _model(fnn, args, sample_shape: tuple[int, ...], classes: int, dtype):
         if args.dropout:
             layers.append(fnn.Dropout(args.dropout))
     return fnn.Sequential(*layers, fnn.Dense(widths[-1], classes, dtype=dtype))
+
+
+def _stop_on_any_rank(comm, error: str | None) -> bool:
+    """Whether some rank has a start-up ``error`` (one line; None: none here), agreed by every
+    rank, so that all stop alike; the first one is printed once, with its rank unless every
+    rank had it. (A rank that stopped alone left the others waiting in a collective until the
+    watchdog's timeout.)"""
+    errors = [error] if comm is None else comm.allgather(error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed and (comm is None or comm.Get_rank() == 0):
+        r, e = failed[0]
+        alike = len(set(errors)) == 1
+        print(e if alike else f"{e} (on rank {r}; {len(failed)} of {len(errors)} ranks failed)", file=sys.stderr)
+    return bool(failed)
 
 
 def _saved(fnn, path: str) -> str:

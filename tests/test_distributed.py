@@ -845,3 +845,24 @@ def test_cli_ctrl_c_under_mpiexec_ends_the_job_with_the_resume_hint(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert re.search(rf"\] fastnn train: interrupted; {re.escape(str(ck))} holds step \d+: go on from there with "
                      r"--resume", err), err
+
+
+def test_cli_start_up_error_on_one_rank_stops_every_rank(tmp_path):
+    """--data missing on one machine only: that rank returned alone (printing nothing, as only
+    rank 0 printed) and the others waited in a collective until the 300 s watchdog."""
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    args = ["train", "--epochs", "1", "--no-progress", "--checkpoint", str(tmp_path / "c.npz")]
+    r = subprocess.run([str(MPIEXEC), "-n", "1", str(BIN / "fastnn"), *args, ":", "-n", "1", str(BIN / "fastnn"),
+                        *args, "--data", str(tmp_path / "absent")], capture_output=True, text=True, timeout=120,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and f"fastnn train: --data {tmp_path / 'absent'}: no MNIST file found" in r.stderr
+    assert r.stderr.endswith("(on rank 1; 1 of 2 ranks failed)\n"), r.stderr
+
+
+def test_a_wrapper_no_longer_referenced_is_collected_with_its_thread(tmp_path):
+    """The registry of live wrappers held each wrapper (and so its model) for ever, and each
+    communication thread held its wrapper: a sweep that wrapped a model per trial grew without end."""
+    r = job(2, "collected", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split("\n")[:2]) == ["rank 0 models 0 threads 0", "rank 1 models 0 threads 0"], r.stdout

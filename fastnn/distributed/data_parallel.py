@@ -60,7 +60,8 @@ class DataParallel:
       ``Allreduce``) or "auto" (default): "shm" when every rank is on this machine, the
       shared-memory file system has room and neither compression nor "nonblocking" is
       asked for, else "mpi". With "shm", ``model.flat.grad`` moves into the window at wrap
-      time: take gradient views after wrapping. After wrapping, ``.transport`` says which is
+      time (and with the sharded step ``model.flat.data`` too): take gradient and parameter
+      views after wrapping. After wrapping, ``.transport`` says which is
       used (with one rank nothing is reduced and it stays as given).
     shard_optimizer: with transport "shm", keep one copy of the parameters and optimizer
       state per machine in the shared window and let each rank sum and update only its 1/K
@@ -204,13 +205,13 @@ class DataParallel:
             self._staging = {b.index: np.empty(b.size, np.uint16) for b in self.buckets} if compression else {}
             self._worker = _Worker(self) if overlap == "thread" and not self.shard_optimizer else None
             self._requests: list = []
-        previous = _WRAPPERS.get(model)          # a model has one live wrapper: the newest
+        previous = _WRAPPERS.get(model, _gone)()     # a model has one live wrapper: the newest
         if previous is not None and previous._sharing and not self._sharing:
             self._own_parameters()
         if previous is not None:
             model.remove_grad_ready_hook(previous._on_grads_ready)
             previous._retired = True
-        _WRAPPERS[model] = self
+        _WRAPPERS[model] = weakref.ref(self)     # (the wrapper holds the model: a strong value kept both)
         model.register_grad_ready_hook(self._on_grads_ready)
         self._retired = False
         self._ready = True
@@ -657,17 +658,17 @@ class _Worker:
     """The communication thread: runs reductions in submission order, off the main thread."""
 
     def __init__(self, dp: DataParallel) -> None:
-        self.dp, self.tasks = dp, queue.SimpleQueue()
-        self.done = threading.Semaphore(0)
+        self.dp, self.tasks = weakref.ref(dp), queue.SimpleQueue()    # weak: a running thread is never
+        self.done = threading.Semaphore(0)                              # collected, nor what it holds
         self.submitted = 0
         self.error: BaseException | None = None
+        weakref.finalize(dp, self.tasks.put, None)                      # the wrapper gone: the thread ends
         threading.Thread(target=self._run, name="fastnn-allreduce", daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            index = self.tasks.get()
+        while (index := self.tasks.get()) is not None:
             try:
-                self.dp._reduce(index)
+                self.dp()._reduce(index)
             except BaseException as e:  # noqa: BLE001 - handed to the main thread in wait()
                 self.error = e
             self.done.release()
@@ -706,8 +707,12 @@ def _first_difference(ref: dict, other: dict, r: int) -> str:
             "(bucket_cap_mb or first_bucket_mb differ)")
 
 
-#: model -> its live DataParallel (wrapping a model again retires the previous wrapper)
+#: model -> a weak reference to its live DataParallel (wrapping a model again retires the previous wrapper)
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _gone() -> None:
+    """What a missing entry of _WRAPPERS dereferences to."""
 
 
 def _mpi():

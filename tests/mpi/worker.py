@@ -93,6 +93,26 @@ def main() -> None:
                 print(f"refused: {e}", flush=True)
         print(f"rank {fnn.distributed.rank()} of {fnn.distributed.size()}", flush=True)
         return
+    if CASE == "collected":  # wrappers no longer referenced go, with their model and communication thread
+        import gc
+        import threading
+        import weakref
+
+        fnn.distributed.init()
+        models = []
+        for _ in range(5):
+            model = build()
+            opt = fnn.distributed.DataParallel(model, fnn.optim.SGD(model, lr=0.1), transport="mpi", overlap="thread")
+            models.append(weakref.ref(model))
+            del model, opt
+        gc.collect()
+        for _ in range(100):     # each thread ends once it has taken its wrapper's stop from the queue
+            if not any(t.name == "fastnn-allreduce" for t in threading.enumerate()):
+                break
+            time.sleep(0.05)
+        print(f"rank {fnn.distributed.rank()} models {sum(m() is not None for m in models)} threads "
+              f"{sum(t.name == 'fastnn-allreduce' for t in threading.enumerate())}", flush=True)
+        return
     if CASE == "bn_buffers":  # BatchNorm's running statistics: rank 0's at wrap time, then each rank's own
         fnn.distributed.init()
         rank = fnn.distributed.rank()
