@@ -8,6 +8,8 @@ import json
 import math
 import os
 import time
+import warnings
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -62,7 +64,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
 
     With a ``fastnn.distributed.DataParallel`` optimizer over several ranks, each rank takes its
     share of every global batch of ``batch_size`` (an epoch's last batch with fewer samples than
-    ranks is dropped, so such an epoch has one step fewer than in one process); only rank 0
+    ranks is dropped, so such an epoch has one step fewer than in one process): every rank
+    passes the same whole ``x`` and ``y`` (not a shard of its own, as Horovod scripts load;
+    checked: a ValueError); only rank 0
     shows progress and writes checkpoints (every rank reads it on resume, so its path must be
     visible to all); losses and samples/s are over all ranks. With ``accumulate_steps`` > 1,
     a checkpoint that falls due between the micro-batches of a step is written at its end.
@@ -147,11 +151,20 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     resumed_sums = (0.0, 0)     # the loss sum and samples of the epoch a resumed run continues
     saving = checkpoint is not None
     resuming = resume and saving and os.path.exists(checkpoint)
+    if dp is None and runtime.is_initialized() and runtime.size() > 1:
+        warnings.warn(f"fit: {runtime.size()} MPI ranks, but the optimizer is not a fastnn.distributed.DataParallel: "
+                      "each rank trains a model of its own (and writes the same checkpoint)", RuntimeWarning,
+                      stacklevel=2)
     if dp is not None:  # every rank must take the same collective path: rank 0 decides on saving
+        data = (len(x), zlib.crc32(np.ascontiguousarray(x[:8])), zlib.crc32(np.ascontiguousarray(y[:64])))
         every = runtime.guarded("agreement on checkpoint and resume",
-                                lambda: dp.comm.allgather((saving, resuming)), dp.timeout)
+                                lambda: dp.comm.allgather((saving, resuming, data)), dp.timeout)
+        if any(e[2] != data for e in every):        # each rank shares out every global batch
+            raise ValueError(f"fit: expected the same x and y on every rank (each takes its share of every "
+                             f"batch), got (samples, checksum of the first ones) {[e[2][:2] for e in every]} "
+                             "over the ranks: pass the whole data set on each rank, not a shard of its own")
         saving = every[0][0]
-        found = [r for r, (_, res) in enumerate(every) if res]
+        found = [r for r, (_, res, _) in enumerate(every) if res]
         if found and len(found) != dp.size:
             raise ckpt.ResumeError(f"cannot resume: the checkpoint is found on ranks {found} only; give every "
                                    "rank the same checkpoint path, on a file system that all of them see")

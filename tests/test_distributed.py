@@ -866,3 +866,15 @@ def test_a_wrapper_no_longer_referenced_is_collected_with_its_thread(tmp_path):
     r = job(2, "collected", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split("\n")[:2]) == ["rank 0 models 0 threads 0", "rank 1 models 0 threads 0"], r.stdout
+
+
+def test_fit_refuses_a_shard_per_rank_and_warns_of_an_unwrapped_optimizer(tmp_path):
+    """Each rank passing its own shard (as Horovod scripts load data) trained every rank on its
+    share of its own shard, 1/K of the data, in silence; an optimizer left unwrapped trained K
+    separate models that all wrote one checkpoint, in silence too."""
+    r = job(2, "fit_misuse", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    for rank in (0, 1):
+        assert f"rank {rank} refused: fit: expected the same x and y on every rank" in r.stdout, r.stdout
+        assert f"rank {rank} warned: ['fit: 2 MPI ranks, but the optimizer is not a fastnn.distributed.DataParallel" \
+               in r.stdout, r.stdout

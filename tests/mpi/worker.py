@@ -113,6 +113,24 @@ def main() -> None:
         print(f"rank {fnn.distributed.rank()} models {sum(m() is not None for m in models)} threads "
               f"{sum(t.name == 'fastnn-allreduce' for t in threading.enumerate())}", flush=True)
         return
+    if CASE == "fit_misuse":  # a shard of its own per rank (refused), an unwrapped optimizer (warned)
+        import warnings
+
+        fnn.distributed.init()
+        rank = fnn.distributed.rank()
+        x, y = fnn.data.load_digits(np.float64)
+        model = build()
+        try:
+            fnn.train.fit(model, fnn.distributed.DataParallel(model, fnn.optim.SGD(model)), x[rank::2], y[rank::2],
+                          epochs=1, progress=False)
+        except ValueError as e:
+            print(f"rank {rank} refused: {e}", flush=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = build()
+            fnn.train.fit(model, fnn.optim.SGD(model), x[:64], y[:64], epochs=1, progress=False)
+        print(f"rank {rank} warned: {[str(w.message) for w in caught]}", flush=True)
+        return
     if CASE == "bn_buffers":  # BatchNorm's running statistics: rank 0's at wrap time, then each rank's own
         fnn.distributed.init()
         rank = fnn.distributed.rank()
