@@ -328,10 +328,12 @@ def test_uneven_data_finishes_and_ranks_agree(options, tmp_path):
 
 
 def test_exception_on_one_rank_ends_the_job_with_its_message(tmp_path):
+    before = set(glob.glob("/dev/shm/mpich_shm_*"))
     r = job(2, "raise", tmp_path / "p.npy", "steps=50", timeout=60)
     assert r.returncode != 0
     assert "deliberate failure on rank 1 at step 3" in r.stderr
     assert "[fastnn rank 1/2]" in r.stderr
+    assert set(glob.glob("/dev/shm/mpich_shm_*")) <= before      # MPICH removes them at Finalize only
 
 
 def test_different_models_fail_at_wrap_time_naming_ranks(tmp_path):

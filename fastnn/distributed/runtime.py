@@ -9,6 +9,7 @@ machine do not oversubscribe it.
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import numbers
 import os
@@ -276,11 +277,26 @@ def abort(message: str, code: int = 1) -> None:
     where = f"{c.Get_rank()}/{c.Get_size()}" if c is not None else "0/1"
     os.write(2, f"[fastnn rank {where}] {message}\n".encode())
     if c is not None:
+        _unlink_mpich_segments()
         # the launcher forwards output asynchronously and drops what is in flight when the
         # job is torn down: give it a moment to pass the message on first
         time.sleep(ABORT_GRACE_S)
         c.Abort(code)
     os._exit(code)
+
+
+def _unlink_mpich_segments() -> None:
+    """MPICH removes its shared-memory segments (/dev/shm/mpich_shm_*, 2 MB each) at
+    MPI_Finalize only, so every aborted job left one until reboot. Those this process maps are
+    unlinked now; the memory goes when the abort has ended every rank that maps them."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(maxsplit=5)[5].strip() for line in f if "/dev/shm/mpich_shm_" in line}
+    except (OSError, IndexError):
+        return
+    for path in paths:
+        with contextlib.suppress(OSError):      # another rank's abort may have unlinked it first
+            os.unlink(path)
 
 
 def _install_abort_hooks(comm) -> None:
