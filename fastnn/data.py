@@ -44,8 +44,9 @@ class BatchSizeSchedule(Protocol):
 def _n_samples(x: object, y: object) -> int:
     """The common length of ``x`` and ``y`` (y may be None); both must be arrays of rank >= 1."""
     for what, a in (("x", x), ("y", y)):
-        if a is not None and len(getattr(a, "shape", ())) == 0:
-            shape = f" of shape {a.shape}" if hasattr(a, "shape") else " (no shape: convert it with np.asarray)"
+        if (a is not None or what == "x") and len(getattr(a, "shape", ())) == 0:
+            shape = (f" of shape {a.shape}" if hasattr(a, "shape") else "" if a is None else
+                     " (no shape: convert it with np.asarray)")
             raise TypeError(f"{what}: expected an array with a leading sample axis, got {type_name(a)}{shape}")
     n = x.shape[0]
     if y is not None and y.shape[0] != n:
@@ -234,7 +235,7 @@ _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2")
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _IDX_CODES = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
 #: the most dimensions an IDX header may declare here: NumPy's limit on an array's rank
-_MAX_DIMS = 64
+_MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32     # NumPy 1.x: 32
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

@@ -22,7 +22,7 @@ import math
 import numbers
 import weakref
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -596,18 +596,26 @@ class BatchSize:
         samples each, counted from no samples seen, each epoch's last batch holding the
         remainder, or dropped and not counted with ``drop_last`` (as ``fastnn.data.batches``
         takes them): what an LR schedule meant to span the run is sized by."""
+        return sum(1 for _ in self.sizes(epoch_samples, epochs, drop_last))
+
+    def sizes(self, epoch_samples: int, epochs: int, drop_last: bool = False) -> Iterator[int]:
+        """The size of each batch of those ``steps`` counts, in order."""
         epoch_samples = _int_at_least(epoch_samples, "epoch_samples", 1)
         drop_last = check_bool(drop_last, "drop_last")
-        seen = steps = 0
-        for _ in range(_int_at_least(epochs, "epochs", 0)):
-            left = epoch_samples
-            while left:
-                size = self.batch_size_at(seen)
-                if drop_last and size > left:
-                    break
-                n = min(size, left)
-                seen, left, steps = seen + n, left - n, steps + 1
-        return steps
+        epochs = _int_at_least(epochs, "epochs", 0)
+
+        def run() -> Iterator[int]:
+            seen = 0
+            for _ in range(epochs):
+                left = epoch_samples
+                while left:
+                    size = self.batch_size_at(seen)
+                    if drop_last and size > left:
+                        break
+                    n = min(size, left)
+                    seen, left = seen + n, left - n
+                    yield n
+        return run()
 
     @property
     def batch_size(self) -> int:

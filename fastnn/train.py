@@ -102,8 +102,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             got = f"a tuple of {len(validation_data)}" if isinstance(validation_data, tuple) else \
                 type(validation_data).__name__
             raise TypeError(f"fit: validation_data: expected a tuple (x_val, y_val), got {got}")
-        _n_samples(*validation_data)
         try:                                    # now, not after the first epoch's training
+            _n_samples(*validation_data)
             evaluate(model, validation_data[0][:2], validation_data[1][:2], loss=loss)
         except (TypeError, ValueError) as e:
             raise type(e)(f"fit: validation_data: {e}") from e
@@ -141,8 +141,7 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     if dp is not None and len(x) < dp.size:     # every batch would be dropped: no step, on every rank alike
         raise ValueError(f"fit: expected at least one sample per rank ({dp.size} ranks), got {len(x)}")
-    if isinstance(batch_size, int):
-        _check_batchnorm_shares(model, len(x), batch_size, dp.size if dp is not None else 1, drop_last)
+    _check_batchnorm_shares(model, len(x), batch_size, dp.size if dp is not None else 1, drop_last, epochs)
     progress = progress and lead
     if checkpoint is None and lead and (resume or checkpoint_every is not None):    # rank 0's path decides
         given = "resume=True" if resume else f"checkpoint_every={checkpoint_every}"  # (both were ignored in silence)
@@ -343,22 +342,33 @@ def _without_input_grad(model: Module):
         model.input_grad = wanted
 
 
-def _check_batchnorm_shares(model: Module, n: int, batch: int, ranks: int, drop_last: bool) -> None:
+def _check_batchnorm_shares(model: Module, n: int, batch, ranks: int, drop_last: bool, epochs: int = 1) -> None:
     """ValueError before training where a batch would hand a rank one sample and a BatchNorm that
     trains (fit puts a model in eval mode into training mode) sees one value per channel there
     (its input (N, C)), which it cannot normalize:
-    it failed at that batch, an epoch in (with ranks, on one rank's share of the last batch)."""
-    last = n % batch if not drop_last and n % batch >= ranks else 0     # fewer than ranks: dropped
-    for size in (batch, last):
-        if size and size // ranks == 1:
-            for path, m in model.modules():
-                if isinstance(m, BatchNorm) and (m.training or not model.training) and m.values_per_sample == 1:
-                    gives = (f"the last batch of each epoch ({n} samples, batch_size {batch}) holds {size} sample"
-                             if ranks == 1 else f"a batch of {size} samples gives a rank 1 sample on {ranks} ranks "
-                             f"({n} samples, batch_size {batch})")
-                    fix = "pass drop_last=True or another batch_size" if size == last else "a larger batch_size"
-                    raise ValueError(f"fit: {gives}, and BatchNorm layer {path!r} cannot train on one value per "
-                                     f"channel: expected at least 2 samples per rank in every batch ({fix})")
+    it failed at that batch, an epoch in (with ranks, on one rank's share of the last batch).
+    ``batch``: an int, or a BatchSize schedule, whose batches over ``epochs`` epochs are all checked."""
+    norms = [path for path, m in model.modules()
+             if isinstance(m, BatchNorm) and (m.training or not model.training) and m.values_per_sample == 1]
+    if not norms:
+        return
+    if isinstance(batch, int):
+        last = n % batch if not drop_last and n % batch >= ranks else 0     # fewer than ranks: dropped
+        run = f"{n} samples, batch_size {batch}"
+        sizes = {batch: ("a batch", "a larger batch_size"),
+                 last: ("the last batch of each epoch", "pass drop_last=True or another batch_size")}
+    elif hasattr(batch, "sizes"):                                # a fastnn.schedules.BatchSize
+        run = f"{n} samples per epoch, {batch!r}"
+        sizes = dict.fromkeys(batch.sizes(n, epochs, drop_last), ("a batch", "pass drop_last=True or another "
+                                                                               "batch-size schedule"))
+    else:                                                       # a schedule of the user's: its sizes unknown
+        return
+    for size, (which, fix) in sizes.items():
+        if size >= ranks and size // ranks == 1:
+            gives = (f"{which} ({run}) holds {size} sample" if ranks == 1 else
+                     f"a batch of {size} samples gives a rank 1 sample on {ranks} ranks ({run})")
+            raise ValueError(f"fit: {gives}, and BatchNorm layer {norms[0]!r} cannot train on one value per "
+                             f"channel: expected at least 2 samples per rank in every batch ({fix})")
 
 
 def _check_labels(y: np.ndarray, classes: int, what: str) -> None:

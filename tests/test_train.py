@@ -1421,3 +1421,36 @@ def test_fit_refuses_batches_that_leave_a_batchnorm_one_sample_before_training()
                             fnn.Flatten(), fnn.Dense(8, 3, dtype=np.float64))
     xi = np.random.default_rng(3).standard_normal((103, 4, 4, 1))
     fnn.train.fit(images, fnn.optim.SGD(images, lr=0.1), xi, y, epochs=1, batch_size=17, progress=False)  # 2x2 each
+
+
+def test_fit_names_validation_data_and_a_missing_x():
+    """Errors of validation_data's lengths named the training x and y; x=None was an AttributeError."""
+    model = fnn.Sequential(fnn.Dense(5, 3))
+    x, y = np.zeros((37, 5), np.float32), np.zeros(37, np.int64)
+    for val, match in (((x[:5], y[:4]), "x and y: expected the same number of samples, got 5 and 4"),
+                       ((x[:0], y[:0]), r"empty data set: x has shape \(0, 5\)")):
+        with pytest.raises(ValueError, match=f"fit: validation_data: {match}"):
+            fnn.train.fit(model, fnn.optim.SGD(model), x, y, epochs=1, validation_data=val, progress=False)
+    with pytest.raises(TypeError, match="x: expected an array with a leading sample axis, got NoneType$"):
+        fnn.train.predict(model, None)
+
+
+def test_fit_checks_a_batch_size_schedule_for_batchnorm_batches_of_one_before_training():
+    """Only an int batch size was checked: a schedule's batch of one failed in BatchNorm after
+    steps had changed the weights (and the schedule had counted the failed batch)."""
+    x, y = np.random.default_rng(1).standard_normal((9, 5)), np.arange(9) % 3
+    model = fnn.Sequential(fnn.Dense(5, 8, dtype=np.float64), fnn.BatchNorm(8, dtype=np.float64),
+                           fnn.Dense(8, 3, dtype=np.float64))
+    opt, grow = fnn.optim.SGD(model, lr=0.1), fnn.schedules.BatchSize(4, milestones=[1000])
+    before = model.flat.data.copy()
+    with pytest.raises(ValueError, match=r"fit: a batch \(9 samples per epoch, BatchSize\(.*\)\) holds 1 sample, and "
+                                         r"BatchNorm layer '1' cannot .*\(pass drop_last=True or another batch-size "
+                                         r"schedule\)"):
+        fnn.train.fit(model, opt, x, y, epochs=1, batch_size=grow, progress=False)
+    np.testing.assert_array_equal(model.flat.data, before)
+    assert grow.samples_seen == 0 and opt.step_count == 0
+    assert fnn.train.fit(model, opt, x, y, epochs=1, batch_size=grow, drop_last=True, progress=False)["steps"] == 2
+    grows = fnn.schedules.BatchSize(2, factor=2, milestones=[8])        # 2, 2, 2, 2, then 4 from 8 samples: 1 left
+    assert list(grows.sizes(9, 2)) == [2, 2, 2, 2, 1, 4, 4, 1] and grows.steps(9, 2) == 8
+    with pytest.raises(ValueError, match=r"a batch \(9 samples per epoch"):
+        fnn.train.fit(model, opt, x, y, epochs=2, batch_size=grows, progress=False)
