@@ -302,11 +302,12 @@ def _train(args) -> int:
     if comm is not None:  # mpiexec -n N fastnn train: synchronous data parallelism (each rank its dropout stream)
         opt = fnn.distributed.DataParallel(model, opt)
     batch = args.batch_size
-    steps_per_epoch = -(-len(x_train) // args.batch_size)       # of the first epoch
+    tail = len(x_train) % args.batch_size           # a last batch of fewer samples than ranks is dropped
+    steps_per_epoch = len(x_train) // args.batch_size + (tail >= ranks)     # of the first epoch
     total = steps_per_epoch * args.epochs
     if args.grow_batch:
         batch = fnn.schedules.BatchSize(args.batch_size, factor=2, every_samples=len(x_train), max_batch=args.grow_batch)
-        total = batch.steps(len(x_train), args.epochs)
+        total = batch.steps(len(x_train), args.epochs, ranks=ranks)
     name = args.schedule or ("constant" if args.grow_batch else "inverse-time")
     sched = _schedule(fnn, name, opt, steps_per_epoch, total)
     path = args.checkpoint

@@ -591,18 +591,20 @@ class BatchSize:
         grown = self._grown(min(k, self._max_growths))
         return self._cap if grown >= self._cap else min(round(grown), self._cap)
 
-    def steps(self, epoch_samples: int, epochs: int, drop_last: bool = False) -> int:
+    def steps(self, epoch_samples: int, epochs: int, drop_last: bool = False, ranks: int = 1) -> int:
         """The number of batches (optimizer steps) in ``epochs`` epochs of ``epoch_samples``
         samples each, counted from no samples seen, each epoch's last batch holding the
-        remainder, or dropped and not counted with ``drop_last`` (as ``fastnn.data.batches``
-        takes them): what an LR schedule meant to span the run is sized by."""
-        return sum(1 for _ in self.sizes(epoch_samples, epochs, drop_last))
+        remainder, or dropped and not counted with ``drop_last`` or when it has fewer samples
+        than ``ranks`` (as ``fastnn.data.batches`` takes them): what an LR schedule meant to
+        span the run is sized by."""
+        return sum(1 for _ in self.sizes(epoch_samples, epochs, drop_last, ranks))
 
-    def sizes(self, epoch_samples: int, epochs: int, drop_last: bool = False) -> Iterator[int]:
+    def sizes(self, epoch_samples: int, epochs: int, drop_last: bool = False, ranks: int = 1) -> Iterator[int]:
         """The size of each batch of those ``steps`` counts, in order."""
         epoch_samples = _int_at_least(epoch_samples, "epoch_samples", 1)
         drop_last = check_bool(drop_last, "drop_last")
         epochs = _int_at_least(epochs, "epochs", 0)
+        ranks = _int_at_least(ranks, "ranks", 1)
 
         def run() -> Iterator[int]:
             seen = 0
@@ -610,7 +612,7 @@ class BatchSize:
                 left = epoch_samples
                 while left:
                     size = self.batch_size_at(seen)
-                    if drop_last and size > left:
+                    if (drop_last and size > left) or min(size, left) < ranks:
                         break
                     n = min(size, left)
                     seen, left = seen + n, left - n

@@ -231,7 +231,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     pending = (0.0, 0)      # loss sum and samples of the accumulated step's micro-batches under way
     steps_left = None
     if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
-        steps = (lambda n: n // batch_size) if drop_last else (lambda n: -(-n // batch_size))
+        ranks = dp.size if dp is not None else 1        # a last batch of fewer samples than ranks is dropped
+        steps = (lambda n: n // batch_size) if drop_last else (lambda n: n // batch_size + (n % batch_size >= ranks))
         steps_left = steps(len(x) - start_sample) + (epochs - start_epoch - 1) * steps(len(x))
     bar = tqdm(total=max(steps_left, 0) if steps_left is not None else None, disable=not progress, unit="step",
                dynamic_ncols=True)
@@ -359,7 +360,7 @@ def _check_batchnorm_shares(model: Module, n: int, batch, ranks: int, drop_last:
                  last: ("the last batch of each epoch", "pass drop_last=True or another batch_size")}
     elif hasattr(batch, "sizes"):                                # a fastnn.schedules.BatchSize
         run = f"{n} samples per epoch, {batch!r}"
-        sizes = dict.fromkeys(batch.sizes(n, epochs, drop_last), ("a batch", "pass drop_last=True or another "
+        sizes = dict.fromkeys(batch.sizes(n, epochs, drop_last, ranks), ("a batch", "pass drop_last=True or another "
                                                                                "batch-size schedule"))
     else:                                                       # a schedule of the user's: its sizes unknown
         return

@@ -1444,5 +1444,8 @@ def test_fit_checks_a_batch_size_schedule_for_batchnorm_batches_of_one_before_tr
     assert fnn.train.fit(model, opt, x, y, epochs=1, batch_size=grow, drop_last=True, progress=False)["steps"] == 2
     grows = fnn.schedules.BatchSize(2, factor=2, milestones=[8])        # 2, 2, 2, 2, then 4 from 8 samples: 1 left
     assert list(grows.sizes(9, 2)) == [2, 2, 2, 2, 1, 4, 4, 1] and grows.steps(9, 2) == 8
+    assert list(grows.sizes(9, 2, ranks=2)) == [2, 2, 2, 2, 4, 4] and grows.steps(9, 2, ranks=2) == 6  # as batches
+    fresh = fnn.schedules.BatchSize(2, factor=2, milestones=[8])
+    assert sum(1 for _ in fnn.data.batches(x, y, fresh, shard=(0, 2))) == 4             # the tail of 1 dropped
     with pytest.raises(ValueError, match=r"a batch \(9 samples per epoch"):
         fnn.train.fit(model, opt, x, y, epochs=2, batch_size=grows, progress=False)
