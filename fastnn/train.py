@@ -155,7 +155,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
                       "each rank trains a model of its own (and writes the same checkpoint)", RuntimeWarning,
                       stacklevel=2)
     if dp is not None:  # every rank must take the same collective path: rank 0 decides on saving
-        data = (len(x), zlib.crc32(np.ascontiguousarray(x[:8])), zlib.crc32(np.ascontiguousarray(y[:64])))
+        data = (len(x), zlib.crc32(np.ascontiguousarray(x[:8])),
+                zlib.crc32(np.ascontiguousarray(y[:64])) if y is not None else None)    # (a loss of its own: no y)
         every = runtime.guarded("agreement on checkpoint and resume",
                                 lambda: dp.comm.allgather((saving, resuming, data)), dp.timeout)
         if any(e[2] != data for e in every):        # each rank shares out every global batch

@@ -130,6 +130,10 @@ def main() -> None:
             model = build()
             fnn.train.fit(model, fnn.optim.SGD(model), x[:64], y[:64], epochs=1, progress=False)
         print(f"rank {rank} warned: {[str(w.message) for w in caught]}", flush=True)
+        model = build()                 # a loss of its own and no targets (y=None): nothing to compare in y
+        hist = fnn.train.fit(model, fnn.distributed.DataParallel(model, fnn.optim.SGD(model)), x[:64], None,
+                             epochs=1, progress=False, loss=lambda p, t: (float(np.mean(p * p)), 2 * p / p.size))
+        print(f"rank {rank} without targets: {hist['steps']} steps", flush=True)
         return
     if CASE == "bn_buffers":  # BatchNorm's running statistics: rank 0's at wrap time, then each rank's own
         fnn.distributed.init()
