@@ -175,6 +175,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         own = _rng_states(model)
         try:
             meta = ckpt.read_meta(checkpoint)
+            if isinstance(meta, dict) and "model" in meta:     # another model is the first thing to say
+                ckpt._check_model(checkpoint, meta["model"], ckpt._signature(model))
             if schedule is None and isinstance(meta, dict) and meta.get("schedule") is not None:
                 raise ValueError(f"{checkpoint}: holds an lr schedule's state, but no schedule was given: pass the "
                                  "schedule the run used (it sets the lr of every step from here)")

@@ -1415,6 +1415,19 @@ def test_fit_refuses_batches_that_leave_a_batchnorm_one_sample_before_training()
     fnn.train.fit(images, fnn.optim.SGD(images, lr=0.1), xi, y, epochs=1, batch_size=17, progress=False)  # 2x2 each
 
 
+def test_fit_resume_names_another_model_before_a_missing_schedule(tmp_path):
+    """A checkpoint of another model with a schedule's state was refused for the missing schedule."""
+    x, y = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32), np.arange(40) % 3
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    opt = fnn.optim.SGD(model, lr=0.1)
+    fnn.train.fit(model, opt, x, y, epochs=1, batch_size=8, schedule=fnn.schedules.Cosine(opt, T_max=5),
+                  checkpoint=tmp_path / "c.npz", progress=False)
+    other = fnn.Sequential(fnn.Dense(4, 5), fnn.Dense(5, 3))
+    with pytest.raises(fnn.checkpoint.ResumeError, match="checkpoint of a different model: it has 0.weight"):
+        fnn.train.fit(other, fnn.optim.SGD(other, lr=0.1), x, y, epochs=2, batch_size=8, checkpoint=tmp_path / "c.npz",
+                      resume=True, progress=False)
+
+
 def test_fit_names_validation_data_and_a_missing_x():
     """Errors of validation_data's lengths named the training x and y; x=None was an AttributeError."""
     model = fnn.Sequential(fnn.Dense(5, 3))
