@@ -108,6 +108,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         except (TypeError, ValueError) as e:
             raise type(e)(f"fit: validation_data: {e}") from e
     _n_samples(x, y)
+    dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
+    if dp is not None:      # first: the checks below that count x would otherwise differ between ranks
+        _check_same_data(dp, x, y)
     try:        # the data's sample shape and dtype (and targets, for fastnn's losses, which keep no state of
         out = predict(model, x[:2])     # their own), before a checkpoint is loaded or a step taken
         if loss in (softmax_cross_entropy, mean_squared_error):
@@ -137,7 +140,6 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
             settings = json.loads(json.dumps(settings))
         except (TypeError, ValueError) as e:
             raise TypeError(f"fit: settings: expected a JSON-able dict, got {settings!r} ({e})") from None
-    dp = optimizer if isinstance(optimizer, DataParallel) and optimizer.size > 1 else None
     shard, lead = (dp.comm, dp.rank == 0) if dp is not None else (None, True)
     if dp is not None and len(x) < dp.size:     # every batch would be dropped: no step, on every rank alike
         raise ValueError(f"fit: expected at least one sample per rank ({dp.size} ranks), got {len(x)}")
@@ -150,21 +152,15 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     resumed_sums = (0.0, 0)     # the loss sum and samples of the epoch a resumed run continues
     saving = checkpoint is not None
     resuming = resume and saving and os.path.exists(checkpoint)
-    if dp is None and runtime.is_initialized() and runtime.size() > 1:
+    if not isinstance(optimizer, DataParallel) and runtime.is_initialized() and runtime.size() > 1:
         warnings.warn(f"fit: {runtime.size()} MPI ranks, but the optimizer is not a fastnn.distributed.DataParallel: "
                       "each rank trains a model of its own (and writes the same checkpoint)", RuntimeWarning,
                       stacklevel=2)
     if dp is not None:  # every rank must take the same collective path: rank 0 decides on saving
-        data = (len(x), zlib.crc32(np.ascontiguousarray(x[:8])),
-                zlib.crc32(np.ascontiguousarray(y[:64])) if y is not None else None)    # (a loss of its own: no y)
         every = runtime.guarded("agreement on checkpoint and resume",
-                                lambda: dp.comm.allgather((saving, resuming, data)), dp.timeout)
-        if any(e[2] != data for e in every):        # each rank shares out every global batch
-            raise ValueError(f"fit: expected the same x and y on every rank (each takes its share of every "
-                             f"batch), got (samples, checksum of the first ones) {[e[2][:2] for e in every]} "
-                             "over the ranks: pass the whole data set on each rank, not a shard of its own")
+                                lambda: dp.comm.allgather((saving, resuming)), dp.timeout)
         saving = every[0][0]
-        found = [r for r, (_, res, _) in enumerate(every) if res]
+        found = [r for r, (_, res) in enumerate(every) if res]
         if found and len(found) != dp.size:
             raise ckpt.ResumeError(f"cannot resume: the checkpoint is found on ranks {found} only; give every "
                                    "rank the same checkpoint path, on a file system that all of them see")
@@ -344,6 +340,28 @@ def _without_input_grad(model: Module):
         yield
     finally:
         model.input_grad = wanted
+
+
+def _check_same_data(dp, x: np.ndarray, y: np.ndarray | None) -> None:
+    """ValueError on every rank alike unless all ranks pass the same x and y (compared by their
+    lengths and a checksum of the first samples' bytes, where bytes are values: not for object
+    or structured dtypes): each rank takes its share of every global batch, so a shard of its
+    own per rank (as Horovod scripts load) trained on 1/N of it without a word."""
+    from .distributed import runtime
+
+    def digest(a: np.ndarray | None, k: int) -> tuple | None:
+        if a is None:       # a loss of its own, without targets
+            return None
+        head = np.ascontiguousarray(a[:k])
+        plain = not (head.dtype.hasobject or head.dtype.fields)     # pointers and padding are not values
+        return len(a), zlib.crc32(head) if plain else None
+
+    mine = (digest(x, 8), digest(y, 64))
+    every = runtime.guarded("agreement on the data", lambda: dp.comm.allgather(mine), dp.timeout)
+    if any(e != mine for e in every):
+        raise ValueError(f"fit: expected the same x and y on every rank (each takes its share of every batch), got "
+                         f"(x, y) as (samples, checksum of the first ones) {every} over the ranks: pass the whole "
+                         "data set on each rank, not a shard of its own")
 
 
 def _check_batchnorm_shares(model: Module, n: int, batch, ranks: int, drop_last: bool, epochs: int = 1) -> None:

@@ -881,4 +881,5 @@ def test_fit_refuses_a_shard_per_rank_and_warns_of_an_unwrapped_optimizer(tmp_pa
         assert f"rank {rank} refused: fit: expected the same x and y on every rank" in r.stdout, r.stdout
         assert f"rank {rank} warned: ['fit: 2 MPI ranks, but the optimizer is not a fastnn.distributed.DataParallel" \
                in r.stdout, r.stdout
-        assert f"rank {rank} without targets: 1 steps" in r.stdout, r.stdout
+        assert f"rank {rank} without targets: 1 steps" in r.stdout and f"rank {rank} object targets: 1 steps" \
+               in r.stdout, r.stdout

@@ -751,8 +751,12 @@ def test_block_table_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
 
     monkeypatch.setenv("FASTNN_CACHE_DIR", "tables")        # each working directory would have its own
-    with pytest.raises(FileNotFoundError, match="FASTNN_CACHE_DIR: expected a full path .*, got 'tables'"):
+    with pytest.raises(ValueError, match="FASTNN_CACHE_DIR: expected a full path .*, got 'tables'"):
         blocks.table_path()
+    blocks.blocks_for.cache_clear()
+    with pytest.warns(RuntimeWarning, match="ignoring the block table .*FASTNN_CACHE_DIR: expected a full path"):
+        assert blocks.blocks_for("f").source == "analytic"
+    blocks.blocks_for.cache_clear()
     monkeypatch.setenv("FASTNN_CACHE_DIR", "~nosuchuser-fastnn/cache")     # nobody's home to expand to
     with pytest.raises(FileNotFoundError, match="no folder for the block table .*set FASTNN_CACHE_DIR"):
         blocks.table_path()

@@ -107,8 +107,8 @@ def analytic(dtype, simd_bits: int | None = None, caches: dict[str, str] | None 
 def table_path() -> Path:
     """Where ``fastnn tune`` writes this machine's table: $FASTNN_CACHE_DIR (a full path), else
     $XDG_CACHE_HOME/fastnn (when absolute, as the XDG spec asks), else ~/.cache/fastnn.
-    FileNotFoundError when none can be named (no such variable and no home directory, or a
-    relative FASTNN_CACHE_DIR)."""
+    FileNotFoundError when none can be named (no such variable and no home directory),
+    ValueError for a relative FASTNN_CACHE_DIR."""
     from fastnn.sysinfo import cache_sizes, cpu_model
 
     xdg = os.environ.get("XDG_CACHE_HOME", "")
@@ -116,8 +116,8 @@ def table_path() -> Path:
         if os.environ.get("FASTNN_CACHE_DIR"):
             root = Path(os.environ["FASTNN_CACHE_DIR"]).expanduser()
             if not root.is_absolute():      # each process would look in its own working directory
-                raise FileNotFoundError(f"FASTNN_CACHE_DIR: expected a full path (the block table's folder), "
-                                        f"got {os.environ['FASTNN_CACHE_DIR']!r}")
+                raise ValueError(f"FASTNN_CACHE_DIR: expected a full path (the block table's folder), got "
+                                 f"{os.environ['FASTNN_CACHE_DIR']!r}")
         elif os.path.isabs(xdg):
             root = Path(xdg) / "fastnn"
         else:
@@ -143,6 +143,7 @@ def blocks_for(dtype_char: str) -> Blocks:
     """The table entry for a dtype ('f' or 'd'): the tuned JSON when present and readable."""
     name = np.dtype(dtype_char).name
     default = analytic(np.dtype(dtype_char))
+    path = "(no path)"
     try:
         path = table_path()
         entry = json.loads(path.read_text())[name]

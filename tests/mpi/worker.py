@@ -130,10 +130,11 @@ def main() -> None:
             model = build()
             fnn.train.fit(model, fnn.optim.SGD(model), x[:64], y[:64], epochs=1, progress=False)
         print(f"rank {rank} warned: {[str(w.message) for w in caught]}", flush=True)
-        model = build()                 # a loss of its own and no targets (y=None): nothing to compare in y
-        hist = fnn.train.fit(model, fnn.distributed.DataParallel(model, fnn.optim.SGD(model)), x[:64], None,
-                             epochs=1, progress=False, loss=lambda p, t: (float(np.mean(p * p)), 2 * p / p.size))
-        print(f"rank {rank} without targets: {hist['steps']} steps", flush=True)
+        for name, targets in (("without targets", None), ("object targets", np.array([{"i": i} for i in range(64)]))):
+            model = build()             # a loss of its own: no y, or one whose bytes are pointers, not values
+            hist = fnn.train.fit(model, fnn.distributed.DataParallel(model, fnn.optim.SGD(model)), x[:64], targets,
+                                 epochs=1, progress=False, loss=lambda p, t: (float(np.mean(p * p)), 2 * p / p.size))
+            print(f"rank {rank} {name}: {hist['steps']} steps", flush=True)
         return
     if CASE == "bn_buffers":  # BatchNorm's running statistics: rank 0's at wrap time, then each rank's own
         fnn.distributed.init()
