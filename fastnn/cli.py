@@ -302,8 +302,7 @@ def _train(args) -> int:
     if comm is not None:  # mpiexec -n N fastnn train: synchronous data parallelism (each rank its dropout stream)
         opt = fnn.distributed.DataParallel(model, opt)
     batch = args.batch_size
-    tail = len(x_train) % args.batch_size           # a last batch of fewer samples than ranks is dropped
-    steps_per_epoch = len(x_train) // args.batch_size + (tail >= ranks)     # of the first epoch
+    steps_per_epoch = fnn.data.batch_count(len(x_train), args.batch_size, ranks=ranks)    # of the first epoch
     total = steps_per_epoch * args.epochs
     if args.grow_batch:
         batch = fnn.schedules.BatchSize(args.batch_size, factor=2, every_samples=len(x_train), max_batch=args.grow_batch)

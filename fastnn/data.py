@@ -24,7 +24,7 @@ import numpy as np
 from .checks import check_bool, check_int, type_name
 
 __all__ = [
-    "BatchSizeSchedule", "batches", "train_test_split", "load_digits",
+    "BatchSizeSchedule", "batches", "batch_count", "train_test_split", "load_digits",
     "read_idx", "write_idx", "load_mnist",
 ]
 
@@ -119,6 +119,14 @@ def batches(
     order = (np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,))).permutation(n)
              if check_bool(shuffle, "shuffle") else np.arange(n))
     return _iterate(x, y, order[start_sample:], fixed, schedule, check_bool(drop_last, "drop_last"), rank, size)
+
+
+def batch_count(n: int, batch_size: int, drop_last: bool = False, ranks: int = 1) -> int:
+    """The batches ``batches`` yields from ``n`` samples in batches of ``batch_size`` over
+    ``ranks`` ranks: a short last batch counts unless ``drop_last`` drops it, or it has fewer
+    samples than ranks (then it is dropped too)."""
+    tail = n % batch_size
+    return n // batch_size + (not drop_last and tail >= ranks and tail > 0)
 
 
 def _check_per_rank(batch: int, ranks: int, what: str) -> None:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from . import random
 from .checks import check_bool, check_int
-from .data import BatchSizeSchedule, _n_samples, batches
+from .data import BatchSizeSchedule, _n_samples, batch_count, batches
 from .files import check_file_target
 from .losses import mean_squared_error, softmax_cross_entropy
 from .layers.batchnorm import BatchNorm
@@ -230,9 +230,9 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
     pending = (0.0, 0)      # loss sum and samples of the accumulated step's micro-batches under way
     steps_left = None
     if isinstance(batch_size, int):  # one bar for the whole run; its length is known for a fixed batch
-        ranks = dp.size if dp is not None else 1        # a last batch of fewer samples than ranks is dropped
-        steps = (lambda n: n // batch_size) if drop_last else (lambda n: n // batch_size + (n % batch_size >= ranks))
-        steps_left = steps(len(x) - start_sample) + (epochs - start_epoch - 1) * steps(len(x))
+        ranks = dp.size if dp is not None else 1
+        steps_left = (batch_count(len(x) - start_sample, batch_size, drop_last, ranks)
+                      + (epochs - start_epoch - 1) * batch_count(len(x), batch_size, drop_last, ranks))
     bar = tqdm(total=max(steps_left, 0) if steps_left is not None else None, disable=not progress, unit="step",
                dynamic_ncols=True)
     joined = optimizer.join(schedule) if isinstance(optimizer, DataParallel) else contextlib.nullcontext()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastnn.data import batches, load_digits, load_mnist, read_idx, train_test_split, write_idx
+from fastnn.data import batch_count, batches, load_digits, load_mnist, read_idx, train_test_split, write_idx
 from fastnn.schedules import BatchSize
 
 
@@ -411,3 +411,17 @@ def test_sharded_batches_partition_each_global_batch():
 def test_shard_must_be_a_pair_of_ints(shard, error, match):
     with pytest.raises(error, match=match):
         batches(np.arange(10), None, 4, shard=shard)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_batch_count_is_what_batches_yields(drop_last, ranks):
+    """len(DataLoader) for batches: a short tail counts unless dropped, or when it has fewer
+    samples than ranks (fastnn train and fit size their schedules and progress by it)."""
+    x = np.zeros((50, 2))
+    for n in (1, 3, 7, 16, 17, 18, 50):
+        for b in (1, 2, 4, 16, 60):
+            if b < ranks or n < ranks:
+                continue
+            yielded = sum(1 for _ in batches(x[:n], batch_size=b, drop_last=drop_last, shard=(0, ranks)))
+            assert batch_count(n, b, drop_last, ranks) == yielded, (n, b)
