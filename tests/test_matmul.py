@@ -706,8 +706,8 @@ def test_byte_swapped_operands_are_read_and_do_not_break_later_calls():
 @pytest.mark.parametrize("threads", [0, -1, 2.7, "2", True, None])
 def test_thread_count_must_be_a_positive_int(threads):
     a = np.ones((200, 200), np.float32)
-    if threads is None:
-        fastnn.matmul(a, a, threads=threads)
+    if threads is None:     # None: the default thread count
+        np.testing.assert_array_equal(fastnn.matmul(a, a, threads=threads), a @ a)     # 200.0: exact
         return
     for small in (False, True):
         x = a[:4, :4] if small else a

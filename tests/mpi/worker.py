@@ -163,6 +163,22 @@ def main() -> None:
             opt.step()
             opt.zero_grad()
         return
+    if CASE == "uneven_reference":  # one process: step s on the samples of the ranks that "uneven" has still training
+        x, y = fnn.data.load_digits(np.float64)
+        model, steps, ranks, batch = build(), int(OPT["steps"]), int(OPT["ranks"]), int(OPT["batch"])
+        opt = fnn.optim.Adam(model, lr=1e-2)
+        sched = fnn.schedules.Exponential(opt, gamma=0.9) if OPT.get("schedule") == "1" else None
+        shares = [fnn.data.batches(x, y, batch_size=batch, seed=1, shard=(r, ranks)) for r in range(ranks)]
+        for step in range(1, steps + 1):
+            taken = [next(shares[r]) for r in range(ranks) if step <= steps - 3 * r]
+            xb, yb = np.concatenate([b[0] for b in taken]), np.concatenate([b[1] for b in taken])
+            model.backward(fnn.losses.softmax_cross_entropy(model(xb), yb)[1])
+            opt.step()
+            opt.zero_grad()
+            if sched:
+                sched.step()
+        np.save(OUT, model.flat.data)
+        return
     if CASE == "fail_before_init":  # rank 1 stops before init(): rank 0's MPI start-up must not wait for ever
         if fnn.distributed.runtime.launched_rank() == 1:
             raise RuntimeError("deliberate failure on rank 1 before init")
