@@ -375,6 +375,12 @@ def test_load_digits_shapes_range_dtype():
     assert x.min() == 0.0 and x.max() == 1.0
     assert set(np.unique(y)) == set(range(10))
     assert load_digits(np.float64)[0].dtype == np.float64
+    from sklearn.datasets import load_digits as sklearn_digits     # the reference: scikit-learn's own loader
+
+    ref = sklearn_digits()
+    np.testing.assert_array_equal(x, (ref.data / 16).astype(np.float32))
+    np.testing.assert_array_equal(x.reshape(-1, 8, 8) * 16, ref.images)      # row-major pixel order
+    np.testing.assert_array_equal(y, ref.target)
     with pytest.raises(TypeError, match="floating dtype, got int32"):
         load_digits(np.int32)
 
@@ -392,8 +398,8 @@ def test_sharded_batches_partition_each_global_batch():
     for size in (1, 2, 3, 4):
         shards = [[xb for xb, _ in batches(x, batch_size=12, seed=3, epoch=1, shard=(r, size))]
                   for r in range(size)]
-        assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
-        for k, whole in enumerate(one[:len(shards[0])]):
+        assert [len(s) for s in shards] == [len(one)] * size    # every rank takes every step (tail 7 >= size)
+        for k, whole in enumerate(one):
             np.testing.assert_array_equal(np.concatenate([s[k] for s in shards]), whole)
     with pytest.raises(ValueError, match="rank < size"):
         batches(x, shard=(2, 2))

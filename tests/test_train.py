@@ -869,14 +869,17 @@ def _accumulating_run(path, *, stop=None, resume=False, every=3, batch=8, nan_at
     return model.flat.data.copy(), opt, hist, losses
 
 
-@pytest.mark.parametrize("every, batch, stop", [(3, 8, 4), (None, 7, 8), (3, 8, 9)])
+@pytest.mark.parametrize("every, batch, stop", [(3, 8, 5), (None, 7, 9), (3, 8, 9)])
 def test_resume_with_accumulated_steps_equals_uninterrupted(tmp_path, every, batch, stop):
     """A checkpoint due between the micro-batches of an accumulated step (every 3 micro-batches
     with 2 per step; an epoch of 7 batches) lacked their summed gradient: the resumed run
-    differed by 0.11, or took 10 optimizer steps instead of 11. It now waits for the step's end."""
+    differed by 0.11, or took 10 optimizer steps instead of 11. It now waits for the step's end
+    (micro-batch 4 and 8 here: the runs stop after it is written)."""
     full, full_opt, _, _ = _accumulating_run(tmp_path / "a.npz", every=every, batch=batch)
-    _accumulating_run(tmp_path / "b.npz", stop=stop, every=every, batch=batch)
-    resumed, resumed_opt, _, _ = _accumulating_run(tmp_path / "b.npz", resume=True, every=every, batch=batch)
+    _, _, stopped, _ = _accumulating_run(tmp_path / "b.npz", stop=stop, every=every, batch=batch)
+    assert stopped is None and (tmp_path / "b.npz").exists()
+    resumed, resumed_opt, hist, _ = _accumulating_run(tmp_path / "b.npz", resume=True, every=every, batch=batch)
+    assert 0 < hist["steps"] < 2 * -(-45 // batch)          # resumed mid-run, not trained from scratch
     np.testing.assert_array_equal(resumed, full)
     assert resumed_opt.step_count == full_opt.step_count
 
