@@ -48,7 +48,11 @@ def save(path: str | os.PathLike, model: Module, optimizer=None, schedule=None, 
     arrays = {"params": model.flat.data, **{f"buffer.{n}": v for n, v in model.named_buffers()}}
     if opt_state:
         arrays.update({f"state.{k}": v for k, v in opt_state["state"].items()})
-    meta_bytes = np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8)
+    try:
+        meta_bytes = np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8)
+    except (TypeError, ValueError) as e:      # name the part that is not JSON (extra, or a hyperparameter)
+        part = next(k for k, v in meta.items() if not _json_ok(v))
+        raise TypeError(f"checkpoint.save: {part}: expected JSON-able values, {e}") from None
     return atomic_write(path, lambda f: np.savez(f, meta=meta_bytes, **arrays))
 
 
@@ -186,5 +190,13 @@ def _plain(value: Any) -> Any:
     """JSON for NumPy scalars and arrays in hyperparameters (e.g. ``lr=np.float32(1e-3)``)."""
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
-    raise TypeError(f"checkpoint: expected JSON-able hyperparameters, got {type(value).__name__} {value!r}")
+    raise TypeError(f"got {type(value).__name__} {value!r:.200}")
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value, default=_plain)
+    except (TypeError, ValueError):
+        return False
+    return True
 

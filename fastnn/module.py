@@ -240,6 +240,11 @@ class Module:
         """``(qualified name, view)`` for every parameter, in buffer order ("0.weight", ...)."""
         return [(f"{mp}.{n}" if mp else n, v) for mp, m in self.modules() for n, v in m.params.items()]
 
+    def parameters(self) -> list[np.ndarray]:
+        """Every parameter's view, in buffer order (torch's ``parameters()``, as a list); the
+        whole set is also ``flat.data``, one array."""
+        return [v for _, v in self.named_parameters()]
+
     def named_buffers(self) -> list[tuple[str, np.ndarray]]:
         """``(qualified name, array)`` for every buffer ("1.running_mean", ...), as torch's."""
         return [(f"{mp}.{n}" if mp else n, v) for mp, m in self.modules() for n, v in m.buffers.items()]

@@ -244,8 +244,9 @@ class Schedule:
         before anything changes, so an lr that overflows leaves the schedule as it was."""
         f, o = self._affine_at(t)
         groups = self.opt.param_groups
-        if base_lrs is None:
-            base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
+        if base_lrs is None:    # initial_lr may have been set by hand: checked before anything changes
+            base_lrs = [_real(g.get("initial_lr", g["lr"]), f"{self!r}: param_groups[{k}]['initial_lr']",
+                              lambda v: v >= 0, ">= 0") for k, g in enumerate(groups)]
         lrs = [f * base + o for base in base_lrs]
         if not all(math.isfinite(lr) for lr in lrs):
             raise OverflowError(f"{self!r}: the lr overflows a float at step {t} (got {lrs})")

@@ -97,6 +97,8 @@ def fit(model: Module, optimizer, x: np.ndarray, y: np.ndarray, *, epochs: int =
         if schedule.opt is not optimizer and schedule.opt is not inner:
             raise ValueError("fit: the schedule sets another optimizer's learning rate (it was made from another "
                              "optimizer): make it from this one")
+        if schedule._owner is not None:     # its step() refuses: found now, not after the first optimizer step
+            raise ValueError(f"fit: schedule: {schedule!r} is part of {schedule._owner!r}; pass that schedule")
     if validation_data is not None:
         if not isinstance(validation_data, tuple) or len(validation_data) != 2:
             got = f"a tuple of {len(validation_data)}" if isinstance(validation_data, tuple) else \

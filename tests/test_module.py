@@ -734,3 +734,13 @@ def test_a_container_subclass_holding_a_layer_beside_its_children_is_named():
         fnn.optim.SGD(MyNet(), lr=0.1)
     for model in (fnn.Residual(fnn.Dense(3, 3), fnn.Dense(3, 3)), fnn.Concat(fnn.Dense(3, 3), fnn.Dense(3, 3))):
         fnn.optim.SGD(model, lr=0.1)
+
+
+def test_parameters_are_the_views_in_buffer_order():
+    model = _model()
+    views = model.parameters()
+    assert [v.shape for v in views] == [(3, 4), (4,), (4, 2), (2,)]
+    assert all(v is w for v, (_, w) in zip(views, model.named_parameters()))
+    assert all(np.shares_memory(v, model.flat.data) for v in views)
+    opt = fnn.optim.SGD(model, lr=0.1, param_groups=[{"params": views[1::2], "weight_decay": 0.0}])
+    assert opt.param_groups[1]["params"] == ["0.bias", "1.bias"]

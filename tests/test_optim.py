@@ -845,3 +845,11 @@ def test_hyperparameters_edited_by_hand_are_checked_before_the_step(make, key, v
     assert opt.step_count == step and set(opt.state) == set(state)
     for k, v in state.items():
         np.testing.assert_array_equal(opt.state[k], v)
+
+
+def test_a_closure_is_refused_with_what_to_do_instead():
+    p, g = np.ones(3), np.ones(3)
+    opt = fnn.optim.SGD((p, g), lr=0.1)
+    with pytest.raises(TypeError, match=r"torch's step\(closure\) is not supported; run the forward and backward"):
+        opt.step(lambda: 0.0)
+    np.testing.assert_array_equal(p, 1.0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch  # the peer: fastnn[bench], which make test installs
 
+import fastnn as fnn
 from fastnn import schedules as S
 
 STEPS = 250
@@ -544,3 +545,25 @@ def test_schedules_name_what_came_instead_of_an_optimizer():
         S.Constant(None)
     with pytest.raises(ValueError, match="Sequential: expected at least one schedule, got none"):
         S.Sequential(fnn_sgd(), [], [])
+
+
+@pytest.mark.parametrize("bad, error", [("0.1", TypeError), (None, TypeError), (float("nan"), ValueError),
+                                        (-0.1, ValueError)])
+def test_a_bad_initial_lr_is_named_before_anything_changes(bad, error):
+    """initial_lr (the base a schedule scales, which the docs say to edit to move a schedule) was
+    read unchecked: a string failed in a multiplication, NaN as an overflow, and a negative base
+    advanced the schedule before the optimizer refused the lr."""
+    p, g = np.zeros(3), np.ones(3)
+    opt = fnn.optim.SGD((p, g), lr=0.1)
+    sched = fnn.schedules.Cosine(opt, 10)
+    state = opt.state_dict()
+    state["param_groups"][0]["initial_lr"] = bad
+    with pytest.raises(error, match="optimizer state: group 0: initial_lr: expected a finite number >= 0"):
+        opt.load_state_dict(state)
+    opt.param_groups[0]["initial_lr"] = bad
+    with pytest.raises(error, match=r"Cosine\(.*\): param_groups\[0\]\['initial_lr'\]: expected a number >= 0"):
+        sched.step()
+    assert sched.t == 0 and opt.param_groups[0]["lr"] == 0.1
+    with pytest.raises(error, match=r"param_groups\[0\]: initial_lr: expected a finite number >= 0"):
+        opt.step()
+    np.testing.assert_array_equal(p, 0.0)

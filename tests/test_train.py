@@ -1164,6 +1164,7 @@ def test_fit_trains_on_one_hot_targets():
     # failed after the first step; bad validation data after a whole epoch; y=None in the loss
     (dict(schedule="other"), ValueError, "fit: the schedule sets another optimizer's learning rate"),
     (dict(schedule=0.5), TypeError, r"fit: schedule: expected a fastnn.schedules schedule .* got float 0.5"),
+    (dict(schedule="part"), ValueError, r"fit: schedule: Warmup\(.*\) is part of Sequential\(.*\); pass that"),
     (dict(validation_data="float32"), TypeError,
      "fit: validation_data: Dense input: expected dtype float64, got float32"),
     (dict(validation_data="labels"), ValueError, "fit: validation_data: softmax_cross_entropy labels"),
@@ -1175,6 +1176,9 @@ def test_fit_refuses_what_would_train_nothing_before_any_step(change, error, mat
         change["optimizer"] = _small_fit_setup()[1]
     if change.get("schedule") == "other":
         change["schedule"] = fnn.schedules.InverseTime(_small_fit_setup()[1], 10)
+    if change.get("schedule") == "part":        # the warm-up passed instead of the schedule it is part of
+        change["schedule"] = warm = fnn.schedules.Warmup(opt, 5)
+        fnn.schedules.Sequential(opt, [warm, fnn.schedules.Cosine(opt, 50)], [5])
     if change.get("validation_data") == "float32":
         change["validation_data"] = (x[:10].astype(np.float32), y[:10])
     if change.get("validation_data") == "labels":
@@ -1465,3 +1469,15 @@ def test_fit_checks_a_batch_size_schedule_for_batchnorm_batches_of_one_before_tr
     assert sum(1 for _ in fnn.data.batches(x, y, fresh, shard=(0, 2))) == 4             # the tail of 1 dropped
     with pytest.raises(ValueError, match=r"a batch \(9 samples per epoch"):
         fnn.train.fit(model, opt, x, y, epochs=2, batch_size=grows, progress=False)
+
+
+def test_checkpoint_save_names_the_part_that_is_not_json(tmp_path):
+    """An object in ``extra`` was reported as a hyperparameter; nothing is written either way."""
+    model = fnn.Sequential(fnn.Dense(4, 3))
+    opt = fnn.optim.SGD(model)
+    with pytest.raises(TypeError, match="checkpoint.save: extra: expected JSON-able values, got set"):
+        fnn.checkpoint.save(tmp_path / "m.npz", model, opt, extra={"seen": {1, 2}})
+    opt.param_groups[0]["note"] = object()
+    with pytest.raises(TypeError, match="checkpoint.save: optimizer: expected JSON-able values, got object"):
+        fnn.checkpoint.save(tmp_path / "m.npz", model, opt)
+    assert list(tmp_path.iterdir()) == []

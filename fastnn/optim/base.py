@@ -182,6 +182,8 @@ class Optimizer:
     def _check_hparams(self, group: dict, where: str) -> None:
         for key in ("lr", "weight_decay"):
             self._check_setting(group, key, where)
+        if "initial_lr" in group:       # an lr schedule's base (torch's key), set by hand or loaded
+            self._check_setting(group, "initial_lr", where)
         for key in ("maximize", "amsgrad", "nesterov"):
             if key in group:
                 check_bool(group[key], f"{where}: {key}")
@@ -193,6 +195,9 @@ class Optimizer:
         ``grad_scale`` multiplies the gradient inside the kernel (data parallelism passes
         1/ranks here instead of rescaling the buffer); clipping sees the scaled norm.
         """
+        if callable(grad_scale):
+            raise TypeError("step: expected a number grad_scale, got a function: torch's step(closure) is not "
+                            "supported; run the forward and backward, then call step()")
         self._check_buffers()
         if not self.params.flags.writeable:      # Numba's typing error said it, after a compile
             raise ValueError(f"{type(self).__name__}: the parameters became read-only after this optimizer was made; "
