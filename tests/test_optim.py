@@ -177,9 +177,12 @@ def test_a_group_popped_or_appended_is_refused_before_the_step(make, edit, error
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.0, 1e-46])  # eps = 0 made the padding 0 / (0 + 0) = NaN; 1e-46 is 0 in float32
-def test_padding_between_tensors_stays_zero(eps):
+@pytest.mark.parametrize("in_group", [False, True])
+def test_padding_between_tensors_stays_zero(eps, in_group):
+    """in_group: the eps is a later group's (the padding fix looked at group 0's only)."""
     model = fnn.Sequential(fnn.Dense(3, 5), fnn.Dense(5, 3))
-    opt = fnn.optim.Adam(model, lr=0.1, weight_decay=0.1, eps=eps)
+    groups = [{"params": ["1.weight", "1.bias"], "eps": eps}] if in_group else []
+    opt = fnn.optim.Adam(model, lr=0.1, weight_decay=0.1, eps=1e-8 if in_group else eps, param_groups=groups)
     real = np.zeros(model.flat.data.size, bool)
     for s in model.flat.slots.values():
         real[s.start:s.start + s.size] = True
@@ -853,3 +856,46 @@ def test_a_closure_is_refused_with_what_to_do_instead():
     with pytest.raises(TypeError, match=r"torch's step\(closure\) is not supported; run the forward and backward"):
         opt.step(lambda: 0.0)
     np.testing.assert_array_equal(p, 1.0)
+
+
+@pytest.mark.parametrize("variant", [0, 1])        # the parallel kernel (forced) and the serial one
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_groups_with_their_own_settings_match_torch_in_every_kernel(kind, variant, monkeypatch):
+    """Group 1's lr, betas or momentum and maximize: the tests with groups used small models,
+    which take the serial kernel, so a parallel kernel that read group 0's settings for every
+    chunk went unseen."""
+    from fastnn.optim import adam, base, sgd
+
+    for module in (adam, base, sgd):
+        monkeypatch.setattr(module, "pick", lambda *kernels: kernels[variant])
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(300, 64, dtype=np.float64), fnn.Dense(64, 10, dtype=np.float64))
+    names = [n for n, _ in model.named_parameters()]
+    twins = {n: torch.tensor(v.copy(), requires_grad=True) for n, v in model.named_parameters()}
+    first, second = [twins[n] for n in names[:2]], [twins[n] for n in names[2:]]
+    if kind == "adam":
+        mine = {"lr": 0.1, "betas": (0.5, 0.9), "maximize": True}
+        opt = fnn.optim.Adam(model, lr=1e-2, param_groups=[{"params": names[2:], **mine}])
+        topt = torch.optim.Adam([{"params": first}, {"params": second, **mine}], lr=1e-2)
+    else:
+        mine = {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.01}
+        opt = fnn.optim.SGD(model, lr=1e-2, momentum=0.9, param_groups=[{"params": names[2:], **mine}])
+        topt = torch.optim.SGD([{"params": first}, {"params": second, **mine}], lr=1e-2, momentum=0.9)
+    rng = np.random.default_rng(7)
+    grads = dict(model.named_gradients())
+    for _ in range(5):
+        for n in names:
+            grads[n][...] = rng.standard_normal(grads[n].shape)
+            twins[n].grad = torch.tensor(grads[n].copy())
+        opt.step()
+        topt.step()
+    for n, v in model.named_parameters():
+        np.testing.assert_allclose(v, twins[n].detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=n)
+
+
+def test_last_grad_norm_is_of_the_scaled_gradient():
+    """grad_scale (data parallelism's 1/ranks) multiplies the gradient: the norm is the scaled one."""
+    p, g = np.zeros(4), np.ones(4)
+    opt = fnn.optim.SGD((p, g), lr=0.1, max_grad_norm=10.0)
+    opt.step(grad_scale=0.5)
+    assert opt.last_grad_norm == pytest.approx(0.5 * np.linalg.norm(g), rel=1e-15)

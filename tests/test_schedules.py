@@ -55,6 +55,8 @@ CASES = [
                                                 [5, 60]),
      lambda T, o: T.SequentialLR(o, [T.LinearLR(o, 0.1, total_iters=5), T.LambdaLR(o, lambda t: 1.0),
                                      T.ExponentialLR(o, 0.98)], [5, 60])),
+    ("sequential_restarts_at_milestone", lambda o: S.Sequential(o, [S.Exponential(o, 0.5), S.Step(o, 100, 0.1)], [3]),
+     lambda T, o: T.SequentialLR(o, [T.ExponentialLR(o, 0.5), T.StepLR(o, 100, 0.1)], [3])),
     ("chain_warmup_exponential", lambda o: S.Chain([S.Warmup(o, 10, 0.1), S.Exponential(o, 0.99)]),
      lambda T, o: T.ChainedScheduler([T.LinearLR(o, 0.1, total_iters=10), T.ExponentialLR(o, 0.99)])),
     ("chain_step_cosine", lambda o: S.Chain([S.Step(o, 40, 0.5), S.Cosine(o, 300)]),
@@ -567,3 +569,35 @@ def test_a_bad_initial_lr_is_named_before_anything_changes(bad, error):
     with pytest.raises(error, match=r"param_groups\[0\]: initial_lr: expected a finite number >= 0"):
         opt.step()
     np.testing.assert_array_equal(p, 0.0)
+
+
+def test_chain_scales_a_floor_by_the_schedules_after_it():
+    """Chain([c, e]) is e applied to c's lr: Cosine's eta_min floor is scaled by e's factor too."""
+    opt = fnn_sgd(lrs=(1.0,))
+    c, e = S.Cosine(opt, T_max=10, eta_min=0.01), S.Exponential(opt, 0.5)
+    chain = S.Chain([c, e])
+    for t in range(26):
+        for base in (1.0, 0.3):
+            assert chain.lr_at(t, base) == pytest.approx(e.lr_at(t, c.lr_at(t, base)), rel=1e-14), t
+
+
+def test_a_loaded_schedule_treats_a_skipped_step_as_the_saved_one_would():
+    """The optimizer's step count at the schedule's last step is part of its state: without it, a
+    resumed run advanced on a skipped step that the uninterrupted run did not count."""
+    def make(g):
+        opt = fnn.optim.SGD((np.zeros(3), g), lr=1.0, nonfinite="skip")
+        return opt, S.Step(opt, 1, 0.5)
+
+    g = np.ones(3)
+    opt, sched = make(g)
+    opt.step()
+    sched.step()
+    g[0] = np.nan
+    opt.step()
+    assert not sched.step()
+    opt2, sched2 = make(g.copy())
+    sched2.load_state_dict(sched.state_dict())      # checkpoint.load's order: schedule, then optimizer
+    opt2.load_state_dict(opt.state_dict())
+    for o, s in ((opt, sched), (opt2, sched2)):
+        assert o.step() is False
+    assert (sched.step(), sched.t) == (sched2.step(), sched2.t) == (False, 1)

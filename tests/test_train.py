@@ -1481,3 +1481,61 @@ def test_checkpoint_save_names_the_part_that_is_not_json(tmp_path):
     with pytest.raises(TypeError, match="checkpoint.save: optimizer: expected JSON-able values, got object"):
         fnn.checkpoint.save(tmp_path / "m.npz", model, opt)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_load_restores_the_global_generator(tmp_path):
+    """fastnn's shared generator (initializers, seeds of new layers) continues as it was saved."""
+    fnn.manual_seed(0)
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    opt = fnn.optim.SGD(model)
+    path = fnn.checkpoint.save(tmp_path / "c.npz", model, opt)
+    want = fnn.random.generator().random(3)
+    fnn.random.generator().random(10)
+    fnn.checkpoint.load(path, model, opt)
+    np.testing.assert_array_equal(fnn.random.generator().random(3), want)
+
+
+def test_a_refused_checkpoint_leaves_the_schedule_as_it_was(tmp_path):
+    """A file of another optimizer type is refused after the schedule's state was loaded (the
+    schedule goes first): the schedule must be rolled back with everything else."""
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    opt = fnn.optim.Adam(model, lr=0.1)
+    sched = fnn.schedules.Step(opt, 1, 0.5)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    path = fnn.checkpoint.save(tmp_path / "c.npz", model, opt, sched)
+    other = fnn.optim.SGD(model, lr=0.1)
+    other_sched = fnn.schedules.Step(other, 1, 0.5)
+    before = (other_sched.state_dict(), copy.deepcopy(other.param_groups))
+    with pytest.raises(ValueError, match="expected a SGD state, got 'Adam'"):
+        fnn.checkpoint.load(path, model, other, other_sched)
+    assert (other_sched.state_dict(), other.param_groups) == before
+
+
+def test_checkpoints_hold_the_data_position_and_step_count_across_a_resume(tmp_path, monkeypatch):
+    """A short last batch (10 samples, batches of 4) counts its own samples, not a whole batch,
+    and a resumed run numbers its steps on from the checkpoint's."""
+    x = np.random.default_rng(0).standard_normal((10, 3))
+    y = np.arange(10) % 2
+    path = tmp_path / "c.npz"
+
+    def make():
+        fnn.manual_seed(0)
+        model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
+        return model, fnn.optim.SGD(model, lr=0.1)
+
+    saved, save = [], fnn.checkpoint.save
+
+    def spy(*args, **kwargs):
+        saved.append((kwargs["step"], kwargs["extra"]["epoch"], kwargs["extra"]["sample"]))
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(fnn.checkpoint, "save", spy)
+    fnn.train.fit(*make(), x, y, epochs=1, batch_size=4, checkpoint=path, checkpoint_every=2, progress=False)
+    steps = []
+    fnn.train.fit(*make(), x, y, epochs=2, batch_size=4, checkpoint=path, checkpoint_every=2, resume=True,
+                  progress=False, on_step=lambda step, loss: steps.append(step))
+    assert steps == [4, 5, 6]
+    assert saved == [(2, 0, 8), (3, 1, 0), (4, 1, 4), (6, 1, 10), (6, 2, 0)], saved
+    assert fnn.checkpoint.read_meta(path)["step"] == 6
