@@ -403,15 +403,26 @@ def test_load_state_dict_casts_and_checks_everything_first():
     np.testing.assert_array_equal(model.layers[1].params["bias"], [1.0, 2.0])
 
 
-def test_backward_accumulates_until_zero_grad():
-    model = fnn.Sequential(fnn.Dense(3, 2, dtype=np.float64))
-    x = np.ones((2, 3))
-    model(x)
-    model.backward(np.ones((2, 2)))
+@pytest.mark.parametrize("make, shape", [
+    (lambda: fnn.Dense(3, 2, dtype=np.float64), (2, 3)),
+    (lambda: fnn.Conv2D(3, 5, 3, padding="same", dtype=np.float64), (4, 6, 7, 3)),
+    (lambda: fnn.Conv2D(4, 16, 3, padding="same", dtype=np.float64), (2, 9, 19, 4)),
+    (lambda: fnn.LocallyConnected2D(3, 5, 3, input_shape=(6, 7), dtype=np.float64), (4, 6, 7, 3)),
+    (lambda: fnn.BatchNorm(3, dtype=np.float64), (8, 3)),
+    (lambda: fnn.BlockDiagonalDense(6, 4, 2, dtype=np.float64), (5, 6))])
+def test_backward_accumulates_until_zero_grad(make, shape):
+    """Gradients add up over backwards (torch's .grad): every layer's weight gradient kernels."""
+    fnn.manual_seed(0)
+    model = fnn.Sequential(make())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(model(x).shape)
+    model.backward(dy)
     once = model.flat.grad.copy()
+    assert once.any()
     model(x)
-    model.backward(np.ones((2, 2)))
-    np.testing.assert_allclose(model.flat.grad, 2 * once)
+    model.backward(dy)
+    np.testing.assert_allclose(model.flat.grad, 2 * once, rtol=1e-13, atol=1e-13)
     model.zero_grad()
     assert not model.flat.grad.any()
 
@@ -548,6 +559,10 @@ def test_a_slice_of_a_sequential_runs_its_layers():
     head.backward(dy)                            # gradients land in the model's buffer
     np.testing.assert_allclose(model.layers[1].grads["bias"], dy.sum(0))
     assert model[-1:][0] is model.layers[-1]
+    inner = model[1:][:2]                        # a slice of a slice is a runnable slice
+    h = np.maximum(x @ model.layers[0].params["weight"] + model.layers[0].params["bias"], 0)
+    np.testing.assert_allclose(inner(h), np.maximum(h @ model.layers[1].params["weight"]
+                                                    + model.layers[1].params["bias"], 0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("call, exc, match", [
@@ -829,6 +844,18 @@ def test_batchnorm_a_non_finite_batch_leaves_the_running_statistics():
     assert np.isnan(y[:, 0]).all() and not np.isfinite(y[:, 1]).all()
     for n, b in bn.buffers.items():
         np.testing.assert_array_equal(b, before[n], err_msg=n)
+
+
+def test_batchnorm_statistics_over_rows_that_do_not_split_evenly_match_torch():
+    """601 rows, an outlier in the last: the threaded statistics' chunks must cover every row."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((601, 3))
+    x[-1] = 50.0
+    bn = fnn.BatchNorm(3, dtype=np.float64)
+    t = torch.nn.BatchNorm1d(3).double()
+    np.testing.assert_allclose(bn(x), t(torch.from_numpy(x)).detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(bn.buffers["running_mean"], t.running_mean.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(bn.buffers["running_var"], t.running_var.numpy(), rtol=1e-13)
 
 
 def test_batchnorm_takes_an_empty_batch_in_training_as_torch():

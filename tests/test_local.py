@@ -240,6 +240,7 @@ CONV_CASES = [  # (N, H, W, C, O, kernel, stride, padding, dilation, groups)
     (2, 1, 1, 2, 3, 1, 1, "valid", 1, 1),
     (2, 5, 4, 3, 2, (5, 4), 1, "valid", 1, 1),
     (2, 7, 6, 2, 3, 2, 3, "valid", 1, 1),
+    (2, 7, 6, 3, 4, 3, (2, 1), 1, 1, 1),        # one group, stride along h only: the input gradient's runs
     (3, 5, 7, 4, 6, 3, (2, 1), "same", 1, 2),
     (2, 6, 5, 3, 3, 3, 1, 2, (2, 1), 3),
     (2, 9, 8, 4, 4, 3, 2, "same", 1, 4),
@@ -845,3 +846,29 @@ def test_a_concat_pickled_before_the_branches_base_loads():
     x = np.ones((2, 3))
     np.testing.assert_array_equal(old(x), model(x))
     assert [n for n, _ in old.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+@pytest.mark.parametrize("ending", ["ReLU layer", "fused tanh"])
+def test_residual_over_a_block_ending_in_an_activation(ending):
+    """The activation's derivative is read from its output: y = block(x) + x must be a new array,
+    not the block's output with x added in place."""
+    fnn.manual_seed(0)
+    layers = [fnn.Dense(4, 4, dtype=np.float64), fnn.ReLU()] if ending == "ReLU layer" else \
+        [fnn.Dense(4, 4, activation="tanh", dtype=np.float64)]
+    block = fnn.Sequential(*layers)
+    model = fnn.Residual(block)
+    x = RNG(0).standard_normal((6, 4))
+    np.testing.assert_allclose(model(x), block(x) + x, rtol=1e-15)
+    _check_grads(model, x)
+
+
+def test_maxpool_sends_a_tied_windows_gradient_to_its_first_maximum_as_torch():
+    torch = pytest.importorskip("torch")
+    x = np.ones((1, 4, 4, 1))
+    x[0, 2:, 2:, 0] = [[3, 3], [0, 3]]
+    pool = fnn.MaxPool2D(2)
+    pool(x)
+    dx = pool.backward(np.arange(1.0, 5.0).reshape(1, 2, 2, 1))
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    torch.nn.functional.max_pool2d(tx, 2).backward(torch.arange(1.0, 5.0, dtype=torch.float64).reshape(1, 1, 2, 2))
+    np.testing.assert_array_equal(dx[0, :, :, 0], tx.grad.numpy()[0, 0])

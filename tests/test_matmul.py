@@ -1011,3 +1011,37 @@ def test_activation_errors_name_every_accepted_activation():
         fastnn.matmul(f32, f32, activation="gelu")
     with pytest.raises(ValueError, match="^batched_matmul: " + accepted):
         fastnn.batched_matmul(f32[None], f32[None], activation="gelu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_transposed_b_over_several_k_blocks(dtype):
+    """Packing B^T restarts at each KC block of K: a product with K over two blocks."""
+    rng = np.random.default_rng(3)
+    k = 2 * blocks.blocks_for(np.dtype(dtype).char).kc + 100
+    a, b = operands(rng, 200, k, 200, dtype, trans_b=True)
+    for threads in (1, 2):
+        check(fastnn.matmul(a, b, trans_b=True, threads=threads), matmul_ref(a, b, trans_b=True), dtype, k)
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 3), (3, 2)), ((2, 0), (0, 2))])
+def test_alpha_zero_or_k_zero_still_applies_the_activation(a_shape, b_shape):
+    """C = act(alpha*A@B + beta*C) with nothing to multiply: the activation still applies, with
+    or without a bias."""
+    c0 = np.array([[-1.0, 2.0], [3.0, -4.0]])
+    for bias in (None, np.array([0.5, -0.5])):
+        out = c0.copy()
+        fastnn.matmul(np.ones(a_shape), np.ones(b_shape), out, alpha=0.0, beta=1.0, bias=bias, activation="relu")
+        np.testing.assert_array_equal(out, np.maximum(c0 + (0 if bias is None else bias), 0))
+
+
+def test_batched_fallbacks_take_each_groups_own_bias():
+    """alpha = 0, and an out whose columns are strided, run group by group: each with its bias."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 3, 4)), rng.standard_normal((3, 4, 5))
+    bias = rng.standard_normal((3, 5))
+    np.testing.assert_array_equal(fastnn.batched_matmul(a, b, alpha=0.0, bias=bias),
+                                  np.broadcast_to(bias[:, None], (3, 3, 5)))
+    wide = np.zeros((3, 3, 10))
+    out = wide[:, :, ::2]
+    fastnn.batched_matmul(a, b, out, bias=bias)
+    np.testing.assert_allclose(out, a @ b + bias[:, None, :], rtol=1e-13, atol=1e-13)

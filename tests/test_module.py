@@ -744,3 +744,16 @@ def test_parameters_are_the_views_in_buffer_order():
     assert all(np.shares_memory(v, model.flat.data) for v in views)
     opt = fnn.optim.SGD(model, lr=0.1, param_groups=[{"params": views[1::2], "weight_decay": 0.0}])
     assert opt.param_groups[1]["params"] == ["0.bias", "1.bias"]
+
+
+def test_a_sequential_reports_each_layers_gradients_as_soon_as_they_are_final():
+    """After layer i's backward, every gradient from layer i's first parameter on is final: the
+    reports (data parallelism starts reducing there) come one per layer, not a layer late."""
+    model = fnn.Sequential(fnn.Dense(3, 4, dtype=np.float64), fnn.Dense(4, 5, dtype=np.float64),
+                           fnn.Dense(5, 2, dtype=np.float64))
+    seen = []
+    model.register_grad_ready_hook(seen.append)
+    model(np.ones((2, 3)))
+    model.backward(np.ones((2, 2)))
+    starts = [model.flat.slots[f"{i}.weight"].start for i in range(3)]
+    assert seen == [model.flat.grad.size, *starts[::-1], 0], (seen, starts)     # begin, each layer, end

@@ -185,7 +185,8 @@ def test_the_spatial_part_reaches_batchnorms_threaded_kernels():
         pytest.skip("one Numba thread: no threaded kernels to reach")
     probe = ("from fastnn.kernels import batchnorm; from fastnn.precompile import _run; "
              "_run(('float64', 'spatial')); "
-             "print([len(k.signatures) for k in (batchnorm.two_sums_cpu, batchnorm.affine_cpu, batchnorm.affine2_cpu)])")
+             "print([len(k.signatures) for k in "
+             "(batchnorm.two_sums_cpu, batchnorm.affine_cpu, batchnorm.affine2_cpu)])")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stderr
     assert all(n > 0 for n in json.loads(r.stdout)), r.stdout

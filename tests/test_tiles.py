@@ -79,6 +79,8 @@ CONV_GEOMETRIES = [
     (5, 17, 3, 1, 3, 1),
     (8, 20, (2, 4), 1, "same", 1),
     (7, 16, (5, 3), 1, (1, 2), 1),
+    (6, 8, 3, 1, (1, 3), 1),            # padding past the kernel's reach along w only
+    (5, 20, 3, 1, "same", (1, 2)),      # dilation along w on output lines of 16 or more pixels
 ]
 
 
