@@ -505,10 +505,11 @@ def test_huge_finite_gradients_are_not_mistaken_for_nonfinite():
     assert opt.last_grad_norm == pytest.approx(np.sqrt(2) * 1e200)
 
 
-def _lockstep(make_fnn, make_torch, edits, steps=12):
-    """fastnn and torch.optim on the same two-layer model and gradients, float64, with
-    ``edits[t](groups)`` applied to both optimizers' param_groups before step t."""
-    model = fnn.Sequential(fnn.Dense(5, 4, dtype=np.float64), fnn.Dense(4, 3, dtype=np.float64))
+def _lockstep(make_fnn, make_torch, edits, steps=12, sizes=(5, 4, 3)):
+    """fastnn and torch.optim on the same two-layer model (``sizes``: in, hidden, out) and
+    gradients, float64, with ``edits[t](groups)`` applied to both optimizers' param_groups
+    before step t."""
+    model = fnn.Sequential(fnn.Dense(*sizes[:2], dtype=np.float64), fnn.Dense(*sizes[1:], dtype=np.float64))
     names = [n for n, _ in model.named_parameters()]
     tensors = {n: torch.tensor(v.copy(), requires_grad=True) for n, v in model.named_parameters()}
     opt = make_fnn(model, [{"params": [n for n in names if n.startswith("1.")]}])
@@ -868,29 +869,13 @@ def test_groups_with_their_own_settings_match_torch_in_every_kernel(kind, varian
 
     for module in (adam, base, sgd):
         monkeypatch.setattr(module, "pick", lambda *kernels: kernels[variant])
-    fnn.manual_seed(0)
-    model = fnn.Sequential(fnn.Dense(300, 64, dtype=np.float64), fnn.Dense(64, 10, dtype=np.float64))
-    names = [n for n, _ in model.named_parameters()]
-    twins = {n: torch.tensor(v.copy(), requires_grad=True) for n, v in model.named_parameters()}
-    first, second = [twins[n] for n in names[:2]], [twins[n] for n in names[2:]]
-    if kind == "adam":
-        mine = {"lr": 0.1, "betas": (0.5, 0.9), "maximize": True}
-        opt = fnn.optim.Adam(model, lr=1e-2, param_groups=[{"params": names[2:], **mine}])
-        topt = torch.optim.Adam([{"params": first}, {"params": second, **mine}], lr=1e-2)
-    else:
-        mine = {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.01}
-        opt = fnn.optim.SGD(model, lr=1e-2, momentum=0.9, param_groups=[{"params": names[2:], **mine}])
-        topt = torch.optim.SGD([{"params": first}, {"params": second, **mine}], lr=1e-2, momentum=0.9)
-    rng = np.random.default_rng(7)
-    grads = dict(model.named_gradients())
-    for _ in range(5):
-        for n in names:
-            grads[n][...] = rng.standard_normal(grads[n].shape)
-            twins[n].grad = torch.tensor(grads[n].copy())
-        opt.step()
-        topt.step()
-    for n, v in model.named_parameters():
-        np.testing.assert_allclose(v, twins[n].detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=n)
+    mine = {"lr": 0.1, "betas": (0.5, 0.9), "maximize": True} if kind == "adam" else \
+        {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.01}
+    make, peer, options = ((fnn.optim.Adam, torch.optim.Adam, {}) if kind == "adam" else
+                           (fnn.optim.SGD, torch.optim.SGD, {"momentum": 0.9}))
+    _lockstep(lambda m, pg: make(m, lr=1e-2, param_groups=[{**pg[0], **mine}], **options),
+              lambda groups: peer([groups[0], {**groups[1], **mine}], lr=1e-2, **options), {}, steps=5,
+              sizes=(300, 64, 10))
 
 
 def test_last_grad_norm_is_of_the_scaled_gradient():
