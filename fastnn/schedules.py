@@ -245,8 +245,11 @@ class Schedule:
         f, o = self._affine_at(t)
         groups = self.opt.param_groups
         if base_lrs is None:    # initial_lr may have been set by hand: checked before anything changes
-            base_lrs = [_real(g.get("initial_lr", g["lr"]), f"{self!r}: param_groups[{k}]['initial_lr']",
-                              lambda v: v >= 0, ">= 0") for k, g in enumerate(groups)]
+            try:
+                base_lrs = [_real(g.get("initial_lr", g["lr"]), f"param_groups[{k}]['initial_lr']",
+                                  lambda v: v >= 0, ">= 0") for k, g in enumerate(groups)]
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{self!r}: {e}") from None
         lrs = [f * base + o for base in base_lrs]
         if not all(math.isfinite(lr) for lr in lrs):
             raise OverflowError(f"{self!r}: the lr overflows a float at step {t} (got {lrs})")
