@@ -273,6 +273,11 @@ def main() -> None:
             raise AssertionError("allreduce_mean took counts that differ between ranks")
         except ValueError as e:
             print(f"rank {rank}: {e}", flush=True)
+    elif CASE == "metrics_subcomm":  # a metric over ranks 0-1 only, the runtime on all ranks
+        sub = comm.Split(int(rank < 2))
+        if rank < 2:
+            print(f"rank {rank}: mean {fnn.distributed.allreduce_mean([rank], comm=sub)[0]}", flush=True)
+        sub.Free()
     elif CASE == "fit_subcomm":  # ranks 0-1 train over their own communicator, rank 2 alone
         sub = comm.Split(int(rank < 2))
         mine = build()
