@@ -68,6 +68,7 @@ def single(tmp_path_factory):
     (3, ("deterministic=1",)), (2, ("accumulate=2", "batch=12", "steps=40")), (2, ("transport=mpi",)),
     (4, ("shard=0", "overlap=none")),
     (2, ("transport=mpi", "cap_mb=25", "first_mb=25")),     # one bucket over every layer, reduced when all are ready
+    (2, ("rank_lr=1",)), (2, ("rank_lr=1", "transport=mpi")),   # rank 0's optimizer settings and state, everywhere
 ])
 def test_n_ranks_equal_one_process_with_the_global_batch(n, options, single, tmp_path):
     out = tmp_path / "p.npy"

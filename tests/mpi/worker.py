@@ -187,8 +187,8 @@ def main() -> None:
     x, y = fnn.data.load_digits(np.float64)
     model = build(hidden=int(OPT.get("hidden", 32)) + (1 if CASE == "mismatch" and rank == 1 else 0))
     kind = OPT.get("opt", "adam")
-    if kind == "adam":
-        inner = fnn.optim.Adam(model, lr=1e-2)
+    if kind == "adam":      # rank_lr=1: another lr on the other ranks, which wrapping replaces with rank 0's
+        inner = fnn.optim.Adam(model, lr=1e-2 if rank == 0 or OPT.get("rank_lr") != "1" else 0.5)
     elif kind == "sgd":
         inner = fnn.optim.SGD(model, lr=0.1, momentum=0.9)
     else:  # sgd_clip: global-norm clipping, a group without weight decay, non-finite steps skipped
