@@ -1539,3 +1539,17 @@ def test_checkpoints_hold_the_data_position_and_step_count_across_a_resume(tmp_p
     assert steps == [4, 5, 6]
     assert saved == [(2, 0, 8), (3, 1, 0), (4, 1, 4), (6, 1, 10), (6, 2, 0)], saved
     assert fnn.checkpoint.read_meta(path)["step"] == 6
+
+
+def test_cli_seed_sets_the_initial_weights(tmp_path):
+    """With lr 0 the checkpoint holds the initial weights: --seed 1 gives others than --seed 0,
+    and the same again on a second run."""
+    from fastnn.cli import main
+
+    params = []
+    for seed, name in (("0", "a"), ("1", "b"), ("1", "c")):
+        ck = tmp_path / f"{name}.npz"
+        assert main(["train", "--epochs", "1", "--lr", "0", "--seed", seed, "--no-progress", "--checkpoint", str(ck)]) == 0
+        params.append(np.load(ck)["params"])
+    assert not np.array_equal(params[0], params[1])
+    np.testing.assert_array_equal(params[1], params[2])
