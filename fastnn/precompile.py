@@ -166,4 +166,8 @@ def _ending_workers(pool: ProcessPoolExecutor) -> Iterator[None]:
         pool.shutdown(wait=False, cancel_futures=True)                          # (which forgets them)
         for process in workers:
             process.terminate()
+        for process in workers:     # one that took no SIGTERM (seen once, in a worker still starting) is killed
+            process.join(5)
+            if process.exitcode is None:
+                process.kill()
         raise

@@ -209,4 +209,4 @@ def test_a_stopped_compile_ends_its_workers_instead_of_waiting_for_them():
             raise KeyboardInterrupt
     for w in workers:
         w.join(30)
-    assert workers and all(w.exitcode == -15 for w in workers)      # SIGTERM: not a finished sleep
+    assert workers and all(w.exitcode in (-15, -9) for w in workers), workers    # a signal: not a finished sleep
