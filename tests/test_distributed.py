@@ -403,7 +403,7 @@ def test_allreduce_mean_over_a_sub_communicator_divides_by_its_size(tmp_path):
     """init() on all 3 ranks, then a metric averaged over ranks 0-1 only: (0 + 1) / 2."""
     r = job(3, "metrics_subcomm", tmp_path / "p.npy", timeout=60)
     assert r.returncode == 0, r.stderr
-    assert sorted(re.findall(r"rank (\d): mean (\S+)", r.stdout)) == [("0", "0.5"), ("1", "0.5")], r.stdout
+    assert sorted(re.findall(r"rank (\d): mean ([0-9.]+)", r.stdout)) == [("0", "0.5"), ("1", "0.5")], r.stdout
 
 
 def test_a_nonfinite_gradient_on_one_rank_is_named_as_one_process_names_it(tmp_path):
