@@ -669,7 +669,7 @@ def test_mean_squared_error_of_a_scalar_returns_an_array_gradient():
 
 def _torch_bn(bn, x_shape):
     """torch's BatchNorm1d (N, C) or BatchNorm2d (NCHW), float64, with bn's settings and weights."""
-    torch = pytest.importorskip("torch")
+    import torch  # the peer: fastnn[bench], which make test installs (a missing torch fails, not skips)
     cls = torch.nn.BatchNorm1d if len(x_shape) == 2 else torch.nn.BatchNorm2d
     t = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats).double()
     if bn.affine:
@@ -807,7 +807,7 @@ def test_batchnorm_gives_the_same_bits_on_any_number_of_threads(monkeypatch):
     from fastnn.layers import batchnorm
 
     if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("one Numba thread: the parallel kernels cannot run on 2")
+        pytest.skip("Numba has one thread on this machine (NUMBA_NUM_THREADS=1): no 2-thread run to compare")
     x = np.random.default_rng(0).standard_normal((4096, 5)).astype(np.float32)
     dy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     results = []
@@ -848,7 +848,7 @@ def test_batchnorm_a_non_finite_batch_leaves_the_running_statistics():
 
 def test_batchnorm_statistics_over_rows_that_do_not_split_evenly_match_torch():
     """601 rows, an outlier in the last: the threaded statistics' chunks must cover every row."""
-    torch = pytest.importorskip("torch")
+    import torch  # the peer: fastnn[bench], which make test installs (a missing torch fails, not skips)
     x = np.random.default_rng(0).standard_normal((601, 3))
     x[-1] = 50.0
     bn = fnn.BatchNorm(3, dtype=np.float64)
